@@ -1,0 +1,601 @@
+//! Configuration: the TOML schema, its validation and the loading of trunk files.
+//!
+//! One main file (`trunkgate.toml`) plus, optionally, a folder of trunk files
+//! (`trunks.d/*.toml`), each of which may hold `[[trunk]]` tables of the same
+//! shape as the main file. Every error is reported with the file, line and
+//! column it comes from, and all errors of all files are collected so an
+//! operator fixes them in one pass.
+
+mod error;
+mod listen;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use error::{ConfigError, ConfigErrors, Location};
+pub use listen::{ListenAddr, Transport};
+
+/// Default path of the main configuration file.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/trunkgate/trunkgate.toml";
+/// Default state directory when neither the environment nor the file names one.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/trunkgate";
+
+/// The whole configuration as written in `trunkgate.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Name of this node in the fleet: written into leases and call records.
+    /// Default: the host name.
+    #[serde(default)]
+    pub node_id: Option<Spanned<String>>,
+    /// Directory for the embedded database and other state. Relative paths are
+    /// taken from the working directory. systemd's `STATE_DIRECTORY` overrides it.
+    /// Default: `/var/lib/trunkgate`.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// Folder of extra trunk files (`*.toml`, each with `[[trunk]]` tables),
+    /// relative to the folder of this file. Default: `trunks.d` (skipped when absent).
+    #[serde(default)]
+    pub trunks_dir: Option<PathBuf>,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// The shared database.
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    /// SIP listeners and protocol settings.
+    #[serde(default)]
+    pub sip: SipConfig,
+    /// Trunks defined inline; more may come from `trunks_dir`.
+    #[serde(default)]
+    pub trunk: Vec<TrunkConfig>,
+}
+
+/// `[log]`: where and how the daemon logs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `human` (default) or `json` (one object per line, for log shippers).
+    #[serde(default)]
+    pub format: LogFormat,
+    /// tracing filter directive, e.g. `info` or `trunkgate=debug,sqlx=warn`.
+    /// `RUST_LOG` overrides it. Default: `info`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::default(), level: default_log_level() }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[database]`: the database shared by every node of the fleet.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH` (embedded, one node) or `postgres://user@host/db` (a fleet).
+    /// Default: `sqlite://<state_dir>/trunkgate.db`.
+    #[serde(default)]
+    pub url: Option<Spanned<String>>,
+    /// Largest number of pooled connections. Default: 8 (SQLite: 4).
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+    /// How long a statement waits on a locked SQLite database, in milliseconds. Default: 5000.
+    #[serde(default = "default_busy_timeout_ms")]
+    pub busy_timeout_ms: u64,
+    /// How long to wait for a connection before a call is refused
+    /// (`database-unavailable`), in milliseconds. Default: 2000.
+    #[serde(default = "default_acquire_timeout_ms")]
+    pub acquire_timeout_ms: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            max_connections: None,
+            busy_timeout_ms: default_busy_timeout_ms(),
+            acquire_timeout_ms: default_acquire_timeout_ms(),
+        }
+    }
+}
+
+fn default_busy_timeout_ms() -> u64 {
+    5000
+}
+fn default_acquire_timeout_ms() -> u64 {
+    2000
+}
+
+/// `[sip]`: listeners and protocol settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SipConfig {
+    /// Sockets to listen on, as `udp://ADDR:PORT` or `tcp://ADDR:PORT`
+    /// (IPv6 as `udp://[::1]:5060`). Default: `["udp://127.0.0.1:5060", "tcp://127.0.0.1:5060"]`.
+    /// (Parsed into [`Loaded::listen`]; kept as text here so an error points
+    /// at the exact element.)
+    #[serde(default = "default_listen")]
+    pub listen: Vec<Spanned<String>>,
+    /// Largest SIP message accepted, in bytes; larger input is refused. Default: 65536.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// RFC 3261 T1 (round-trip estimate), in milliseconds. Default: 500.
+    #[serde(default = "default_t1_ms")]
+    pub t1_ms: u64,
+    /// RFC 3261 T2 (largest retransmission interval), in milliseconds. Default: 4000.
+    #[serde(default = "default_t2_ms")]
+    pub t2_ms: u64,
+    /// RFC 3261 T4 (time a message stays in the network), in milliseconds. Default: 5000.
+    #[serde(default = "default_t4_ms")]
+    pub t4_ms: u64,
+    /// Host written into `Warning: 399 <host> "..."` headers. Default: the node id.
+    #[serde(default)]
+    pub warning_host: Option<String>,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            max_message_bytes: default_max_message_bytes(),
+            t1_ms: default_t1_ms(),
+            t2_ms: default_t2_ms(),
+            t4_ms: default_t4_ms(),
+            warning_host: None,
+        }
+    }
+}
+
+fn default_listen() -> Vec<Spanned<String>> {
+    ["udp://127.0.0.1:5060", "tcp://127.0.0.1:5060"].map(|s| Spanned::new(0..0, s.to_owned())).into()
+}
+fn default_max_message_bytes() -> usize {
+    64 * 1024
+}
+fn default_t1_ms() -> u64 {
+    500
+}
+fn default_t2_ms() -> u64 {
+    4000
+}
+fn default_t4_ms() -> u64 {
+    5000
+}
+
+/// `[[trunk]]`: one PBX trunk and the portal it serves.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrunkConfig {
+    /// Unique name of the trunk, used in logs, call records and metrics.
+    pub name: Spanned<String>,
+    /// Id of the portal in the database that this trunk's calls belong to.
+    pub portal: Spanned<String>,
+    /// Networks the PBX sends from, as CIDRs (`192.0.2.10/32`, `2001:db8::/64`).
+    /// A bare address means that one host. (Parsed into
+    /// [`LoadedTrunk::sources`].)
+    pub sources: Vec<Spanned<String>>,
+    /// Routing table from dialled number to portal users, first match wins.
+    #[serde(default)]
+    pub route: Vec<RouteConfig>,
+}
+
+/// A trunk source network; a bare address is accepted as a host route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceNet(pub IpNet);
+
+impl FromStr for SourceNet {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(net) = s.parse::<IpNet>() {
+            return Ok(SourceNet(net.trunc()));
+        }
+        if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+            return Ok(SourceNet(IpNet::from(ip)));
+        }
+        Err(format!("invalid source `{s}`: expected an address or a CIDR such as 192.0.2.10/32"))
+    }
+}
+
+/// `[[trunk.route]]`: where a dialled number rings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Dialled number to match exactly, or `*` for any number.
+    pub number: Spanned<String>,
+    /// Portal users (usernames) to ring.
+    pub users: Vec<Spanned<String>>,
+    /// How the users are rung. Default: `ring_all`.
+    #[serde(default)]
+    pub strategy: RingStrategy,
+    /// How long the call rings before it is given up (or moves to the next
+    /// user for `in_order`), in seconds. Default: 30.
+    #[serde(default = "default_ring_timeout_s")]
+    pub ring_timeout_s: u32,
+}
+
+fn default_ring_timeout_s() -> u32 {
+    30
+}
+
+/// Strategy for ringing a route's users.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RingStrategy {
+    /// All users at once; the first to answer wins, the others are cancelled.
+    #[default]
+    RingAll,
+    /// One after the other, each for `ring_timeout_s`.
+    InOrder,
+    /// One user per call, rotating so calls spread evenly.
+    Evenly,
+}
+
+/// A trunk whose file of origin is known, for error messages.
+#[derive(Debug, Clone)]
+pub struct LoadedTrunk {
+    /// The trunk as written.
+    pub trunk: TrunkConfig,
+    /// File it was read from.
+    pub file: PathBuf,
+    /// Its sources, parsed (same order as written).
+    pub sources: Vec<SourceNet>,
+}
+
+/// The configuration after loading and validation: every value resolved.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// Main file path.
+    pub path: PathBuf,
+    /// The main file's content as parsed.
+    pub config: Config,
+    /// Every trunk, inline and from `trunks_dir`.
+    pub trunks: Vec<LoadedTrunk>,
+    /// Resolved node id.
+    pub node_id: String,
+    /// Resolved state directory.
+    pub state_dir: PathBuf,
+    /// Resolved database URL.
+    pub database_url: String,
+    /// SIP listeners, parsed.
+    pub listen: Vec<ListenAddr>,
+}
+
+/// Overrides that come from the environment or the command line.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// State directory (systemd's `STATE_DIRECTORY`, or `--state-dir`).
+    pub state_dir: Option<PathBuf>,
+    /// Database URL (`--database-url` / `TRUNKGATE_DATABASE_URL`).
+    pub database_url: Option<String>,
+}
+
+/// Reads and validates the configuration at `path` and the trunk files it names.
+///
+/// Returns every error found, each with file, line and column.
+pub fn load(path: &Path, overrides: &Overrides) -> Result<Loaded, ConfigErrors> {
+    let mut errors = ConfigErrors::default();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors::one(ConfigError::io(path, e)))?;
+    let config: Config = match toml::from_str(&text) {
+        Ok(c) => c,
+        Err(e) => return Err(ConfigErrors::one(ConfigError::from_toml(path, &text, &e))),
+    };
+    let sources = SourceMap::default().with(path, &text);
+    let mut sources = sources;
+
+    let mut trunks: Vec<LoadedTrunk> = config
+        .trunk
+        .iter()
+        .cloned()
+        .map(|trunk| LoadedTrunk { trunk, file: path.to_owned(), sources: Vec::new() })
+        .collect();
+
+    let base = path.parent().unwrap_or(Path::new("."));
+    let (trunks_dir, explicit) = match &config.trunks_dir {
+        Some(d) => (base.join(d), true),
+        None => (base.join("trunks.d"), false),
+    };
+    match std::fs::read_dir(&trunks_dir) {
+        Ok(entries) => {
+            let mut files: Vec<PathBuf> = entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                .collect();
+            files.sort();
+            for file in files {
+                match std::fs::read_to_string(&file) {
+                    Err(e) => errors.push(ConfigError::io(&file, e)),
+                    Ok(text) => match toml::from_str::<TrunkFile>(&text) {
+                        Err(e) => errors.push(ConfigError::from_toml(&file, &text, &e)),
+                        Ok(tf) => {
+                            trunks.extend(tf.trunk.into_iter().map(|trunk| LoadedTrunk {
+                                trunk,
+                                file: file.clone(),
+                                sources: Vec::new(),
+                            }));
+                            sources = sources.with(&file, &text);
+                        }
+                    },
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {}
+        Err(e) => errors.push(ConfigError::io(&trunks_dir, e)),
+    }
+
+    let listen = parse_listen(&config, path, &sources, &mut errors);
+    parse_sources(&mut trunks, &sources, &mut errors);
+    validate(&config, &trunks, path, &sources, &mut errors);
+
+    let node_id = match &config.node_id {
+        Some(n) => n.get_ref().clone(),
+        None => hostname(),
+    };
+    let state_dir = overrides
+        .state_dir
+        .clone()
+        .or_else(|| config.state_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+    let database_url = match (&overrides.database_url, &config.database.url) {
+        (Some(u), _) => u.clone(),
+        (None, Some(u)) => u.get_ref().clone(),
+        (None, None) => format!("sqlite://{}", state_dir.join("trunkgate.db").display()),
+    };
+    if let Some(url) = &config.database.url
+        && overrides.database_url.is_none()
+        && !(url.get_ref().starts_with("sqlite:")
+            || url.get_ref().starts_with("postgres://")
+            || url.get_ref().starts_with("postgresql://"))
+    {
+        errors.push(sources.error(
+            path,
+            url.span(),
+            format!("database.url `{}`: expected sqlite://PATH or postgres://…", url.get_ref()),
+        ));
+    }
+
+    if errors.is_empty() {
+        Ok(Loaded { path: path.to_owned(), config, trunks, node_id, state_dir, database_url, listen })
+    } else {
+        Err(errors)
+    }
+}
+
+/// A file of `trunks_dir`: only trunks.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrunkFile {
+    #[serde(default)]
+    trunk: Vec<TrunkConfig>,
+}
+
+fn parse_listen(config: &Config, main: &Path, sources: &SourceMap, errors: &mut ConfigErrors) -> Vec<ListenAddr> {
+    let mut out = Vec::new();
+    for l in &config.sip.listen {
+        match l.get_ref().parse::<ListenAddr>() {
+            Ok(a) if out.contains(&a) => {
+                errors.push(sources.error(main, l.span(), format!("listen address `{a}` is given twice")));
+            }
+            Ok(a) => out.push(a),
+            Err(e) => errors.push(sources.error(main, l.span(), e)),
+        }
+    }
+    out
+}
+
+fn parse_sources(trunks: &mut [LoadedTrunk], sources: &SourceMap, errors: &mut ConfigErrors) {
+    for lt in trunks {
+        let mut parsed = Vec::new();
+        for s in &lt.trunk.sources {
+            match s.get_ref().parse::<SourceNet>() {
+                Ok(n) => parsed.push(n),
+                Err(e) => errors.push(sources.error(&lt.file, s.span(), e)),
+            }
+        }
+        lt.sources = parsed;
+    }
+}
+
+fn validate(config: &Config, trunks: &[LoadedTrunk], main: &Path, sources: &SourceMap, errors: &mut ConfigErrors) {
+    if let Some(n) = &config.node_id
+        && !is_token(n.get_ref(), 64)
+    {
+        errors.push(sources.error(
+            main,
+            n.span(),
+            "node_id must be 1 to 64 characters of letters, digits, `.`, `_` and `-`".to_owned(),
+        ));
+    }
+    let sip = &config.sip;
+    if sip.listen.is_empty() {
+        errors.push(sources.key_error(main, "listen", "[sip] listen must name at least one socket"));
+    }
+    if !(1024..=1024 * 1024).contains(&sip.max_message_bytes) {
+        errors.push(sources.key_error(
+            main,
+            "max_message_bytes",
+            "[sip] max_message_bytes must be between 1024 and 1048576",
+        ));
+    }
+    if sip.t1_ms == 0 || sip.t1_ms > 60_000 {
+        errors.push(sources.key_error(main, "t1_ms", "[sip] t1_ms must be between 1 and 60000"));
+    }
+    if sip.t2_ms < sip.t1_ms || sip.t2_ms > 600_000 {
+        errors.push(sources.key_error(main, "t2_ms", "[sip] t2_ms must be at least t1_ms and at most 600000"));
+    }
+    if sip.t4_ms == 0 || sip.t4_ms > 600_000 {
+        errors.push(sources.key_error(main, "t4_ms", "[sip] t4_ms must be between 1 and 600000"));
+    }
+
+    let mut names: HashMap<&str, (&Path, std::ops::Range<usize>)> = HashMap::new();
+    for lt in trunks {
+        let t = &lt.trunk;
+        let file = lt.file.as_path();
+        let name = t.name.get_ref().as_str();
+        if !is_token(name, 64) {
+            errors.push(sources.error(
+                file,
+                t.name.span(),
+                format!("trunk name `{name}` must be 1 to 64 characters of letters, digits, `.`, `_` and `-`"),
+            ));
+        }
+        if let Some((first_file, first_span)) = names.get(name) {
+            let first = sources.location(first_file, first_span.clone());
+            errors.push(sources.error(
+                file,
+                t.name.span(),
+                format!("duplicate trunk name `{name}` (first defined at {first})"),
+            ));
+        } else {
+            names.insert(name, (file, t.name.span()));
+        }
+        if !is_token(t.portal.get_ref(), 128) {
+            errors.push(sources.error(
+                file,
+                t.portal.span(),
+                "portal id must be 1 to 128 characters of letters, digits, `.`, `_` and `-`".to_owned(),
+            ));
+        }
+        if t.sources.is_empty() {
+            errors.push(sources.error(file, t.name.span(), format!("trunk `{name}` has no sources")));
+        }
+        let mut numbers: HashMap<&str, std::ops::Range<usize>> = HashMap::new();
+        for r in &t.route {
+            let number = r.number.get_ref().as_str();
+            if !(number == "*" || is_dialled_number(number)) {
+                errors.push(sources.error(
+                    file,
+                    r.number.span(),
+                    format!(
+                        "route number `{number}` must be `*` or digits with an optional leading `+` (and `*`, `#`)"
+                    ),
+                ));
+            }
+            if numbers.insert(number, r.number.span()).is_some() {
+                errors.push(sources.error(
+                    file,
+                    r.number.span(),
+                    format!("duplicate route for number `{number}` in trunk `{name}`"),
+                ));
+            }
+            if r.users.is_empty() {
+                errors.push(sources.error(file, r.number.span(), format!("route `{number}` names no users")));
+            }
+            for u in &r.users {
+                if !is_token(u.get_ref(), 64) {
+                    errors.push(sources.error(
+                        file,
+                        u.span(),
+                        format!("user name `{}` is not a valid username", u.get_ref()),
+                    ));
+                }
+            }
+            if !(1..=3600).contains(&r.ring_timeout_s) {
+                errors.push(sources.error(
+                    file,
+                    r.number.span(),
+                    format!("route `{number}`: ring_timeout_s must be 1..=3600"),
+                ));
+            }
+        }
+    }
+    // Two trunks with overlapping sources would make the trunk of a call
+    // depend on table order: refuse it rather than guess.
+    for (i, a) in trunks.iter().enumerate() {
+        for b in trunks.iter().skip(i + 1) {
+            for na in &a.sources {
+                for (nb, sb) in b.sources.iter().zip(&b.trunk.sources) {
+                    if na.0.contains(&nb.0.network()) || nb.0.contains(&na.0.network()) {
+                        errors.push(sources.error(
+                            &b.file,
+                            sb.span(),
+                            format!(
+                                "source {} of trunk `{}` overlaps source {} of trunk `{}`",
+                                nb.0,
+                                b.trunk.name.get_ref(),
+                                na.0,
+                                a.trunk.name.get_ref()
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Letters, digits, `.`, `_`, `-`; 1..=max characters.
+pub fn is_token(s: &str, max: usize) -> bool {
+    !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+fn is_dialled_number(s: &str) -> bool {
+    let digits = s.strip_prefix('+').unwrap_or(s);
+    !digits.is_empty() && digits.len() <= 32 && digits.bytes().all(|b| b.is_ascii_digit() || b == b'*' || b == b'#')
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "trunkgate".to_owned())
+}
+
+/// File texts kept to turn byte spans into line/column.
+#[derive(Debug, Default)]
+struct SourceMap {
+    files: Vec<(PathBuf, String)>,
+}
+
+impl SourceMap {
+    fn with(mut self, path: &Path, text: &str) -> Self {
+        self.files.push((path.to_owned(), text.to_owned()));
+        self
+    }
+
+    fn location(&self, path: &Path, span: std::ops::Range<usize>) -> Location {
+        let text = self.files.iter().find(|(p, _)| p == path).map(|(_, t)| t.as_str()).unwrap_or("");
+        Location::from_offset(path, text, span.start)
+    }
+
+    /// An error about `key`, placed on the line that sets it (or on the file
+    /// when the key is absent and a default was at fault).
+    fn key_error(&self, path: &Path, key: &str, message: &str) -> ConfigError {
+        let text = self.files.iter().find(|(p, _)| p == path).map(|(_, t)| t.as_str()).unwrap_or("");
+        match Location::of_key(path, text, key) {
+            Some(loc) => ConfigError::at(loc, message.to_owned()),
+            None => ConfigError::plain(path, message),
+        }
+    }
+
+    fn error(&self, path: &Path, span: std::ops::Range<usize>, message: String) -> ConfigError {
+        ConfigError::at(self.location(path, span), message)
+    }
+}
+
+#[cfg(test)]
+mod tests;

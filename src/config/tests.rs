@@ -1,0 +1,207 @@
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+fn example_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config")
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    if let Some(parent) = p.parent() {
+        std::fs::create_dir_all(parent).expect("mkdir");
+    }
+    std::fs::write(&p, text).expect("write");
+    p
+}
+
+fn load_text(text: &str) -> Result<Loaded, ConfigErrors> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = write(dir.path(), "trunkgate.toml", text);
+    load(&p, &Overrides::default())
+}
+
+/// Copies the shipped examples into a fresh folder, optionally replacing one file.
+fn examples_with(replace: Option<(&str, String)>) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for rel in shipped_files() {
+        let text = std::fs::read_to_string(example_dir().join(&rel)).expect("read example");
+        let text = match &replace {
+            Some((name, t)) if *name == rel => t.clone(),
+            _ => text,
+        };
+        write(dir.path(), &rel, &text);
+    }
+    let main = dir.path().join("trunkgate.toml");
+    (dir, main)
+}
+
+fn shipped_files() -> Vec<String> {
+    let mut files = vec!["trunkgate.toml".to_owned()];
+    let mut trunks: Vec<String> = std::fs::read_dir(example_dir().join("trunks.d"))
+        .expect("config/trunks.d exists")
+        .filter_map(Result::ok)
+        .map(|e| format!("trunks.d/{}", e.file_name().to_string_lossy()))
+        .filter(|n| n.ends_with(".toml"))
+        .collect();
+    trunks.sort();
+    assert!(!trunks.is_empty(), "config/trunks.d ships at least one example");
+    files.extend(trunks);
+    files
+}
+
+#[test]
+fn shipped_examples_load() {
+    let (_dir, main) = examples_with(None);
+    let loaded = load(&main, &Overrides::default()).unwrap_or_else(|e| panic!("examples must load:\n{e}"));
+    assert_eq!(loaded.node_id, "node-1");
+    let names: Vec<&str> = loaded.trunks.iter().map(|t| t.trunk.name.get_ref().as_str()).collect();
+    assert_eq!(names, ["acme-pbx", "globex-pbx"]);
+    assert_eq!(loaded.listen.len(), 2);
+    assert_eq!(loaded.database_url, "sqlite://var/trunkgate.db");
+    let globex = &loaded.trunks[1].trunk;
+    assert_eq!(globex.route[0].strategy, RingStrategy::Evenly);
+    assert_eq!(globex.sources.len(), 2);
+}
+
+/// Inserts `bogus_key = 1` after the header of every table (and at the top for
+/// the root table), one at a time, and expects each to be rejected at that line.
+#[test]
+fn unknown_key_in_every_table_of_every_example_is_rejected_with_its_line() {
+    let mut checked = 0;
+    for rel in shipped_files() {
+        let text = std::fs::read_to_string(example_dir().join(&rel)).expect("read");
+        let lines: Vec<&str> = text.lines().collect();
+        // Insertion points: before line 0 (root) and after each table header.
+        let mut points = vec![0usize];
+        for (i, l) in lines.iter().enumerate() {
+            if l.trim_start().starts_with('[') {
+                points.push(i + 1);
+            }
+        }
+        assert!(points.len() >= 2, "{rel} has tables");
+        for at in points {
+            let mut out: Vec<&str> = lines.clone();
+            out.insert(at, "bogus_key = 1");
+            let injected = out.join("\n") + "\n";
+            let (_dir, main) = examples_with(Some((&rel, injected)));
+            let err =
+                load(&main, &Overrides::default()).expect_err(&format!("{rel}: bogus key at line {} accepted", at + 1));
+            let e = err.0.iter().find(|e| e.message.contains("bogus_key")).unwrap_or_else(|| panic!("{rel}: {err}"));
+            assert!(e.message.contains("unknown field"), "{e}");
+            assert_eq!(e.location.line, at + 1, "{rel}: {e}");
+            assert!(e.location.file.ends_with(&rel), "{e}");
+            checked += 1;
+        }
+    }
+    // trunkgate.toml: root, log, database, sip, trunk, 2 routes; globex: root, trunk, route.
+    assert!(checked >= 10, "checked {checked} tables");
+}
+
+#[test]
+fn syntax_error_has_line_and_column() {
+    let err = load_text("node_id = \"a\"\n[sip]\nlisten = [\"udp://127.0.0.1:5060\"\n").expect_err("bad toml");
+    assert_eq!(err.0.len(), 1);
+    assert!(err.0[0].location.line >= 3, "{err}");
+    assert!(err.0[0].location.column >= 1);
+}
+
+#[test]
+fn bad_listen_address_points_at_the_value() {
+    let err = load_text("[sip]\nlisten = [\"udp://127.0.0.1:5060\", \"sctp://1.2.3.4:5060\"]\n").expect_err("sctp");
+    let e = &err.0[0];
+    assert!(e.message.contains("unknown transport `sctp`"), "{e}");
+    assert_eq!(e.location.line, 2);
+    assert_eq!(e.location.column, 35, "{e}");
+    let err = load_text("[sip]\nlisten = [\"udp://::1:5060\"]\n").expect_err("ipv6 without brackets");
+    assert!(err.0[0].message.contains("[::1]:5060"), "{err}");
+}
+
+#[test]
+fn listen_parses_ipv6_and_tcp() {
+    let l = load_text("[sip]\nlisten = [\"udp://[::1]:5070\", \"TCP://0.0.0.0:5060\"]\n").expect("valid");
+    let listen = &l.listen;
+    assert_eq!(listen[0].transport, Transport::Udp);
+    assert_eq!(listen[0].addr, "[::1]:5070".parse().expect("addr"));
+    assert_eq!(listen[1].transport, Transport::Tcp);
+}
+
+const TRUNK: &str = "[[trunk]]\nname = \"a\"\nportal = \"p\"\nsources = [\"192.0.2.1\"]\n";
+
+#[test]
+fn all_semantic_errors_are_reported_together() {
+    let text = format!(
+        "{TRUNK}[[trunk.route]]\nnumber = \"abc\"\nusers = []\nring_timeout_s = 0\n\
+         [[trunk]]\nname = \"a\"\nportal = \"p 2\"\nsources = [\"192.0.2.0/24\"]\n"
+    );
+    let err = load_text(&text).expect_err("invalid");
+    let msgs: Vec<String> = err.0.iter().map(|e| e.to_string()).collect();
+    let all = msgs.join("\n");
+    assert!(all.contains(":6:10: route number `abc`"), "{all}");
+    assert!(all.contains("route `abc` names no users"), "{all}");
+    assert!(all.contains("ring_timeout_s must be 1..=3600"), "{all}");
+    assert!(all.contains(":10:8: duplicate trunk name `a` (first defined at"), "{all}");
+    assert!(all.contains(":11:10: portal id must be"), "{all}");
+    assert!(all.contains("overlaps source 192.0.2.1/32 of trunk `a`"), "{all}");
+    assert_eq!(err.0.len(), 6, "{all}");
+}
+
+#[test]
+fn bad_source_is_rejected_with_position() {
+    let err =
+        load_text("[[trunk]]\nname = \"a\"\nportal = \"p\"\nsources = [\"192.0.2.300/32\"]\n").expect_err("bad ip");
+    assert!(err.0[0].message.contains("invalid source `192.0.2.300/32`"), "{err}");
+    assert_eq!(err.0[0].location.line, 4);
+    assert_eq!(err.0[0].location.column, 12);
+}
+
+#[test]
+fn cidr_host_bits_are_truncated_and_bare_addresses_are_hosts() {
+    let l = load_text("[[trunk]]\nname = \"a\"\nportal = \"p\"\nsources = [\"10.1.2.3/8\", \"2001:db8::1\"]\n")
+        .expect("valid");
+    let s: Vec<String> = l.trunks[0].sources.iter().map(|s| s.0.to_string()).collect();
+    assert_eq!(s, ["10.0.0.0/8", "2001:db8::1/128"]);
+}
+
+#[test]
+fn timer_errors_name_their_line() {
+    let err = load_text("[sip]\nt1_ms = 600\nt2_ms = 500\n").expect_err("t2 < t1");
+    assert_eq!(err.0.len(), 1, "{err}");
+    assert!(err.0[0].message.contains("t2_ms must be at least t1_ms"), "{err}");
+    assert_eq!(err.0[0].location.line, 3);
+}
+
+#[test]
+fn database_url_defaults_to_state_dir_and_env_overrides() {
+    let l = load_text("state_dir = \"/srv/tg\"\n").expect("valid");
+    assert_eq!(l.database_url, "sqlite:///srv/tg/trunkgate.db");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = write(dir.path(), "t.toml", "state_dir = \"/srv/tg\"\n");
+    let l = load(&p, &Overrides { state_dir: Some("/var/lib/trunkgate".into()), database_url: None }).expect("valid");
+    assert_eq!(l.database_url, "sqlite:///var/lib/trunkgate/trunkgate.db");
+    let err = load_text("[database]\nurl = \"mysql://x\"\n").expect_err("mysql");
+    assert_eq!(err.0[0].location.line, 2);
+}
+
+#[test]
+fn missing_explicit_trunks_dir_is_an_error_but_default_is_optional() {
+    assert!(load_text("node_id = \"n\"\n").is_ok());
+    let err = load_text("trunks_dir = \"nowhere\"\n").expect_err("missing dir");
+    assert!(err.0[0].message.contains("cannot read"), "{err}");
+}
+
+#[test]
+fn errors_in_trunk_files_name_that_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let main = write(dir.path(), "trunkgate.toml", TRUNK);
+    write(dir.path(), "trunks.d/b.toml", "[[trunk]]\nname = \"b\"\nportal = \"p\"\nsources = [\"192.0.2.1/32\"]\n");
+    write(
+        dir.path(),
+        "trunks.d/c.toml",
+        "[[trunk]]\nname = \"c\"\nportal = \"p\"\nsources = [\"192.0.2.9\"]\nport = 1\n",
+    );
+    let err = load(&main, &Overrides::default()).expect_err("invalid");
+    let all = err.to_string();
+    assert!(all.contains("trunks.d/c.toml:5:1: unknown field `port`"), "{all}");
+    assert!(all.contains("trunks.d/b.toml:4:12: source 192.0.2.1/32 of trunk `b` overlaps"), "{all}");
+}

@@ -1,0 +1,5 @@
+//! The `trunkgate` binary.
+
+fn main() -> std::process::ExitCode {
+    trunkgate::cli::main()
+}

@@ -1,0 +1,4 @@
+//! Operations: logging, systemd integration and signals.
+
+pub mod logging;
+pub mod systemd;

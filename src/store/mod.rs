@@ -1,0 +1,789 @@
+//! The shared database: SQLite (embedded, one node) or PostgreSQL (a fleet).
+//!
+//! Both backends run the *same* query text and the same Rust code: each method
+//! body is written once and expanded for each pool by [`with_pool!`] and
+//! [`with_tx!`], so the two cannot drift apart, and one conformance suite
+//! (`tests/store.rs`) runs against both. sqlx's `Any` driver would also give
+//! one code path, but it loses backend features we need (SQLite's
+//! `BEGIN IMMEDIATE`, PostgreSQL's `LISTEN`), so the backend is an enum.
+//!
+//! Times are stored as Unix seconds (UTC); every write that can change an
+//! admission decision bumps `change_counter` in its own transaction, which is
+//! what nodes watch to refresh their licence cache.
+
+mod error;
+mod rows;
+mod snapshot;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+use crate::admission::model::{BlockReason, Plan, PortalSnapshot};
+use crate::config::DatabaseConfig;
+use crate::credentials::{self, Ha1};
+
+pub use error::StoreError;
+pub use rows::{CallRecord, ExtensionRow, LicenceRow, PlanRow, PortalRow, UserRow, format_ts, parse_time};
+
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+/// Which database engine a [`Store`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// Embedded SQLite file.
+    Sqlite,
+    /// PostgreSQL server.
+    Postgres,
+}
+
+impl BackendKind {
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Sqlite => "sqlite",
+            BackendKind::Postgres => "postgres",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Backend {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Handle on the shared database. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    backend: Backend,
+}
+
+/// Runs `$body` with `$pool` bound to the backend's pool; the body is compiled
+/// once per backend.
+macro_rules! with_pool {
+    ($self:expr, $pool:ident => $body:expr) => {
+        match &$self.backend {
+            Backend::Sqlite($pool) => $body,
+            Backend::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Runs `$body` inside a write transaction bound to `$tx`, committing when the
+/// body succeeds; an early `?` return drops (rolls back) the transaction.
+/// SQLite starts with `BEGIN IMMEDIATE`: a deferred transaction that later
+/// writes fails with SQLITE_BUSY at once, whatever the busy timeout.
+macro_rules! with_tx {
+    ($self:expr, $tx:ident => $body:expr) => {
+        match &$self.backend {
+            Backend::Sqlite(pool) => {
+                let mut $tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let r = $body;
+                $tx.commit().await?;
+                r
+            }
+            Backend::Postgres(pool) => {
+                let mut $tx = pool.begin().await?;
+                let r = $body;
+                $tx.commit().await?;
+                r
+            }
+        }
+    };
+}
+
+/// Bumps the change counter (and, on PostgreSQL, notifies listeners on commit).
+macro_rules! bump {
+    ($tx:ident, $portal:expr) => {{
+        sqlx::query("UPDATE change_counter SET version = version + 1 WHERE id = 1").execute(&mut *$tx).await?;
+        notify!($tx, $portal);
+    }};
+}
+
+macro_rules! notify {
+    ($tx:ident, $portal:expr) => {{
+        let _ = &$portal;
+    }};
+}
+
+/// Fails unless plan `$plan` exists.
+macro_rules! require_plan {
+    ($tx:ident, $plan:expr) => {{
+        let found: Option<String> =
+            sqlx::query_scalar("SELECT name FROM plans WHERE name = $1").bind($plan).fetch_optional(&mut *$tx).await?;
+        if found.is_none() {
+            return Err(StoreError::NotFound { what: "plan", id: $plan.to_string() });
+        }
+    }};
+}
+
+/// Fails unless portal `$id` exists and is not being deleted; yields its domain.
+macro_rules! require_live_portal {
+    ($tx:ident, $id:expr) => {{
+        let row: Option<(String, String)> = sqlx::query_as("SELECT status, domain FROM portals WHERE id = $1")
+            .bind($id)
+            .fetch_optional(&mut *$tx)
+            .await?;
+        match row {
+            None => return Err(StoreError::NotFound { what: "portal", id: $id.to_string() }),
+            Some((status, _)) if status == "deleting" || status == "deleted" => {
+                return Err(StoreError::Conflict {
+                    what: "portal status",
+                    detail: format!("portal `{}` is {status}", $id),
+                });
+            }
+            Some((_, domain)) => domain,
+        }
+    }};
+}
+
+/// Inserts or replaces a portal's licence row.
+macro_rules! write_licence {
+    ($tx:ident, $id:expr, $l:expr, $now:expr) => {{
+        let l: &LicenceRow = $l;
+        sqlx::query(
+            "INSERT INTO licences (portal_id, plan, valid_from, valid_until, on_expiry, grace_days, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (portal_id) DO UPDATE SET plan = excluded.plan, valid_from = excluded.valid_from,
+               valid_until = excluded.valid_until, on_expiry = excluded.on_expiry, grace_days = excluded.grace_days,
+               updated_at = excluded.updated_at",
+        )
+        .bind($id)
+        .bind(&l.plan)
+        .bind(l.valid_from)
+        .bind(l.valid_until)
+        .bind(&l.on_expiry)
+        .bind(l.grace_days)
+        .bind(ts($now))
+        .execute(&mut *$tx)
+        .await?;
+    }};
+}
+
+pub(crate) fn ts(t: DateTime<Utc>) -> i64 {
+    t.timestamp()
+}
+
+pub(crate) fn from_ts(s: i64) -> DateTime<Utc> {
+    // Out-of-range values cannot be written through this crate; clamp rather
+    // than panic if someone edits the database by hand.
+    DateTime::from_timestamp(s, 0).unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// A new portal with its first licence.
+#[derive(Debug, Clone)]
+pub struct NewPortal {
+    /// Immutable id.
+    pub id: String,
+    /// Domain name (also the SIP digest realm of its users).
+    pub domain: String,
+    /// First licence.
+    pub licence: LicenceRow,
+}
+
+/// Changes an operator may make to a portal's settings; `None` keeps a value.
+#[derive(Debug, Clone, Default)]
+pub struct PortalSettings {
+    /// Whether extranet users may be call targets and register.
+    pub allow_extranet_calls: Option<bool>,
+    /// Per-portal call-rate restriction (calls per second); `Some(None)` clears it.
+    pub max_cps_override: Option<Option<u32>>,
+    /// Longest call, in seconds.
+    pub max_call_duration_s: Option<u32>,
+}
+
+/// Changes to a plan's limits; `None` keeps a value, `Some(None)` means unlimited.
+#[derive(Debug, Clone, Default)]
+pub struct PlanChange {
+    /// Largest number of registered portal users.
+    pub max_users: Option<Option<u32>>,
+    /// Largest call rate, calls per second.
+    pub max_cps: Option<Option<u32>>,
+    /// Channels the plan itself includes.
+    pub included_channels: Option<u32>,
+}
+
+impl Store {
+    /// Opens the database at `url` and applies the embedded migrations.
+    ///
+    /// `sqlite://PATH` creates the file (and its folder) when missing, in WAL
+    /// mode with `synchronous=NORMAL`; `postgres://…` connects to a server.
+    pub async fn connect(url: &str, cfg: &DatabaseConfig) -> Result<Self, StoreError> {
+        let store = if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+            let path = Path::new(path);
+            if let Some(dir) = path.parent()
+                && !dir.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(dir).map_err(|e| StoreError::StateDir { path: dir.to_owned(), source: e })?;
+            }
+            let opts = SqliteConnectOptions::new()
+                .filename(path)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_millis(cfg.busy_timeout_ms));
+            let pool = SqlitePoolOptions::new()
+                .max_connections(cfg.max_connections.unwrap_or(4))
+                .acquire_timeout(Duration::from_millis(cfg.acquire_timeout_ms))
+                .connect_with(opts)
+                .await?;
+            SQLITE_MIGRATOR.run(&pool).await?;
+            Store { backend: Backend::Sqlite(pool) }
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let opts = PgConnectOptions::from_str(url)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(cfg.max_connections.unwrap_or(8))
+                .acquire_timeout(Duration::from_millis(cfg.acquire_timeout_ms))
+                .connect_with(opts)
+                .await?;
+            POSTGRES_MIGRATOR.run(&pool).await?;
+            Store { backend: Backend::Postgres(pool) }
+        } else {
+            return Err(StoreError::UnsupportedUrl { url: redact_url(url) });
+        };
+        Ok(store)
+    }
+
+    /// Which engine this store uses.
+    pub fn kind(&self) -> BackendKind {
+        match self.backend {
+            Backend::Sqlite(_) => BackendKind::Sqlite,
+            Backend::Postgres(_) => BackendKind::Postgres,
+        }
+    }
+
+    /// Closes every pooled connection.
+    pub async fn close(&self) {
+        with_pool!(self, pool => pool.close().await)
+    }
+
+    /// The change counter: it moves whenever licence-relevant data changes.
+    pub async fn change_version(&self) -> Result<i64, StoreError> {
+        let v: i64 = with_pool!(self, pool => {
+            sqlx::query_scalar("SELECT version FROM change_counter WHERE id = 1").fetch_one(pool).await?
+        });
+        Ok(v)
+    }
+
+    // ---- plans -------------------------------------------------------------
+
+    /// Creates or changes a plan's limits. A new plan starts unlimited with no
+    /// included channels unless the change says otherwise.
+    pub async fn plan_set(&self, name: &str, change: &PlanChange, now: DateTime<Utc>) -> Result<PlanRow, StoreError> {
+        Plan::from_str(name).map_err(|e| StoreError::Invalid { field: "plan", detail: e.to_string() })?;
+        let row: PlanRow = with_tx!(self, tx => {
+            let old: Option<PlanRow> = sqlx::query_as("SELECT * FROM plans WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let base = old.unwrap_or(PlanRow { name: name.to_owned(), max_users: None, max_cps: None, included_channels: 0, updated_at: 0 });
+            let max_users = change.max_users.map_or(base.max_users, |v| v.map(i64::from));
+            let max_cps = change.max_cps.map_or(base.max_cps, |v| v.map(i64::from));
+            let included = change.included_channels.map_or(base.included_channels, i64::from);
+            sqlx::query(
+                "INSERT INTO plans (name, max_users, max_cps, included_channels, updated_at) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (name) DO UPDATE SET max_users = excluded.max_users, max_cps = excluded.max_cps,
+                 included_channels = excluded.included_channels, updated_at = excluded.updated_at",
+            )
+            .bind(name)
+            .bind(max_users)
+            .bind(max_cps)
+            .bind(included)
+            .bind(ts(now))
+            .execute(&mut *tx)
+            .await?;
+            bump!(tx, "*");
+            PlanRow { name: name.to_owned(), max_users, max_cps, included_channels: included, updated_at: ts(now) }
+        });
+        Ok(row)
+    }
+
+    /// Every plan, by name.
+    pub async fn plans(&self) -> Result<Vec<PlanRow>, StoreError> {
+        let rows = with_pool!(self, pool => {
+            sqlx::query_as("SELECT * FROM plans ORDER BY name").fetch_all(pool).await?
+        });
+        Ok(rows)
+    }
+
+    /// One plan.
+    pub async fn plan(&self, name: &str) -> Result<Option<PlanRow>, StoreError> {
+        let row = with_pool!(self, pool => {
+            sqlx::query_as("SELECT * FROM plans WHERE name = $1").bind(name).fetch_optional(pool).await?
+        });
+        Ok(row)
+    }
+
+    // ---- portals -----------------------------------------------------------
+
+    /// Creates a portal and its licence in one transaction.
+    pub async fn portal_add(&self, new: &NewPortal, now: DateTime<Utc>) -> Result<(), StoreError> {
+        if !crate::config::is_token(&new.id, 128) {
+            return Err(StoreError::Invalid {
+                field: "id",
+                detail: "portal id must be 1 to 128 characters of letters, digits, `.`, `_` and `-`".into(),
+            });
+        }
+        check_domain(&new.domain)?;
+        new.licence.validate()?;
+        let domain = new.domain.to_ascii_lowercase();
+        with_tx!(self, tx => {
+            let exists: Option<String> = sqlx::query_scalar("SELECT id FROM portals WHERE id = $1")
+                .bind(&new.id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if exists.is_some() {
+                return Err(StoreError::Conflict { what: "portal", detail: format!("portal id `{}` exists (ids are never reused)", new.id) });
+            }
+            let taken: Option<String> = sqlx::query_scalar("SELECT id FROM portals WHERE domain = $1 AND status <> 'deleted'")
+                .bind(&domain)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(other) = taken {
+                return Err(StoreError::Conflict { what: "domain", detail: format!("domain `{domain}` belongs to portal `{other}`") });
+            }
+            require_plan!(tx, &new.licence.plan);
+            sqlx::query(
+                "INSERT INTO portals (id, domain, status, created_at, last_activity_at) VALUES ($1, $2, 'active', $3, $3)",
+            )
+            .bind(&new.id)
+            .bind(&domain)
+            .bind(ts(now))
+            .execute(&mut *tx)
+            .await?;
+            write_licence!(tx, &new.id, &new.licence, now);
+            bump!(tx, new.id);
+        });
+        Ok(())
+    }
+
+    /// One portal, whatever its status.
+    pub async fn portal(&self, id: &str) -> Result<Option<PortalRow>, StoreError> {
+        let row = with_pool!(self, pool => {
+            sqlx::query_as("SELECT * FROM portals WHERE id = $1").bind(id).fetch_optional(pool).await?
+        });
+        Ok(row)
+    }
+
+    /// The live (not purged) portal that owns `domain`, if any.
+    pub async fn portal_by_domain(&self, domain: &str) -> Result<Option<PortalRow>, StoreError> {
+        let domain = domain.to_ascii_lowercase();
+        let row = with_pool!(self, pool => {
+            sqlx::query_as("SELECT * FROM portals WHERE domain = $1 AND status <> 'deleted'")
+                .bind(&domain)
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(row)
+    }
+
+    /// Every portal, by id.
+    pub async fn portals(&self) -> Result<Vec<PortalRow>, StoreError> {
+        let rows = with_pool!(self, pool => {
+            sqlx::query_as("SELECT * FROM portals ORDER BY id").fetch_all(pool).await?
+        });
+        Ok(rows)
+    }
+
+    /// Blocks a portal (or changes the reason of a block).
+    pub async fn portal_block(&self, id: &str, reason: BlockReason, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.transition(id, &["active", "blocked"], "blocked", Some(reason.as_str()), now).await
+    }
+
+    /// Lifts a stored block.
+    pub async fn portal_unblock(&self, id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.transition(id, &["blocked"], "active", None, now).await
+    }
+
+    /// Starts the deletion of a portal: from now on its calls are refused.
+    pub async fn portal_delete(&self, id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.transition(id, &["active", "blocked"], "deleting", None, now).await
+    }
+
+    /// Completes a deletion: the portal is `deleted`, its credentials are
+    /// erased and its domain may be given to a new portal. The id stays taken.
+    pub async fn portal_purge(&self, id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.transition(id, &["deleting"], "deleted", None, now).await
+    }
+
+    async fn transition(
+        &self,
+        id: &str,
+        from: &[&str],
+        to: &'static str,
+        reason: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        with_tx!(self, tx => {
+            let status: Option<String> = sqlx::query_scalar("SELECT status FROM portals WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(status) = status else {
+                return Err(StoreError::NotFound { what: "portal", id: id.to_owned() });
+            };
+            if !from.contains(&status.as_str()) {
+                let hint = match (status.as_str(), to) {
+                    ("active", "active") => " (it is not blocked)".to_owned(),
+                    (_, "deleted") => format!(" (run `portal delete {id}` first)"),
+                    _ => String::new(),
+                };
+                return Err(StoreError::Conflict {
+                    what: "portal status",
+                    detail: format!("portal `{id}` is {status}; cannot make it {to}{hint}"),
+                });
+            }
+            let now = ts(now);
+            sqlx::query(
+                "UPDATE portals SET status = $2, block_reason = $3,
+                   deleting_since = CASE WHEN $2 = 'deleting' THEN $4 ELSE deleting_since END,
+                   deleted_at = CASE WHEN $2 = 'deleted' THEN $4 ELSE deleted_at END,
+                   version = version + 1
+                 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(to)
+            .bind(reason)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            if to == "deleted" {
+                sqlx::query("DELETE FROM users WHERE portal_id = $1").bind(id).execute(&mut *tx).await?;
+            }
+            bump!(tx, id);
+        });
+        Ok(())
+    }
+
+    /// Changes a portal's settings.
+    pub async fn portal_configure(&self, id: &str, s: &PortalSettings) -> Result<PortalRow, StoreError> {
+        if let Some(d) = s.max_call_duration_s
+            && d == 0
+        {
+            return Err(StoreError::Invalid {
+                field: "max_call_duration_s",
+                detail: "must be at least 1 second".into(),
+            });
+        }
+        let row = with_tx!(self, tx => {
+            let row: Option<PortalRow> = sqlx::query_as("SELECT * FROM portals WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(row) = row else {
+                return Err(StoreError::NotFound { what: "portal", id: id.to_owned() });
+            };
+            let allow = s.allow_extranet_calls.unwrap_or(row.allow_extranet_calls);
+            let cps = s.max_cps_override.map_or(row.max_cps_override, |v| v.map(i64::from));
+            let dur = s.max_call_duration_s.map_or(row.max_call_duration_s, i64::from);
+            sqlx::query(
+                "UPDATE portals SET allow_extranet_calls = $2, max_cps_override = $3, max_call_duration_s = $4,
+                 version = version + 1 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(allow)
+            .bind(cps)
+            .bind(dur)
+            .execute(&mut *tx)
+            .await?;
+            bump!(tx, id);
+            PortalRow { allow_extranet_calls: allow, max_cps_override: cps, max_call_duration_s: dur, version: row.version + 1, ..row }
+        });
+        Ok(row)
+    }
+
+    /// Records activity (an admitted call) on a portal.
+    pub async fn portal_touch(&self, id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        with_pool!(self, pool => {
+            sqlx::query("UPDATE portals SET last_activity_at = $2 WHERE id = $1 AND (last_activity_at IS NULL OR last_activity_at < $2)")
+                .bind(id)
+                .bind(ts(now))
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    // ---- licences and extensions --------------------------------------------
+
+    /// Replaces a portal's licence.
+    pub async fn licence_set(&self, id: &str, licence: &LicenceRow, now: DateTime<Utc>) -> Result<(), StoreError> {
+        licence.validate()?;
+        with_tx!(self, tx => {
+            require_live_portal!(tx, id);
+            require_plan!(tx, &licence.plan);
+            write_licence!(tx, id, licence, now);
+            bump!(tx, id);
+        });
+        Ok(())
+    }
+
+    /// A portal's licence.
+    pub async fn licence(&self, id: &str) -> Result<Option<LicenceRow>, StoreError> {
+        let row = with_pool!(self, pool => {
+            sqlx::query_as("SELECT plan, valid_from, valid_until, on_expiry, grace_days FROM licences WHERE portal_id = $1")
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(row)
+    }
+
+    /// Adds a SIP connector extension; returns its id.
+    pub async fn extension_add(
+        &self,
+        id: &str,
+        channels: u32,
+        valid_from: DateTime<Utc>,
+        valid_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<i64, StoreError> {
+        if channels == 0 {
+            return Err(StoreError::Invalid { field: "channels", detail: "must be at least 1".into() });
+        }
+        if valid_until <= valid_from {
+            return Err(StoreError::Invalid { field: "valid_until", detail: "must be after valid_from".into() });
+        }
+        let ext_id = with_tx!(self, tx => {
+            require_live_portal!(tx, id);
+            let ext_id: i64 = sqlx::query_scalar(
+                "INSERT INTO extensions (portal_id, channels, valid_from, valid_until, created_at) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            )
+            .bind(id)
+            .bind(i64::from(channels))
+            .bind(ts(valid_from))
+            .bind(ts(valid_until))
+            .bind(ts(now))
+            .fetch_one(&mut *tx)
+            .await?;
+            bump!(tx, id);
+            ext_id
+        });
+        Ok(ext_id)
+    }
+
+    /// A portal's extensions, oldest first.
+    pub async fn extensions(&self, id: &str) -> Result<Vec<ExtensionRow>, StoreError> {
+        let rows = with_pool!(self, pool => {
+            sqlx::query_as("SELECT id, channels, valid_from, valid_until FROM extensions WHERE portal_id = $1 ORDER BY valid_from, id")
+                .bind(id)
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows)
+    }
+
+    // ---- users ---------------------------------------------------------------
+
+    /// Adds a portal user. The password is checked against the rules and only
+    /// its HA1 values (realm = the portal's domain) are stored.
+    pub async fn user_add(
+        &self,
+        portal: &str,
+        username: &str,
+        password: &str,
+        extranet: bool,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        credentials::check_username(username)?;
+        credentials::check_password(username, password)?;
+        with_tx!(self, tx => {
+            let domain = require_live_portal!(tx, portal);
+            let ha1 = Ha1::compute(username, &domain, password);
+            let res = sqlx::query(
+                "INSERT INTO users (portal_id, username, realm, ha1_md5, ha1_sha256, extranet, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(portal)
+            .bind(username)
+            .bind(&domain)
+            .bind(&ha1.md5)
+            .bind(&ha1.sha256)
+            .bind(extranet)
+            .bind(ts(now))
+            .execute(&mut *tx)
+            .await;
+            match res {
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                    return Err(StoreError::Conflict { what: "user", detail: format!("user `{username}` exists in portal `{portal}`") });
+                }
+                r => r?,
+            };
+            bump!(tx, portal);
+        });
+        Ok(())
+    }
+
+    /// A portal's users, by name.
+    pub async fn users(&self, portal: &str) -> Result<Vec<UserRow>, StoreError> {
+        let rows = with_pool!(self, pool => {
+            sqlx::query_as("SELECT * FROM users WHERE portal_id = $1 ORDER BY username").bind(portal).fetch_all(pool).await?
+        });
+        Ok(rows)
+    }
+
+    /// One user.
+    pub async fn user(&self, portal: &str, username: &str) -> Result<Option<UserRow>, StoreError> {
+        let row = with_pool!(self, pool => {
+            sqlx::query_as("SELECT * FROM users WHERE portal_id = $1 AND username = $2")
+                .bind(portal)
+                .bind(username)
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(row)
+    }
+
+    /// Disables or re-enables a user.
+    pub async fn user_set_disabled(&self, portal: &str, username: &str, disabled: bool) -> Result<(), StoreError> {
+        with_tx!(self, tx => {
+            let res = sqlx::query("UPDATE users SET disabled = $3 WHERE portal_id = $1 AND username = $2")
+                .bind(portal)
+                .bind(username)
+                .bind(disabled)
+                .execute(&mut *tx)
+                .await?;
+            if res.rows_affected() == 0 {
+                return Err(StoreError::NotFound { what: "user", id: format!("{portal}/{username}") });
+            }
+            bump!(tx, portal);
+        });
+        Ok(())
+    }
+
+    /// Everything the licence rules need about one portal, read in one
+    /// consistent view. `None` when no portal has that id.
+    pub async fn portal_snapshot(&self, id: &str) -> Result<Option<PortalSnapshot>, StoreError> {
+        let (portal, licence, extensions, plans) = with_tx!(self, tx => {
+            let portal: Option<PortalRow> = sqlx::query_as("SELECT * FROM portals WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let licence: Option<LicenceRow> = sqlx::query_as(
+                "SELECT plan, valid_from, valid_until, on_expiry, grace_days FROM licences WHERE portal_id = $1",
+            )
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let extensions: Vec<ExtensionRow> = sqlx::query_as(
+                "SELECT id, channels, valid_from, valid_until FROM extensions WHERE portal_id = $1 ORDER BY valid_from, id",
+            )
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?;
+            let plans: Vec<PlanRow> = sqlx::query_as(
+                "SELECT * FROM plans WHERE name = 'free' OR name = (SELECT plan FROM licences WHERE portal_id = $1)",
+            )
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?;
+            (portal, licence, extensions, plans)
+        });
+        let Some(portal) = portal else { return Ok(None) };
+        snapshot::build(portal, licence, &extensions, &plans).map(Some)
+    }
+
+    // ---- calls -----------------------------------------------------------------
+
+    /// Calls in progress for a portal across the fleet: unexpired leases.
+    pub async fn active_calls(&self, portal: &str, now: DateTime<Utc>) -> Result<u32, StoreError> {
+        let n: i64 = with_pool!(self, pool => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM call_leases WHERE portal_id = $1 AND expires_at > $2")
+                .bind(portal)
+                .bind(ts(now))
+                .fetch_one(pool)
+                .await?
+        });
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
+    /// Writes call records (in one transaction).
+    pub async fn call_records_insert(&self, records: &[CallRecord]) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        with_tx!(self, tx => {
+            for r in records {
+                sqlx::query(
+                    "INSERT INTO call_records (call_id, node_id, portal_id, trunk, direction, caller, callee, target_user,
+                       started_at, answered_at, ended_at, outcome, sip_status, reason)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                )
+                .bind(&r.call_id)
+                .bind(&r.node_id)
+                .bind(&r.portal_id)
+                .bind(&r.trunk)
+                .bind(&r.direction)
+                .bind(&r.caller)
+                .bind(&r.callee)
+                .bind(&r.target_user)
+                .bind(r.started_at)
+                .bind(r.answered_at)
+                .bind(r.ended_at)
+                .bind(&r.outcome)
+                .bind(r.sip_status)
+                .bind(&r.reason)
+                .execute(&mut *tx)
+                .await?;
+            }
+        });
+        Ok(())
+    }
+
+    /// Call records, newest first, optionally for one portal and since a time.
+    pub async fn call_records(
+        &self,
+        portal: Option<&str>,
+        since: Option<DateTime<Utc>>,
+        limit: u32,
+    ) -> Result<Vec<CallRecord>, StoreError> {
+        let rows = with_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT * FROM call_records WHERE ($1 IS NULL OR portal_id = $1) AND started_at >= $2
+                 ORDER BY started_at DESC, id DESC LIMIT $3",
+            )
+            .bind(portal)
+            .bind(since.map_or(i64::MIN, ts))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows)
+    }
+}
+
+/// Checks a portal domain name (RFC 1035 host name, lowercase or not).
+fn check_domain(domain: &str) -> Result<(), StoreError> {
+    let ok = !domain.is_empty()
+        && domain.len() <= 253
+        && domain.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid { field: "domain", detail: format!("`{domain}` is not a valid domain name") })
+    }
+}
+
+/// The URL with any password replaced, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    // scheme://user:password@host… → scheme://user:***@host…
+    if let Some((scheme, rest)) = url.split_once("://")
+        && let Some((creds, host)) = rest.split_once('@')
+        && let Some((user, _)) = creds.split_once(':')
+    {
+        return format!("{scheme}://{user}:***@{host}");
+    }
+    url.to_owned()
+}

@@ -1,0 +1,495 @@
+//! The real `trunkgate` binary driven as an operator would: config checks,
+//! admin commands on a real database, `admission explain`, and the daemon's
+//! lifecycle (READY to systemd, clean exit on SIGTERM).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+struct Env {
+    _dir: tempfile::TempDir,
+    config: PathBuf,
+    db_path: Option<PathBuf>,
+}
+
+impl Env {
+    fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("state/trunkgate.db");
+        let config = common::write_config(dir.path(), &format!("sqlite://{}", db.display()), "");
+        Env { _dir: dir, config, db_path: Some(db) }
+    }
+
+    async fn postgres() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = common::pg_schema_url().await;
+        let config = common::write_config(dir.path(), &url, "");
+        Env { _dir: dir, config, db_path: None }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.run_stdin(args, None)
+    }
+
+    fn run_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut child = Command::new(common::bin())
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env_remove("STATE_DIRECTORY")
+            .env_remove("TRUNKGATE_DATABASE_URL")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn trunkgate");
+        {
+            let mut sin = child.stdin.take().expect("stdin");
+            if let Some(s) = stdin {
+                sin.write_all(s.as_bytes()).expect("write stdin");
+            }
+        }
+        child.wait_with_output().expect("wait")
+    }
+
+    /// Runs a command that must succeed; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "{args:?} failed: {}{}", text(&out.stdout), text(&out.stderr));
+        text(&out.stdout)
+    }
+
+    /// The decision `admission explain` gives at `at`: (verdict, reason token).
+    fn explain(&self, portal: &str, at: &str) -> (String, Option<String>) {
+        let out = self.ok(&["admission", "explain", "--portal", portal, "--at", at, "--json"]);
+        let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("json: {e}\n{out}"));
+        let d = &v["decision"];
+        let verdict = d["verdict"].as_str().expect("verdict").to_owned();
+        let reason = d["refusal"]["reason"].as_str().map(str::to_owned);
+        (verdict, reason)
+    }
+
+    fn admitted(&self, portal: &str, at: &str) {
+        let (v, r) = self.explain(portal, at);
+        assert_eq!((v.as_str(), r), ("admit", None), "{portal} at {at}");
+    }
+
+    fn refused(&self, portal: &str, at: &str, reason: &str) {
+        let (v, r) = self.explain(portal, at);
+        assert_eq!((v.as_str(), r.as_deref()), ("refuse", Some(reason)), "{portal} at {at}");
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The "done when" list of the foundation issue, through the CLI.
+fn explain_scenarios(env: &Env) {
+    env.ok(&["plan", "set", "pro", "--max-users", "50", "--max-cps", "20"]);
+    let ext = |p: &str, from: &str, until: &str| {
+        env.ok(&["extension", "add", "--portal", p, "--channels", "4", "--valid-from", from, "--valid-until", until]);
+    };
+    let paid = |id: &str, on_expiry: &str| {
+        env.ok(&[
+            "portal",
+            "add",
+            "--id",
+            id,
+            "--domain",
+            &format!("{id}.example.com"),
+            "--plan",
+            "pro",
+            "--valid-from",
+            "2026-01-01T00:00:00Z",
+            "--valid-until",
+            "2026-07-01T00:00:00Z",
+            "--on-expiry",
+            on_expiry,
+        ]);
+    };
+
+    // Active paid licence with an extension.
+    paid("paid", "block");
+    ext("paid", "2026-01-01T00:00:00Z", "2027-01-01T00:00:00Z");
+    env.admitted("paid", "2026-03-01T12:00:00Z");
+    // Paid licence expired 14 days ago: grace, admitted; 16 days ago: refused (block).
+    env.admitted("paid", "2026-07-15T00:00:00Z");
+    env.refused("paid", "2026-07-17T00:00:00Z", "licence-expired");
+    // ...or downgraded: free plan rules with the extension still in force.
+    paid("down", "downgrade_free");
+    ext("down", "2026-01-01T00:00:00Z", "2027-01-01T00:00:00Z");
+    let out = env.ok(&["admission", "explain", "--portal", "down", "--at", "2026-07-17T00:00:00Z", "--json"]);
+    let v: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["decision"]["verdict"], "admit", "{out}");
+    assert_eq!(v["decision"]["effective_plan"], "free", "{out}");
+
+    // Demo in force without extension: admitted; ended: refused (no grace).
+    env.ok(&[
+        "portal",
+        "add",
+        "--id",
+        "demo",
+        "--domain",
+        "demo.example.com",
+        "--plan",
+        "demo",
+        "--valid-until",
+        "2026-03-15T00:00:00Z",
+    ]);
+    env.admitted("demo", "2026-03-14T23:59:59Z");
+    env.refused("demo", "2026-03-15T00:00:00Z", "licence-expired");
+
+    // Extension not started yet / ended.
+    paid("ext", "block");
+    ext("ext", "2026-02-01T00:00:00Z", "2026-03-01T00:00:00Z");
+    env.refused("ext", "2026-01-31T23:59:59Z", "not-licensed");
+    env.admitted("ext", "2026-02-01T00:00:00Z");
+    env.refused("ext", "2026-03-01T00:00:00Z", "not-licensed");
+
+    // Portal blocked.
+    env.ok(&["portal", "block", "ext", "--reason", "violation"]);
+    env.refused("ext", "2026-02-15T00:00:00Z", "portal-blocked");
+    let human = env.ok(&["admission", "explain", "--portal", "ext", "--at", "2026-02-15T00:00:00Z"]);
+    assert!(human.contains("violation"), "explain says why:\n{human}");
+
+    // Portal deleting; then purged and its domain reused: the old id is still refused.
+    env.ok(&["portal", "delete", "paid"]);
+    env.refused("paid", "2026-03-01T12:00:00Z", "portal-deleted");
+    let out = env.run(&["portal", "add", "--id", "paid2", "--domain", "paid.example.com"]);
+    assert_eq!(out.status.code(), Some(1), "domain still taken while deleting");
+    assert!(text(&out.stderr).contains("belongs to portal `paid`"), "{}", text(&out.stderr));
+    env.ok(&["portal", "purge", "paid"]);
+    env.ok(&["portal", "add", "--id", "paid2", "--domain", "paid.example.com"]);
+    env.ok(&[
+        "extension",
+        "add",
+        "--portal",
+        "paid2",
+        "--channels",
+        "1",
+        "--valid-from",
+        "2026-01-01T00:00:00Z",
+        "--valid-until",
+        "2030-01-01T00:00:00Z",
+    ]);
+    env.refused("paid", "2026-03-01T12:00:00Z", "portal-deleted");
+    // paid2 was created just now (free plan): ask about an hour after its creation.
+    let show: Value = serde_json::from_str(&env.ok(&["portal", "show", "paid2", "--json"])).expect("json");
+    let soon = show["portal"]["created_at"].as_i64().expect("created_at") + 3600;
+    let soon = chrono::DateTime::from_timestamp(soon, 0).expect("ts").to_rfc3339();
+    env.admitted("paid2", &soon);
+
+    // Free plan inactive for 50 days.
+    env.ok(&["portal", "add", "--id", "idle", "--domain", "idle.example.com"]);
+    env.ok(&[
+        "extension",
+        "add",
+        "--portal",
+        "idle",
+        "--channels",
+        "1",
+        "--valid-from",
+        "2020-01-01T00:00:00Z",
+        "--valid-until",
+        "2099-01-01T00:00:00Z",
+    ]);
+    let created: Value = serde_json::from_str(&env.ok(&["portal", "show", "idle", "--json"])).expect("json");
+    let created_at = created["portal"]["created_at"].as_i64().expect("created_at");
+    let at = |secs: i64| {
+        chrono::DateTime::from_timestamp(secs, 0).expect("ts").to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    };
+    env.admitted("idle", &at(created_at + 50 * 86400 - 1));
+    env.refused("idle", &at(created_at + 50 * 86400), "portal-blocked");
+
+    env.refused("nope", "2026-03-01T00:00:00Z", "portal-not-found");
+}
+
+#[test]
+fn explain_gives_the_right_decisions_on_sqlite() {
+    explain_scenarios(&Env::sqlite());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn explain_gives_the_right_decisions_on_postgres() {
+    let env = Env::postgres().await;
+    tokio::task::spawn_blocking(move || explain_scenarios(&env)).await.expect("scenarios");
+}
+
+#[test]
+fn lists_have_json_and_tables() {
+    let env = Env::sqlite();
+    env.ok(&["portal", "add", "--id", "acme", "--domain", "acme.example.com"]);
+    env.ok(&[
+        "extension",
+        "add",
+        "--portal",
+        "acme",
+        "--channels",
+        "3",
+        "--valid-from",
+        "2026-01-01T00:00:00Z",
+        "--valid-until",
+        "2027-01-01T00:00:00Z",
+    ]);
+    let portals: Value = serde_json::from_str(&env.ok(&["portal", "list", "--json"])).expect("json");
+    assert_eq!(portals[0]["id"], "acme");
+    assert_eq!(portals[0]["status"], "active");
+    let table = env.ok(&["portal", "list"]);
+    assert!(table.starts_with("ID"), "{table}");
+    assert!(table.contains("acme.example.com"), "{table}");
+    let exts: Value =
+        serde_json::from_str(&env.ok(&["extension", "list", "--portal", "acme", "--json"])).expect("json");
+    assert_eq!(exts[0]["channels"], 3);
+    let plans: Value = serde_json::from_str(&env.ok(&["plan", "list", "--json"])).expect("json");
+    assert_eq!(plans.as_array().map(Vec::len), Some(2));
+    env.ok(&["plan", "set", "free", "--max-users", "unlimited"]);
+    let plans = env.ok(&["plan", "list"]);
+    assert!(plans.contains("unlimited"), "{plans}");
+    env.ok(&["portal", "set", "acme", "--allow-extranet-calls", "true", "--max-cps", "3"]);
+    let show: Value = serde_json::from_str(&env.ok(&["portal", "show", "acme", "--json"])).expect("json");
+    assert_eq!(show["portal"]["max_cps_override"], 3);
+    assert_eq!(show["portal"]["allow_extranet_calls"], true);
+    let cdr = env.ok(&["cdr", "--portal", "acme", "--json"]);
+    assert_eq!(cdr.trim(), "[]");
+}
+
+#[test]
+fn user_password_comes_from_stdin_and_is_never_stored() {
+    let env = Env::sqlite();
+    env.ok(&["portal", "add", "--id", "acme", "--domain", "acme.example.com"]);
+    let password = "Tr0ub4dor-and-3";
+    let out =
+        env.run_stdin(&["user", "add", "--portal", "acme", "--username", "alice"], Some(&format!("{password}\n")));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let users: Value = serde_json::from_str(&env.ok(&["user", "list", "--portal", "acme", "--json"])).expect("json");
+    assert_eq!(users[0]["username"], "alice");
+    assert!(users[0].get("ha1_md5").is_none(), "no hash in listings");
+    // Neither the password nor its HA1 is in the listing; the password is in no database file.
+    let db = env.db_path.as_ref().expect("sqlite");
+    for f in [db.clone(), db.with_extension("db-wal")] {
+        if let Ok(bytes) = std::fs::read(&f) {
+            assert!(
+                !bytes.windows(password.len()).any(|w| w == password.as_bytes()),
+                "{} holds the password",
+                f.display()
+            );
+        }
+    }
+    // Empty stdin, weak password, bad username: usage errors, nothing written.
+    let out = env.run_stdin(&["user", "add", "--portal", "acme", "--username", "bob"], None);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let out = env.run_stdin(&["user", "add", "--portal", "acme", "--username", "bob"], Some("short\n"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("password must be 10 to 128 characters"), "{}", text(&out.stderr));
+    let out = env.run_stdin(&["user", "add", "--portal", "acme", "--username", "b ob"], Some("long-enough-pw\n"));
+    assert_eq!(out.status.code(), Some(2));
+    let users: Value = serde_json::from_str(&env.ok(&["user", "list", "--portal", "acme", "--json"])).expect("json");
+    assert_eq!(users.as_array().map(Vec::len), Some(1));
+    env.ok(&["user", "disable", "--portal", "acme", "--username", "alice"]);
+    let users: Value = serde_json::from_str(&env.ok(&["user", "list", "--portal", "acme", "--json"])).expect("json");
+    assert_eq!(users[0]["disabled"], true);
+}
+
+#[test]
+fn bad_arguments_get_clear_errors_and_write_nothing() {
+    let env = Env::sqlite();
+    let cases: &[(&[&str], &str)] = &[
+        (&["portal", "add", "--id", "a", "--domain", "a.example.com", "--plan", "demo"], "needs a valid_until"),
+        (
+            &[
+                "portal",
+                "add",
+                "--id",
+                "a",
+                "--domain",
+                "a.example.com",
+                "--plan",
+                "pro",
+                "--valid-until",
+                "2027-01-01T00:00:00Z",
+                "--grace-days",
+                "16",
+            ],
+            "grace",
+        ),
+        (
+            &["portal", "add", "--id", "a", "--domain", "a.example.com", "--plan", "demo", "--valid-until", "tomorrow"],
+            "not an RFC 3339 time",
+        ),
+        (&["portal", "add", "--id", "a", "--domain", "not a domain"], "not a valid domain"),
+        (&["portal", "add", "--id", "a/b", "--domain", "a.example.com"], "portal id"),
+        (
+            &[
+                "extension",
+                "add",
+                "--portal",
+                "a",
+                "--channels",
+                "0",
+                "--valid-from",
+                "2026-01-01T00:00:00Z",
+                "--valid-until",
+                "2027-01-01T00:00:00Z",
+            ],
+            "at least 1",
+        ),
+        (&["plan", "set", "free", "--max-users", "lots"], "not a number"),
+    ];
+    for (args, needle) in cases {
+        let out = env.run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out.stderr));
+        let err = text(&out.stderr);
+        assert!(err.to_lowercase().contains(&needle.to_lowercase()), "{args:?}: expected `{needle}` in: {err}");
+    }
+    // A paid plan that does not exist: refused by the database, nothing half-written.
+    let out = env.run(&[
+        "portal",
+        "add",
+        "--id",
+        "a",
+        "--domain",
+        "a.example.com",
+        "--plan",
+        "gold",
+        "--valid-until",
+        "2027-01-01T00:00:00Z",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("plan `gold` not found"), "{}", text(&out.stderr));
+    let portals: Value = serde_json::from_str(&env.ok(&["portal", "list", "--json"])).expect("json");
+    assert_eq!(portals, Value::Array(vec![]));
+    // Unknown portal.
+    let out = env.run(&["portal", "block", "ghost", "--reason", "manual"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("portal `ghost` not found"));
+}
+
+#[test]
+fn check_config_reports_every_error_with_position() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("trunkgate.toml");
+    std::fs::write(&cfg, "node_id = \"n\"\n[sip]\nlisten = [\"udp://127.0.0.1:5060\"]\nt1_ms = 0\n").expect("write");
+    std::fs::create_dir(dir.path().join("trunks.d")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("trunks.d/x.toml"),
+        "[[trunk]]\nname = \"x\"\nportal = \"p\"\nsources = [\"nonsense\"]\n",
+    )
+    .expect("write");
+    let out = Command::new(common::bin()).arg("--config").arg(&cfg).arg("check-config").output().expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains(&format!("{}:4:1: [sip] t1_ms", cfg.display())), "{err}");
+    assert!(err.contains("trunks.d/x.toml:4:12: invalid source `nonsense`"), "{err}");
+    assert!(err.contains("2 error(s)"), "{err}");
+}
+
+#[test]
+fn check_config_accepts_the_shipped_example() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/trunkgate.toml");
+    let db = format!("sqlite://{}", dir.path().join("t.db").display());
+    let out = Command::new(common::bin())
+        .args(["--config"])
+        .arg(&example)
+        .args(["--database-url", &db, "check-config"])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(s.contains("is valid"), "{s}");
+    assert!(s.contains("trunk acme-pbx -> portal acme (NOT IN DATABASE)"), "{s}");
+    assert!(s.contains("trunk globex-pbx"), "{s}");
+}
+
+#[test]
+fn missing_config_file_is_a_clear_error() {
+    let out = Command::new(common::bin())
+        .args(["--config", "/nonexistent/trunkgate.toml", "check-config"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("/nonexistent/trunkgate.toml: cannot read"), "{}", text(&out.stderr));
+}
+
+/// The daemon opens the database, tells systemd READY=1 through
+/// NOTIFY_SOCKET, and exits 0 on SIGTERM after STOPPING=1.
+#[test]
+fn run_notifies_systemd_and_stops_on_sigterm() {
+    let env = Env::sqlite();
+    let sock_path = env._dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("bind notify socket");
+    sock.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let mut child = Command::new(common::bin())
+        .arg("--config")
+        .arg(&env.config)
+        .arg("run")
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf).expect("READY datagram");
+    let msg = text(&buf[..n]);
+    assert!(msg.contains("READY=1"), "{msg}");
+    // The database exists once READY is sent.
+    assert!(env.db_path.as_ref().expect("sqlite").exists());
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+    let n = sock.recv(&mut buf).expect("STOPPING datagram");
+    assert!(text(&buf[..n]).contains("STOPPING=1"));
+    let out = child.wait().expect("wait");
+    assert_eq!(out.code(), Some(0));
+    let stderr = child.stderr.take().expect("stderr");
+    let lines: Vec<String> = BufReader::new(stderr).lines().map_while(Result::ok).collect();
+    let log = lines.join("\n");
+    assert!(log.contains("database open"), "{log}");
+    assert!(log.contains("SIGTERM"), "{log}");
+    assert!(log.contains("stopped"), "{log}");
+}
+
+#[test]
+fn json_logs_on_request() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite://{}", dir.path().join("t.db").display());
+    let cfg = common::write_config(dir.path(), &db, "[log]\nformat = \"json\"\nlevel = \"info\"\n");
+    let mut child = Command::new(common::bin())
+        .arg("--config")
+        .arg(&cfg)
+        .arg("run")
+        .env_remove("RUST_LOG")
+        .env_remove("NOTIFY_SOCKET")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut reader = BufReader::new(stderr);
+    let mut line = String::new();
+    let mut found = None;
+    for _ in 0..50 {
+        line.clear();
+        if reader.read_line(&mut line).expect("read") == 0 {
+            break;
+        }
+        if line.contains("\"ready\"") {
+            found = Some(line.clone());
+            break;
+        }
+    }
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let status = child.wait().expect("wait");
+    let line = found.expect("a JSON `ready` line");
+    let v: Value = serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("not JSON: {e}: {line}"));
+    assert_eq!(v["message"], "ready");
+    assert_eq!(v["level"], "INFO");
+    assert_eq!(status.code(), Some(0));
+}

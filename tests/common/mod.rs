@@ -1,0 +1,62 @@
+//! Shared test support: real databases (a SQLite file, a PostgreSQL schema)
+//! and the real `trunkgate` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use sqlx::Connection;
+
+/// PostgreSQL server for tests: `TRUNKGATE_TEST_PG_URL`, else the local
+/// server on 127.0.0.1:5432 (database `test`). The test script starts a
+/// throwaway server and sets the variable when that one does not answer.
+pub fn pg_base_url() -> String {
+    std::env::var("TRUNKGATE_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh, empty schema on the test server, and a URL whose connections use
+/// it (`search_path`), so tests run in parallel without seeing each other.
+/// Panics (fails the test) when no server answers: never a silent skip.
+pub async fn pg_schema_url() -> String {
+    let base = pg_base_url();
+    let mut conn = sqlx::PgConnection::connect(&base)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {base} is required for this test: {e}"));
+    let schema = format!(
+        "t_{}_{}_{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed),
+        std::time::SystemTime::UNIX_EPOCH.elapsed().map(|d| d.subsec_nanos()).unwrap_or(0)
+    );
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&mut conn)
+        .await
+        .expect("create schema");
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options=-c%20search_path%3D{schema}")
+}
+
+/// A SQLite database URL in a fresh temporary folder (kept alive by the guard).
+pub fn sqlite_url() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("state/trunkgate.db").display());
+    (dir, url)
+}
+
+/// Path of the `trunkgate` binary built for these tests.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_trunkgate"))
+}
+
+/// A minimal valid config in `dir` using `db_url`.
+pub fn write_config(dir: &Path, db_url: &str, extra: &str) -> PathBuf {
+    let p = dir.join("trunkgate.toml");
+    let text = format!(
+        "node_id = \"test-node\"\nstate_dir = \"{}\"\n[database]\nurl = \"{db_url}\"\n[sip]\nlisten = [\"udp://127.0.0.1:0\"]\n{extra}",
+        dir.join("state").display()
+    );
+    std::fs::write(&p, text).expect("write config");
+    p
+}
