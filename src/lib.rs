@@ -9,6 +9,7 @@
 //! - [`cli`]: the command line (daemon and admin commands).
 //! - [`daemon`]: the `run` command's lifecycle.
 //! - [`ops`]: logging and systemd.
+//! - [`sip`]: sans-IO SIP: transactions (RFC 3261 §17, RFC 6026).
 //! - [`clock`]: the only place that reads the wall clock.
 
 pub mod admission;
@@ -18,4 +19,5 @@ pub mod config;
 pub mod credentials;
 pub mod daemon;
 pub mod ops;
+pub mod sip;
 pub mod store;

@@ -53,6 +53,8 @@ fn sysusers_and_tmpfiles_match_the_unit() {
     let sysusers = std::fs::read_to_string(root().join("systemd/trunkgate.sysusers")).expect("sysusers");
     let tmpfiles = std::fs::read_to_string(root().join("systemd/trunkgate.tmpfiles")).expect("tmpfiles");
     assert!(unit.contains("User=trunkgate") && sysusers.contains("u trunkgate "), "user declared");
-    assert!(unit.contains("StateDirectory=trunkgate") && tmpfiles.contains("d /var/lib/trunkgate 0750 trunkgate trunkgate"));
+    assert!(
+        unit.contains("StateDirectory=trunkgate") && tmpfiles.contains("d /var/lib/trunkgate 0750 trunkgate trunkgate")
+    );
     assert!(unit.contains("--config /etc/trunkgate/trunkgate.toml") && tmpfiles.contains("d /etc/trunkgate "));
 }
