@@ -19,5 +19,6 @@ pub mod config;
 pub mod credentials;
 pub mod daemon;
 pub mod ops;
+pub mod registrar;
 pub mod sip;
 pub mod store;

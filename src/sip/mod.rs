@@ -3,4 +3,5 @@
 //! Protocol logic is sans-IO: machines fed with `(event, now)` that return
 //! what to send and when to wake up; the tokio drivers do the I/O.
 
+pub mod digest;
 pub mod transaction;
