@@ -4,4 +4,5 @@
 //! what to send and when to wake up; the tokio drivers do the I/O.
 
 pub mod digest;
+pub mod message;
 pub mod transaction;

@@ -1,0 +1,433 @@
+//! Header names and the raw header list of a message.
+//!
+//! Values are kept exactly as received (a [`Bytes`] slice of the message:
+//! folds, escapes and unknown parameters included), so forwarding or
+//! answering never re-escapes anything. Typed views are parsed on demand
+//! by the accessors in [`typed`](super::typed).
+
+use std::fmt;
+
+use bytes::Bytes;
+
+use super::scan::is_token_str;
+
+/// The name of an unknown header, as written (a token).
+#[derive(Clone, Debug)]
+pub struct OtherName(Bytes);
+
+impl OtherName {
+    /// The name as written.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or("")
+    }
+}
+
+macro_rules! known_headers {
+    ($( $(#[$doc:meta])* $var:ident = $canon:literal, $lower:literal $(| $compact:literal)?; )*) => {
+        /// A header name. Known names are matched case-insensitively and
+        /// compact forms (RFC 3261 §7.3.3, RFC 3265, RFC 3515, ...) map to
+        /// their long names; any other token is kept as written.
+        #[derive(Clone)]
+        pub enum HeaderName {
+            $( $(#[$doc])* $var, )*
+            /// Any other header, as written. Build one with
+            /// [`HeaderName::new`].
+            Other(OtherName),
+        }
+
+        impl HeaderName {
+            /// The long name (canonical spelling) or the name as written for
+            /// unknown headers.
+            pub fn as_str(&self) -> &str {
+                match self {
+                    $( Self::$var => $canon, )*
+                    Self::Other(o) => o.as_str(),
+                }
+            }
+
+            fn lookup_lower(lower: &[u8]) -> Option<Self> {
+                Some(match lower {
+                    $( $lower $(| $compact)? => Self::$var, )*
+                    _ => return None,
+                })
+            }
+        }
+    };
+}
+
+known_headers! {
+    /// Via (compact `v`).
+    Via = "Via", b"via" | b"v";
+    /// From (compact `f`).
+    From = "From", b"from" | b"f";
+    /// To (compact `t`).
+    To = "To", b"to" | b"t";
+    /// Call-ID (compact `i`).
+    CallId = "Call-ID", b"call-id" | b"i";
+    /// CSeq.
+    CSeq = "CSeq", b"cseq";
+    /// Max-Forwards.
+    MaxForwards = "Max-Forwards", b"max-forwards";
+    /// Contact (compact `m`).
+    Contact = "Contact", b"contact" | b"m";
+    /// Route.
+    Route = "Route", b"route";
+    /// Record-Route.
+    RecordRoute = "Record-Route", b"record-route";
+    /// Content-Length (compact `l`).
+    ContentLength = "Content-Length", b"content-length" | b"l";
+    /// Content-Type (compact `c`).
+    ContentType = "Content-Type", b"content-type" | b"c";
+    /// Content-Encoding (compact `e`).
+    ContentEncoding = "Content-Encoding", b"content-encoding" | b"e";
+    /// Content-Disposition.
+    ContentDisposition = "Content-Disposition", b"content-disposition";
+    /// Expires.
+    Expires = "Expires", b"expires";
+    /// Min-Expires.
+    MinExpires = "Min-Expires", b"min-expires";
+    /// Require.
+    Require = "Require", b"require";
+    /// Proxy-Require.
+    ProxyRequire = "Proxy-Require", b"proxy-require";
+    /// Supported (compact `k`).
+    Supported = "Supported", b"supported" | b"k";
+    /// Unsupported.
+    Unsupported = "Unsupported", b"unsupported";
+    /// Allow.
+    Allow = "Allow", b"allow";
+    /// Authorization.
+    Authorization = "Authorization", b"authorization";
+    /// Proxy-Authorization.
+    ProxyAuthorization = "Proxy-Authorization", b"proxy-authorization";
+    /// WWW-Authenticate.
+    WwwAuthenticate = "WWW-Authenticate", b"www-authenticate";
+    /// Proxy-Authenticate.
+    ProxyAuthenticate = "Proxy-Authenticate", b"proxy-authenticate";
+    /// Authentication-Info.
+    AuthenticationInfo = "Authentication-Info", b"authentication-info";
+    /// Accept.
+    Accept = "Accept", b"accept";
+    /// Accept-Encoding.
+    AcceptEncoding = "Accept-Encoding", b"accept-encoding";
+    /// Accept-Language.
+    AcceptLanguage = "Accept-Language", b"accept-language";
+    /// Diversion (RFC 5806).
+    Diversion = "Diversion", b"diversion";
+    /// History-Info (RFC 7044).
+    HistoryInfo = "History-Info", b"history-info";
+    /// Warning.
+    Warning = "Warning", b"warning";
+    /// Retry-After.
+    RetryAfter = "Retry-After", b"retry-after";
+    /// Subject (compact `s`).
+    Subject = "Subject", b"subject" | b"s";
+    /// Date.
+    Date = "Date", b"date";
+    /// Timestamp.
+    Timestamp = "Timestamp", b"timestamp";
+    /// User-Agent.
+    UserAgent = "User-Agent", b"user-agent";
+    /// Server.
+    Server = "Server", b"server";
+    /// Organization.
+    Organization = "Organization", b"organization";
+    /// Reason (RFC 3326).
+    Reason = "Reason", b"reason";
+    /// RSeq (RFC 3262).
+    RSeq = "RSeq", b"rseq";
+    /// RAck (RFC 3262).
+    RAck = "RAck", b"rack";
+    /// Event (compact `o`, RFC 6665).
+    Event = "Event", b"event" | b"o";
+    /// Allow-Events (compact `u`).
+    AllowEvents = "Allow-Events", b"allow-events" | b"u";
+    /// Subscription-State.
+    SubscriptionState = "Subscription-State", b"subscription-state";
+    /// Refer-To (compact `r`, RFC 3515).
+    ReferTo = "Refer-To", b"refer-to" | b"r";
+    /// Referred-By (compact `b`, RFC 3892).
+    ReferredBy = "Referred-By", b"referred-by" | b"b";
+    /// Replaces (RFC 3891).
+    Replaces = "Replaces", b"replaces";
+    /// Session-Expires (compact `x`, RFC 4028).
+    SessionExpires = "Session-Expires", b"session-expires" | b"x";
+    /// Min-SE (RFC 4028).
+    MinSe = "Min-SE", b"min-se";
+    /// Identity (compact `y`).
+    Identity = "Identity", b"identity" | b"y";
+    /// Accept-Contact (compact `a`).
+    AcceptContact = "Accept-Contact", b"accept-contact" | b"a";
+    /// Reject-Contact (compact `j`).
+    RejectContact = "Reject-Contact", b"reject-contact" | b"j";
+    /// Request-Disposition (compact `d`).
+    RequestDisposition = "Request-Disposition", b"request-disposition" | b"d";
+    /// Path (RFC 3327).
+    Path = "Path", b"path";
+    /// Privacy (RFC 3323).
+    Privacy = "Privacy", b"privacy";
+    /// P-Asserted-Identity (RFC 3325).
+    PAssertedIdentity = "P-Asserted-Identity", b"p-asserted-identity";
+    /// P-Preferred-Identity (RFC 3325).
+    PPreferredIdentity = "P-Preferred-Identity", b"p-preferred-identity";
+}
+
+/// Longest known header name (`p-preferred-identity`, 20 bytes) rounded up.
+const MAX_KNOWN_LEN: usize = 24;
+
+impl HeaderName {
+    /// The known header this name denotes (any case, compact or long).
+    fn lookup(name: &[u8]) -> Option<Self> {
+        let mut buf = [0u8; MAX_KNOWN_LEN];
+        let lower = buf.get_mut(..name.len())?;
+        for (d, s) in lower.iter_mut().zip(name) {
+            *d = s.to_ascii_lowercase();
+        }
+        Self::lookup_lower(lower)
+    }
+
+    /// Classifies a header name as found on the wire. Returns `None` when it
+    /// is not a `token`.
+    pub fn from_bytes(name: &[u8]) -> Option<Self> {
+        Self::lookup(name).or_else(|| is_token_str(name).then(|| Self::Other(OtherName(Bytes::copy_from_slice(name)))))
+    }
+
+    /// Like [`from_bytes`](Self::from_bytes) for a name that is a slice of
+    /// a message buffer (no copy for unknown names).
+    pub(crate) fn from_shared(buf: &Bytes, name: &[u8]) -> Option<Self> {
+        Self::lookup(name).or_else(|| is_token_str(name).then(|| Self::Other(OtherName(buf.slice_ref(name)))))
+    }
+
+    /// Parses a header name given by the program (`"X-Portal"`, `"i"`).
+    pub fn new(name: &str) -> Result<Self, super::BuildError> {
+        Self::from_bytes(name.as_bytes()).ok_or(super::BuildError::InvalidHeaderName)
+    }
+}
+
+impl PartialEq for HeaderName {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Other(a), Self::Other(b)) => a.0.eq_ignore_ascii_case(&b.0),
+            (a, b) => std::mem::discriminant(a) == std::mem::discriminant(b),
+        }
+    }
+}
+
+impl Eq for HeaderName {}
+
+impl fmt::Debug for HeaderName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+impl fmt::Display for HeaderName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One header line: its name and raw value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Header {
+    name: HeaderName,
+    value: Bytes,
+}
+
+impl Header {
+    /// A header from parts already validated by the caller.
+    pub(crate) fn new_unchecked(name: HeaderName, value: Bytes) -> Self {
+        Self { name, value }
+    }
+
+    /// The name.
+    pub fn name(&self) -> &HeaderName {
+        &self.name
+    }
+
+    /// The value exactly as received: leading and trailing whitespace
+    /// removed, folds (CRLF + SP/HT) inside kept.
+    pub fn value(&self) -> &[u8] {
+        &self.value
+    }
+
+    /// The value as a shared buffer (cheap to clone).
+    pub fn value_bytes(&self) -> &Bytes {
+        &self.value
+    }
+
+    /// The value as text when it is UTF-8.
+    pub fn value_str(&self) -> Option<&str> {
+        std::str::from_utf8(&self.value).ok()
+    }
+}
+
+impl fmt::Debug for Header {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {:?}", self.name, String::from_utf8_lossy(&self.value))
+    }
+}
+
+/// The header lines of a message, in order.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Headers {
+    list: Vec<Header>,
+}
+
+impl Headers {
+    /// An empty list.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        Self { list: Vec::with_capacity(n) }
+    }
+
+    pub(crate) fn push_unchecked(&mut self, header: Header) {
+        self.list.push(header);
+    }
+
+    pub(crate) fn replace_at(&mut self, pos: usize, header: Header) {
+        if let Some(slot) = self.list.get_mut(pos) {
+            *slot = header;
+        }
+    }
+
+    /// Number of header lines.
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// No header at all.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// All header lines in order.
+    pub fn iter(&self) -> std::slice::Iter<'_, Header> {
+        self.list.iter()
+    }
+
+    /// The first line with this name.
+    pub fn get(&self, name: &HeaderName) -> Option<&Header> {
+        self.list.iter().find(|h| h.name == *name)
+    }
+
+    /// All lines with this name, in order.
+    pub fn get_all<'a>(&'a self, name: &HeaderName) -> impl Iterator<Item = &'a Header> + use<'a> {
+        let name = name.clone();
+        self.list.iter().filter(move |h| h.name == name)
+    }
+
+    /// Number of lines with this name.
+    pub fn count(&self, name: &HeaderName) -> usize {
+        self.get_all(name).count()
+    }
+
+    /// True when at least one line has this name.
+    pub fn contains(&self, name: &HeaderName) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// Appends a line. The value must not contain CR or LF.
+    pub fn push(&mut self, name: HeaderName, value: impl AsRef<[u8]>) -> Result<(), super::BuildError> {
+        let value = checked_value(&name, value.as_ref())?;
+        self.list.push(Header { name, value });
+        Ok(())
+    }
+
+    /// Inserts a line before all others (for a new top Via).
+    pub fn push_front(&mut self, name: HeaderName, value: impl AsRef<[u8]>) -> Result<(), super::BuildError> {
+        let value = checked_value(&name, value.as_ref())?;
+        self.list.insert(0, Header { name, value });
+        Ok(())
+    }
+
+    /// Removes every line with this name; returns how many were removed.
+    pub fn remove_all(&mut self, name: &HeaderName) -> usize {
+        let before = self.list.len();
+        self.list.retain(|h| h.name != *name);
+        before - self.list.len()
+    }
+
+    /// Replaces every line with this name by one line (appended at the
+    /// position of the first removed line, or at the end).
+    pub fn set(&mut self, name: HeaderName, value: impl AsRef<[u8]>) -> Result<(), super::BuildError> {
+        let value = checked_value(&name, value.as_ref())?;
+        let pos = self.list.iter().position(|h| h.name == name);
+        self.list.retain(|h| h.name != name);
+        let header = Header { name, value };
+        match pos {
+            Some(p) if p <= self.list.len() => self.list.insert(p, header),
+            _ => self.list.push(header),
+        }
+        Ok(())
+    }
+
+    /// Copies every line with this name from `other`, in order.
+    pub fn copy_from(&mut self, other: &Headers, name: &HeaderName) {
+        for h in other.get_all(name) {
+            self.list.push(h.clone());
+        }
+    }
+}
+
+impl fmt::Debug for Headers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.list.iter()).finish()
+    }
+}
+
+impl<'a> IntoIterator for &'a Headers {
+    type Item = &'a Header;
+    type IntoIter = std::slice::Iter<'a, Header>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.list.iter()
+    }
+}
+
+/// Values given by the program may not contain CR or LF (no header
+/// injection, no folding in what we send).
+fn checked_value(name: &HeaderName, value: &[u8]) -> Result<Bytes, super::BuildError> {
+    if value.iter().any(|b| matches!(b, b'\r' | b'\n')) {
+        return Err(super::BuildError::InvalidHeaderValue { name: name.clone() });
+    }
+    Ok(Bytes::copy_from_slice(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_and_case() {
+        assert_eq!(HeaderName::from_bytes(b"v"), Some(HeaderName::Via));
+        assert_eq!(HeaderName::from_bytes(b"VIA"), Some(HeaderName::Via));
+        assert_eq!(HeaderName::from_bytes(b"i"), Some(HeaderName::CallId));
+        assert_eq!(HeaderName::from_bytes(b"L"), Some(HeaderName::ContentLength));
+        assert_eq!(HeaderName::from_bytes(b"k"), Some(HeaderName::Supported));
+        assert_eq!(HeaderName::from_bytes(b"e"), Some(HeaderName::ContentEncoding));
+        assert_eq!(HeaderName::from_bytes(b"s"), Some(HeaderName::Subject));
+        let other = HeaderName::from_bytes(b"C%6Fntact").unwrap();
+        assert_ne!(other, HeaderName::Contact);
+        assert_eq!(other.as_str(), "C%6Fntact");
+        assert_eq!(other, HeaderName::new("c%6fNTACT").unwrap());
+        assert_eq!(HeaderName::from_bytes(b"Bad Name"), None);
+        assert_eq!(HeaderName::from_bytes(b""), None);
+    }
+
+    #[test]
+    fn set_and_remove() {
+        let mut h = Headers::new();
+        h.push(HeaderName::Via, "a").unwrap();
+        h.push(HeaderName::To, "b").unwrap();
+        h.push(HeaderName::Via, "c").unwrap();
+        h.set(HeaderName::Via, "d").unwrap();
+        assert_eq!(h.count(&HeaderName::Via), 1);
+        assert_eq!(h.iter().next().map(|x| x.value()), Some(&b"d"[..]));
+        assert!(h.push(HeaderName::To, "x\r\nVia: y").is_err());
+        assert_eq!(h.remove_all(&HeaderName::To), 1);
+    }
+}
