@@ -5,9 +5,17 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use std::time::Duration;
+
 use crate::config::Loaded;
+use crate::licences::LicenceCache;
 use crate::ops::systemd;
+use crate::registrar::RegistrarConfig;
+use crate::service::{LockoutConfig, Service, ServiceConfig};
+use crate::sip::digest::{Algorithm, DigestConfig};
+use crate::sip::transaction::TimerConfig;
 use crate::store::{Store, redact_url};
+use crate::transport::{TransportConfig, Transports};
 
 /// Runs the daemon until a stop signal; returns once everything is closed.
 pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
@@ -34,12 +42,36 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
             Some(p) => info!(trunk = %t.trunk.name.get_ref(), portal = %portal, status = %p.status, "trunk"),
         }
     }
+    let cache = LicenceCache::load(&store).await?;
+    tokio::spawn(cache.clone().run_refresher(
+        store.clone(),
+        loaded.database_url.clone(),
+        Duration::from_millis(250),
+        shutdown.clone(),
+    ));
+
+    let sip = &loaded.config.sip;
+    let transport_config = TransportConfig {
+        max_message_bytes: sip.max_message_bytes,
+        max_tcp_connections: sip.max_tcp_connections,
+        tcp_idle_timeout: Duration::from_secs(sip.tcp_idle_timeout_s),
+        ..TransportConfig::default()
+    };
+    let (inbound_tx, inbound_rx) = tokio::sync::mpsc::channel(16_384);
+    let transports = Transports::bind(&loaded.listen, transport_config, inbound_tx, shutdown.clone()).await?;
+    for b in transports.bound() {
+        // Tests and operators read the real ports (port 0) from this line.
+        info!(transport = b.transport.as_str(), addr = %b.addr, "listening");
+    }
+    let service =
+        Service::start(service_config(&loaded), store.clone(), cache, transports, inbound_rx, shutdown.clone())?;
+
     systemd::ready("serving");
     info!("ready");
 
     shutdown.cancelled().await;
     systemd::stopping();
-    info!("stopping");
+    info!(registrations = service.registrations(), "stopping");
     store.close().await;
     info!("stopped");
     Ok(())
@@ -57,4 +89,36 @@ fn spawn_signal_listener(token: CancellationToken) -> std::io::Result<()> {
         token.cancel();
     });
     Ok(())
+}
+
+/// The SIP service's settings from the configuration.
+fn service_config(loaded: &Loaded) -> ServiceConfig {
+    let c = &loaded.config;
+    ServiceConfig {
+        node_id: loaded.node_id.clone(),
+        warning_host: c.sip.warning_host.clone().unwrap_or_else(|| loaded.node_id.clone()),
+        timers: TimerConfig {
+            t1: Duration::from_millis(c.sip.t1_ms),
+            t2: Duration::from_millis(c.sip.t2_ms),
+            t4: Duration::from_millis(c.sip.t4_ms),
+        },
+        registrar: RegistrarConfig {
+            min_expires: Duration::from_secs(c.registrar.min_expires_s),
+            max_expires: Duration::from_secs(c.registrar.max_expires_s),
+            default_expires: Duration::from_secs(c.registrar.default_expires_s),
+            max_contacts: c.registrar.max_contacts_per_user,
+        },
+        digest: DigestConfig {
+            // Validated by config::load.
+            algorithms: c.auth.algorithms.iter().filter_map(|a| Algorithm::from_token(Some(a.get_ref()))).collect(),
+            nonce_lifetime: Duration::from_secs(c.auth.nonce_lifetime_s),
+            ..DigestConfig::default()
+        },
+        lockout: LockoutConfig {
+            max_failures: c.auth.max_failures,
+            window_s: c.auth.failure_window_s,
+            lock_s: c.auth.lockout_s,
+            ..LockoutConfig::default()
+        },
+    }
 }

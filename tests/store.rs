@@ -43,6 +43,32 @@ macro_rules! both {
     };
 }
 
+/// Like `both!`, for scenarios that need the URL too.
+macro_rules! both_url {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_url {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let (_guard, url) = crate::common::sqlite_url();
+                    let store = crate::open(&url).await;
+                    super::$name(store, url).await;
+                }
+            )*
+        }
+        mod postgres_url {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let url = crate::common::pg_schema_url().await;
+                    let store = crate::open(&url).await;
+                    super::$name(store, url).await;
+                }
+            )*
+        }
+    };
+}
+
 async fn open(url: &str) -> Store {
     Store::connect(url, &DatabaseConfig::default()).await.unwrap_or_else(|e| panic!("open {url}: {e}"))
 }
@@ -92,6 +118,8 @@ both!(
     settings_and_rate_limit,
     call_records_round_trip,
 );
+
+both_url!(licence_cache_follows_changes);
 
 async fn migrations_are_idempotent_and_seed_plans(store: Store) {
     let plans = store.plans().await.expect("plans");
@@ -372,4 +400,56 @@ async fn call_records_round_trip(store: Store) {
     let since = store.call_records(Some("p1"), DateTime::from_timestamp(200, 0), 10).await.expect("q");
     assert_eq!(since.len(), 1);
     assert_eq!(since[0].reason.as_deref(), Some("channels-busy"));
+}
+
+/// The cache reflects a block (and a new portal) after a refresh; with the
+/// refresher running, a change reaches it without anyone asking: by NOTIFY
+/// on PostgreSQL (the poll interval here is an hour, so only NOTIFY can do
+/// it) and by polling on SQLite.
+async fn licence_cache_follows_changes(store: Store, url: String) {
+    use trunkgate::licences::LicenceCache;
+    let t0 = t(T0);
+    add(&store, "c", "c.example.com", free(), t0).await;
+    let cache = LicenceCache::load(&store).await.expect("load");
+    assert_eq!(cache.get().portal_by_domain("C.example.com").map(|p| p.id.as_str().to_owned()), Some("c".into()));
+    assert!(!cache.refresh(&store).await.expect("refresh"), "nothing changed");
+    store.portal_block("c", admission::BlockReason::Manual, t0).await.expect("block");
+    assert!(cache.refresh(&store).await.expect("refresh"));
+    let snap = cache.get();
+    let p = snap.portal(&PortalId::new("c")).expect("portal");
+    assert_eq!(p.status, admission::PortalStatus::Blocked(admission::BlockReason::Manual));
+
+    let poll = if store.kind() == trunkgate::store::BackendKind::Postgres {
+        std::time::Duration::from_secs(3600)
+    } else {
+        std::time::Duration::from_millis(100)
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut changes = cache.subscribe();
+    let task = tokio::spawn(cache.clone().run_refresher(store.clone(), url, poll, shutdown.clone()));
+    changes.borrow_and_update();
+    // LISTEN is registered asynchronously: repeat a harmless change until
+    // the refresher reports one.
+    let mut probe = 0;
+    loop {
+        probe += 1;
+        store.plan_set("free", &PlanChange::default(), t0).await.expect("probe change");
+        if tokio::time::timeout(std::time::Duration::from_millis(500), changes.changed()).await.is_ok() {
+            break;
+        }
+        assert!(probe < 20, "refresher never saw a change");
+    }
+    store.portal_unblock("c", t0).await.expect("unblock");
+    tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            changes.changed().await.expect("watch");
+            if cache.get().portal(&PortalId::new("c")).map(|p| p.status) == Some(admission::PortalStatus::Active) {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("unblock reaches the cache within 5 s");
+    shutdown.cancel();
+    task.await.expect("refresher ends");
 }

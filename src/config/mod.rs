@@ -51,6 +51,12 @@ pub struct Config {
     /// SIP listeners and protocol settings.
     #[serde(default)]
     pub sip: SipConfig,
+    /// The registrar of portal users.
+    #[serde(default)]
+    pub registrar: RegistrarSection,
+    /// Digest authentication and lockout.
+    #[serde(default)]
+    pub auth: AuthSection,
     /// Trunks defined inline; more may come from `trunks_dir`.
     #[serde(default)]
     pub trunk: Vec<TrunkConfig>,
@@ -153,6 +159,112 @@ pub struct SipConfig {
     /// Host written into `Warning: 399 <host> "..."` headers. Default: the node id.
     #[serde(default)]
     pub warning_host: Option<String>,
+    /// Most TCP connections open at once; more are refused. Default: 4096.
+    #[serde(default = "default_max_tcp_connections")]
+    pub max_tcp_connections: usize,
+    /// A TCP connection idle this long is closed, in seconds. Default: 600.
+    #[serde(default = "default_tcp_idle_timeout_s")]
+    pub tcp_idle_timeout_s: u64,
+}
+
+fn default_max_tcp_connections() -> usize {
+    4096
+}
+fn default_tcp_idle_timeout_s() -> u64 {
+    600
+}
+
+/// `[registrar]`: registrations of portal users.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrarSection {
+    /// Shortest registration accepted, seconds; shorter ones get 423. Default: 60.
+    #[serde(default = "default_min_expires_s")]
+    pub min_expires_s: u64,
+    /// Longest registration granted, seconds. Default: 3600.
+    #[serde(default = "default_max_expires_s")]
+    pub max_expires_s: u64,
+    /// Registration granted when the phone asks for none, seconds. Default: 3600.
+    #[serde(default = "default_max_expires_s")]
+    pub default_expires_s: u64,
+    /// Most contacts (devices) per user. Default: 10.
+    #[serde(default = "default_max_contacts")]
+    pub max_contacts_per_user: usize,
+}
+
+impl Default for RegistrarSection {
+    fn default() -> Self {
+        Self {
+            min_expires_s: default_min_expires_s(),
+            max_expires_s: default_max_expires_s(),
+            default_expires_s: default_max_expires_s(),
+            max_contacts_per_user: default_max_contacts(),
+        }
+    }
+}
+
+fn default_min_expires_s() -> u64 {
+    60
+}
+fn default_max_expires_s() -> u64 {
+    3600
+}
+fn default_max_contacts() -> usize {
+    10
+}
+
+/// `[auth]`: SIP digest authentication of portal users.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// Digest algorithms offered, one challenge each, most preferred first:
+    /// `SHA-256`, `MD5`. Default: `["MD5"]`: many phones and test tools
+    /// answer only the first challenge and know only MD5, so offering
+    /// SHA-256 first locks them out; put `"SHA-256"` first where every
+    /// device supports RFC 8760.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<Spanned<String>>,
+    /// How long a nonce stays valid, seconds. Default: 300.
+    #[serde(default = "default_nonce_lifetime_s")]
+    pub nonce_lifetime_s: u64,
+    /// Failed authentications from one address, within `failure_window_s`,
+    /// that lock the address out. Default: 10.
+    #[serde(default = "default_max_failures")]
+    pub max_failures: u32,
+    /// Window over which failures are counted, seconds. Default: 60.
+    #[serde(default = "default_failure_window_s")]
+    pub failure_window_s: u64,
+    /// How long a locked-out address is refused, seconds. Default: 300.
+    #[serde(default = "default_lockout_s")]
+    pub lockout_s: u64,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        Self {
+            algorithms: default_algorithms(),
+            nonce_lifetime_s: default_nonce_lifetime_s(),
+            max_failures: default_max_failures(),
+            failure_window_s: default_failure_window_s(),
+            lockout_s: default_lockout_s(),
+        }
+    }
+}
+
+fn default_algorithms() -> Vec<Spanned<String>> {
+    vec![Spanned::new(0..0, "MD5".to_owned())]
+}
+fn default_nonce_lifetime_s() -> u64 {
+    300
+}
+fn default_max_failures() -> u32 {
+    10
+}
+fn default_failure_window_s() -> u64 {
+    60
+}
+fn default_lockout_s() -> u64 {
+    300
 }
 
 impl Default for SipConfig {
@@ -164,6 +276,8 @@ impl Default for SipConfig {
             t2_ms: default_t2_ms(),
             t4_ms: default_t4_ms(),
             warning_host: None,
+            max_tcp_connections: default_max_tcp_connections(),
+            tcp_idle_timeout_s: default_tcp_idle_timeout_s(),
         }
     }
 }
@@ -448,6 +562,49 @@ fn validate(config: &Config, trunks: &[LoadedTrunk], main: &Path, sources: &Sour
     }
     if sip.t4_ms == 0 || sip.t4_ms > 600_000 {
         errors.push(sources.key_error(main, "t4_ms", "[sip] t4_ms must be between 1 and 600000"));
+    }
+
+    let reg = &config.registrar;
+    if reg.min_expires_s == 0 || reg.min_expires_s > reg.max_expires_s {
+        errors.push(sources.key_error(
+            main,
+            "min_expires_s",
+            "[registrar] min_expires_s must be between 1 and max_expires_s",
+        ));
+    }
+    if !(reg.min_expires_s..=reg.max_expires_s).contains(&reg.default_expires_s) {
+        errors.push(sources.key_error(
+            main,
+            "default_expires_s",
+            "[registrar] default_expires_s must be between min_expires_s and max_expires_s",
+        ));
+    }
+    if reg.max_contacts_per_user == 0 {
+        errors.push(sources.key_error(
+            main,
+            "max_contacts_per_user",
+            "[registrar] max_contacts_per_user must be at least 1",
+        ));
+    }
+    let auth = &config.auth;
+    if auth.algorithms.is_empty() {
+        errors.push(sources.key_error(main, "algorithms", "[auth] algorithms must name at least one of SHA-256, MD5"));
+    }
+    for a in &auth.algorithms {
+        if crate::sip::digest::Algorithm::from_token(Some(a.get_ref())).is_none() {
+            errors.push(sources.error(
+                main,
+                a.span(),
+                format!("[auth] unknown digest algorithm `{}` (SHA-256 or MD5)", a.get_ref()),
+            ));
+        }
+    }
+    if auth.nonce_lifetime_s == 0 || auth.max_failures == 0 || auth.failure_window_s == 0 {
+        errors.push(sources.key_error(
+            main,
+            "nonce_lifetime_s",
+            "[auth] nonce_lifetime_s, max_failures and failure_window_s must be at least 1",
+        ));
     }
 
     let mut names: HashMap<&str, (&Path, std::ops::Range<usize>)> = HashMap::new();

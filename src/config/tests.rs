@@ -94,8 +94,9 @@ fn unknown_key_in_every_table_of_every_example_is_rejected_with_its_line() {
             checked += 1;
         }
     }
-    // trunkgate.toml: root, log, database, sip, trunk, 2 routes; globex: root, trunk, route.
-    assert!(checked >= 10, "checked {checked} tables");
+    // trunkgate.toml: root, log, database, sip, registrar, auth, trunk, 2 routes;
+    // globex: root, trunk, route.
+    assert!(checked >= 12, "checked {checked} tables");
 }
 
 #[test]
@@ -204,4 +205,18 @@ fn errors_in_trunk_files_name_that_file() {
     let all = err.to_string();
     assert!(all.contains("trunks.d/c.toml:5:1: unknown field `port`"), "{all}");
     assert!(all.contains("trunks.d/b.toml:4:12: source 192.0.2.1/32 of trunk `b` overlaps"), "{all}");
+}
+
+#[test]
+fn auth_and_registrar_settings_are_checked() {
+    let err = load_text("[auth]\nalgorithms = [\"MD5\", \"SHA-512\"]\n").expect_err("unknown algorithm");
+    assert!(err.0[0].message.contains("unknown digest algorithm `SHA-512`"), "{err}");
+    assert_eq!((err.0[0].location.line, err.0[0].location.column), (2, 22), "{err}");
+    let err = load_text("[registrar]\nmin_expires_s = 7200\n").expect_err("min above max");
+    assert!(err.0.iter().any(|e| e.message.contains("min_expires_s") && e.location.line == 2), "{err}");
+    let l = load_text("[auth]\nalgorithms = [\"SHA-256\", \"MD5\"]\n").expect("valid");
+    assert_eq!(l.config.auth.algorithms.len(), 2);
+    let l = load_text("").expect("defaults");
+    assert_eq!(l.config.auth.algorithms.iter().map(|a| a.get_ref().as_str()).collect::<Vec<_>>(), ["MD5"]);
+    assert_eq!(l.config.registrar.min_expires_s, 60);
 }

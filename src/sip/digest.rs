@@ -161,8 +161,9 @@ pub struct DigestConfig {
 
 impl Default for DigestConfig {
     fn default() -> Self {
-        // SHA-256 first as RFC 8760 recommends; MD5 for the many devices
-        // that know nothing else.
+        // SHA-256 first as RFC 8760 recommends, MD5 for the many devices
+        // that know nothing else. (The daemon's own default, from the
+        // config, is MD5 alone: see `[auth] algorithms`.)
         Self {
             algorithms: vec![Algorithm::Sha256, Algorithm::Md5],
             nonce_lifetime: Duration::from_secs(300),

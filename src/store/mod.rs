@@ -100,17 +100,22 @@ macro_rules! with_tx {
 
 /// Bumps the change counter (and, on PostgreSQL, notifies listeners on commit).
 macro_rules! bump {
-    ($tx:ident, $portal:expr) => {{
+    ($store:expr, $tx:ident, $portal:expr) => {{
         sqlx::query("UPDATE change_counter SET version = version + 1 WHERE id = 1").execute(&mut *$tx).await?;
-        notify!($tx, $portal);
+        if matches!($store.backend, Backend::Postgres(_)) {
+            // Delivered on commit; the payload is the portal id (or `*`),
+            // never data: listeners re-read what they need.
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANGES_CHANNEL)
+                .bind(AsRef::<str>::as_ref(&$portal))
+                .execute(&mut *$tx)
+                .await?;
+        }
     }};
 }
 
-macro_rules! notify {
-    ($tx:ident, $portal:expr) => {{
-        let _ = &$portal;
-    }};
-}
+/// PostgreSQL NOTIFY channel for licence-relevant changes.
+pub const CHANGES_CHANNEL: &str = "trunkgate_changes";
 
 /// Fails unless plan `$plan` exists.
 macro_rules! require_plan {
@@ -174,6 +179,14 @@ pub(crate) fn from_ts(s: i64) -> DateTime<Utc> {
     // Out-of-range values cannot be written through this crate; clamp rather
     // than panic if someone edits the database by hand.
     DateTime::from_timestamp(s, 0).unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// A licence row with its portal id.
+#[derive(sqlx::FromRow)]
+struct PortalLicence {
+    portal_id: String,
+    #[sqlx(flatten)]
+    licence: LicenceRow,
 }
 
 /// A new portal with its first licence.
@@ -299,7 +312,7 @@ impl Store {
             .bind(ts(now))
             .execute(&mut *tx)
             .await?;
-            bump!(tx, "*");
+            bump!(self, tx, "*");
             PlanRow { name: name.to_owned(), max_users, max_cps, included_channels: included, updated_at: ts(now) }
         });
         Ok(row)
@@ -359,7 +372,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             write_licence!(tx, &new.id, &new.licence, now);
-            bump!(tx, new.id);
+            bump!(self, tx, new.id.as_str());
         });
         Ok(())
     }
@@ -457,7 +470,7 @@ impl Store {
             if to == "deleted" {
                 sqlx::query("DELETE FROM users WHERE portal_id = $1").bind(id).execute(&mut *tx).await?;
             }
-            bump!(tx, id);
+            bump!(self, tx, id);
         });
         Ok(())
     }
@@ -493,7 +506,7 @@ impl Store {
             .bind(dur)
             .execute(&mut *tx)
             .await?;
-            bump!(tx, id);
+            bump!(self, tx, id);
             PortalRow { allow_extranet_calls: allow, max_cps_override: cps, max_call_duration_s: dur, version: row.version + 1, ..row }
         });
         Ok(row)
@@ -520,7 +533,7 @@ impl Store {
             require_live_portal!(tx, id);
             require_plan!(tx, &licence.plan);
             write_licence!(tx, id, licence, now);
-            bump!(tx, id);
+            bump!(self, tx, id);
         });
         Ok(())
     }
@@ -563,7 +576,7 @@ impl Store {
             .bind(ts(now))
             .fetch_one(&mut *tx)
             .await?;
-            bump!(tx, id);
+            bump!(self, tx, id);
             ext_id
         });
         Ok(ext_id)
@@ -615,7 +628,7 @@ impl Store {
                 }
                 r => r?,
             };
-            bump!(tx, portal);
+            bump!(self, tx, portal);
         });
         Ok(())
     }
@@ -652,7 +665,7 @@ impl Store {
             if res.rows_affected() == 0 {
                 return Err(StoreError::NotFound { what: "user", id: format!("{portal}/{username}") });
             }
-            bump!(tx, portal);
+            bump!(self, tx, portal);
         });
         Ok(())
     }
@@ -687,6 +700,47 @@ impl Store {
         });
         let Some(portal) = portal else { return Ok(None) };
         snapshot::build(portal, licence, &extensions, &plans).map(Some)
+    }
+
+    /// Snapshots of every portal (deleted ones included, so their ids keep
+    /// being refused as such), read in one transaction: four queries
+    /// whatever the number of portals. What the licence cache loads.
+    pub async fn all_snapshots(&self) -> Result<Vec<PortalSnapshot>, StoreError> {
+        let (portals, licences, extensions, plans) = with_tx!(self, tx => {
+            let portals: Vec<PortalRow> = sqlx::query_as("SELECT * FROM portals ORDER BY id").fetch_all(&mut *tx).await?;
+            let licences: Vec<PortalLicence> = sqlx::query_as(
+                "SELECT portal_id, plan, valid_from, valid_until, on_expiry, grace_days FROM licences",
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+            let extensions: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
+                "SELECT e.portal_id, e.id, e.channels, e.valid_from, e.valid_until FROM extensions e
+                 JOIN portals p ON p.id = e.portal_id WHERE p.status <> 'deleted' ORDER BY e.valid_from, e.id",
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+            let plans: Vec<PlanRow> = sqlx::query_as("SELECT * FROM plans").fetch_all(&mut *tx).await?;
+            (portals, licences, extensions, plans)
+        });
+        let mut lic: std::collections::HashMap<String, LicenceRow> =
+            licences.into_iter().map(|l| (l.portal_id, l.licence)).collect();
+        let mut ext: std::collections::HashMap<String, Vec<ExtensionRow>> = std::collections::HashMap::new();
+        for (portal, id, channels, valid_from, valid_until) in extensions {
+            ext.entry(portal).or_default().push(ExtensionRow { id, channels, valid_from, valid_until });
+        }
+        let mut out = Vec::with_capacity(portals.len());
+        for p in portals {
+            let licence = lic.remove(&p.id);
+            let e = ext.remove(&p.id).unwrap_or_default();
+            let id = p.id.clone();
+            match snapshot::build(p, licence, &e, &plans) {
+                Ok(s) => out.push(s),
+                // One corrupt row must not take every portal down: skip it
+                // (its calls are refused as portal-not-found) and say so.
+                Err(e) => tracing::error!(portal = %id, error = %e, "portal row is invalid; treated as missing"),
+            }
+        }
+        Ok(out)
     }
 
     // ---- calls -----------------------------------------------------------------

@@ -60,3 +60,12 @@ pub fn write_config(dir: &Path, db_url: &str, extra: &str) -> PathBuf {
     std::fs::write(&p, text).expect("write config");
     p
 }
+
+pub mod daemon;
+
+/// The wall clock, for bounding waits on real processes (tests of the real
+/// daemon are drivers: they may read the clock, protocol code may not).
+#[allow(clippy::disallowed_methods)]
+pub fn wall_now() -> std::time::Instant {
+    std::time::Instant::now()
+}

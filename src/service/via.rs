@@ -1,0 +1,149 @@
+//! RFC 3261 §18.2.1 and RFC 3581 on receipt of a request: record where it
+//! really came from in the top Via (`received`, `rport`), and work out
+//! where the response goes (§18.2.2).
+
+use std::net::{IpAddr, SocketAddr};
+
+use crate::sip::message::{Host, Request, Rport};
+
+/// The result of stamping a request's top Via.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp {
+    /// The Via header's new value (all values, comma-joined), when the top
+    /// one changed.
+    pub new_via_value: Option<String>,
+    /// Where a UDP response goes.
+    pub reply_addr: SocketAddr,
+    /// The top Via's branch.
+    pub branch: Option<String>,
+    /// The top Via's sent-by, `host[:port]`.
+    pub sent_by: String,
+}
+
+/// Stamps `req`'s top Via for a request received from `remote`. `None` when
+/// the request has no parsable Via (no response can be routed).
+pub fn stamp(req: &Request, remote: SocketAddr) -> Option<Stamp> {
+    let vias = req.headers().vias().ok()?;
+    let top = vias.first()?;
+    let port = top.port();
+    let sent_by = match port {
+        Some(p) => format!("{}:{p}", top.host_str()),
+        None => top.host_str().to_owned(),
+    };
+    let host_ip: Option<IpAddr> = match top.host() {
+        Host::Ipv4(a) => Some(IpAddr::V4(a)),
+        Host::Ipv6(a) => Some(IpAddr::V6(a)),
+        Host::Domain(_) => None,
+    };
+    let rport = top.rport();
+    let wants_rport = matches!(rport, Some(Rport::Requested));
+    let needs_received = host_ip != Some(remote.ip()) || wants_rport;
+    let mut value = top.as_str().to_owned();
+    let mut changed = false;
+    if wants_rport {
+        value = fill_rport(&value, remote.port());
+        changed = true;
+    }
+    if needs_received && top.received_str().is_none() {
+        // RFC 5118 §4.5: no brackets around an IPv6 received value.
+        value.push_str(&format!(";received={}", remote.ip()));
+        changed = true;
+    }
+    let reply_addr = if rport.is_some() { remote } else { SocketAddr::new(remote.ip(), port.unwrap_or(5060)) };
+    let new_via_value = changed.then(|| {
+        let mut all = vec![value];
+        all.extend(vias.iter().skip(1).map(|v| v.as_str().to_owned()));
+        all.join(", ")
+    });
+    Some(Stamp { new_via_value, reply_addr, branch: top.branch().map(str::to_owned), sent_by })
+}
+
+/// Replaces a value-less `;rport` parameter by `;rport=<port>`.
+fn fill_rport(via: &str, port: u16) -> String {
+    let lower = via.to_ascii_lowercase();
+    let mut search = 0;
+    while let Some(i) = lower.get(search..).and_then(|s| s.find(";rport")).map(|i| i + search) {
+        let end = i + ";rport".len();
+        let next = lower.as_bytes().get(end).copied();
+        if matches!(next, None | Some(b';') | Some(b' ') | Some(b'\t')) {
+            let mut out = String::with_capacity(via.len() + 6);
+            out.push_str(via.get(..end).unwrap_or(via));
+            out.push_str(&format!("={port}"));
+            out.push_str(via.get(end..).unwrap_or(""));
+            return out;
+        }
+        search = end;
+    }
+    via.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::message::{Message, parse};
+
+    fn req(via: &str) -> Request {
+        let text = format!(
+            "OPTIONS sip:x@example.com SIP/2.0\r\nVia: {via}\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:x@example.com>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        );
+        match parse(text.as_bytes()).expect("parse") {
+            Message::Request(r) => r,
+            Message::Response(_) => panic!("request expected"),
+        }
+    }
+
+    fn remote() -> SocketAddr {
+        "203.0.113.9:40000".parse().expect("addr")
+    }
+
+    #[test]
+    fn rport_is_filled_and_received_added() {
+        let s = stamp(&req("SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bKa;rport"), remote()).expect("stamp");
+        assert_eq!(
+            s.new_via_value.as_deref(),
+            Some("SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bKa;rport=40000;received=203.0.113.9")
+        );
+        assert_eq!(s.reply_addr, remote(), "RFC 3581: back to the source port");
+        assert_eq!(s.branch.as_deref(), Some("z9hG4bKa"));
+        assert_eq!(s.sent_by, "10.0.0.5:5060");
+    }
+
+    #[test]
+    fn matching_source_without_rport_changes_nothing_and_replies_to_sent_by_port() {
+        let s = stamp(&req("SIP/2.0/UDP 203.0.113.9:5070;branch=z9hG4bKb"), remote()).expect("stamp");
+        assert_eq!(s.new_via_value, None);
+        assert_eq!(s.reply_addr, "203.0.113.9:5070".parse().expect("addr"));
+        let s = stamp(&req("SIP/2.0/UDP 203.0.113.9;branch=z9hG4bKb"), remote()).expect("stamp");
+        assert_eq!(s.reply_addr, "203.0.113.9:5060".parse().expect("addr"), "default port");
+    }
+
+    #[test]
+    fn domain_sent_by_gets_received_and_other_values_are_kept() {
+        let s =
+            stamp(&req("SIP/2.0/UDP pbx.example.com;branch=z9hG4bKc, SIP/2.0/UDP 10.1.1.1;branch=z9hG4bKd"), remote())
+                .expect("stamp");
+        assert_eq!(
+            s.new_via_value.as_deref(),
+            Some(
+                "SIP/2.0/UDP pbx.example.com;branch=z9hG4bKc;received=203.0.113.9, SIP/2.0/UDP 10.1.1.1;branch=z9hG4bKd"
+            )
+        );
+    }
+
+    #[test]
+    fn ipv6_received_has_no_brackets() {
+        let r: SocketAddr = "[2001:db8::9]:5062".parse().expect("addr");
+        let s = stamp(&req("SIP/2.0/UDP [2001:db8::1];branch=z9hG4bKe;rport"), r).expect("stamp");
+        assert_eq!(
+            s.new_via_value.as_deref(),
+            Some("SIP/2.0/UDP [2001:db8::1];branch=z9hG4bKe;rport=5062;received=2001:db8::9")
+        );
+        assert_eq!(s.reply_addr, r);
+    }
+
+    #[test]
+    fn rport_lookalikes_are_not_touched() {
+        assert_eq!(fill_rport("SIP/2.0/UDP h;rportx;rport", 9), "SIP/2.0/UDP h;rportx;rport=9");
+        assert_eq!(fill_rport("SIP/2.0/UDP h;rport=5", 9), "SIP/2.0/UDP h;rport=5");
+    }
+}

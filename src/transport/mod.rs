@@ -1,0 +1,257 @@
+//! SIP transports: UDP and TCP sockets driven by tokio.
+//!
+//! Receive tasks parse what arrives (datagram parsing and stream framing
+//! run on whichever worker thread holds the socket, not in the SIP core)
+//! and hand [`Inbound`] items to the core over a bounded channel. Sending
+//! is synchronous and never blocks the core: UDP uses `try_send_to` (a full
+//! socket buffer is packet loss, which SIP retransmission covers), TCP
+//! queues to the connection's writer task.
+//!
+//! TLS and WebSocket transports will sit beside these behind the same
+//! [`Target`] / [`Transports::send`] interface.
+
+mod tcp;
+mod udp;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ListenAddr, Transport};
+use crate::sip::message::{Message, ParseError};
+
+/// Id of one TCP connection, unique for the life of the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+/// Where a message goes: a transport, a peer address and, for streams, the
+/// connection to reuse when it is still open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    /// Transport protocol.
+    pub transport: Transport,
+    /// Peer address.
+    pub addr: SocketAddr,
+    /// Connection the request came in on (streams).
+    pub conn: Option<ConnId>,
+}
+
+/// What a receive task hands to the SIP core.
+#[derive(Debug)]
+pub struct Inbound {
+    /// Transport it came on.
+    pub transport: Transport,
+    /// Our socket's address.
+    pub local: SocketAddr,
+    /// The peer's address as seen on the wire.
+    pub remote: SocketAddr,
+    /// The connection (streams).
+    pub conn: Option<ConnId>,
+    /// The message, or why it could not be parsed.
+    pub message: Result<Message, ParseError>,
+}
+
+impl Inbound {
+    /// The target that answers go to by default (§18.2.2: back where the
+    /// request came from, over the same connection).
+    pub fn reply_target(&self) -> Target {
+        Target { transport: self.transport, addr: self.remote, conn: self.conn }
+    }
+}
+
+/// Settings of the transports.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// Largest message accepted.
+    pub max_message_bytes: usize,
+    /// Most TCP connections open at once (inbound and outbound).
+    pub max_tcp_connections: usize,
+    /// A TCP connection idle this long is closed.
+    pub tcp_idle_timeout: Duration,
+    /// Time allowed to connect to a peer.
+    pub tcp_connect_timeout: Duration,
+    /// Messages queued per TCP connection before it is considered stuck and closed.
+    pub tcp_send_queue: usize,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 64 * 1024,
+            max_tcp_connections: 4096,
+            tcp_idle_timeout: Duration::from_secs(600),
+            tcp_connect_timeout: Duration::from_secs(5),
+            tcp_send_queue: 1024,
+        }
+    }
+}
+
+/// Why a message could not be handed to the network.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No socket of that transport (and address family) is open.
+    #[error("no {transport} transport for {addr}")]
+    NoTransport {
+        /// Transport asked for.
+        transport: &'static str,
+        /// Destination.
+        addr: SocketAddr,
+    },
+    /// The operating system refused the datagram.
+    #[error("udp send to {addr}: {source}")]
+    Udp {
+        /// Destination.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The connection's queue is full: the peer does not read. It is closed.
+    #[error("tcp connection to {addr} is stuck")]
+    Stuck {
+        /// Destination.
+        addr: SocketAddr,
+    },
+    /// Too many connections are open to open another.
+    #[error("tcp connection limit reached")]
+    ConnectionLimit,
+}
+
+/// A bound socket, as reported to the operator and the tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bound {
+    /// Transport.
+    pub transport: Transport,
+    /// Local address (with the real port when port 0 was asked for).
+    pub addr: SocketAddr,
+}
+
+struct ConnEntry {
+    tx: mpsc::Sender<Bytes>,
+}
+
+/// Shared state of the TCP side: open connections by id and by peer.
+#[derive(Default)]
+struct ConnTable {
+    by_id: HashMap<ConnId, ConnEntry>,
+    by_remote: HashMap<SocketAddr, ConnId>,
+}
+
+pub(crate) struct Shared {
+    config: TransportConfig,
+    inbound: mpsc::Sender<Inbound>,
+    udp: Vec<(SocketAddr, Arc<tokio::net::UdpSocket>)>,
+    conns: Mutex<ConnTable>,
+    next_conn: AtomicU64,
+    tcp_permits: Arc<tokio::sync::Semaphore>,
+    shutdown: CancellationToken,
+    /// Local address used as the source of outbound TCP connections'
+    /// messages (the first TCP listener), for logs.
+    tcp_local: Option<SocketAddr>,
+}
+
+/// Handle on every open transport. Cheap to clone.
+#[derive(Clone)]
+pub struct Transports {
+    shared: Arc<Shared>,
+    bound: Arc<Vec<Bound>>,
+}
+
+impl std::fmt::Debug for Transports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transports").field("bound", &self.bound).finish()
+    }
+}
+
+impl Transports {
+    /// Binds every listener and starts the receive tasks. Inbound messages
+    /// go to `inbound`; everything stops when `shutdown` is cancelled.
+    pub async fn bind(
+        listen: &[ListenAddr],
+        config: TransportConfig,
+        inbound: mpsc::Sender<Inbound>,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<Self> {
+        let mut udp = Vec::new();
+        let mut tcp = Vec::new();
+        let mut bound = Vec::new();
+        for l in listen {
+            match l.transport {
+                Transport::Udp => {
+                    let sock = udp::bind(l.addr)?;
+                    let addr = sock.local_addr()?;
+                    bound.push(Bound { transport: Transport::Udp, addr });
+                    udp.push((addr, Arc::new(sock)));
+                }
+                Transport::Tcp => {
+                    let listener = tcp::bind(l.addr)?;
+                    let addr = listener.local_addr()?;
+                    bound.push(Bound { transport: Transport::Tcp, addr });
+                    tcp.push((addr, listener));
+                }
+            }
+        }
+        let shared = Arc::new(Shared {
+            tcp_permits: Arc::new(tokio::sync::Semaphore::new(config.max_tcp_connections)),
+            config,
+            inbound,
+            udp: udp.clone(),
+            conns: Mutex::new(ConnTable::default()),
+            next_conn: AtomicU64::new(1),
+            shutdown,
+            tcp_local: tcp.first().map(|(a, _)| *a),
+        });
+        for (addr, sock) in udp {
+            tokio::spawn(udp::receive_loop(shared.clone(), addr, sock));
+        }
+        for (addr, listener) in tcp {
+            tokio::spawn(tcp::accept_loop(shared.clone(), addr, listener));
+        }
+        Ok(Self { shared, bound: Arc::new(bound) })
+    }
+
+    /// The sockets actually bound.
+    pub fn bound(&self) -> &[Bound] {
+        &self.bound
+    }
+
+    /// The local address to advertise (Via sent-by, Contact) for a transport
+    /// and address family.
+    pub fn local_for(&self, transport: Transport, peer: SocketAddr) -> Option<SocketAddr> {
+        self.bound.iter().find(|b| b.transport == transport && b.addr.is_ipv4() == peer.is_ipv4()).map(|b| b.addr)
+    }
+
+    /// Sends `data` to `target`. Never blocks. TCP reuses the target's
+    /// connection, else any open connection to the address, else opens one.
+    pub fn send(&self, target: &Target, data: Bytes) -> Result<(), SendError> {
+        match target.transport {
+            Transport::Udp => udp::send(&self.shared, target.addr, &data),
+            Transport::Tcp => tcp::send(&self.shared, target, data),
+        }
+    }
+
+    /// Open TCP connections.
+    pub fn tcp_connections(&self) -> usize {
+        self.shared.conns.lock().map(|t| t.by_id.len()).unwrap_or(0)
+    }
+}
+
+impl Shared {
+    fn next_conn_id(&self) -> ConnId {
+        ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Hands an item to the core; when the core is saturated the item is
+    /// dropped (counted) rather than buffered without bound: SIP clients
+    /// retransmit.
+    fn deliver(&self, item: Inbound) {
+        if let Err(mpsc::error::TrySendError::Full(item)) = self.inbound.try_send(item) {
+            tracing::warn!(remote = %item.remote, transport = item.transport.as_str(), "SIP core saturated: message dropped");
+        }
+    }
+}

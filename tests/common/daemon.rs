@@ -1,0 +1,242 @@
+//! The real `trunkgate` daemon, started on free ports with its own SQLite
+//! database, and real peers (sipp) pointed at it.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// A running daemon. Killed (SIGTERM, then SIGKILL) on drop.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    child: Option<Child>,
+    pub udp: SocketAddr,
+    pub tcp: SocketAddr,
+    log: Arc<(Mutex<Vec<String>>, Condvar)>,
+}
+
+impl Daemon {
+    /// A config (and empty database) in a fresh folder; `extra` is appended
+    /// to the TOML. Seed it with [`Daemon::cli`] before [`Daemon::start`].
+    pub fn prepare(extra: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = format!("sqlite://{}", dir.path().join("state/trunkgate.db").display());
+        let config = dir.path().join("trunkgate.toml");
+        let text = format!(
+            "node_id = \"test-node\"\nstate_dir = \"{}\"\n[log]\nformat = \"json\"\nlevel = \"info\"\n\
+             [database]\nurl = \"{db}\"\n[sip]\nlisten = [\"udp://127.0.0.1:0\", \"tcp://127.0.0.1:0\"]\n{extra}",
+            dir.path().join("state").display()
+        );
+        std::fs::write(&config, text).expect("write config");
+        Daemon {
+            dir,
+            config,
+            child: None,
+            udp: "0.0.0.0:0".parse().expect("addr"),
+            tcp: "0.0.0.0:0".parse().expect("addr"),
+            log: Arc::new((Mutex::new(Vec::new()), Condvar::new())),
+        }
+    }
+
+    /// Runs an admin command against the daemon's database; panics on failure.
+    pub fn cli(&self, args: &[&str]) -> String {
+        self.cli_stdin(args, None)
+    }
+
+    /// Same, with standard input.
+    pub fn cli_stdin(&self, args: &[&str], stdin: Option<&str>) -> String {
+        use std::io::Write;
+        let mut child = Command::new(super::bin())
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn trunkgate");
+        if let (Some(mut sin), Some(s)) = (child.stdin.take(), stdin) {
+            sin.write_all(s.as_bytes()).expect("stdin");
+        }
+        let out = child.wait_with_output().expect("wait");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A portal with a free licence, an extension for 2026–2099 and users.
+    pub fn seed_portal(&self, id: &str, domain: &str, users: &[(&str, &str)]) {
+        self.cli(&["portal", "add", "--id", id, "--domain", domain]);
+        self.cli(&[
+            "extension",
+            "add",
+            "--portal",
+            id,
+            "--channels",
+            "10",
+            "--valid-from",
+            "2020-01-01T00:00:00Z",
+            "--valid-until",
+            "2099-01-01T00:00:00Z",
+        ]);
+        for (user, password) in users {
+            self.cli_stdin(&["user", "add", "--portal", id, "--username", user], Some(&format!("{password}\n")));
+        }
+    }
+
+    /// Starts `trunkgate run` and waits for its `ready` line; reads the
+    /// bound ports from the `listening` lines.
+    pub fn start(&mut self) {
+        let mut child = Command::new(super::bin())
+            .arg("--config")
+            .arg(&self.config)
+            .arg("run")
+            .env_remove("RUST_LOG")
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn daemon");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = self.log.clone();
+        let (tx, rx) = std::sync::mpsc::channel::<Value>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    let _ = tx.send(v);
+                }
+                if let Ok(mut l) = log.0.lock() {
+                    l.push(line);
+                }
+                log.1.notify_all();
+            }
+        });
+        self.child = Some(child);
+        loop {
+            let v = rx
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("daemon not ready: {}", self.log_text()));
+            match v["message"].as_str() {
+                Some("listening") => {
+                    let addr: SocketAddr = v["addr"].as_str().and_then(|a| a.parse().ok()).expect("listening addr");
+                    match v["transport"].as_str() {
+                        Some("udp") => self.udp = addr,
+                        Some("tcp") => self.tcp = addr,
+                        _ => {}
+                    }
+                }
+                Some("ready") => break,
+                _ => {}
+            }
+        }
+    }
+
+    /// Everything the daemon logged so far.
+    pub fn log_text(&self) -> String {
+        self.log.0.lock().map(|l| l.join("\n")).unwrap_or_default()
+    }
+
+    /// Waits (at most 10 s, woken by each new line) until a log line
+    /// contains every needle; returns it.
+    pub fn wait_log(&self, needles: &[&str]) -> String {
+        let (lock, cv) = &*self.log;
+        let mut lines = lock.lock().expect("log lock");
+        let deadline = super::wall_now() + Duration::from_secs(10);
+        loop {
+            if let Some(line) = lines.iter().find(|line| needles.iter().all(|n| line.contains(n))) {
+                return line.clone();
+            }
+            let left = deadline.saturating_duration_since(super::wall_now());
+            assert!(!left.is_zero(), "no log line with {needles:?}:\n{}", lines.join("\n"));
+            lines = cv.wait_timeout(lines, left).expect("log lock").0;
+        }
+    }
+
+    /// Stops with SIGTERM and returns the exit code (None if it had to be
+    /// killed after 10 s).
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let pid = child.id();
+        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let status = child.wait().ok().and_then(|s| s.code());
+            let _ = tx.send(status);
+        });
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(code) => {
+                let _ = waiter.join();
+                code
+            }
+            Err(_) => {
+                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+                let _ = waiter.join();
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The sipp scenario folder.
+pub fn scenarios() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp")
+}
+
+/// A free local port for a peer (bound then released).
+pub fn free_port() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let t = std::net::TcpListener::bind(("127.0.0.1", s.local_addr().expect("addr").port()));
+    match t {
+        Ok(_) => s.local_addr().expect("addr").port(),
+        Err(_) => free_port(),
+    }
+}
+
+/// Runs one sipp call of `scenario` against `target` (`-t u1` or `-t t1`),
+/// with extra arguments; returns sipp's output. sipp must be installed:
+/// the test script installs it, and a missing sipp fails the test.
+pub fn sipp(scenario: &str, target: SocketAddr, tcp: bool, extra: &[&str]) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let err = dir.path().join("err.log");
+    let msgs = dir.path().join("msgs.log");
+    let port = free_port().to_string();
+    let out: Output = Command::new("sipp")
+        .arg(target.to_string())
+        .arg("-sf")
+        .arg(scenarios().join(scenario))
+        .args(["-m", "1", "-timeout", "15", "-nostdin", "-i", "127.0.0.1", "-p", &port])
+        .args(["-t", if tcp { "t1" } else { "u1" }])
+        .args(["-trace_err", "-error_file"])
+        .arg(&err)
+        .args(["-trace_msg", "-message_file"])
+        .arg(&msgs)
+        .args(extra)
+        .current_dir(dir.path())
+        .output()
+        .unwrap_or_else(|e| panic!("sipp must be installed (scripts/test.sh installs sip-tester): {e}"));
+    let text = format!(
+        "exit {:?}\n{}\n{}\n--- errors\n{}\n--- messages\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(&err).unwrap_or_default(),
+        std::fs::read_to_string(&msgs).unwrap_or_default()
+    );
+    (out.status.success(), text)
+}
