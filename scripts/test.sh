@@ -28,6 +28,7 @@ pg_bin_dir() {
 have psql || need_pkgs+=(postgresql-client)
 have pg_isready || need_pkgs+=(postgresql-client)
 have sipp || need_pkgs+=(sip-tester)
+have baresip || need_pkgs+=(baresip)
 have systemd-analyze || need_pkgs+=(systemd)
 have cc || need_pkgs+=(gcc)
 if [ ${#need_pkgs[@]} -gt 0 ]; then

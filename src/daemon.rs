@@ -7,6 +7,8 @@ use tracing::{info, warn};
 
 use std::time::Duration;
 
+use crate::b2bua::TrunkTable;
+use crate::cdr::CdrWriter;
 use crate::config::Loaded;
 use crate::licences::LicenceCache;
 use crate::ops::systemd;
@@ -63,8 +65,28 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         // Tests and operators read the real ports (port 0) from this line.
         info!(transport = b.transport.as_str(), addr = %b.addr, "listening");
     }
-    let service =
-        Service::start(service_config(&loaded), store.clone(), cache, transports, inbound_rx, shutdown.clone())?;
+    // Calls of an earlier run of this node are gone: free their channels.
+    match store.release_node_leases(&loaded.node_id).await {
+        Ok(0) => {}
+        Ok(n) => warn!(leases = n, "released the leases of this node's previous run"),
+        Err(e) => warn!(error = %e, "could not release this node's old leases; they will expire"),
+    }
+    tokio::spawn(renew_leases(store.clone(), loaded.node_id.clone(), shutdown.clone()));
+    // Call records are written in batches by their own task, which flushes
+    // everything before the daemon exits.
+    let cdr_shutdown = CancellationToken::new();
+    let (cdr, cdr_task) = CdrWriter::start(store.clone(), cdr_shutdown.clone());
+    let trunks = TrunkTable::new(&loaded.trunks);
+    let service = Service::start(
+        service_config(&loaded),
+        store.clone(),
+        cache,
+        trunks,
+        cdr,
+        transports,
+        inbound_rx,
+        shutdown.clone(),
+    )?;
 
     systemd::ready("serving");
     info!("ready");
@@ -72,9 +94,30 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     shutdown.cancelled().await;
     systemd::stopping();
     info!(registrations = service.registrations(), "stopping");
+    cdr_shutdown.cancel();
+    if cdr_task.await.is_err() {
+        warn!("call record writer ended abnormally");
+    }
     store.close().await;
     info!("stopped");
     Ok(())
+}
+
+/// Renews this node's call leases every third of their lifetime, so the
+/// channels of a node that dies come back when its leases expire.
+async fn renew_leases(store: Store, node_id: String, shutdown: CancellationToken) {
+    let ttl = crate::service::LEASE_TTL;
+    let mut tick = tokio::time::interval(ttl / 3);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let until = crate::clock::now_utc() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::seconds(60));
+        if let Err(e) = store.renew_leases(&node_id, until).await {
+            warn!(error = %e, "lease renewal failed");
+        }
+    }
 }
 
 /// Cancels `token` on the first SIGTERM or SIGINT.
@@ -120,5 +163,6 @@ fn service_config(loaded: &Loaded) -> ServiceConfig {
             lock_s: c.auth.lockout_s,
             ..LockoutConfig::default()
         },
+        max_calls: c.sip.max_calls,
     }
 }

@@ -13,6 +13,8 @@
 //! - [`clock`]: the only place that reads the wall clock.
 
 pub mod admission;
+pub mod b2bua;
+pub mod cdr;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -575,6 +575,17 @@ pub struct PortalSnapshot {
     pub extensions: Vec<Extension>,
     /// Limits of the licensed plan and of the free plan.
     pub limits: PlanLimitsTable,
+    /// Longest call allowed, in seconds (calls are ended with BYE on both
+    /// legs when it is reached). Default 3600.
+    #[serde(default = "default_max_call_duration_s")]
+    pub max_call_duration_s: u32,
+}
+
+/// The default longest call: one hour.
+pub const DEFAULT_MAX_CALL_DURATION_S: u32 = 3600;
+
+fn default_max_call_duration_s() -> u32 {
+    DEFAULT_MAX_CALL_DURATION_S
 }
 
 impl PortalSnapshot {

@@ -77,6 +77,7 @@ fn portal(licence: Licence) -> PortalSnapshot {
         licence,
         extensions: Vec::new(),
         limits: PlanLimitsTable { licensed, free: free_limits() },
+        max_call_duration_s: 3600,
     }
 }
 

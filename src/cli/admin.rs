@@ -94,6 +94,7 @@ pub async fn dispatch(cmd: Command, loaded: &Loaded) -> Result<(), Failure> {
         Command::User(c) => user(c, loaded).await,
         Command::Admission(c) => explain(c, loaded).await,
         Command::Cdr(a) => cdr(a, loaded).await,
+        Command::Calls { node, json } => calls(node, json, loaded).await,
     }
 }
 
@@ -388,6 +389,12 @@ async fn user(cmd: UserCmd, loaded: &Loaded) -> Result<(), Failure> {
             info!(target: "security", portal = %portal, username = %username, "user disabled");
             println!("portal {portal}: user {username} disabled");
         }
+        UserCmd::SetContact { portal, username, contact } => {
+            let c = if contact == "none" { None } else { Some(contact.as_str()) };
+            open(loaded).await?.user_set_static_contact(&portal, &username, c).await?;
+            info!(target: "audit", portal = %portal, username = %username, "static contact changed");
+            println!("portal {portal}: user {username} contact {}", c.unwrap_or("removed"));
+        }
         UserCmd::Enable { portal, username } => {
             open(loaded).await?.user_set_disabled(&portal, &username, false).await?;
             info!(target: "security", portal = %portal, username = %username, "user enabled");
@@ -448,6 +455,29 @@ async fn cdr(a: CdrArgs, loaded: &Loaded) -> Result<(), Failure> {
                     r.outcome.clone(),
                     opt(r.sip_status),
                     opt(r.reason.as_ref()),
+                    r.call_id.clone(),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
+    Ok(())
+}
+
+async fn calls(node: Option<String>, json: bool, loaded: &Loaded) -> Result<(), Failure> {
+    let rows = open(loaded).await?.calls_in_progress(node.as_deref(), clock::now_utc()).await?;
+    if json {
+        return print_json(&rows);
+    }
+    table(
+        &["PORTAL", "NODE", "SINCE", "LEASE UNTIL", "CALL"],
+        &rows
+            .iter()
+            .map(|r| {
+                vec![
+                    r.portal_id.clone(),
+                    r.node_id.clone(),
+                    format_ts(r.acquired_at),
+                    format_ts(r.expires_at),
                     r.call_id.clone(),
                 ]
             })

@@ -57,6 +57,15 @@ pub enum Command {
     Admission(AdmissionCmd),
     /// List call records.
     Cdr(CdrArgs),
+    /// List calls in progress across the fleet (their channel leases).
+    Calls {
+        /// Only this node's calls.
+        #[arg(long)]
+        node: Option<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Licence fields shared by `portal add` and `licence set`.
@@ -247,6 +256,19 @@ pub enum UserCmd {
         /// Login.
         #[arg(long)]
         username: String,
+    },
+    /// Give a user a static contact (a phone on a fixed address that does
+    /// not register), or `none` to remove it.
+    SetContact {
+        /// Portal id.
+        #[arg(long)]
+        portal: String,
+        /// Login.
+        #[arg(long)]
+        username: String,
+        /// `sip:USER@IP:PORT[;transport=tcp]`, or `none`.
+        #[arg(long)]
+        contact: String,
     },
     /// Re-enable a user.
     Enable {

@@ -165,6 +165,15 @@ pub struct SipConfig {
     /// A TCP connection idle this long is closed, in seconds. Default: 600.
     #[serde(default = "default_tcp_idle_timeout_s")]
     pub tcp_idle_timeout_s: u64,
+    /// Calls in progress on this node above which new calls are shed with
+    /// `503` + Retry-After (`overloaded`), so the PBX fails over to another
+    /// node. Default: 10000.
+    #[serde(default = "default_max_calls")]
+    pub max_calls: usize,
+}
+
+fn default_max_calls() -> usize {
+    10_000
 }
 
 fn default_max_tcp_connections() -> usize {
@@ -278,6 +287,7 @@ impl Default for SipConfig {
             warning_host: None,
             max_tcp_connections: default_max_tcp_connections(),
             tcp_idle_timeout_s: default_tcp_idle_timeout_s(),
+            max_calls: default_max_calls(),
         }
     }
 }

@@ -7,6 +7,8 @@
 //! answers come back over a channel and leave through the transaction so
 //! retransmissions are absorbed and answered the same way.
 
+mod admit;
+mod calls;
 mod lockout;
 mod register;
 mod via;
@@ -22,6 +24,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+pub use admit::LEASE_TTL;
 pub use lockout::{Lockout, LockoutConfig};
 
 use crate::config::Transport;
@@ -55,6 +58,9 @@ pub struct ServiceConfig {
     pub digest: DigestConfig,
     /// Authentication lockout.
     pub lockout: LockoutConfig,
+    /// Calls in progress on this node above which new calls are shed
+    /// (`503 overloaded` with Retry-After, so the PBX fails over).
+    pub max_calls: usize,
 }
 
 /// Shared by the core and the handler tasks.
@@ -65,6 +71,7 @@ pub(crate) struct Ctx {
     pub location: Mutex<Location>,
     pub auth: Mutex<Authenticator>,
     pub lockout: Mutex<Lockout>,
+    pub trunks: crate::b2bua::TrunkTable,
     check: CheckConfig,
     tag_prefix: u64,
     tag_seq: AtomicU64,
@@ -103,10 +110,12 @@ impl Ctx {
     }
 }
 
-/// An answer from a handler task, to send through its transaction.
-pub(crate) struct Reply {
-    key: TsxKey,
-    response: Response,
+/// What handler tasks send back to the core.
+pub(crate) enum CoreMsg {
+    /// An answer to send through its server transaction.
+    Reply { key: TsxKey, response: Response },
+    /// The admission of an INVITE.
+    Admission(Box<calls::AdmissionResult>),
 }
 
 /// What a transaction (re)sends: the bytes and where to.
@@ -130,10 +139,13 @@ pub struct Service {
 
 impl Service {
     /// Starts the core task. `inbound` is the transports' output.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         config: ServiceConfig,
         store: Store,
         cache: LicenceCache,
+        trunks: crate::b2bua::TrunkTable,
+        cdr: crate::cdr::CdrWriter,
         transports: Transports,
         inbound: mpsc::Receiver<Inbound>,
         shutdown: CancellationToken,
@@ -146,6 +158,7 @@ impl Service {
             location: Mutex::new(Location::new(config.registrar.clone())),
             lockout: Mutex::new(Lockout::new(config.lockout)),
             auth: Mutex::new(auth),
+            trunks,
             config,
             store,
             cache,
@@ -160,6 +173,10 @@ impl Service {
             pending: HashMap::new(),
             transports,
             replies: reply_tx,
+            calls: calls::Calls::default(),
+            cdr,
+            responses: HashMap::new(),
+            rates: HashMap::new(),
         };
         tokio::spawn(core.run(inbound, reply_rx, shutdown));
         Ok(Self { ctx })
@@ -176,28 +193,43 @@ struct Core {
     layer: TransactionLayer<Outgoing>,
     pending: HashMap<TsxKey, Pending>,
     transports: Transports,
-    replies: mpsc::Sender<Reply>,
+    replies: mpsc::Sender<CoreMsg>,
+    calls: calls::Calls,
+    cdr: crate::cdr::CdrWriter,
+    /// The last response of each client transaction, for its events.
+    responses: HashMap<TsxKey, Response>,
+    /// Admission attempts per portal in the current second.
+    rates: HashMap<crate::admission::PortalId, (u64, u32)>,
 }
 
 impl Core {
     async fn run(
         mut self,
         mut inbound: mpsc::Receiver<Inbound>,
-        mut replies: mpsc::Receiver<Reply>,
+        mut replies: mpsc::Receiver<CoreMsg>,
         shutdown: CancellationToken,
     ) {
         let mut expire_tick = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
-            let deadline = self.layer.poll_timeout().map(tokio::time::Instant::from_std);
+            let deadline = [self.layer.poll_timeout(), self.calls.next_deadline()]
+                .into_iter()
+                .flatten()
+                .min()
+                .map(tokio::time::Instant::from_std);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 m = inbound.recv() => match m {
                     Some(m) => self.handle_inbound(m, crate::clock::instant()),
                     None => return,
                 },
-                Some(r) = replies.recv() => self.respond(r.key, r.response, crate::clock::instant()),
+                Some(m) = replies.recv() => match m {
+                    CoreMsg::Reply { key, response } => self.respond(key, response, crate::clock::instant()),
+                    CoreMsg::Admission(result) => self.handle_admission(*result, crate::clock::instant()),
+                },
                 _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
-                    self.layer.handle_timeout(crate::clock::instant());
+                    let now = crate::clock::instant();
+                    self.layer.handle_timeout(now);
+                    self.handle_call_timers(now);
                 }
                 _ = expire_tick.tick() => {
                     let now = unix_now();
@@ -223,10 +255,28 @@ impl Core {
                 }
                 Event::Terminated => {
                     self.pending.remove(&key);
+                    self.responses.remove(&key);
+                    self.client_terminated(&key);
                 }
-                Event::Timeout { timer } => debug!(?timer, "transaction timed out"),
-                Event::TransportError => debug!("transaction transport error"),
-                Event::Response { .. } | Event::AckNeeded { .. } => {}
+                Event::Timeout { timer } => {
+                    debug!(?timer, "transaction timed out");
+                    self.handle_client_failure(&key, 408, now);
+                }
+                Event::TransportError => {
+                    debug!("transaction transport error");
+                    self.handle_client_failure(&key, 503, now);
+                }
+                Event::Response { .. } => {
+                    if let Some(resp) = self.responses.get(&key).cloned() {
+                        self.handle_client_response(&key, &resp, now);
+                    }
+                }
+                Event::AckNeeded { .. } => {
+                    let ack = self.responses.get(&key).and_then(|resp| self.ack_for_failure(&key, resp));
+                    if let Some(ack) = ack {
+                        let _ = self.layer.send_ack(now, &key, ack);
+                    }
+                }
             }
         }
         while let Some(t) = self.layer.poll_transmit() {
@@ -250,8 +300,11 @@ impl Core {
                 let Ok(status) = StatusCode::new(resp.status()) else { return };
                 let method = tsx_method(&cseq.method);
                 let info = ResponseInfo { status, branch: via.branch(), method };
-                if self.layer.handle_response(now, &info).is_none() {
-                    debug!(remote = %inb.remote, status = resp.status(), "stray response dropped");
+                match self.layer.handle_response(now, &info) {
+                    Some(key) => {
+                        self.responses.insert(key, resp);
+                    }
+                    None => debug!(remote = %inb.remote, status = resp.status(), "stray response dropped"),
                 }
             }
             Err(e @ ParseError::BadRequest { .. }) => {
@@ -319,11 +372,13 @@ impl Core {
                 self.pending.insert(key.clone(), Pending { request: req.clone(), target });
                 match invite.filter(|k| self.pending.contains_key(k)) {
                     Some(invite) => {
+                        // §9.2: 200 to the CANCEL, then 487 to the INVITE.
+                        self.respond(key, Response::from_request(&req, 200, "OK"), now);
                         if let Some(p) = self.pending.get(&invite) {
                             let r = Response::from_request(&p.request, 487, "Request Terminated");
-                            self.respond(invite, r, now);
+                            self.respond(invite.clone(), r, now);
                         }
-                        self.respond(key, Response::from_request(&req, 200, "OK"), now);
+                        self.handle_a_cancel(&invite, now);
                     }
                     None => {
                         self.respond(key, Response::from_request(&req, 481, "Call/Transaction Does Not Exist"), now)
@@ -334,7 +389,12 @@ impl Core {
                 self.pending.insert(key.clone(), Pending { request: req.clone(), target });
                 self.respond(key, Response::from_request(&req, 482, "Loop Detected"), now);
             }
-            RequestMatch::Absorbed(_) | RequestMatch::AckToTu { .. } => {}
+            RequestMatch::AckToTu { .. } => {
+                if let Ok(call_id) = req.headers().call_id() {
+                    self.handle_a_ack(call_id);
+                }
+            }
+            RequestMatch::Absorbed(_) => {}
         }
     }
 
@@ -365,23 +425,84 @@ impl Core {
                 let source = crate::registrar::Source { transport, addr: remote };
                 tokio::spawn(async move {
                     let response = register::handle(&ctx, &req, source).await;
-                    let _ = replies.send(Reply { key, response }).await;
+                    let _ = replies.send(CoreMsg::Reply { key, response }).await;
                 });
             }
-            Method::Invite => {
-                // Calls are admitted and bridged by the B2BUA (next step).
-                let mut resp = Response::from_request(req, 480, "Temporarily Unavailable");
-                let _ = resp
-                    .headers_mut()
-                    .push(HeaderName::Warning, self.ctx.warning("unavailable: calls are not bridged yet"));
-                self.respond(key, resp, now);
+            _ if req.headers().to().ok().and_then(|t| t.tag().map(str::to_owned)).is_some() => {
+                let req = req.clone();
+                if !self.handle_in_dialog(&key, &req, now) {
+                    let resp = Response::from_request(&req, 481, "Call/Transaction Does Not Exist");
+                    self.respond(key, resp, now);
+                }
             }
+            Method::Invite => self.new_call(key, remote, now),
             _ => {
-                // In-dialog requests for dialogs we do not have.
+                // Out-of-dialog requests we do not serve.
                 let resp = Response::from_request(req, 481, "Call/Transaction Does Not Exist");
                 self.respond(key, resp, now);
             }
         }
+    }
+
+    /// A new INVITE: identify the trunk, then admit it in a task (the
+    /// licence rules, the route, and the channel lease in the database).
+    fn new_call(&mut self, key: TsxKey, remote: SocketAddr, now: Instant) {
+        let Some(p) = self.pending.get(&key) else { return };
+        let request = p.request.clone();
+        let Some(trunk) = self.ctx.trunks.identify(remote.ip()).cloned() else {
+            warn!(target: "security", source = %remote, "INVITE from an address that is no trunk refused");
+            let mut resp = Response::from_request(&request, 403, "Forbidden");
+            let text = format!(
+                "{}: {} is not a configured trunk",
+                crate::admission::Reason::UnknownTrunk.as_str(),
+                remote.ip()
+            );
+            let _ = resp.headers_mut().push(HeaderName::Warning, self.ctx.warning(&text));
+            self.respond(key, resp, now);
+            let unix = unix_now_i64();
+            self.cdr.record(crate::store::CallRecord {
+                id: 0,
+                call_id: request.headers().call_id().unwrap_or("").to_owned(),
+                node_id: self.ctx.config.node_id.clone(),
+                portal_id: None,
+                trunk: None,
+                direction: "inbound".into(),
+                caller: admit::caller_of(&request),
+                callee: crate::b2bua::dialled_number(&request).map(|d| d.number),
+                target_user: None,
+                started_at: unix,
+                answered_at: None,
+                ended_at: Some(unix),
+                outcome: "refused".into(),
+                sip_status: Some(403),
+                reason: Some(crate::admission::Reason::UnknownTrunk.as_str().to_owned()),
+            });
+            return;
+        };
+        let second = unix_now();
+        let slot = self.rates.entry(trunk.portal.clone()).or_insert((second, 0));
+        if slot.0 != second {
+            *slot = (second, 0);
+        }
+        let calls_this_second = slot.1;
+        slot.1 += 1;
+        if self.rates.len() > 100_000 {
+            self.rates.retain(|_, (s, _)| *s == second);
+        }
+        let input = admit::AdmitInput {
+            key,
+            request,
+            trunk,
+            node_overloaded: self.calls.len() >= self.ctx.config.max_calls,
+            calls_this_second,
+            source: remote,
+        };
+        let ctx = self.ctx.clone();
+        let tx = self.replies.clone();
+        tokio::spawn(async move {
+            let result = admit::admit(ctx, input).await;
+            let _ = tx.send(CoreMsg::Admission(Box::new(result))).await;
+        });
     }
 
     /// Sends a response through its server transaction, adding a To tag to
@@ -424,4 +545,9 @@ fn allow_value(check: &CheckConfig) -> String {
 /// Unix seconds now (handler tasks and expiry; the driver reads the clock).
 pub(crate) fn unix_now() -> u64 {
     u64::try_from(crate::clock::now_utc().timestamp()).unwrap_or(0)
+}
+
+/// Unix seconds now, as stored in call records.
+pub(crate) fn unix_now_i64() -> i64 {
+    crate::clock::now_utc().timestamp()
 }

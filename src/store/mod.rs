@@ -28,6 +28,7 @@ use crate::config::DatabaseConfig;
 use crate::credentials::{self, Ha1};
 
 pub use error::StoreError;
+pub use leases::{LeaseOutcome, LeaseRequest, LeaseRow};
 pub use rows::{CallRecord, ExtensionRow, LicenceRow, PlanRow, PortalRow, UserRow, format_ts, parse_time};
 
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -170,6 +171,9 @@ macro_rules! write_licence {
         .await?;
     }};
 }
+
+// After the macros: `macro_rules!` are in scope only below their definition.
+mod leases;
 
 pub(crate) fn ts(t: DateTime<Utc>) -> i64 {
     t.timestamp()
@@ -651,6 +655,47 @@ impl Store {
                 .await?
         });
         Ok(row)
+    }
+
+    /// Sets (or clears) a user's static contact: a desk phone on a fixed
+    /// address that does not register. Must be a `sip:` URI with an IP host.
+    pub async fn user_set_static_contact(
+        &self,
+        portal: &str,
+        username: &str,
+        contact: Option<&str>,
+    ) -> Result<(), StoreError> {
+        if let Some(c) = contact {
+            let ok = crate::sip::message::Uri::parse(c)
+                .ok()
+                .and_then(|u| {
+                    u.as_sip().map(|s| {
+                        s.host_str().trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok()
+                    })
+                })
+                .unwrap_or(false);
+            if !ok {
+                return Err(StoreError::Invalid {
+                    field: "contact",
+                    detail: format!(
+                        "`{c}` is not a sip: URI with an IP address host (such as sip:desk@192.0.2.5:5060)"
+                    ),
+                });
+            }
+        }
+        with_tx!(self, tx => {
+            let res = sqlx::query("UPDATE users SET static_contact = $3 WHERE portal_id = $1 AND username = $2")
+                .bind(portal)
+                .bind(username)
+                .bind(contact)
+                .execute(&mut *tx)
+                .await?;
+            if res.rows_affected() == 0 {
+                return Err(StoreError::NotFound { what: "user", id: format!("{portal}/{username}") });
+            }
+            bump!(self, tx, portal);
+        });
+        Ok(())
     }
 
     /// Disables or re-enables a user.

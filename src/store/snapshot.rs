@@ -68,5 +68,6 @@ pub(super) fn build(
             })
             .collect(),
         limits: PlanLimitsTable { licensed, free },
+        max_call_duration_s: to_u32(portal.max_call_duration_s),
     })
 }

@@ -240,3 +240,128 @@ pub fn sipp(scenario: &str, target: SocketAddr, tcp: bool, extra: &[&str]) -> (b
     );
     (out.status.success(), text)
 }
+
+/// A sipp process running in the background (a phone waiting for calls, or
+/// a PBX placing them); collect its verdict with [`SippChild::wait`].
+pub struct SippChild {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    /// The local port it listens on.
+    pub port: u16,
+}
+
+/// Starts sipp with `scenario` (a file under tests/sipp, or an absolute
+/// path) bound to `local_ip:port` (port 0 picks a free one); `remote` is the
+/// peer for a client scenario, `None` for a server (UAS) scenario.
+pub fn sipp_start(scenario: &Path, remote: Option<SocketAddr>, local_ip: &str, port: u16, extra: &[&str]) -> SippChild {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = if port == 0 { free_port() } else { port };
+    let scenario = if scenario.is_absolute() { scenario.to_owned() } else { scenarios().join(scenario) };
+    let mut cmd = Command::new("sipp");
+    if let Some(r) = remote {
+        cmd.arg(r.to_string());
+    }
+    cmd.arg("-sf")
+        .arg(&scenario)
+        .args(["-nostdin", "-i", local_ip, "-p", &port.to_string(), "-timeout", "60", "-timeout_error"])
+        .args(["-trace_err", "-error_file"])
+        .arg(dir.path().join("err.log"))
+        .args(["-trace_msg", "-message_file"])
+        .arg(dir.path().join("msgs.log"))
+        .args(["-trace_screen", "-screen_file"])
+        .arg(dir.path().join("screen.log"))
+        .args(extra)
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let child =
+        cmd.spawn().unwrap_or_else(|e| panic!("sipp must be installed (scripts/test.sh installs sip-tester): {e}"));
+    SippChild { child: Some(child), dir, port }
+}
+
+impl SippChild {
+    /// The address it listens on.
+    pub fn addr(&self, ip: &str) -> SocketAddr {
+        format!("{ip}:{}", self.port).parse().expect("addr")
+    }
+
+    /// Waits (at most 90 s) for sipp to finish; returns (success, its logs).
+    pub fn wait(mut self) -> (bool, String) {
+        let Some(child) = self.child.take() else { return (false, "already waited".into()) };
+        let pid = child.id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let out = child.wait_with_output();
+            let _ = tx.send(out);
+        });
+        let out = match rx.recv_timeout(Duration::from_secs(90)) {
+            Ok(o) => o.ok(),
+            Err(_) => {
+                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+                None
+            }
+        };
+        let _ = waiter.join();
+        let read = |n: &str| std::fs::read_to_string(self.dir.path().join(n)).unwrap_or_default();
+        let ok = out.as_ref().is_some_and(|o| o.status.success());
+        let text = format!(
+            "exit {:?}\n{}\n--- errors\n{}\n--- screen\n{}\n--- messages\n{}",
+            out.as_ref().map(|o| o.status.code()),
+            out.as_ref().map(|o| String::from_utf8_lossy(&o.stderr).into_owned()).unwrap_or_default(),
+            read("err.log"),
+            read("screen.log"),
+            read("msgs.log")
+        );
+        (ok, text)
+    }
+}
+
+impl Drop for SippChild {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A PBX scenario whose INVITE is refused with `status` (then ACKed), in a
+/// temporary file.
+pub fn pbx_refused_scenario(dir: &Path, status: u16) -> PathBuf {
+    let xml = format!(
+        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="pbx_refused_{status}">
+  <send retrans="500"><![CDATA[
+INVITE sip:[number]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+From: "Front Desk" <sip:+15550100@[local_ip]>;tag=[pid]PBX[call_number]
+To: <sip:[number]@[remote_ip]>
+Call-ID: [call_id]
+CSeq: 1 INVITE
+Contact: <sip:pbx@[local_ip]:[local_port]>
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+  <recv response="100" optional="true"/>
+  <recv response="180" optional="true"/>
+  <recv response="183" optional="true"/>
+  <recv response="{status}"/>
+  <send><![CDATA[
+ACK sip:[number]@[remote_ip]:[remote_port] SIP/2.0
+[last_Via:]
+From: "Front Desk" <sip:+15550100@[local_ip]>;tag=[pid]PBX[call_number]
+[last_To:]
+Call-ID: [call_id]
+CSeq: 1 ACK
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+</scenario>
+"#
+    );
+    let p = dir.join(format!("pbx_refused_{status}.xml"));
+    std::fs::write(&p, xml).expect("write scenario");
+    p
+}

@@ -69,3 +69,4 @@ pub mod daemon;
 pub fn wall_now() -> std::time::Instant {
     std::time::Instant::now()
 }
+pub mod baresip;

@@ -1,0 +1,209 @@
+//! Trunk identification (by source address) and routing (dialled number to
+//! portal users), built once from the configuration.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use ipnet::IpNet;
+
+use crate::admission::PortalId;
+use crate::config::{LoadedTrunk, RingStrategy};
+use crate::sip::message::{Request, Uri};
+
+/// One route of a trunk.
+#[derive(Debug)]
+pub struct Route {
+    /// The dialled number it matches, or `*`.
+    pub number: String,
+    /// Users to ring, in order.
+    pub users: Vec<String>,
+    /// How they are rung.
+    pub strategy: RingStrategy,
+    /// Ringing time (per user for sequential strategies), seconds.
+    pub ring_timeout_s: u32,
+    /// Rotation for `evenly`.
+    next: AtomicUsize,
+}
+
+impl Route {
+    /// The users in the order this call tries them: as written, or for
+    /// `evenly` rotated by one on every call so calls spread across users.
+    pub fn users_for_call(&self) -> Vec<String> {
+        match self.strategy {
+            RingStrategy::Evenly if !self.users.is_empty() => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed) % self.users.len();
+                self.users[start..].iter().chain(&self.users[..start]).cloned().collect()
+            }
+            _ => self.users.clone(),
+        }
+    }
+}
+
+/// A configured trunk.
+#[derive(Debug)]
+pub struct Trunk {
+    /// Name (call records, logs).
+    pub name: String,
+    /// The portal its calls belong to.
+    pub portal: PortalId,
+    /// Networks the PBX sends from.
+    pub sources: Vec<IpNet>,
+    /// Routes; exact numbers are tried before `*`.
+    pub routes: Vec<Route>,
+}
+
+impl Trunk {
+    /// The route for `number`: an exact match, else the `*` route.
+    pub fn route(&self, number: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.number == number).or_else(|| self.routes.iter().find(|r| r.number == "*"))
+    }
+}
+
+/// All trunks, looked up by source address.
+#[derive(Debug, Default)]
+pub struct TrunkTable {
+    trunks: Vec<std::sync::Arc<Trunk>>,
+}
+
+impl TrunkTable {
+    /// Builds the table from the loaded configuration (already validated:
+    /// names unique, sources not overlapping).
+    pub fn new(loaded: &[LoadedTrunk]) -> Self {
+        let trunks = loaded
+            .iter()
+            .map(|lt| {
+                std::sync::Arc::new(Trunk {
+                    name: lt.trunk.name.get_ref().clone(),
+                    portal: PortalId::new(lt.trunk.portal.get_ref().clone()),
+                    sources: lt.sources.iter().map(|s| s.0).collect(),
+                    routes: lt
+                        .trunk
+                        .route
+                        .iter()
+                        .map(|r| Route {
+                            number: r.number.get_ref().clone(),
+                            users: r.users.iter().map(|u| u.get_ref().clone()).collect(),
+                            strategy: r.strategy,
+                            ring_timeout_s: r.ring_timeout_s,
+                            next: AtomicUsize::new(0),
+                        })
+                        .collect(),
+                })
+            })
+            .collect();
+        Self { trunks }
+    }
+
+    /// The trunk whose sources contain `ip` (IPv4-mapped IPv6 addresses are
+    /// matched as IPv4).
+    pub fn identify(&self, ip: IpAddr) -> Option<&std::sync::Arc<Trunk>> {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        self.trunks.iter().find(|t| t.sources.iter().any(|n| n.contains(&ip)))
+    }
+
+    /// Number of trunks.
+    pub fn len(&self) -> usize {
+        self.trunks.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.trunks.is_empty()
+    }
+}
+
+/// The number a PBX dialled, and where it was read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DialledNumber {
+    /// Digits (with a leading `+` when given), `%XX` decoded.
+    pub number: String,
+}
+
+/// The dialled number: the Request-URI's user part (SIP) or number (tel),
+/// else the To URI's. `%2B` is decoded once to `+`.
+pub fn dialled_number(req: &Request) -> Option<DialledNumber> {
+    fn from_uri(uri: &Uri) -> Option<String> {
+        match uri {
+            Uri::Sip(s) => s.user_decoded().map(|u| String::from_utf8_lossy(&u).into_owned()),
+            Uri::Tel(t) => Some(t.number().to_owned()),
+            _ => None,
+        }
+        .map(|n| n.split(';').next().unwrap_or("").to_owned())
+        .filter(|n| !n.is_empty())
+    }
+    from_uri(req.uri())
+        .or_else(|| req.headers().to().ok().and_then(|to| from_uri(to.uri())))
+        .map(|number| DialledNumber { number })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Overrides, load};
+    use crate::sip::message::{Message, parse};
+
+    fn table(toml: &str) -> TrunkTable {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("t.toml");
+        std::fs::write(&p, toml).expect("write");
+        let l = load(&p, &Overrides::default()).expect("valid config");
+        TrunkTable::new(&l.trunks)
+    }
+
+    const CFG: &str = "[[trunk]]\nname = \"a\"\nportal = \"acme\"\nsources = [\"192.0.2.0/24\"]\n\
+        [[trunk.route]]\nnumber = \"+15550001\"\nusers = [\"alice\", \"bob\"]\n\
+        [[trunk.route]]\nnumber = \"*\"\nusers = [\"x\", \"y\", \"z\"]\nstrategy = \"evenly\"\n\
+        [[trunk]]\nname = \"b\"\nportal = \"globex\"\nsources = [\"2001:db8::/32\", \"198.51.100.7\"]\n";
+
+    #[test]
+    fn identifies_by_source_network() {
+        let t = table(CFG);
+        assert_eq!(t.identify("192.0.2.77".parse().expect("ip")).map(|t| t.name.as_str()), Some("a"));
+        assert_eq!(t.identify("198.51.100.7".parse().expect("ip")).map(|t| t.name.as_str()), Some("b"));
+        assert_eq!(t.identify("2001:db8::5".parse().expect("ip")).map(|t| t.name.as_str()), Some("b"));
+        assert_eq!(t.identify("::ffff:192.0.2.1".parse().expect("ip")).map(|t| t.name.as_str()), Some("a"));
+        assert!(t.identify("198.51.100.8".parse().expect("ip")).is_none());
+    }
+
+    #[test]
+    fn exact_route_before_wildcard_and_evenly_rotates() {
+        let t = table(CFG);
+        let a = t.identify("192.0.2.1".parse().expect("ip")).expect("trunk");
+        assert_eq!(a.route("+15550001").map(|r| r.users.clone()), Some(vec!["alice".into(), "bob".into()]));
+        let any = a.route("+1999").expect("wildcard");
+        assert_eq!(any.users_for_call(), ["x", "y", "z"]);
+        assert_eq!(any.users_for_call(), ["y", "z", "x"]);
+        assert_eq!(any.users_for_call(), ["z", "x", "y"]);
+        assert_eq!(a.route("+15550001").expect("r").users_for_call(), ["alice", "bob"], "ring_all keeps order");
+        let b = t.identify("198.51.100.7".parse().expect("ip")).expect("trunk");
+        assert!(b.route("123").is_none(), "no route");
+    }
+
+    fn req(ruri: &str, to: &str) -> Request {
+        let text = format!(
+            "INVITE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@h>;tag=1\r\nTo: {to}\r\n\
+             Call-ID: c\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        );
+        match parse(text.as_bytes()).expect("parse") {
+            Message::Request(r) => r,
+            Message::Response(_) => panic!("request"),
+        }
+    }
+
+    #[test]
+    fn dialled_number_from_request_uri_then_to() {
+        assert_eq!(
+            dialled_number(&req("sip:%2B15550001@gw;user=phone", "<sip:x@y>")).map(|d| d.number),
+            Some("+15550001".into())
+        );
+        assert_eq!(
+            dialled_number(&req("sip:gw.example.com", "<sip:+15550002@y>")).map(|d| d.number),
+            Some("+15550002".into())
+        );
+        assert_eq!(dialled_number(&req("tel:+15550003", "<sip:x@y>")).map(|d| d.number), Some("+15550003".into()));
+        assert_eq!(dialled_number(&req("sip:gw.example.com", "<sip:y>")), None);
+    }
+}

@@ -1,0 +1,208 @@
+//! The admission of one INVITE from a trunk, in DESIGN.md's order: the
+//! licence rules on the cached snapshot (no database round trip), the
+//! route and its reachable users (in memory, plus the users' rows), then
+//! the channel, taken atomically with its lease in one database
+//! transaction.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{debug, warn};
+
+use super::Ctx;
+use super::calls::{AdmissionResult, ForkTarget};
+use crate::admission::{self, CallRequest, Counters, Decision, Reason, UserInfo};
+use crate::b2bua::{Trunk, dialled_number};
+use crate::config::Transport;
+use crate::registrar::Aor;
+use crate::sip::message::{Request, Uri};
+use crate::sip::transaction::TsxKey;
+use crate::store::{CallRecord, LeaseOutcome, LeaseRequest};
+use crate::transport::Target;
+
+/// How long a lease lives without renewal; the node renews every third.
+pub const LEASE_TTL: Duration = Duration::from_secs(60);
+
+/// Inputs of one admission, gathered by the core.
+pub(crate) struct AdmitInput {
+    pub key: TsxKey,
+    pub request: Request,
+    pub trunk: Arc<Trunk>,
+    pub node_overloaded: bool,
+    pub calls_this_second: u32,
+    pub source: SocketAddr,
+}
+
+fn refuse(key: TsxKey, reason: Reason, detail: String, mut record: CallRecord) -> AdmissionResult {
+    let status = reason.default_sip_status();
+    record.outcome = "refused".into();
+    record.sip_status = Some(i64::from(status));
+    record.reason = Some(reason.as_str().to_owned());
+    AdmissionResult::Refuse { key, status, reason, detail, record }
+}
+
+/// The caller's number: From's user part (decoded), or `anonymous`.
+pub(crate) fn caller_of(req: &Request) -> Option<String> {
+    req.headers().from().ok().and_then(|f| match f.uri() {
+        Uri::Sip(s) => s.user_decoded().map(|u| String::from_utf8_lossy(&u).into_owned()),
+        Uri::Tel(t) => Some(t.number().to_owned()),
+        _ => None,
+    })
+}
+
+/// Decides on one INVITE.
+pub(crate) async fn admit(ctx: Arc<Ctx>, input: AdmitInput) -> AdmissionResult {
+    let AdmitInput { key, request, trunk, node_overloaded, calls_this_second, source } = input;
+    let now = crate::clock::now_utc();
+    let a_call_id = request.headers().call_id().unwrap_or("").to_owned();
+    let number = dialled_number(&request).map(|d| d.number);
+    let mut record = CallRecord {
+        id: 0,
+        call_id: a_call_id.clone(),
+        node_id: ctx.config.node_id.clone(),
+        portal_id: Some(trunk.portal.as_str().to_owned()),
+        trunk: Some(trunk.name.clone()),
+        direction: "inbound".into(),
+        caller: caller_of(&request),
+        callee: number.clone(),
+        target_user: None,
+        started_at: now.timestamp(),
+        answered_at: None,
+        ended_at: None,
+        outcome: "admitted".into(),
+        sip_status: None,
+        reason: None,
+    };
+
+    // Rows 2-7 except the channel count, on the cached snapshot.
+    let snapshot = ctx.cache.get();
+    let portal = snapshot.portal(&trunk.portal).cloned();
+    let call = CallRequest { portal: trunk.portal.clone(), node_overloaded };
+    let counters = Counters { active_calls: 0, calls_this_second };
+    let channels = match admission::decide(&call, portal.as_deref(), &counters, now) {
+        Decision::Refuse { refusal, .. } => return refuse(key, refusal.reason, refusal.detail, record),
+        Decision::Admit { channels, .. } => channels,
+    };
+    let Some(portal) = portal else {
+        return refuse(key, Reason::PortalNotFound, "no such portal".into(), record);
+    };
+    let lease_id = format!("{}/{}/{}", ctx.config.node_id, trunk.name, a_call_id);
+
+    // Row 8: the route and who can be rung. Checked before the lease is
+    // taken (a refused call must not hold a channel even briefly); if the
+    // portal is busy anyway, busy is the answer, as the table orders.
+    let route = number.as_deref().and_then(|n| trunk.route(n));
+    let mut groups: Vec<Vec<ForkTarget>> = Vec::new();
+    let mut why_unreachable = String::new();
+    if let Some(route) = route {
+        let at = crate::service::unix_now();
+        for user in route.users_for_call() {
+            let row = match ctx.store.user(portal.id.as_str(), &user).await {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(error = %e, "database unavailable during admission");
+                    return refuse(key, Reason::DatabaseUnavailable, "shared database unreachable".into(), record);
+                }
+            };
+            let Some(row) = row else {
+                why_unreachable = format!("user {user} does not exist");
+                continue;
+            };
+            if !admission::may_target(&portal, &UserInfo { extranet: row.extranet, disabled: row.disabled }) {
+                why_unreachable = format!("user {user} may not be called");
+                continue;
+            }
+            let aor = Aor { portal: portal.id.clone(), user: user.clone() };
+            let mut group: Vec<ForkTarget> = ctx
+                .location
+                .lock()
+                .map(|l| l.lookup(&aor, at))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|b| ForkTarget {
+                    user: user.clone(),
+                    contact: b.contact,
+                    target: Target { transport: b.source.transport, addr: b.source.addr, conn: None },
+                })
+                .collect();
+            if let Some(contact) = row.static_contact.as_deref()
+                && let Some(t) = static_target(contact)
+            {
+                group.push(ForkTarget { user: user.clone(), contact: contact.to_owned(), target: t });
+            }
+            if group.is_empty() {
+                why_unreachable = format!("user {user} is not registered");
+            } else {
+                groups.push(group);
+            }
+        }
+    }
+    if route.is_none() || groups.is_empty() {
+        let busy = match ctx.store.active_calls(portal.id.as_str(), now).await {
+            Ok(n) => n >= channels,
+            Err(_) => return refuse(key, Reason::DatabaseUnavailable, "shared database unreachable".into(), record),
+        };
+        if busy {
+            return refuse(key, Reason::ChannelsBusy, format!("all {channels} channels busy"), record);
+        }
+        return match (route, &number) {
+            (None, Some(n)) => refuse(key, Reason::NoRoute, format!("no route for {n}"), record),
+            (None, None) => refuse(key, Reason::NoRoute, "no dialled number".into(), record),
+            (Some(_), _) => refuse(key, Reason::Unavailable, why_unreachable, record),
+        };
+    }
+
+    // Row 6: the channel, atomically across the fleet.
+    let lease = LeaseRequest {
+        portal: portal.id.as_str(),
+        call_id: &lease_id,
+        node_id: &ctx.config.node_id,
+        channels,
+        now,
+        ttl: LEASE_TTL,
+    };
+    match ctx.store.admit_call(&lease).await {
+        Ok(LeaseOutcome::Admitted { .. }) => {}
+        Ok(LeaseOutcome::Busy { active }) => {
+            return refuse(key, Reason::ChannelsBusy, format!("{active} of {channels} channels busy"), record);
+        }
+        Err(e) if e.is_unavailable() => {
+            warn!(error = %e, "database unavailable during admission");
+            return refuse(key, Reason::DatabaseUnavailable, "shared database unreachable".into(), record);
+        }
+        Err(crate::store::StoreError::NotFound { .. }) => {
+            return refuse(key, Reason::PortalNotFound, "portal removed from the database".into(), record);
+        }
+        Err(e) => {
+            warn!(error = %e, "call refused: lease not taken");
+            return refuse(key, Reason::Unavailable, "call could not be admitted".into(), record);
+        }
+    }
+    debug!(portal = %portal.id, trunk = %trunk.name, %source, "call admitted");
+    let Some(route) = route else {
+        return refuse(key, Reason::NoRoute, "no route".into(), record);
+    };
+    record.outcome = "admitted".into();
+    AdmissionResult::Admit {
+        key,
+        groups,
+        strategy: route.strategy,
+        ring_timeout: Duration::from_secs(u64::from(route.ring_timeout_s)),
+        max_duration: Duration::from_secs(u64::from(portal.max_call_duration_s.max(1))),
+        lease_id,
+        domain: portal.domain.clone(),
+        record,
+    }
+}
+
+/// A static contact `sip:user@IP:PORT[;transport=tcp]` → where to send.
+/// Host names are not resolved: static contacts must be IP addresses.
+fn static_target(contact: &str) -> Option<Target> {
+    let uri = Uri::parse(contact).ok()?;
+    let sip = uri.as_sip()?;
+    let ip: std::net::IpAddr = sip.host_str().trim_start_matches('[').trim_end_matches(']').parse().ok()?;
+    let transport =
+        if sip.transport().is_some_and(|t| t.eq_ignore_ascii_case("tcp")) { Transport::Tcp } else { Transport::Udp };
+    Some(Target { transport, addr: SocketAddr::new(ip, sip.port().unwrap_or(5060)), conn: None })
+}

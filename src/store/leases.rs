@@ -1,0 +1,290 @@
+//! Call leases: how the fleet counts a portal's calls in progress.
+//!
+//! A call in progress holds one `call_leases` row (call, portal, node,
+//! expiry) that its node renews; the leases of a node that died expire and
+//! their channels come back. [`Store::admit_call`] counts and inserts in one
+//! transaction that concurrent admissions of the same portal cannot
+//! interleave with, so two nodes racing for a portal's last channel never
+//! both win:
+//!
+//! - PostgreSQL (READ COMMITTED) locks the portal row first, so admissions of
+//!   one portal queue behind each other while other portals proceed; each
+//!   statement after the lock sees the leases the previous holder committed.
+//! - SQLite has one writer at a time: `BEGIN IMMEDIATE` (what `with_tx!`
+//!   issues) takes the write lock before the count, and waits for it up to
+//!   the busy timeout instead of failing with SQLITE_BUSY.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::{Backend, Store, StoreError, from_ts, ts};
+
+/// One call asking for one of its portal's channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseRequest<'a> {
+    /// Portal whose channels the call uses.
+    pub portal: &'a str,
+    /// The PBX leg's Call-ID: the lease's key, so a retransmitted INVITE
+    /// admitted again finds its own lease instead of taking a second channel.
+    pub call_id: &'a str,
+    /// Node that handles the call and renews the lease.
+    pub node_id: &'a str,
+    /// The portal's channels now (from the licence rules).
+    pub channels: u32,
+    /// Admission time.
+    pub now: DateTime<Utc>,
+    /// How long the lease lives unless renewed; rounded up to whole seconds,
+    /// at least one.
+    pub ttl: Duration,
+}
+
+/// What [`Store::admit_call`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum LeaseOutcome {
+    /// The call holds a channel (a new lease, or the one it already had).
+    Admitted {
+        /// The portal's calls in progress, this one included.
+        active_after: u32,
+    },
+    /// Every channel is taken; nothing was written.
+    Busy {
+        /// The portal's calls in progress.
+        active: u32,
+    },
+}
+
+impl LeaseOutcome {
+    /// True when the call holds a channel.
+    pub fn is_admitted(self) -> bool {
+        matches!(self, LeaseOutcome::Admitted { .. })
+    }
+}
+
+/// `call_leases`: a call in progress somewhere in the fleet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct LeaseRow {
+    /// The PBX leg's Call-ID.
+    pub call_id: String,
+    /// Portal whose channel it holds.
+    pub portal_id: String,
+    /// Node that handles it.
+    pub node_id: String,
+    /// Admission time, Unix seconds.
+    pub acquired_at: i64,
+    /// The lease counts until this time (exclusive), Unix seconds.
+    pub expires_at: i64,
+}
+
+impl LeaseRow {
+    /// Admission time.
+    pub fn acquired(&self) -> DateTime<Utc> {
+        from_ts(self.acquired_at)
+    }
+
+    /// Expiry time.
+    pub fn expires(&self) -> DateTime<Utc> {
+        from_ts(self.expires_at)
+    }
+}
+
+/// Whole seconds of `ttl`, rounded up: a sub-second TTL must not make a lease
+/// that is expired the moment it is written.
+fn ttl_secs(ttl: Duration) -> Result<i64, StoreError> {
+    if ttl.is_zero() {
+        return Err(StoreError::Invalid { field: "ttl", detail: "a call lease must live at least 1 second".into() });
+    }
+    let secs = ttl.as_secs().saturating_add(u64::from(ttl.subsec_nanos() > 0));
+    Ok(i64::try_from(secs).unwrap_or(i64::MAX))
+}
+
+fn count(n: i64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+impl Store {
+    /// Takes one of the portal's channels for a call, atomically across the
+    /// fleet: counts the portal's unexpired leases and, when fewer than
+    /// `channels`, inserts the call's lease (expiring at `now + ttl`) and
+    /// moves the portal's `last_activity_at` to `now` (never backwards).
+    /// Otherwise answers [`LeaseOutcome::Busy`] and writes nothing.
+    ///
+    /// A call that already holds an unexpired lease of this portal (a
+    /// retransmitted INVITE) is [`LeaseOutcome::Admitted`] again without a
+    /// second channel, even when the portal is full; an expired one is
+    /// replaced by a new lease, admitted like any new call.
+    ///
+    /// Errors: [`StoreError::NotFound`] when no portal has that id,
+    /// [`StoreError::Conflict`] when the Call-ID holds a lease of another
+    /// portal, [`StoreError::Invalid`] for a zero TTL, and
+    /// [`StoreError::Database`] when the database fails (fail closed).
+    pub async fn admit_call(&self, req: &LeaseRequest<'_>) -> Result<LeaseOutcome, StoreError> {
+        let now = ts(req.now);
+        let expires_at = now.saturating_add(ttl_secs(req.ttl)?);
+        let is_postgres = matches!(self.backend, Backend::Postgres(_));
+        let outcome = with_tx!(self, tx => {
+            // The portal row is the mutex of its channels. On PostgreSQL the
+            // row lock makes concurrent admissions of this portal wait here;
+            // NO KEY UPDATE is the lock the `last_activity_at` update below
+            // takes anyway, and unlike FOR UPDATE it does not hold up inserts
+            // of users or extensions (whose foreign keys take KEY SHARE).
+            // SQLite already holds the database's write lock.
+            let lock = if is_postgres {
+                "SELECT 1 FROM portals WHERE id = $1 FOR NO KEY UPDATE"
+            } else {
+                "SELECT 1 FROM portals WHERE id = $1"
+            };
+            let found: Option<i32> = sqlx::query_scalar(lock).bind(req.portal).fetch_optional(&mut *tx).await?;
+            if found.is_none() {
+                return Err(StoreError::NotFound { what: "portal", id: req.portal.to_owned() });
+            }
+            let held: Option<(String, i64)> =
+                sqlx::query_as("SELECT portal_id, expires_at FROM call_leases WHERE call_id = $1")
+                    .bind(req.call_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let mut duplicate = false;
+            match held {
+                Some((portal, exp)) if exp > now && portal == req.portal => duplicate = true,
+                Some((portal, exp)) if exp > now => {
+                    return Err(StoreError::Conflict {
+                        what: "call lease",
+                        detail: format!("call `{}` holds a channel of portal `{portal}`", req.call_id),
+                    });
+                }
+                // Expired: it counts for nobody; the call starts afresh.
+                Some(_) => {
+                    sqlx::query("DELETE FROM call_leases WHERE call_id = $1")
+                        .bind(req.call_id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                None => {}
+            }
+            let active: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM call_leases WHERE portal_id = $1 AND expires_at > $2")
+                .bind(req.portal)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+            let active = count(active);
+            if duplicate {
+                LeaseOutcome::Admitted { active_after: active }
+            } else if active >= req.channels {
+                LeaseOutcome::Busy { active }
+            } else {
+                let res = sqlx::query(
+                    "INSERT INTO call_leases (call_id, portal_id, node_id, acquired_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(req.call_id)
+                .bind(req.portal)
+                .bind(req.node_id)
+                .bind(now)
+                .bind(expires_at)
+                .execute(&mut *tx)
+                .await;
+                match res {
+                    // Only an admission of *another* portal can race us to
+                    // this Call-ID: those of this one wait on its lock.
+                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                        return Err(StoreError::Conflict {
+                            what: "call lease",
+                            detail: format!("call `{}` holds a channel of another portal", req.call_id),
+                        });
+                    }
+                    r => r?,
+                };
+                // Not a licence change: the change counter stays, as for
+                // `portal_touch`.
+                sqlx::query(
+                    "UPDATE portals SET last_activity_at = $2 WHERE id = $1 AND (last_activity_at IS NULL OR last_activity_at < $2)",
+                )
+                .bind(req.portal)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                LeaseOutcome::Admitted { active_after: active.saturating_add(1) }
+            }
+        });
+        Ok(outcome)
+    }
+
+    /// Ends a call's lease: its channel is free at once. False when the call
+    /// held none (already released, purged, or never admitted).
+    pub async fn release_call(&self, call_id: &str) -> Result<bool, StoreError> {
+        let n = with_pool!(self, pool => {
+            sqlx::query("DELETE FROM call_leases WHERE call_id = $1").bind(call_id).execute(pool).await?.rows_affected()
+        });
+        Ok(n > 0)
+    }
+
+    /// Extends every lease of a node to `expires_at` (never shortening one),
+    /// in one statement; returns how many leases the node holds. The node
+    /// calls it periodically, well within the TTL.
+    ///
+    /// A lease that expired but was not purged yet comes back: its call is
+    /// still in progress, so the channel is truly taken. A purged lease does
+    /// not: a count below the node's own tells it so.
+    pub async fn renew_leases(&self, node_id: &str, expires_at: DateTime<Utc>) -> Result<u64, StoreError> {
+        let n = with_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE call_leases SET expires_at = CASE WHEN expires_at < $2 THEN $2 ELSE expires_at END WHERE node_id = $1",
+            )
+            .bind(node_id)
+            .bind(ts(expires_at))
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(n)
+    }
+
+    /// Removes every lease of a node (its clean shutdown, or its start after
+    /// a crash: the calls it held are gone); returns how many.
+    pub async fn release_node_leases(&self, node_id: &str) -> Result<u64, StoreError> {
+        let n = with_pool!(self, pool => {
+            sqlx::query("DELETE FROM call_leases WHERE node_id = $1").bind(node_id).execute(pool).await?.rows_affected()
+        });
+        Ok(n)
+    }
+
+    /// Deletes the leases expired at `now` (they no longer count anyway);
+    /// returns how many.
+    pub async fn purge_expired_leases(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let n = with_pool!(self, pool => {
+            sqlx::query("DELETE FROM call_leases WHERE expires_at <= $1").bind(ts(now)).execute(pool).await?.rows_affected()
+        });
+        Ok(n)
+    }
+
+    /// Calls in progress at `now` (unexpired leases), on one node or the
+    /// whole fleet, oldest first.
+    pub async fn calls_in_progress(&self, node: Option<&str>, now: DateTime<Utc>) -> Result<Vec<LeaseRow>, StoreError> {
+        let rows = with_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT call_id, portal_id, node_id, acquired_at, expires_at FROM call_leases
+                 WHERE ($1 IS NULL OR node_id = $1) AND expires_at > $2 ORDER BY acquired_at, call_id",
+            )
+            .bind(node)
+            .bind(ts(now))
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_rounds_up_and_refuses_zero() {
+        assert_eq!(ttl_secs(Duration::from_secs(30)).ok(), Some(30));
+        assert_eq!(ttl_secs(Duration::from_millis(1)).ok(), Some(1));
+        assert_eq!(ttl_secs(Duration::from_millis(1500)).ok(), Some(2));
+        assert_eq!(ttl_secs(Duration::MAX).ok(), Some(i64::MAX));
+        assert!(matches!(ttl_secs(Duration::ZERO), Err(StoreError::Invalid { field: "ttl", .. })));
+    }
+}

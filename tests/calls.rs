@@ -1,0 +1,504 @@
+//! Licence-gated calls from a PBX trunk to portal users, end to end: the
+//! real daemon, sipp as the PBX (sending from 127.0.0.2, the trunk's
+//! address) and sipp as the users' phones.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use common::daemon::{Daemon, SippChild, pbx_refused_scenario, sipp_start};
+
+const PBX_IP: &str = "127.0.0.2";
+
+/// A trunk from 127.0.0.2 for portal `acme`: +15550001 rings alice, +15550002
+/// rings alice and bob together, +15550003 rings carol (never reachable),
+/// anything else has no route.
+const TRUNK: &str = "[[trunk]]\nname = \"acme-pbx\"\nportal = \"acme\"\nsources = [\"127.0.0.2/32\"]\n\
+[[trunk.route]]\nnumber = \"+15550001\"\nusers = [\"alice\"]\nring_timeout_s = 3\n\
+[[trunk.route]]\nnumber = \"+15550002\"\nusers = [\"alice\", \"bob\"]\nstrategy = \"ring_all\"\nring_timeout_s = 10\n\
+[[trunk.route]]\nnumber = \"+15550003\"\nusers = [\"carol\"]\n";
+
+fn prepared(extra: &str) -> Daemon {
+    let d = Daemon::prepare(&format!("{extra}{TRUNK}"));
+    d.seed_portal(
+        "acme",
+        "acme.example.com",
+        &[("alice", "alice-secret-1"), ("bob", "bob-secret-12"), ("carol", "carol-secret-1")],
+    );
+    d
+}
+
+/// A phone for `user` answering with `scenario`, set as the user's static contact.
+fn phone(d: &Daemon, user: &str, scenario: &str, extra: &[&str]) -> SippChild {
+    let s = sipp_start(Path::new(scenario), None, "127.0.0.1", 0, &[&["-m", "1"], extra].concat());
+    d.cli(&[
+        "user",
+        "set-contact",
+        "--portal",
+        "acme",
+        "--username",
+        user,
+        "--contact",
+        &format!("sip:{user}@127.0.0.1:{}", s.port),
+    ]);
+    s
+}
+
+fn pbx(d: &Daemon, scenario: &Path, number: &str, extra: &[&str]) -> SippChild {
+    sipp_start(scenario, Some(d.udp), PBX_IP, 0, &[&["-m", "1", "-key", "number", number], extra].concat())
+}
+
+fn cdr(d: &Daemon) -> Vec<Value> {
+    let v: Value = serde_json::from_str(&d.cli(&["cdr", "--json"])).expect("json");
+    v.as_array().cloned().unwrap_or_default()
+}
+
+/// Waits (bounded) until the CDR holds `n` records; returns them newest first.
+fn wait_cdr(d: &Daemon, n: usize) -> Vec<Value> {
+    let deadline = common::wall_now() + Duration::from_secs(10);
+    loop {
+        let c = cdr(d);
+        if c.len() >= n {
+            return c;
+        }
+        assert!(common::wall_now() < deadline, "expected {n} call records, got {c:?}");
+        std::thread::yield_now();
+    }
+}
+
+/// Waits (bounded) until no lease is left: every channel came back.
+fn wait_no_calls(d: &Daemon) {
+    let deadline = common::wall_now() + Duration::from_secs(10);
+    loop {
+        let v: Value = serde_json::from_str(&d.cli(&["calls", "--json"])).expect("json");
+        if v.as_array().is_some_and(Vec::is_empty) {
+            return;
+        }
+        assert!(common::wall_now() < deadline, "leases left: {v}");
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn licensed_call_rings_the_user_and_completes_pbx_hangs_up() {
+    let mut d = prepared("");
+    d.start();
+    let user = phone(&d, "alice", "user_answer.xml", &[]);
+    let call = pbx(&d, Path::new("pbx_call.xml"), "+15550001", &["-d", "300"]);
+    let (ok, out) = call.wait();
+    assert!(ok, "PBX side:\n{out}");
+    let (ok, uout) = user.wait();
+    assert!(ok, "phone side:\n{uout}");
+    // The legs are separate dialogs: no PBX Call-ID or tag reaches the phone.
+    assert!(!uout.contains("PBX"), "PBX tags leaked to the user leg:\n{uout}");
+    let rec = &wait_cdr(&d, 1)[0];
+    assert_eq!(rec["outcome"], "completed", "{rec}");
+    assert_eq!(rec["target_user"], "alice");
+    assert_eq!(rec["trunk"], "acme-pbx");
+    assert_eq!(rec["callee"], "+15550001");
+    assert!(rec["answered_at"].is_i64() && rec["ended_at"].is_i64(), "{rec}");
+    wait_no_calls(&d);
+}
+
+#[test]
+fn user_hangs_up_and_the_pbx_gets_the_bye() {
+    let mut d = prepared("");
+    d.start();
+    let user = phone(&d, "alice", "user_answer_then_bye.xml", &["-d", "300"]);
+    let call = pbx(&d, Path::new("pbx_call_remote_bye.xml"), "+15550001", &[]);
+    let (ok, out) = call.wait();
+    assert!(ok, "PBX side:\n{out}");
+    let (ok, uout) = user.wait();
+    assert!(ok, "phone side:\n{uout}");
+    let rec = &wait_cdr(&d, 1)[0];
+    assert_eq!(rec["outcome"], "completed", "{rec}");
+    wait_no_calls(&d);
+}
+
+/// Every refusal of DESIGN.md's table: its code, its `Warning: 399` reason
+/// token and a call record.
+#[test]
+fn each_refusal_gets_its_code_reason_and_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // One daemon per state; each case: (setup, number, pbx ip, status, token).
+    struct Case {
+        name: &'static str,
+        extra: &'static str,
+        setup: fn(&Daemon),
+        ip: &'static str,
+        number: &'static str,
+        status: u16,
+        token: &'static str,
+    }
+    let cases = [
+        Case {
+            name: "unknown trunk",
+            extra: "",
+            setup: |_| {},
+            ip: "127.0.0.3",
+            number: "+15550001",
+            status: 403,
+            token: "unknown-trunk",
+        },
+        Case {
+            name: "overloaded",
+            extra: "[sip]\nlisten = [\"udp://127.0.0.1:0\", \"tcp://127.0.0.1:0\"]\nmax_calls = 0\n",
+            setup: |_| {},
+            ip: PBX_IP,
+            number: "+15550001",
+            status: 503,
+            token: "overloaded",
+        },
+        Case {
+            name: "portal deleting",
+            extra: "",
+            setup: |d| {
+                d.cli(&["portal", "delete", "acme"]);
+            },
+            ip: PBX_IP,
+            number: "+15550001",
+            status: 403,
+            token: "portal-deleted",
+        },
+        Case {
+            name: "portal blocked",
+            extra: "",
+            setup: |d| {
+                d.cli(&["portal", "block", "acme", "--reason", "manual"]);
+            },
+            ip: PBX_IP,
+            number: "+15550001",
+            status: 403,
+            token: "portal-blocked",
+        },
+        Case {
+            name: "licence expired",
+            extra: "",
+            setup: |d| {
+                d.cli(&["plan", "set", "pro"]);
+                d.cli(&[
+                    "licence",
+                    "set",
+                    "--portal",
+                    "acme",
+                    "--plan",
+                    "pro",
+                    "--valid-from",
+                    "2020-01-01T00:00:00Z",
+                    "--valid-until",
+                    "2021-01-01T00:00:00Z",
+                ]);
+            },
+            ip: PBX_IP,
+            number: "+15550001",
+            status: 403,
+            token: "licence-expired",
+        },
+        Case {
+            name: "rate limited",
+            extra: "",
+            setup: |d| {
+                d.cli(&["portal", "set", "acme", "--max-cps", "0"]);
+            },
+            ip: PBX_IP,
+            number: "+15550001",
+            status: 503,
+            token: "rate-limited",
+        },
+        Case {
+            name: "no route",
+            extra: "",
+            setup: |_| {},
+            ip: PBX_IP,
+            number: "+19999999",
+            status: 404,
+            token: "no-route",
+        },
+        Case {
+            name: "unavailable",
+            extra: "",
+            setup: |_| {},
+            ip: PBX_IP,
+            number: "+15550003",
+            status: 480,
+            token: "unavailable",
+        },
+    ];
+    for case in cases {
+        // `[sip]` may only appear once: a case with its own [sip] replaces the default listen.
+        let mut d = if case.extra.is_empty() { prepared("") } else { prepared_raw(case.extra) };
+        (case.setup)(&d);
+        d.start();
+        let scenario = pbx_refused_scenario(dir.path(), case.status);
+        let call = sipp_start(&scenario, Some(d.udp), case.ip, 0, &["-m", "1", "-key", "number", case.number]);
+        let (ok, out) = call.wait();
+        assert!(ok, "{}: expected {}:\n{out}", case.name, case.status);
+        let warning = format!("Warning: 399 test-node \"{}", case.token);
+        assert!(out.contains(&warning), "{}: no `{warning}` in:\n{out}", case.name);
+        if case.token == "overloaded" {
+            assert!(out.contains("Retry-After:"), "{}: overload answers carry Retry-After:\n{out}", case.name);
+        }
+        if case.token == "rate-limited" {
+            assert!(!out.contains("Retry-After:"), "{}: rate limiting has no Retry-After:\n{out}", case.name);
+        }
+        let rec = &wait_cdr(&d, 1)[0];
+        assert_eq!(rec["reason"], case.token, "{}: {rec}", case.name);
+        assert_eq!(rec["outcome"], "refused", "{}: {rec}", case.name);
+        assert_eq!(rec["sip_status"], case.status, "{}: {rec}", case.name);
+        wait_no_calls(&d);
+    }
+}
+
+/// Portal not found (trunk names a portal that is not in the database) and
+/// not licensed (no extension): separate daemons, the seeding differs.
+#[test]
+fn portal_not_found_and_not_licensed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut d = Daemon::prepare(TRUNK);
+    d.start();
+    let call = sipp_start(
+        &pbx_refused_scenario(dir.path(), 403),
+        Some(d.udp),
+        PBX_IP,
+        0,
+        &["-m", "1", "-key", "number", "+15550001"],
+    );
+    let (ok, out) = call.wait();
+    assert!(ok, "{out}");
+    assert!(out.contains("\"portal-not-found"), "{out}");
+    drop(d);
+
+    let mut d = Daemon::prepare(TRUNK);
+    d.cli(&["portal", "add", "--id", "acme", "--domain", "acme.example.com"]);
+    d.start();
+    let call = sipp_start(
+        &pbx_refused_scenario(dir.path(), 403),
+        Some(d.udp),
+        PBX_IP,
+        0,
+        &["-m", "1", "-key", "number", "+15550001"],
+    );
+    let (ok, out) = call.wait();
+    assert!(ok, "{out}");
+    assert!(out.contains("\"not-licensed"), "{out}");
+    assert_eq!(wait_cdr(&d, 1)[0]["reason"], "not-licensed");
+}
+
+fn prepared_raw(sip_section: &str) -> Daemon {
+    // Daemon::prepare writes its own [sip]; build the file by hand instead.
+    let d = Daemon::prepare("");
+    let text = std::fs::read_to_string(&d.config).expect("config");
+    let start = text.find("[sip]").expect("[sip]");
+    let end = text[start..].find("\n[").map_or(text.len(), |i| start + i + 1);
+    let text = format!("{}{}{}{TRUNK}", &text[..start], sip_section, &text[end..]);
+    std::fs::write(&d.config, text).expect("write");
+    d.seed_portal(
+        "acme",
+        "acme.example.com",
+        &[("alice", "alice-secret-1"), ("bob", "bob-secret-12"), ("carol", "carol-secret-1")],
+    );
+    d
+}
+
+/// channels = N and 3N simultaneous calls: exactly N admitted, the rest
+/// 486 channels-busy; when they end, the channels are free again.
+#[test]
+fn exactly_n_of_3n_simultaneous_calls_are_admitted() {
+    const N: usize = 2;
+    let mut d = Daemon::prepare(TRUNK);
+    d.cli(&["portal", "add", "--id", "acme", "--domain", "acme.example.com"]);
+    d.cli(&[
+        "extension",
+        "add",
+        "--portal",
+        "acme",
+        "--channels",
+        &N.to_string(),
+        "--valid-from",
+        "2020-01-01T00:00:00Z",
+        "--valid-until",
+        "2099-01-01T00:00:00Z",
+    ]);
+    d.cli_stdin(&["user", "add", "--portal", "acme", "--username", "alice"], Some("alice-secret-1\n"));
+    // Six calls in one second: lift the free plan's call rate limit (5/s).
+    d.cli(&["plan", "set", "free", "--max-cps", "unlimited"]);
+    d.start();
+    // The phone answers every call and holds it until the PBX hangs up.
+    let users = sipp_start(Path::new("user_answer.xml"), None, "127.0.0.1", 0, &["-m", &N.to_string()]);
+    d.cli(&[
+        "user",
+        "set-contact",
+        "--portal",
+        "acme",
+        "--username",
+        "alice",
+        "--contact",
+        &format!("sip:alice@127.0.0.1:{}", users.port),
+    ]);
+    // 3N calls at once, each held for 3 s.
+    let calls = sipp_start(
+        Path::new("pbx_call.xml"),
+        Some(d.udp),
+        PBX_IP,
+        0,
+        &[
+            "-m",
+            &(3 * N).to_string(),
+            "-l",
+            &(3 * N).to_string(),
+            "-r",
+            "100",
+            "-d",
+            "3000",
+            "-key",
+            "number",
+            "+15550001",
+            "-trace_error_codes",
+        ],
+    );
+    let (_ok, out) = calls.wait();
+    let (ok, uout) = users.wait();
+    assert!(ok, "phone side:\n{uout}");
+    let records = wait_cdr(&d, 3 * N);
+    let completed = records.iter().filter(|r| r["outcome"] == "completed").count();
+    let busy = records.iter().filter(|r| r["reason"] == "channels-busy").count();
+    assert_eq!((completed, busy), (N, 2 * N), "records: {records:?}\nPBX:\n{out}");
+    assert!(records.iter().filter(|r| r["reason"] == "channels-busy").all(|r| r["sip_status"] == 486));
+    wait_no_calls(&d);
+    // The channels are free again: one more call goes through.
+    let users = sipp_start(Path::new("user_answer.xml"), None, "127.0.0.1", 0, &["-m", "1"]);
+    d.cli(&[
+        "user",
+        "set-contact",
+        "--portal",
+        "acme",
+        "--username",
+        "alice",
+        "--contact",
+        &format!("sip:alice@127.0.0.1:{}", users.port),
+    ]);
+    let (ok, out) = pbx(&d, Path::new("pbx_call.xml"), "+15550001", &["-d", "100"]).wait();
+    assert!(ok, "{out}");
+    let (ok, uout) = users.wait();
+    assert!(ok, "{uout}");
+    wait_no_calls(&d);
+}
+
+#[test]
+fn cancel_before_answer_frees_the_channel() {
+    let mut d = prepared("");
+    d.start();
+    let user = phone(&d, "alice", "user_ring_cancel.xml", &[]);
+    let (ok, out) = pbx(&d, Path::new("pbx_cancel.xml"), "+15550001", &[]).wait();
+    assert!(ok, "PBX side:\n{out}");
+    let (ok, uout) = user.wait();
+    assert!(ok, "the phone saw the CANCEL:\n{uout}");
+    let rec = &wait_cdr(&d, 1)[0];
+    assert_eq!(rec["outcome"], "cancelled", "{rec}");
+    assert_eq!(rec["sip_status"], 487);
+    wait_no_calls(&d);
+}
+
+#[test]
+fn user_rejects_and_the_pbx_gets_busy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut d = prepared("");
+    d.start();
+    let user = phone(&d, "alice", "user_reject.xml", &[]);
+    let (ok, out) = pbx(&d, &pbx_refused_scenario(dir.path(), 486), "+15550001", &[]).wait();
+    assert!(ok, "{out}");
+    let (ok, uout) = user.wait();
+    assert!(ok, "{uout}");
+    let rec = &wait_cdr(&d, 1)[0];
+    assert_eq!(rec["outcome"], "busy", "{rec}");
+    wait_no_calls(&d);
+}
+
+#[test]
+fn user_never_answers_ring_timeout_gives_480() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut d = prepared("");
+    d.start();
+    // The route's ring timeout is 3 s; the phone rings and gets CANCELled.
+    let user = phone(&d, "alice", "user_ring_cancel.xml", &[]);
+    let (ok, out) = pbx(&d, &pbx_refused_scenario(dir.path(), 480), "+15550001", &[]).wait();
+    assert!(ok, "{out}");
+    let (ok, uout) = user.wait();
+    assert!(ok, "{uout}");
+    let rec = &wait_cdr(&d, 1)[0];
+    assert_eq!(rec["outcome"], "no-answer", "{rec}");
+    wait_no_calls(&d);
+}
+
+/// A block while a call is up: the call goes on, new calls are refused
+/// within about a second.
+#[test]
+fn block_during_a_call_refuses_new_calls_and_keeps_the_call() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut d = prepared("");
+    d.start();
+    let user = phone(&d, "alice", "user_answer.xml", &[]);
+    let call = pbx(&d, Path::new("pbx_call.xml"), "+15550001", &["-d", "4000"]);
+    d.wait_log(&["answered"]);
+    d.cli(&["portal", "block", "acme", "--reason", "violation"]);
+    let deadline = common::wall_now() + Duration::from_secs(5);
+    loop {
+        let (ok, out) = pbx(&d, &pbx_refused_scenario(dir.path(), 403), "+15550001", &[]).wait();
+        if ok {
+            assert!(out.contains("portal-blocked"), "{out}");
+            break;
+        }
+        assert!(common::wall_now() < deadline, "block not in force: {out}");
+    }
+    let (ok, out) = call.wait();
+    assert!(ok, "the call in progress ends normally:\n{out}");
+    let (ok, uout) = user.wait();
+    assert!(ok, "{uout}");
+    // The first call's record is written when it ends.
+    let deadline = common::wall_now() + Duration::from_secs(10);
+    loop {
+        let records = cdr(&d);
+        if records.iter().any(|r| r["outcome"] == "completed") {
+            assert!(records.iter().any(|r| r["reason"] == "portal-blocked"), "{records:?}");
+            break;
+        }
+        assert!(common::wall_now() < deadline, "the call in progress was not completed: {records:?}");
+        std::thread::yield_now();
+    }
+}
+
+/// ring_all to two users: one answers, the other is CANCELled.
+#[test]
+fn ring_all_first_answer_wins_and_the_other_is_cancelled() {
+    let mut d = prepared("");
+    d.start();
+    let alice = phone(&d, "alice", "user_ring_cancel.xml", &[]);
+    let bob = phone(&d, "bob", "user_answer.xml", &[]);
+    let (ok, out) = pbx(&d, Path::new("pbx_call.xml"), "+15550002", &["-d", "200"]).wait();
+    assert!(ok, "{out}");
+    let (ok, bout) = bob.wait();
+    assert!(ok, "bob answered:\n{bout}");
+    let (ok, aout) = alice.wait();
+    assert!(ok, "alice was cancelled:\n{aout}");
+    let rec = &wait_cdr(&d, 1)[0];
+    assert_eq!(rec["target_user"], "bob", "{rec}");
+}
+
+/// The maximum call duration ends the call with BYE on both legs.
+#[test]
+fn max_call_duration_hangs_up_both_legs() {
+    let mut d = prepared("");
+    d.cli(&["portal", "set", "acme", "--max-call-duration-s", "1"]);
+    d.start();
+    let user = phone(&d, "alice", "user_answer.xml", &[]);
+    let (ok, out) = pbx(&d, Path::new("pbx_call_remote_bye.xml"), "+15550001", &[]).wait();
+    assert!(ok, "the PBX got our BYE:\n{out}");
+    let (ok, uout) = user.wait();
+    assert!(ok, "the phone got our BYE:\n{uout}");
+    let rec = &wait_cdr(&d, 1)[0];
+    assert_eq!(rec["outcome"], "max-duration", "{rec}");
+    wait_no_calls(&d);
+}
