@@ -37,6 +37,10 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     );
     for t in &loaded.trunks {
         let portal = t.trunk.portal.get_ref();
+        if portal == "*" {
+            info!(trunk = %t.trunk.name.get_ref(), "shared trunk: calls belong to the portal of the Request-URI domain");
+            continue;
+        }
         match portals.iter().find(|p| &p.id == portal) {
             None => {
                 warn!(trunk = %t.trunk.name.get_ref(), portal = %portal, "trunk names a portal that is not in the database: its calls will be refused")
@@ -164,5 +168,6 @@ fn service_config(loaded: &Loaded) -> ServiceConfig {
             ..LockoutConfig::default()
         },
         max_calls: c.sip.max_calls,
+        ignore_unknown_trunks: c.sip.unknown_trunk == crate::config::UnknownTrunk::Ignore,
     }
 }

@@ -442,7 +442,16 @@ fn block_during_a_call_refuses_new_calls_and_keeps_the_call() {
     d.start();
     let user = phone(&d, "alice", "user_answer.xml", &[]);
     let call = pbx(&d, Path::new("pbx_call.xml"), "+15550001", &["-d", "4000"]);
-    d.wait_log(&["answered"]);
+    // The call is up once it holds a lease.
+    let deadline = common::wall_now() + Duration::from_secs(10);
+    loop {
+        let v: Value = serde_json::from_str(&d.cli(&["calls", "--json"])).expect("json");
+        if v.as_array().is_some_and(|a| !a.is_empty()) {
+            break;
+        }
+        assert!(common::wall_now() < deadline, "the first call never came up");
+        std::thread::yield_now();
+    }
     d.cli(&["portal", "block", "acme", "--reason", "violation"]);
     let deadline = common::wall_now() + Duration::from_secs(5);
     loop {
@@ -501,4 +510,31 @@ fn max_call_duration_hangs_up_both_legs() {
     let rec = &wait_cdr(&d, 1)[0];
     assert_eq!(rec["outcome"], "max-duration", "{rec}");
     wait_no_calls(&d);
+}
+
+/// `unknown_trunk = "ignore"`: an INVITE from an address that is no trunk
+/// gets no answer at all (scanners learn nothing), and it is logged.
+#[test]
+fn unknown_trunk_can_be_ignored_silently() {
+    let mut d =
+        prepared_raw("[sip]\nlisten = [\"udp://127.0.0.1:0\", \"tcp://127.0.0.1:0\"]\nunknown_trunk = \"ignore\"\n");
+    d.start();
+    let sock = std::net::UdpSocket::bind("127.0.0.3:0").expect("bind 127.0.0.3");
+    let port = sock.local_addr().expect("addr").port();
+    let invite = format!(
+        "INVITE sip:+15550001@acme.example.com SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.3:{port};branch=z9hG4bKscan1\r\n\
+         From: <sip:scanner@127.0.0.3>;tag=s1\r\nTo: <sip:+15550001@acme.example.com>\r\nCall-ID: scan1@x\r\n\
+         CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    );
+    sock.send_to(invite.as_bytes(), d.udp).expect("send");
+    d.wait_log(&["INVITE from an address that is no trunk ignored", "127.0.0.3"]);
+    // The log line is written when the INVITE is dropped: nothing was sent.
+    sock.set_nonblocking(true).expect("nonblocking");
+    let mut buf = [0u8; 2048];
+    assert!(sock.recv_from(&mut buf).is_err(), "no answer to a scanner");
+    // Trunk calls still work.
+    let user = phone(&d, "alice", "user_answer.xml", &[]);
+    let (ok, out) = pbx(&d, Path::new("pbx_call.xml"), "+15550001", &["-d", "100"]).wait();
+    assert!(ok, "{out}");
+    assert!(user.wait().0);
 }

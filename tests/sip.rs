@@ -295,7 +295,7 @@ fn sha256_digest_replay_and_interval_too_brief() {
 
 #[test]
 fn repeated_failures_lock_the_source_out() {
-    let d = daemon("[auth]\nmax_failures = 3\nlockout_s = 60\n", &[("alice", ALICE_PW)]);
+    let d = daemon("[auth]\nmax_failures = 3\nlockout_s = 60\n", &[("alice", ALICE_PW), ("bob", "bob-secret-12")]);
     for _ in 0..3 {
         let (ok, out) = register(&d, "register_401.xml", "alice", "wrong-password-x", false);
         assert!(ok, "{out}");
@@ -305,6 +305,10 @@ fn repeated_failures_lock_the_source_out() {
     assert!(!ok, "the first request of the scenario gets 403 at once, not the expected 401: {out}");
     assert!(out.contains("403 Forbidden"), "{out}");
     d.wait_log(&["REGISTER from a locked-out source refused", "\"source\":\"127.0.0.1\""]);
+    // Only alice is locked out from this address: bob, behind the same NAT,
+    // still registers.
+    let (ok, out) = register(&d, "register_ok.xml", "bob", "bob-secret-12", false);
+    assert!(ok, "{out}");
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use ipnet::IpNet;
 
 use crate::admission::PortalId;
-use crate::config::{LoadedTrunk, RingStrategy};
+use crate::config::{LoadedTrunk, NumberSource, RingStrategy};
 use crate::sip::message::{Request, Uri};
 
 /// One route of a trunk.
@@ -50,6 +50,8 @@ pub struct Trunk {
     pub sources: Vec<IpNet>,
     /// Routes; exact numbers are tried before `*`.
     pub routes: Vec<Route>,
+    /// Where the dialled number is read, in order.
+    pub number_from: Vec<NumberSource>,
 }
 
 impl Trunk {
@@ -76,6 +78,7 @@ impl TrunkTable {
                     name: lt.trunk.name.get_ref().clone(),
                     portal: PortalId::new(lt.trunk.portal.get_ref().clone()),
                     sources: lt.sources.iter().map(|s| s.0).collect(),
+                    number_from: lt.trunk.number_from.clone(),
                     routes: lt
                         .trunk
                         .route
@@ -122,9 +125,9 @@ pub struct DialledNumber {
     pub number: String,
 }
 
-/// The dialled number: the Request-URI's user part (SIP) or number (tel),
-/// else the To URI's. `%2B` is decoded once to `+`.
-pub fn dialled_number(req: &Request) -> Option<DialledNumber> {
+/// The dialled number, read from the places `from` names in order (the
+/// first that has a number wins); `%2B` is decoded once to `+`.
+pub fn dialled_number(req: &Request, from: &[NumberSource]) -> Option<DialledNumber> {
     fn from_uri(uri: &Uri) -> Option<String> {
         match uri {
             Uri::Sip(s) => s.user_decoded().map(|u| String::from_utf8_lossy(&u).into_owned()),
@@ -134,8 +137,14 @@ pub fn dialled_number(req: &Request) -> Option<DialledNumber> {
         .map(|n| n.split(';').next().unwrap_or("").to_owned())
         .filter(|n| !n.is_empty())
     }
-    from_uri(req.uri())
-        .or_else(|| req.headers().to().ok().and_then(|to| from_uri(to.uri())))
+    from.iter()
+        .find_map(|src| match src {
+            NumberSource::RequestUri => from_uri(req.uri()),
+            NumberSource::To => req.headers().to().ok().and_then(|to| from_uri(to.uri())),
+            NumberSource::Diversion => {
+                req.headers().diversions().ok().and_then(|d| d.first().and_then(|n| from_uri(n.uri())))
+            }
+        })
         .map(|number| DialledNumber { number })
 }
 
@@ -193,17 +202,27 @@ mod tests {
         }
     }
 
+    const DEFAULT: [NumberSource; 2] = [NumberSource::RequestUri, NumberSource::To];
+
     #[test]
     fn dialled_number_from_request_uri_then_to() {
-        assert_eq!(
-            dialled_number(&req("sip:%2B15550001@gw;user=phone", "<sip:x@y>")).map(|d| d.number),
-            Some("+15550001".into())
-        );
-        assert_eq!(
-            dialled_number(&req("sip:gw.example.com", "<sip:+15550002@y>")).map(|d| d.number),
-            Some("+15550002".into())
-        );
-        assert_eq!(dialled_number(&req("tel:+15550003", "<sip:x@y>")).map(|d| d.number), Some("+15550003".into()));
-        assert_eq!(dialled_number(&req("sip:gw.example.com", "<sip:y>")), None);
+        let n = |r: &Request| dialled_number(r, &DEFAULT).map(|d| d.number);
+        assert_eq!(n(&req("sip:%2B15550001@gw;user=phone", "<sip:x@y>")), Some("+15550001".into()));
+        assert_eq!(n(&req("sip:gw.example.com", "<sip:+15550002@y>")), Some("+15550002".into()));
+        assert_eq!(n(&req("tel:+15550003", "<sip:x@y>")), Some("+15550003".into()));
+        assert_eq!(n(&req("sip:gw.example.com", "<sip:y>")), None);
+    }
+
+    #[test]
+    fn dialled_number_from_diversion_when_configured_first() {
+        let text = "INVITE sip:+15559999@gw SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@h>;tag=1\r\n\
+                    To: <sip:+15559999@gw>\r\nDiversion: <sip:+15550001@pbx>;reason=unconditional\r\nCall-ID: c\r\n\
+                    CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
+        let Ok(Message::Request(r)) = parse(text.as_bytes()) else { panic!("request") };
+        let order = [NumberSource::Diversion, NumberSource::RequestUri];
+        assert_eq!(dialled_number(&r, &order).map(|d| d.number), Some("+15550001".into()));
+        assert_eq!(dialled_number(&r, &DEFAULT).map(|d| d.number), Some("+15559999".into()));
+        let no_div = req("sip:+15550002@gw", "<sip:x@y>");
+        assert_eq!(dialled_number(&no_div, &order).map(|d| d.number), Some("+15550002".into()), "falls through");
     }
 }

@@ -170,6 +170,22 @@ pub struct SipConfig {
     /// node. Default: 10000.
     #[serde(default = "default_max_calls")]
     pub max_calls: usize,
+    /// What an INVITE from an address that is no trunk gets: `reject`
+    /// (403 with `Warning: 399 … "unknown-trunk"`) or `ignore` (no answer at
+    /// all, so scanners learn nothing; still logged). Default: `reject`.
+    #[serde(default)]
+    pub unknown_trunk: UnknownTrunk,
+}
+
+/// Answer to INVITEs from unknown sources.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownTrunk {
+    /// 403 with a Warning.
+    #[default]
+    Reject,
+    /// Silence.
+    Ignore,
 }
 
 fn default_max_calls() -> usize {
@@ -288,6 +304,7 @@ impl Default for SipConfig {
             max_tcp_connections: default_max_tcp_connections(),
             tcp_idle_timeout_s: default_tcp_idle_timeout_s(),
             max_calls: default_max_calls(),
+            unknown_trunk: UnknownTrunk::default(),
         }
     }
 }
@@ -314,15 +331,39 @@ fn default_t4_ms() -> u64 {
 pub struct TrunkConfig {
     /// Unique name of the trunk, used in logs, call records and metrics.
     pub name: Spanned<String>,
-    /// Id of the portal in the database that this trunk's calls belong to.
+    /// Id of the portal in the database that this trunk's calls belong to,
+    /// or `*` for a shared trunk (an operator's SBC) whose calls belong to
+    /// the portal owning the Request-URI's domain.
     pub portal: Spanned<String>,
     /// Networks the PBX sends from, as CIDRs (`192.0.2.10/32`, `2001:db8::/64`).
     /// A bare address means that one host. (Parsed into
     /// [`LoadedTrunk::sources`].)
     pub sources: Vec<Spanned<String>>,
+    /// Where the dialled number is read, first that has one wins:
+    /// `request_uri`, `to`, `diversion` (the first Diversion header: the
+    /// number a forwarded call was originally dialled to).
+    /// Default: `["request_uri", "to"]`.
+    #[serde(default = "default_number_from")]
+    pub number_from: Vec<NumberSource>,
     /// Routing table from dialled number to portal users, first match wins.
     #[serde(default)]
     pub route: Vec<RouteConfig>,
+}
+
+/// A place in an INVITE that holds the dialled number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NumberSource {
+    /// The Request-URI's user part (or tel: number).
+    RequestUri,
+    /// The To URI's user part.
+    To,
+    /// The first Diversion header's URI user part.
+    Diversion,
+}
+
+fn default_number_from() -> Vec<NumberSource> {
+    vec![NumberSource::RequestUri, NumberSource::To]
 }
 
 /// A trunk source network; a bare address is accepted as a host route.
@@ -639,7 +680,7 @@ fn validate(config: &Config, trunks: &[LoadedTrunk], main: &Path, sources: &Sour
         } else {
             names.insert(name, (file, t.name.span()));
         }
-        if !is_token(t.portal.get_ref(), 128) {
+        if t.portal.get_ref() != "*" && !is_token(t.portal.get_ref(), 128) {
             errors.push(sources.error(
                 file,
                 t.portal.span(),

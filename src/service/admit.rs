@@ -56,7 +56,7 @@ pub(crate) async fn admit(ctx: Arc<Ctx>, input: AdmitInput) -> AdmissionResult {
     let AdmitInput { key, request, trunk, node_overloaded, calls_this_second, source } = input;
     let now = crate::clock::now_utc();
     let a_call_id = request.headers().call_id().unwrap_or("").to_owned();
-    let number = dialled_number(&request).map(|d| d.number);
+    let number = dialled_number(&request, &trunk.number_from).map(|d| d.number);
     let mut record = CallRecord {
         id: 0,
         call_id: a_call_id.clone(),
@@ -75,10 +75,24 @@ pub(crate) async fn admit(ctx: Arc<Ctx>, input: AdmitInput) -> AdmissionResult {
         reason: None,
     };
 
-    // Rows 2-7 except the channel count, on the cached snapshot.
+    // Rows 2-7 except the channel count, on the cached snapshot. A shared
+    // trunk (`portal = "*"`) belongs to the portal owning the Request-URI's
+    // domain; every other trunk to its configured portal id.
     let snapshot = ctx.cache.get();
-    let portal = snapshot.portal(&trunk.portal).cloned();
-    let call = CallRequest { portal: trunk.portal.clone(), node_overloaded };
+    let (portal_id, portal) = if trunk.portal.as_str() == "*" {
+        let domain = match request.uri() {
+            Uri::Sip(u) => u.host_str().trim_end_matches('.').to_owned(),
+            _ => String::new(),
+        };
+        match snapshot.portal_by_domain(&domain) {
+            Some(p) => (p.id.clone(), Some(p.clone())),
+            None => (crate::admission::PortalId::new(format!("@{domain}")), None),
+        }
+    } else {
+        (trunk.portal.clone(), snapshot.portal(&trunk.portal).cloned())
+    };
+    record.portal_id = portal.as_ref().map(|p| p.id.as_str().to_owned());
+    let call = CallRequest { portal: portal_id, node_overloaded };
     let counters = Counters { active_calls: 0, calls_this_second };
     let channels = match admission::decide(&call, portal.as_deref(), &counters, now) {
         Decision::Refuse { refusal, .. } => return refuse(key, refusal.reason, refusal.detail, record),

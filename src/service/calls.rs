@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::{Core, Outgoing};
 use crate::admission::Reason;
@@ -432,7 +432,7 @@ impl Core {
         self.calls.timers.insert((retransmit_at, no, CallTimer::Retransmit200));
         self.calls.timers.insert((now + max, no, CallTimer::MaxDuration));
         self.calls.a_keys.remove(&a_key);
-        info!(call = no, user = %user, "answered");
+        debug!(call = no, user = %user, "answered");
         self.send_through(&a_key, r, now);
         self.pending.remove(&a_key);
         self.cancel_forks(no, Some(idx), now);
@@ -579,7 +579,7 @@ impl Core {
                         self.cancel_forks(no, None, now);
                         self.advance_or_fail(no, now);
                     } else {
-                        info!(call = no, "no answer within the ring timeout");
+                        debug!(call = no, "no answer within the ring timeout");
                         self.end_unanswered(no, 480, "no-answer", Some(Reason::Unavailable), now);
                     }
                 }
@@ -601,7 +601,7 @@ impl Core {
                     self.calls.timers.insert((next, no, CallTimer::Retransmit200));
                 }
                 CallTimer::MaxDuration => {
-                    info!(call = no, "maximum call duration reached");
+                    debug!(call = no, "maximum call duration reached");
                     self.hang_up(no, "max-duration", now);
                 }
             }
@@ -637,14 +637,14 @@ impl Core {
                 self.respond(key.clone(), Response::from_request(req, 200, "OK"), now);
                 match side {
                     None => {
-                        info!(call = no, "PBX hung up");
+                        debug!(call = no, "PBX hung up");
                         if let Some(c) = self.calls.calls.get_mut(&no) {
                             c.a_state = ALegState::Ended;
                         }
                         self.hang_up(no, "completed", now);
                     }
                     Some(idx) => {
-                        info!(call = no, "portal user hung up");
+                        debug!(call = no, "portal user hung up");
                         if let Some(f) = self.calls.calls.get_mut(&no).and_then(|c| c.forks.get_mut(idx)) {
                             f.state = ForkState::Cancelled;
                         }
@@ -767,7 +767,7 @@ impl Core {
     /// The PBX CANCELled its INVITE (the core already answered 200/487).
     pub(super) fn handle_a_cancel(&mut self, invite_key: &TsxKey, now: Instant) {
         let Some(&no) = self.calls.a_keys.get(invite_key) else { return };
-        info!(call = no, "PBX cancelled");
+        debug!(call = no, "PBX cancelled");
         let Some(mut call) = self.remove_call(no) else { return };
         call.record.outcome = "cancelled".into();
         call.record.sip_status = Some(487);

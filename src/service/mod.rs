@@ -61,6 +61,8 @@ pub struct ServiceConfig {
     /// Calls in progress on this node above which new calls are shed
     /// (`503 overloaded` with Retry-After, so the PBX fails over).
     pub max_calls: usize,
+    /// Give no answer to INVITEs from addresses that are no trunk.
+    pub ignore_unknown_trunks: bool,
 }
 
 /// Shared by the core and the handler tasks.
@@ -70,7 +72,11 @@ pub(crate) struct Ctx {
     pub cache: LicenceCache,
     pub location: Mutex<Location>,
     pub auth: Mutex<Authenticator>,
-    pub lockout: Mutex<Lockout>,
+    /// Failures per (source, user): locks one user out from one address.
+    pub lockout: Mutex<Lockout<(std::net::IpAddr, String)>>,
+    /// Failures per source, whatever the user, at ten times the threshold:
+    /// stops a password spray over many usernames.
+    pub lockout_source: Mutex<Lockout<std::net::IpAddr>>,
     pub trunks: crate::b2bua::TrunkTable,
     check: CheckConfig,
     tag_prefix: u64,
@@ -157,6 +163,10 @@ impl Service {
         let ctx = Arc::new(Ctx {
             location: Mutex::new(Location::new(config.registrar.clone())),
             lockout: Mutex::new(Lockout::new(config.lockout)),
+            lockout_source: Mutex::new(Lockout::new(LockoutConfig {
+                max_failures: config.lockout.max_failures.saturating_mul(10),
+                ..config.lockout
+            })),
             auth: Mutex::new(auth),
             trunks,
             config,
@@ -344,6 +354,16 @@ impl Core {
             Transport::Tcp => Target { transport, addr: remote, conn },
         };
         let reliability = if transport == Transport::Udp { Reliability::Unreliable } else { Reliability::Reliable };
+        // `unknown_trunk = "ignore"`: an out-of-dialog INVITE from an address
+        // that is no trunk gets no answer at all (and no transaction).
+        if self.ctx.config.ignore_unknown_trunks
+            && *req.method() == Method::Invite
+            && req.headers().to().ok().and_then(|t| t.tag().map(str::to_owned)).is_none()
+            && self.ctx.trunks.identify(remote.ip()).is_none()
+        {
+            warn!(target: "security", source = %remote, "INVITE from an address that is no trunk ignored");
+            return;
+        }
         let matched = {
             let h = req.headers();
             let from_tag = h.from().ok().and_then(|f| f.tag().map(str::to_owned));
@@ -468,7 +488,8 @@ impl Core {
                 trunk: None,
                 direction: "inbound".into(),
                 caller: admit::caller_of(&request),
-                callee: crate::b2bua::dialled_number(&request).map(|d| d.number),
+                callee: crate::b2bua::dialled_number(&request, &[crate::config::NumberSource::RequestUri])
+                    .map(|d| d.number),
                 target_user: None,
                 started_at: unix,
                 answered_at: None,
@@ -480,7 +501,17 @@ impl Core {
             return;
         };
         let second = unix_now();
-        let slot = self.rates.entry(trunk.portal.clone()).or_insert((second, 0));
+        // A shared trunk's portal is only known from the domain; rate-count
+        // by the domain then (one portal per domain).
+        let rate_key = if trunk.portal.as_str() == "*" {
+            match request.uri() {
+                crate::sip::message::Uri::Sip(u) => crate::admission::PortalId::new(format!("@{}", u.host_str())),
+                _ => trunk.portal.clone(),
+            }
+        } else {
+            trunk.portal.clone()
+        };
+        let slot = self.rates.entry(rate_key).or_insert((second, 0));
         if slot.0 != second {
             *slot = (second, 0);
         }

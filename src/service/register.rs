@@ -37,7 +37,14 @@ pub(super) async fn handle(ctx: &Ctx, req: &Request, source: Source) -> Response
     };
     let realm = portal.domain.clone();
 
-    if let Some(left) = ctx.lockout.lock().ok().and_then(|l| l.locked(ip, now)) {
+    let pair = (ip, user.clone());
+    let locked = ctx
+        .lockout
+        .lock()
+        .ok()
+        .and_then(|l| l.locked(&pair, now))
+        .or_else(|| ctx.lockout_source.lock().ok().and_then(|l| l.locked(&ip, now)));
+    if let Some(left) = locked {
         warn!(target: "security", source = %ip, portal = %portal.id, user = %user, seconds_left = left, "REGISTER from a locked-out source refused");
         let mut r = plain(req, 403, "Forbidden");
         let _ = r.headers_mut().push(HeaderName::Warning, ctx.warning("too many authentication failures"));
@@ -90,7 +97,11 @@ pub(super) async fn handle(ctx: &Ctx, req: &Request, source: Source) -> Response
         Err(AuthFailure::Stale) => return challenge(ctx, req, &realm, now, true),
         Err(AuthFailure::Malformed(why)) => return plain(req, 400, &format!("Bad Authorization: {why}")),
         Err(f) => {
-            let locked = f.is_guess() && ctx.lockout.lock().map(|mut l| l.record_failure(ip, now)).unwrap_or(false);
+            let locked = f.is_guess() && {
+                let user_locked = ctx.lockout.lock().map(|mut l| l.record_failure(&pair, now)).unwrap_or(false);
+                let source_locked = ctx.lockout_source.lock().map(|mut l| l.record_failure(&ip, now)).unwrap_or(false);
+                user_locked || source_locked
+            };
             let known = row.is_some();
             warn!(target: "security", source = %ip, portal = %portal.id, user = %user, known_user = known, reason = %f, locked_out = locked, "REGISTER authentication failed");
             return challenge(ctx, req, &realm, now, false);
@@ -98,7 +109,7 @@ pub(super) async fn handle(ctx: &Ctx, req: &Request, source: Source) -> Response
     }
     let Some(row) = row else { return challenge(ctx, req, &realm, now, false) };
     if let Ok(mut l) = ctx.lockout.lock() {
-        l.record_success(ip);
+        l.record_success(&pair);
     }
 
     // The licence rules: portal state, disabled/extranet users, user limit.
@@ -158,7 +169,11 @@ pub(super) async fn handle(ctx: &Ctx, req: &Request, source: Source) -> Response
         Ok(Err(e)) => return plain(req, 400, &e.to_string()),
         Err(_) => return plain(req, 500, "Server Internal Error"),
     };
-    info!(portal = %portal.id, user = %user, source = %source.addr, contacts = bindings.len(), "registered");
+    if bindings.is_empty() {
+        info!(portal = %portal.id, user = %user, source = %source.addr, "unregistered");
+    } else {
+        info!(portal = %portal.id, user = %user, source = %source.addr, contacts = bindings.len(), "registered");
+    }
     let mut r = plain(req, 200, "OK");
     let hm = r.headers_mut();
     for b in &bindings {

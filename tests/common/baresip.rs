@@ -387,7 +387,8 @@ impl Baresip {
 
     /// Runs a baresip command (needs [`BaresipBuilder::control`]): `dial
     /// sip:...`, `hangup`, `accept`, `listcalls`, `reginfo`, ...; returns
-    /// its output. Panics when baresip says it failed.
+    /// its output. Panics when baresip says it failed. A `dial` goes out
+    /// through the outbound proxy, i.e. the registrar (trunkgate).
     pub fn command(&self, command: &str) -> String {
         let addr = self.control.expect("start baresip with .control() to send it commands");
         let (cmd, params) = command.split_once(' ').unwrap_or((command, ""));

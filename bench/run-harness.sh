@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Gated, admitted calls per second of trunkgate, measured with the shared
+# Kamailio-anchored harness (../shared/bench, or $HARNESS) on this machine.
+#
+#   bench/run-harness.sh            # release build, seed, run, report
+#
+# What it sets up (the harness's expectations, see its README):
+#   - trunkgate (release) on udp://127.0.0.1:5060, SQLite in a temp dir;
+#   - one shared trunk from 127.0.0.1 (`portal = "*"`: portal by the
+#     Request-URI domain, as the harness's UAC addresses portals by domain);
+#   - portals bench.example (100000 channels), limited.example (10 channels),
+#     expired.example (no SIP connector extension); nosuch.example absent;
+#   - in each, user `far-end` whose static contact is the harness UAS
+#     127.0.0.1:5080; every number routes to it;
+#   - the free plan's call-rate limit lifted (the bench offers thousands/s).
+# The harness's Warning-text check is off (EXPECT_REASONS=0): trunkgate's
+# Warning carries the stable reason tokens (`channels-busy: ...`), not
+# Kamailio's prose. Results land in bench/results/ (git-ignored).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+HARNESS=${HARNESS:-$ROOT/../shared/bench}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+cargo build --release --manifest-path "$ROOT/Cargo.toml"
+TG="$CARGO_TARGET_DIR/release/trunkgate"
+WORK=$(mktemp -d /tmp/trunkgate-bench.XXXXXX)
+cat >"$WORK/trunkgate.toml" <<TOML
+node_id = "bench"
+state_dir = "$WORK/state"
+[log]
+level = "warn,trunkgate::daemon=info"
+[sip]
+listen = ["udp://127.0.0.1:5060"]
+max_calls = 100000
+[[trunk]]
+name = "bench-sbc"
+portal = "*"
+sources = ["127.0.0.1/32"]
+[[trunk.route]]
+number = "*"
+users = ["far-end"]
+ring_timeout_s = 30
+TOML
+tg() { "$TG" --config "$WORK/trunkgate.toml" "$@"; }
+tg plan set free --max-cps unlimited --max-users unlimited >/dev/null
+for p in bench:100000 limited:10 expired:0; do
+    id=${p%%:*}; ch=${p##*:}
+    tg portal add --id "$id" --domain "$id.example" >/dev/null
+    if [ "$ch" != 0 ]; then
+        tg extension add --portal "$id" --channels "$ch" \
+            --valid-from 2020-01-01T00:00:00Z --valid-until 2099-01-01T00:00:00Z >/dev/null
+    fi
+    printf 'far-end-password\n' | tg user add --portal "$id" --username far-end >/dev/null
+    tg user set-contact --portal "$id" --username far-end --contact sip:far-end@127.0.0.1:5080 >/dev/null
+done
+tg run >"$WORK/trunkgate.log" 2>&1 &
+PID=$!
+trap 'kill -TERM $PID 2>/dev/null; wait $PID 2>/dev/null; rm -rf "$WORK"' EXIT
+for _ in $(seq 100); do grep -q '"ready"\|ready' "$WORK/trunkgate.log" 2>/dev/null && break; sleep 0.1; done
+OUT_DIR=${OUT_DIR:-$ROOT/bench/results/trunkgate-$(date +%Y%m%d-%H%M%S)}
+export OUT_DIR
+TARGET=127.0.0.1:5060 SUT_PID=$PID SUT_NAME="trunkgate $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo dev)" \
+    EXPECT_REASONS=0 "$HARNESS/run-target.sh"
+echo "report: $OUT_DIR/report.md"
