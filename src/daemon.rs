@@ -98,6 +98,13 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     shutdown.cancelled().await;
     systemd::stopping();
     info!(registrations = service.registrations(), "stopping");
+    // Calls still up end with this process: give their channels back now
+    // rather than when the leases expire.
+    match store.release_node_leases(&loaded.node_id).await {
+        Ok(0) => {}
+        Ok(n) => info!(leases = n, "released the leases of calls cut by the stop"),
+        Err(e) => warn!(error = %e, "leases not released; they will expire"),
+    }
     cdr_shutdown.cancel();
     if cdr_task.await.is_err() {
         warn!("call record writer ended abnormally");

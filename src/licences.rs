@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::admission::{PortalId, PortalSnapshot, PortalStatus};
-use crate::store::{BackendKind, Store, StoreError};
+use crate::store::{BackendKind, Store, StoreError, UserBrief};
 
 /// All portals at one instant.
 #[derive(Debug, Default)]
@@ -28,11 +28,18 @@ pub struct Snapshot {
     by_id: HashMap<PortalId, Arc<PortalSnapshot>>,
     /// Live (not purged) portals by lowercase domain.
     by_domain: HashMap<String, PortalId>,
+    /// Users' routing facts by (portal id, username).
+    users: HashMap<(String, String), UserBrief>,
 }
 
 impl Snapshot {
     /// Builds the indexes.
     pub fn new(version: i64, portals: Vec<PortalSnapshot>) -> Self {
+        Self::with_users(version, portals, Vec::new())
+    }
+
+    /// Builds the indexes, users included.
+    pub fn with_users(version: i64, portals: Vec<PortalSnapshot>, users: Vec<UserBrief>) -> Self {
         let mut by_id = HashMap::with_capacity(portals.len());
         let mut by_domain = HashMap::with_capacity(portals.len());
         for p in portals {
@@ -41,7 +48,13 @@ impl Snapshot {
             }
             by_id.insert(p.id.clone(), Arc::new(p));
         }
-        Self { version, by_id, by_domain }
+        let users = users.into_iter().map(|u| ((u.portal_id.clone(), u.username.clone()), u)).collect();
+        Self { version, by_id, by_domain, users }
+    }
+
+    /// A user's routing facts.
+    pub fn user(&self, portal: &PortalId, username: &str) -> Option<&UserBrief> {
+        self.users.get(&(portal.as_str().to_owned(), username.to_owned()))
     }
 
     /// A portal by id.
@@ -78,8 +91,9 @@ impl LicenceCache {
     pub async fn load(store: &Store) -> Result<Self, StoreError> {
         let version = store.change_version().await?;
         let portals = store.all_snapshots().await?;
+        let users = store.user_briefs().await?;
         Ok(Self {
-            current: Arc::new(ArcSwap::from_pointee(Snapshot::new(version, portals))),
+            current: Arc::new(ArcSwap::from_pointee(Snapshot::with_users(version, portals, users))),
             version: Arc::new(tokio::sync::watch::Sender::new(version)),
         })
     }
@@ -102,8 +116,9 @@ impl LicenceCache {
             return Ok(false);
         }
         let portals = store.all_snapshots().await?;
-        debug!(version, portals = portals.len(), "licence cache refreshed");
-        self.current.store(Arc::new(Snapshot::new(version, portals)));
+        let users = store.user_briefs().await?;
+        debug!(version, portals = portals.len(), users = users.len(), "licence cache refreshed");
+        self.current.store(Arc::new(Snapshot::with_users(version, portals, users)));
         self.version.send_replace(version);
         Ok(true)
     }

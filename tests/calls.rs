@@ -538,3 +538,29 @@ fn unknown_trunk_can_be_ignored_silently() {
     assert!(ok, "{out}");
     assert!(user.wait().0);
 }
+
+/// A real phone as the portal user: baresip registers to trunkgate, the
+/// PBX calls the portal's number, baresip rings and answers by itself, and
+/// the call completes when the PBX hangs up.
+#[test]
+fn pbx_call_answered_by_a_registered_baresip() {
+    use common::baresip::{Baresip, CALL_ESTABLISHED, CALL_TERMINATED};
+    let mut d = prepared("");
+    d.start();
+    let phone = Baresip::start("alice", "acme.example.com", "alice-secret-1", d.udp);
+    phone.wait_registered();
+    let (ok, out) = pbx(&d, Path::new("pbx_call.xml"), "+15550001", &["-d", "1500"]).wait();
+    assert!(ok, "PBX side:\n{out}");
+    // The phone saw the call from trunkgate (not from the PBX) and its end.
+    let invite = phone.wait_sip(&["INVITE sip:alice", "From: \"Front Desk\" <sip:+15550100@acme.example.com>"]);
+    // (The SDP is passed through unchanged until media is anchored, so only
+    // the signalling headers are checked.)
+    let headers = invite.split("\r\n\r\n").next().unwrap_or(&invite).split("\n\n").next().unwrap_or("");
+    assert!(!headers.contains("127.0.0.2"), "the PBX's address never reaches the phone's signalling: {headers}");
+    phone.wait_for(&[CALL_ESTABLISHED]);
+    phone.wait_for(&[CALL_TERMINATED]);
+    let rec = &wait_cdr(&d, 1)[0];
+    assert_eq!(rec["outcome"], "completed", "{rec}");
+    assert_eq!(rec["target_user"], "alice");
+    wait_no_calls(&d);
+}

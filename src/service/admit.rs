@@ -112,16 +112,23 @@ pub(crate) async fn admit(ctx: Arc<Ctx>, input: AdmitInput) -> AdmissionResult {
     if let Some(route) = route {
         let at = crate::service::unix_now();
         for user in route.users_for_call() {
-            let row = match ctx.store.user(portal.id.as_str(), &user).await {
-                Ok(r) => r,
-                Err(e) => {
-                    warn!(error = %e, "database unavailable during admission");
-                    return refuse(key, Reason::DatabaseUnavailable, "shared database unreachable".into(), record);
-                }
-            };
-            let Some(row) = row else {
-                why_unreachable = format!("user {user} does not exist");
-                continue;
+            let cached = snapshot.user(&portal.id, &user).cloned();
+            let row = match cached {
+                Some(r) => r,
+                // Not in the cache: maybe added a moment ago.
+                None => match ctx.store.user(portal.id.as_str(), &user).await {
+                    Ok(Some(u)) => crate::store::UserBrief {
+                        portal_id: u.portal_id,
+                        username: u.username,
+                        extranet: u.extranet,
+                        disabled: u.disabled,
+                        static_contact: u.static_contact,
+                    },
+                    Ok(None) | Err(_) => {
+                        why_unreachable = format!("user {user} does not exist");
+                        continue;
+                    }
+                },
             };
             if !admission::may_target(&portal, &UserInfo { extranet: row.extranet, disabled: row.disabled }) {
                 why_unreachable = format!("user {user} may not be called");
@@ -144,6 +151,18 @@ pub(crate) async fn admit(ctx: Arc<Ctx>, input: AdmitInput) -> AdmissionResult {
                 && let Some(t) = static_target(contact)
             {
                 group.push(ForkTarget { user: user.clone(), contact: contact.to_owned(), target: t });
+            }
+            if group.is_empty() {
+                // The cache may be a moment behind a contact just set: ask
+                // the database before calling the user unreachable (only on
+                // this rare path, never per admitted call).
+                if let Ok(Some(fresh)) = ctx.store.user(portal.id.as_str(), &user).await
+                    && !fresh.disabled
+                    && let Some(contact) = fresh.static_contact.as_deref()
+                    && let Some(t) = static_target(contact)
+                {
+                    group.push(ForkTarget { user: user.clone(), contact: contact.to_owned(), target: t });
+                }
             }
             if group.is_empty() {
                 why_unreachable = format!("user {user} is not registered");

@@ -812,15 +812,8 @@ impl Core {
     }
 
     pub(super) fn release_lease(&self, lease_id: &str) {
-        let store = self.ctx.store.clone();
-        let id = lease_id.to_owned();
-        tokio::spawn(async move {
-            if let Err(e) = store.release_call(&id).await {
-                // The lease expires by itself when its node stops renewing;
-                // until then the channel stays counted.
-                warn!(error = %e, lease = %id, "lease release failed; it will expire");
-            }
-        });
+        // Batched by the release task; see `release_leases`.
+        let _ = self.releases.send(lease_id.to_owned());
     }
 
     pub(super) fn finish_record(&self, mut record: CallRecord) {

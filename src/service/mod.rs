@@ -177,6 +177,8 @@ impl Service {
             tag_seq: AtomicU64::new(1),
         });
         let (reply_tx, reply_rx) = mpsc::channel(4096);
+        let (release_tx, release_rx) = mpsc::unbounded_channel();
+        tokio::spawn(release_leases(ctx.store.clone(), release_rx));
         let core = Core {
             ctx: ctx.clone(),
             layer: TransactionLayer::new(ctx.config.timers),
@@ -187,6 +189,7 @@ impl Service {
             cdr,
             responses: HashMap::new(),
             rates: HashMap::new(),
+            releases: release_tx,
         };
         tokio::spawn(core.run(inbound, reply_rx, shutdown));
         Ok(Self { ctx })
@@ -210,6 +213,8 @@ struct Core {
     responses: HashMap<TsxKey, Response>,
     /// Admission attempts per portal in the current second.
     rates: HashMap<crate::admission::PortalId, (u64, u32)>,
+    /// Ended calls' leases, released in batches by their own task.
+    releases: mpsc::UnboundedSender<String>,
 }
 
 impl Core {
@@ -571,6 +576,45 @@ fn tsx_method(m: &Method) -> crate::sip::transaction::Method {
 
 fn allow_value(check: &CheckConfig) -> String {
     check.allow.iter().map(Method::as_str).collect::<Vec<_>>().join(", ")
+}
+
+/// Releases ended calls' leases in batches: each batch is one transaction,
+/// so a node ending thousands of calls a second commits a few dozen times.
+/// A batch that fails is retried with the next; a lease never released
+/// expires by itself once its node stops renewing it.
+async fn release_leases(store: Store, mut rx: mpsc::UnboundedReceiver<String>) {
+    let mut batch: Vec<String> = Vec::new();
+    loop {
+        if batch.is_empty() {
+            match rx.recv().await {
+                Some(id) => batch.push(id),
+                None => return,
+            }
+        }
+        while batch.len() < 1000 {
+            match rx.try_recv() {
+                Ok(id) => batch.push(id),
+                Err(_) => break,
+            }
+        }
+        match store.release_calls(&batch).await {
+            Ok(_) => batch.clear(),
+            Err(e) => {
+                warn!(error = %e, leases = batch.len(), "lease release failed; retrying");
+                if batch.len() > 100_000 {
+                    // The database is gone for long: the leases will expire.
+                    batch.clear();
+                }
+                // Retry within a second (sooner if more calls end): this
+                // node renews its leases, so an unreleased one never expires.
+                match tokio::time::timeout(std::time::Duration::from_secs(1), rx.recv()).await {
+                    Ok(Some(id)) => batch.push(id),
+                    Ok(None) => return,
+                    Err(_) => {}
+                }
+            }
+        }
+    }
 }
 
 /// Unix seconds now (handler tasks and expiry; the driver reads the clock).

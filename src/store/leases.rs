@@ -219,6 +219,27 @@ impl Store {
         Ok(n > 0)
     }
 
+    /// Ends many calls' leases in one transaction (one commit for the batch:
+    /// what a busy node does with the calls that ended in the last moment).
+    /// Returns how many leases were removed.
+    pub async fn release_calls(&self, call_ids: &[String]) -> Result<u64, StoreError> {
+        if call_ids.is_empty() {
+            return Ok(0);
+        }
+        let n = with_tx!(self, tx => {
+            let mut n = 0;
+            for id in call_ids {
+                n += sqlx::query("DELETE FROM call_leases WHERE call_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            }
+            n
+        });
+        Ok(n)
+    }
+
     /// Extends every lease of a node to `expires_at` (never shortening one),
     /// in one statement; returns how many leases the node holds. The node
     /// calls it periodically, well within the TTL.

@@ -185,6 +185,21 @@ pub(crate) fn from_ts(s: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(s, 0).unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
+/// What routing needs to know about a user.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct UserBrief {
+    /// Portal.
+    pub portal_id: String,
+    /// Login.
+    pub username: String,
+    /// A guest of the portal.
+    pub extranet: bool,
+    /// Disabled users are never rung.
+    pub disabled: bool,
+    /// Fixed contact, if any.
+    pub static_contact: Option<String>,
+}
+
 /// A licence row with its portal id.
 #[derive(sqlx::FromRow)]
 struct PortalLicence {
@@ -745,6 +760,17 @@ impl Store {
         });
         let Some(portal) = portal else { return Ok(None) };
         snapshot::build(portal, licence, &extensions, &plans).map(Some)
+    }
+
+    /// Every user's routing facts (no credentials), for the licence cache:
+    /// the admission path never queries users per call.
+    pub async fn user_briefs(&self) -> Result<Vec<UserBrief>, StoreError> {
+        let rows = with_pool!(self, pool => {
+            sqlx::query_as("SELECT portal_id, username, extranet, disabled, static_contact FROM users")
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows)
     }
 
     /// Snapshots of every portal (deleted ones included, so their ids keep
