@@ -52,7 +52,8 @@ for p in bench:100000 limited:10 expired:0; do
     printf 'far-end-password\n' | tg user add --portal "$id" --username far-end >/dev/null
     tg user set-contact --portal "$id" --username far-end --contact sip:far-end@127.0.0.1:5080 >/dev/null
 done
-tg run >"$WORK/trunkgate.log" 2>&1 &
+# Started directly (not through the tg function) so $! is trunkgate itself.
+"$TG" --config "$WORK/trunkgate.toml" run >"$WORK/trunkgate.log" 2>&1 &
 PID=$!
 trap 'kill -TERM $PID 2>/dev/null; wait $PID 2>/dev/null; rm -rf "$WORK"' EXIT
 for _ in $(seq 100); do grep -q '"ready"\|ready' "$WORK/trunkgate.log" 2>/dev/null && break; sleep 0.1; done

@@ -234,7 +234,18 @@ impl Core {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 m = inbound.recv() => match m {
-                    Some(m) => self.handle_inbound(m, crate::clock::instant()),
+                    Some(m) => {
+                        let now = crate::clock::instant();
+                        self.handle_inbound(m, now);
+                        // Take what else is queued before going back to
+                        // sleep: one wake-up per burst, not per message.
+                        for _ in 0..64 {
+                            match inbound.try_recv() {
+                                Ok(m) => self.handle_inbound(m, now),
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     None => return,
                 },
                 Some(m) = replies.recv() => match m {
