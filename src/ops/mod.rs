@@ -1,4 +1,5 @@
 //! Operations: logging, systemd integration and signals.
 
 pub mod logging;
+pub mod metrics;
 pub mod systemd;

@@ -161,6 +161,7 @@ impl Core {
     pub(super) fn handle_admission(&mut self, result: AdmissionResult, now: Instant) {
         match result {
             AdmissionResult::Refuse { key, status, reason, detail, record } => {
+                crate::ops::metrics::call_refused(reason.as_str());
                 self.finish_record(record);
                 let Some(p) = self.pending.get(&key) else { return };
                 let mut resp =
@@ -182,6 +183,7 @@ impl Core {
                 domain,
                 mut record,
             } => {
+                crate::ops::metrics::call_admitted(record.trunk.as_deref().unwrap_or(""));
                 let Some(p) = self.pending.get(&key) else {
                     // CANCELled (or timed out) while admission ran.
                     self.release_lease(&lease_id);
@@ -817,6 +819,9 @@ impl Core {
     }
 
     pub(super) fn finish_record(&self, mut record: CallRecord) {
+        if record.outcome != "refused" {
+            crate::ops::metrics::call_ended(&record.outcome);
+        }
         if record.ended_at.is_none() {
             record.ended_at = Some(super::unix_now_i64());
         }

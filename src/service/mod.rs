@@ -378,6 +378,7 @@ impl Core {
             && self.ctx.trunks.identify(remote.ip()).is_none()
         {
             warn!(target: "security", source = %remote, "INVITE from an address that is no trunk ignored");
+            crate::ops::metrics::call_refused(crate::admission::Reason::UnknownTrunk.as_str());
             return;
         }
         let matched = {
@@ -487,6 +488,7 @@ impl Core {
         let request = p.request.clone();
         let Some(trunk) = self.ctx.trunks.identify(remote.ip()).cloned() else {
             warn!(target: "security", source = %remote, "INVITE from an address that is no trunk refused");
+            crate::ops::metrics::call_refused(crate::admission::Reason::UnknownTrunk.as_str());
             let mut resp = Response::from_request(&request, 403, "Forbidden");
             let text = format!(
                 "{}: {} is not a configured trunk",

@@ -104,6 +104,7 @@ pub(super) async fn handle(ctx: &Ctx, req: &Request, source: Source) -> Response
             };
             let known = row.is_some();
             warn!(target: "security", source = %ip, portal = %portal.id, user = %user, known_user = known, reason = %f, locked_out = locked, "REGISTER authentication failed");
+            crate::ops::metrics::register_failed("auth-failed");
             return challenge(ctx, req, &realm, now, false);
         }
     }
@@ -118,6 +119,7 @@ pub(super) async fn handle(ctx: &Ctx, req: &Request, source: Source) -> Response
     let at = crate::clock::now_utc();
     if let Err(refusal) = admission::may_register(&portal, &info, registered, at) {
         warn!(target: "security", source = %ip, portal = %portal.id, user = %user, reason = refusal.as_str(), "REGISTER refused by the licence rules");
+        crate::ops::metrics::register_failed(refusal.as_str());
         let (code, phrase) = match refusal {
             RegisterRefusal::UserLimit { .. } => (403, "Forbidden"),
             _ => (403, "Forbidden"),

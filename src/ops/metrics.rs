@@ -1,0 +1,71 @@
+//! Metric names and the few helpers that record them, through the
+//! `metrics` facade. The exporter (Prometheus) is wired in the binary by the
+//! operations work; without one, recording is a no-op.
+
+/// Calls admitted (a channel taken), by trunk.
+pub const CALLS_ADMITTED: &str = "trunkgate_calls_admitted_total";
+/// Calls refused, by `reason` (the stable tokens of `admission::Reason`).
+pub const CALLS_REFUSED: &str = "trunkgate_calls_refused_total";
+/// Admitted calls that ended, by `outcome` (completed, cancelled, busy…).
+pub const CALLS_ENDED: &str = "trunkgate_calls_ended_total";
+/// Registrations refused or failed, by `reason`.
+pub const REGISTER_FAILURES: &str = "trunkgate_register_failures_total";
+
+/// Counts a refused call under its reason token.
+pub fn call_refused(reason: &str) {
+    metrics::counter!(CALLS_REFUSED, "reason" => reason.to_owned()).increment(1);
+}
+
+/// Counts an admitted call.
+pub fn call_admitted(trunk: &str) {
+    metrics::counter!(CALLS_ADMITTED, "trunk" => trunk.to_owned()).increment(1);
+}
+
+/// Counts an admitted call's end.
+pub fn call_ended(outcome: &str) {
+    metrics::counter!(CALLS_ENDED, "outcome" => outcome.to_owned()).increment(1);
+}
+
+/// Counts a failed or refused registration.
+pub fn register_failed(reason: &str) {
+    metrics::counter!(REGISTER_FAILURES, "reason" => reason.to_owned()).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    use super::*;
+
+    #[test]
+    fn refusals_are_counted_by_reason_label() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            call_refused("channels-busy");
+            call_refused("channels-busy");
+            call_refused("not-licensed");
+            call_admitted("acme-pbx");
+        });
+        type Counted = (String, Vec<(String, String)>, u64);
+        let counts: Vec<Counted> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter_map(|(key, _, _, value)| match value {
+                DebugValue::Counter(n) => Some((
+                    key.key().name().to_owned(),
+                    key.key().labels().map(|l| (l.key().to_owned(), l.value().to_owned())).collect(),
+                    n,
+                )),
+                _ => None,
+            })
+            .collect();
+        let find = |name: &str, label: &str| {
+            counts.iter().find(|(n, l, _)| n == name && l.iter().any(|(_, v)| v == label)).map(|(_, _, c)| *c)
+        };
+        assert_eq!(find(CALLS_REFUSED, "channels-busy"), Some(2));
+        assert_eq!(find(CALLS_REFUSED, "not-licensed"), Some(1));
+        assert_eq!(find(CALLS_ADMITTED, "acme-pbx"), Some(1));
+    }
+}
