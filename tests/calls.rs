@@ -15,11 +15,14 @@ const PBX_IP: &str = "127.0.0.2";
 
 /// A trunk from 127.0.0.2 for portal `acme`: +15550001 rings alice, +15550002
 /// rings alice and bob together, +15550003 rings carol (never reachable),
-/// anything else has no route.
+/// +15550004 rings alice then bob (in_order, 1 s each), +15550005 rings one
+/// of them per call (evenly); anything else has no route.
 const TRUNK: &str = "[[trunk]]\nname = \"acme-pbx\"\nportal = \"acme\"\nsources = [\"127.0.0.2/32\"]\n\
 [[trunk.route]]\nnumber = \"+15550001\"\nusers = [\"alice\"]\nring_timeout_s = 3\n\
 [[trunk.route]]\nnumber = \"+15550002\"\nusers = [\"alice\", \"bob\"]\nstrategy = \"ring_all\"\nring_timeout_s = 10\n\
-[[trunk.route]]\nnumber = \"+15550003\"\nusers = [\"carol\"]\n";
+[[trunk.route]]\nnumber = \"+15550003\"\nusers = [\"carol\"]\n\
+[[trunk.route]]\nnumber = \"+15550004\"\nusers = [\"alice\", \"bob\"]\nstrategy = \"in_order\"\nring_timeout_s = 1\n\
+[[trunk.route]]\nnumber = \"+15550005\"\nusers = [\"alice\", \"bob\"]\nstrategy = \"evenly\"\n";
 
 fn prepared(extra: &str) -> Daemon {
     let d = Daemon::prepare(&format!("{extra}{TRUNK}"));
@@ -563,4 +566,67 @@ fn pbx_call_answered_by_a_registered_baresip() {
     assert_eq!(rec["outcome"], "completed", "{rec}");
     assert_eq!(rec["target_user"], "alice");
     wait_no_calls(&d);
+}
+
+/// A re-INVITE (hold) from the PBX reaches the phone with its SDP, the
+/// phone's answer reaches the PBX, both 2xx are ACKed, and the call goes on.
+#[test]
+fn reinvite_is_passed_through_both_ways_of_the_offer() {
+    let mut d = prepared("");
+    d.start();
+    let user = phone(&d, "alice", "user_answer_reinvite.xml", &[]);
+    let (ok, out) = pbx(&d, Path::new("pbx_call_reinvite.xml"), "+15550001", &["-d", "300"]).wait();
+    assert!(ok, "PBX side:\n{out}");
+    let (ok, uout) = user.wait();
+    assert!(ok, "phone side:\n{uout}");
+    let rec = &wait_cdr(&d, 1)[0];
+    assert_eq!(rec["outcome"], "completed", "{rec}");
+    wait_no_calls(&d);
+}
+
+/// Glare (RFC 3261 §14.1): a second offer while one is being relayed gets
+/// 491 Request Pending; the first completes and the call goes on.
+#[test]
+fn second_reinvite_while_one_is_pending_gets_491() {
+    let mut d = prepared("");
+    d.start();
+    let user = phone(&d, "alice", "user_answer_reinvite_slowly.xml", &[]);
+    let (ok, out) = pbx(&d, Path::new("pbx_glare.xml"), "+15550001", &["-d", "200"]).wait();
+    assert!(ok, "PBX side:\n{out}");
+    assert!(out.contains("SIP/2.0 491 Request Pending"), "{out}");
+    let (ok, uout) = user.wait();
+    assert!(ok, "phone side:\n{uout}");
+    wait_no_calls(&d);
+}
+
+/// in_order: the first user rings for the route's timeout and is cancelled,
+/// then the next one rings and answers.
+#[test]
+fn in_order_moves_to_the_next_user_after_the_ring_timeout() {
+    let mut d = prepared("");
+    d.start();
+    let alice = phone(&d, "alice", "user_ring_cancel.xml", &[]);
+    let bob = phone(&d, "bob", "user_answer.xml", &[]);
+    let (ok, out) = pbx(&d, Path::new("pbx_call.xml"), "+15550004", &["-d", "200"]).wait();
+    assert!(ok, "{out}");
+    assert!(alice.wait().0, "alice rang and was cancelled");
+    assert!(bob.wait().0, "bob answered");
+    assert_eq!(wait_cdr(&d, 1)[0]["target_user"], "bob");
+}
+
+/// evenly: consecutive calls go to different users.
+#[test]
+fn evenly_spreads_calls_across_users() {
+    let mut d = prepared("");
+    d.start();
+    let alice = phone(&d, "alice", "user_answer.xml", &[]);
+    let bob = phone(&d, "bob", "user_answer.xml", &[]);
+    for _ in 0..2 {
+        let (ok, out) = pbx(&d, Path::new("pbx_call.xml"), "+15550005", &["-d", "100"]).wait();
+        assert!(ok, "{out}");
+    }
+    assert!(alice.wait().0 && bob.wait().0, "each phone took one call");
+    let users: Vec<String> =
+        wait_cdr(&d, 2).iter().map(|r| r["target_user"].as_str().unwrap_or("").to_owned()).collect();
+    assert!(users.contains(&"alice".to_owned()) && users.contains(&"bob".to_owned()), "{users:?}");
 }

@@ -94,10 +94,13 @@ pub(crate) struct Call {
     a_call_id: String,
     a_state: ALegState,
     a_cseq: u32,
-    /// The 200 OK we retransmit until the ACK (RFC 3261 §13.3.1.4).
-    a_200: Option<Bytes>,
-    a_200_interval: Duration,
-    a_200_deadline: Option<Instant>,
+    /// The 2xx we retransmit until its ACK (RFC 3261 §13.3.1.4): the
+    /// answer to the PBX, or to a relayed re-INVITE of either side.
+    ack_wait: Option<(Target, Bytes)>,
+    ack_interval: Duration,
+    ack_deadline: Option<Instant>,
+    /// An offer (re-INVITE, UPDATE) is being relayed: another gets 491.
+    offer_pending: bool,
     forks: Vec<Fork>,
     /// Groups not rung yet (sequential strategies).
     queue: Vec<Vec<ForkTarget>>,
@@ -107,6 +110,20 @@ pub(crate) struct Call {
     domain: String,
     record: CallRecord,
     best_failure: u16,
+}
+
+/// An in-dialog request relayed to the other leg.
+#[derive(Debug, Clone)]
+struct Relay {
+    no: CallNo,
+    /// The originator's server transaction, answered when the relay is.
+    server_key: TsxKey,
+    /// The fork it went to, or `None` for the PBX leg.
+    to_b: Option<usize>,
+    /// Its CSeq number on the other leg (the ACK of a 2xx repeats it).
+    cseq: u32,
+    invite: bool,
+    offer: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -132,6 +149,8 @@ pub(crate) struct Calls {
     a_keys: HashMap<TsxKey, CallNo>,
     /// BYEs we sent on the A leg.
     a_byes: HashMap<TsxKey, CallNo>,
+    /// Relayed in-dialog requests, by the client transaction carrying them.
+    relays: HashMap<TsxKey, Relay>,
     timers: BTreeSet<(Instant, CallNo, CallTimer)>,
     next: CallNo,
 }
@@ -217,9 +236,10 @@ impl Core {
                     a_call_id: a_call_id.clone(),
                     a_state: ALegState::Ringing,
                     a_cseq: 0,
-                    a_200: None,
-                    a_200_interval: self.ctx.config.timers.t1,
-                    a_200_deadline: None,
+                    ack_wait: None,
+                    ack_interval: self.ctx.config.timers.t1,
+                    ack_deadline: None,
+                    offer_pending: false,
                     forks: Vec::new(),
                     queue,
                     ring_timeout,
@@ -320,6 +340,10 @@ impl Core {
 
     /// A response on a client transaction of ours.
     pub(super) fn handle_client_response(&mut self, key: &TsxKey, resp: &Response, now: Instant) {
+        if self.calls.relays.contains_key(key) {
+            self.relay_response(key, resp, now);
+            return;
+        }
         if let Some(no) = self.calls.a_byes.get(key).copied() {
             if resp.status() >= 200 {
                 self.calls.a_byes.remove(key);
@@ -424,11 +448,11 @@ impl Core {
         call.a_state = ALegState::Answered;
         call.record.answered_at = Some(super::unix_now_i64());
         call.record.target_user = Some(user.clone());
-        call.a_200 = Some(Bytes::from(r.to_bytes()));
-        call.a_200_interval = self.ctx.config.timers.t1;
-        call.a_200_deadline = Some(now + self.ctx.config.timers.t1 * 64);
+        call.ack_wait = Some((call.a_target, Bytes::from(r.to_bytes())));
+        call.ack_interval = self.ctx.config.timers.t1;
+        call.ack_deadline = Some(now + self.ctx.config.timers.t1 * 64);
         let a_key = call.a_key.clone();
-        let retransmit_at = now + call.a_200_interval;
+        let retransmit_at = now + call.ack_interval;
         let max = call.max_duration;
         self.calls.timers.retain(|(_, n, k)| !(*n == no && *k == CallTimer::RingTimeout));
         self.calls.timers.insert((retransmit_at, no, CallTimer::Retransmit200));
@@ -587,19 +611,16 @@ impl Core {
                 }
                 CallTimer::Retransmit200 => {
                     let Some(call) = self.calls.calls.get_mut(&no) else { continue };
-                    if call.a_state != ALegState::Answered {
-                        continue;
-                    }
-                    if call.a_200_deadline.is_some_and(|d| now >= d) {
-                        warn!(call = no, "no ACK for our 200 OK: hanging up");
+                    let Some((target, data)) = call.ack_wait.clone() else { continue };
+                    if call.ack_deadline.is_some_and(|d| now >= d) {
+                        warn!(call = no, "no ACK for our 2xx: hanging up");
+                        call.ack_wait = None;
                         self.hang_up(no, "failed", now);
                         continue;
                     }
-                    if let Some(data) = call.a_200.clone() {
-                        let _ = self.transports.send(&call.a_target, data);
-                    }
-                    call.a_200_interval = (call.a_200_interval * 2).min(self.ctx.config.timers.t2);
-                    let next = now + call.a_200_interval;
+                    let _ = self.transports.send(&target, data);
+                    call.ack_interval = (call.ack_interval * 2).min(self.ctx.config.timers.t2);
+                    let next = now + call.ack_interval;
                     self.calls.timers.insert((next, no, CallTimer::Retransmit200));
                 }
                 CallTimer::MaxDuration => {
@@ -610,14 +631,16 @@ impl Core {
         }
     }
 
-    /// The PBX's ACK for our 200.
-    pub(super) fn handle_a_ack(&mut self, call_id: &str) {
-        let Some(&no) = self.calls.by_a.get(call_id) else { return };
-        if let Some(call) = self.calls.calls.get_mut(&no)
-            && call.a_state == ALegState::Answered
-        {
-            call.a_state = ALegState::Confirmed;
-            call.a_200 = None;
+    /// An ACK for one of our 2xx (to the PBX's INVITE, or to a relayed
+    /// re-INVITE of either leg): stop retransmitting it.
+    pub(super) fn handle_ack(&mut self, call_id: &str) {
+        let no = self.calls.by_a.get(call_id).copied().or_else(|| self.calls.by_b.get(call_id).map(|(n, _)| *n));
+        let Some(no) = no else { return };
+        if let Some(call) = self.calls.calls.get_mut(&no) {
+            if call.a_state == ALegState::Answered {
+                call.a_state = ALegState::Confirmed;
+            }
+            call.ack_wait = None;
             self.calls.timers.retain(|(_, n, k)| !(*n == no && *k == CallTimer::Retransmit200));
         }
     }
@@ -654,13 +677,12 @@ impl Core {
                     }
                 }
             }
-            Method::Info | Method::Options => {
+            Method::Options => {
                 self.respond(key.clone(), Response::from_request(req, 200, "OK"), now);
             }
+            Method::Invite | Method::Update | Method::Info => self.relay_in_dialog(no, side, key, req, now),
             _ => {
-                // re-INVITE/UPDATE pass-through is not there yet: keep the
-                // session as it is (RFC 3261 §14.2: 488 leaves it unchanged).
-                let r = Response::from_request(req, 488, "Not Acceptable Here");
+                let r = Response::from_request(req, 501, "Not Implemented");
                 self.respond(key.clone(), r, now);
             }
         }
@@ -719,40 +741,10 @@ impl Core {
         let Some(call) = self.calls.calls.get_mut(&no) else { return };
         call.a_cseq += 1;
         call.a_state = ALegState::Ended;
-        let h = call.a_invite.headers();
-        // We are the UAS of the A dialog: From is their To with our tag.
-        let Some(to) = h.get(&HeaderName::To).and_then(|v| v.value_str()) else { return };
-        let Some(from) = h.get(&HeaderName::From).and_then(|v| v.value_str()) else { return };
-        let our_from = if to.contains(";tag=") { to.to_owned() } else { format!("{to};tag={}", call.a_tag) };
-        let target_uri = h
-            .contacts()
-            .ok()
-            .and_then(|c| match c {
-                crate::sip::message::Contacts::List(l) => l.first().map(|n| n.uri().as_str().to_owned()),
-                crate::sip::message::Contacts::Star => None,
-            })
-            .unwrap_or_else(|| format!("sip:{}", call.a_target.addr));
-        let Ok(uri) = Uri::parse(&target_uri) else { return };
+        let cseq = call.a_cseq;
         let branch = format!("z9hG4bK{}", token("", &self.ctx));
-        let proto = if call.a_target.transport == Transport::Tcp { "TCP" } else { "UDP" };
-        let local = self
-            .transports
-            .local_for(call.a_target.transport, call.a_target.addr)
-            .map_or_else(|| "127.0.0.1:5060".to_owned(), |a| a.to_string());
-        let mut b = Request::builder(Method::Bye, uri)
-            .header(HeaderName::Via, format!("SIP/2.0/{proto} {local};branch={branch};rport"))
-            .header(HeaderName::MaxForwards, "70")
-            .header(HeaderName::From, our_from)
-            .header(HeaderName::To, from)
-            .header(HeaderName::CallId, &call.a_call_id)
-            .header(HeaderName::CSeq, format!("{} BYE", call.a_cseq));
-        // Route set of the UAS: the Record-Route of the INVITE, in order.
-        if let Ok(rr) = h.record_routes() {
-            for r in rr {
-                b = b.header(HeaderName::Route, r.to_string());
-            }
-        }
-        let Ok(bye) = b.build() else { return };
+        let via = via_header(&self.transports, &call.a_target, &branch);
+        let Some(bye) = build_a_request(call, Method::Bye, cseq, &via) else { return };
         let target = call.a_target;
         let out = Outgoing { target, data: Bytes::from(bye.to_bytes()) };
         if let Ok(k) = self.layer.start_client(
@@ -763,6 +755,140 @@ impl Core {
             out,
         ) {
             self.calls.a_byes.insert(k, no);
+        }
+    }
+
+    /// Relays an in-dialog request (re-INVITE, UPDATE, INFO) to the other
+    /// leg, unchanged but for the dialog fields; its answer comes back
+    /// through `relay_response`. A second offer while one is pending in
+    /// either direction gets 491 (RFC 3261 §14.1 glare), so the two legs
+    /// never hold crossed offers.
+    fn relay_in_dialog(&mut self, no: CallNo, from_b: Option<usize>, key: &TsxKey, req: &Request, now: Instant) {
+        let Some(call) = self.calls.calls.get_mut(&no) else { return };
+        let offer = matches!(req.method(), Method::Invite | Method::Update);
+        let Some(answered) = call.forks.iter().position(|f| f.state == ForkState::Answered) else {
+            let r = Response::from_request(req, 481, "Call/Transaction Does Not Exist");
+            self.respond(key.clone(), r, now);
+            return;
+        };
+        if offer && call.offer_pending {
+            let mut r = Response::from_request(req, 491, "Request Pending");
+            let _ = r.headers_mut().push(HeaderName::RetryAfter, "1");
+            self.respond(key.clone(), r, now);
+            return;
+        }
+        let branch = format!("z9hG4bK{}", token("", &self.ctx));
+        let (out_req, target, cseq, to_b) = match from_b {
+            None => {
+                let fork = &mut call.forks[answered];
+                fork.cseq += 1;
+                let cseq = fork.cseq;
+                let via = via_header(&self.transports, &fork.target.target, &branch);
+                let Some(mut r) = build_in_dialog(fork, req.method().clone(), cseq, &via) else { return };
+                let _ =
+                    r.headers_mut().push(HeaderName::Contact, contact_header(&self.transports, &fork.target.target));
+                (r, fork.target.target, cseq, Some(answered))
+            }
+            Some(_) => {
+                call.a_cseq += 1;
+                let cseq = call.a_cseq;
+                let via = via_header(&self.transports, &call.a_target, &branch);
+                let Some(mut r) = build_a_request(call, req.method().clone(), cseq, &via) else { return };
+                let _ = r.headers_mut().push(HeaderName::Contact, contact_header(&self.transports, &call.a_target));
+                (r, call.a_target, cseq, None)
+            }
+        };
+        let mut out_req = out_req;
+        if !req.body().is_empty()
+            && let Ok(Some(ct)) = req.headers().content_type()
+        {
+            let _ = out_req.headers_mut().push(HeaderName::ContentType, ct.as_str());
+            out_req.set_body(req.body().clone());
+        }
+        let out = Outgoing { target, data: Bytes::from(out_req.to_bytes()) };
+        let method = crate::sip::transaction::Method::new(req.method().as_str());
+        match self.layer.start_client(now, method, &branch, Self::reliability(&target), out) {
+            Ok(k) => {
+                if offer {
+                    call.offer_pending = true;
+                }
+                self.calls.relays.insert(
+                    k,
+                    Relay { no, server_key: key.clone(), to_b, cseq, invite: *req.method() == Method::Invite, offer },
+                );
+            }
+            Err(e) => {
+                warn!(call = no, error = %e, "in-dialog request not relayed");
+                let r = Response::from_request(req, 500, "Server Internal Error");
+                self.respond(key.clone(), r, now);
+            }
+        }
+    }
+
+    /// The other leg answered a relayed request: ACK its 2xx ourselves (we
+    /// are that dialog's UAC) and pass the answer back.
+    fn relay_response(&mut self, key: &TsxKey, resp: &Response, now: Instant) {
+        let Some(relay) = self.calls.relays.get(key).cloned() else { return };
+        let status = resp.status();
+        if status < 200 && status != 183 && status != 180 {
+            return;
+        }
+        if status >= 200 {
+            self.calls.relays.remove(key);
+        }
+        let Some(call) = self.calls.calls.get_mut(&relay.no) else { return };
+        if status >= 200 && relay.offer {
+            call.offer_pending = false;
+        }
+        if (200..300).contains(&status) && relay.invite {
+            let branch = format!("z9hG4bK{}", token("", &self.ctx));
+            let ack = match relay.to_b {
+                Some(idx) => call.forks.get(idx).and_then(|f| {
+                    build_in_dialog(
+                        f,
+                        Method::Ack,
+                        relay.cseq,
+                        &via_header(&self.transports, &f.target.target, &branch),
+                    )
+                    .map(|a| (a, f.target.target))
+                }),
+                None => build_a_request(
+                    call,
+                    Method::Ack,
+                    relay.cseq,
+                    &via_header(&self.transports, &call.a_target, &branch),
+                )
+                .map(|a| (a, call.a_target)),
+            };
+            if let Some((ack, target)) = ack {
+                let _ = self.transports.send(&target, Bytes::from(ack.to_bytes()));
+            }
+        }
+        let Some(p) = self.pending.get(&relay.server_key) else { return };
+        let origin = p.target;
+        let mut r = Response::from_request(&p.request, status, &resp.reason_lossy());
+        if !resp.body().is_empty()
+            && let Ok(Some(ct)) = resp.headers().content_type()
+        {
+            let _ = r.headers_mut().push(HeaderName::ContentType, ct.as_str());
+            r.set_body(resp.body().clone());
+        }
+        if (200..300).contains(&status) {
+            let _ = r.headers_mut().push(HeaderName::Contact, contact_header(&self.transports, &origin));
+        }
+        let _ = r.headers_mut().push(HeaderName::Server, super::SERVER);
+        if (200..300).contains(&status) && relay.invite {
+            // Our 2xx to a re-INVITE is ours to retransmit until its ACK.
+            if let Some(call) = self.calls.calls.get_mut(&relay.no) {
+                call.ack_wait = Some((origin, Bytes::from(r.to_bytes())));
+                call.ack_interval = self.ctx.config.timers.t1;
+                call.ack_deadline = Some(now + self.ctx.config.timers.t1 * 64);
+                self.calls.timers.insert((now + self.ctx.config.timers.t1, relay.no, CallTimer::Retransmit200));
+            }
+        }
+        self.send_through(&relay.server_key, r, now);
+        if status >= 200 {
+            self.pending.remove(&relay.server_key);
         }
     }
 
@@ -780,6 +906,18 @@ impl Core {
 
     /// A client transaction failed (Timer B/F, transport error).
     pub(super) fn handle_client_failure(&mut self, key: &TsxKey, status: u16, now: Instant) {
+        if let Some(relay) = self.calls.relays.remove(key) {
+            if let Some(call) = self.calls.calls.get_mut(&relay.no)
+                && relay.offer
+            {
+                call.offer_pending = false;
+            }
+            if let Some(p) = self.pending.get(&relay.server_key) {
+                let r = Response::from_request(&p.request, status, crate::sip::message::status::reason_phrase(status));
+                self.respond(relay.server_key.clone(), r, now);
+            }
+            return;
+        }
         if let Some(&(no, idx)) = self.calls.clients.get(key) {
             self.calls.clients.remove(key);
             if !key.is_invite() {
@@ -861,7 +999,7 @@ fn build_in_dialog(fork: &Fork, method: Method, cseq: u32, via: &str) -> Option<
     let target = fork.remote_target.clone().unwrap_or_else(|| fork.target.contact.clone());
     let uri = Uri::parse(&target).ok()?;
     let from = fork.invite.headers().get(&HeaderName::From)?.value_str()?.to_owned();
-    let cseq = if method == Method::Ack { "1 ACK".to_owned() } else { format!("{cseq} {}", method.as_str()) };
+    let cseq = format!("{cseq} {}", method.as_str());
     let mut b = Request::builder(method, uri)
         .header(HeaderName::Via, via)
         .header(HeaderName::MaxForwards, "70")
@@ -871,6 +1009,38 @@ fn build_in_dialog(fork: &Fork, method: Method, cseq: u32, via: &str) -> Option<
         .header(HeaderName::CSeq, cseq);
     for r in &fork.routes {
         b = b.header(HeaderName::Route, r);
+    }
+    b.build().ok()
+}
+
+/// A request on the PBX leg's dialog, where we are the UAS: From is the
+/// INVITE's To with our tag, To its From, the route set its Record-Route in
+/// order, the target its Contact.
+fn build_a_request(call: &Call, method: Method, cseq: u32, via: &str) -> Option<Request> {
+    let h = call.a_invite.headers();
+    let to = h.get(&HeaderName::To)?.value_str()?;
+    let from = h.get(&HeaderName::From)?.value_str()?;
+    let our_from = if to.contains(";tag=") { to.to_owned() } else { format!("{to};tag={}", call.a_tag) };
+    let target_uri = h
+        .contacts()
+        .ok()
+        .and_then(|c| match c {
+            crate::sip::message::Contacts::List(l) => l.first().map(|n| n.uri().as_str().to_owned()),
+            crate::sip::message::Contacts::Star => None,
+        })
+        .unwrap_or_else(|| format!("sip:{}", call.a_target.addr));
+    let uri = Uri::parse(&target_uri).ok()?;
+    let mut b = Request::builder(method.clone(), uri)
+        .header(HeaderName::Via, via)
+        .header(HeaderName::MaxForwards, "70")
+        .header(HeaderName::From, our_from)
+        .header(HeaderName::To, from)
+        .header(HeaderName::CallId, &call.a_call_id)
+        .header(HeaderName::CSeq, format!("{cseq} {}", method.as_str()));
+    if let Ok(rr) = h.record_routes() {
+        for r in rr {
+            b = b.header(HeaderName::Route, r.to_string());
+        }
     }
     b.build().ok()
 }

@@ -428,7 +428,7 @@ impl Core {
             }
             RequestMatch::AckToTu { .. } => {
                 if let Ok(call_id) = req.headers().call_id() {
-                    self.handle_a_ack(call_id);
+                    self.handle_ack(call_id);
                 }
             }
             RequestMatch::Absorbed(_) => {}
