@@ -330,3 +330,44 @@ fn daemon_survives_torture_messages_over_udp() {
     let r = udp_exchange(&d, &request("OPTIONS", "Max-Forwards: 70\r\n"));
     assert!(status_line(&r).starts_with("SIP/2.0 200"), "{r}");
 }
+
+/// IPv6: the daemon listens on [::1], answers OPTIONS over UDP and TCP, and
+/// registers a phone, with the IPv6 source in `received` (no brackets, RFC 5118).
+#[test]
+fn ipv6_transports_answer_and_register() {
+    let mut d = Daemon::prepare("");
+    let text = std::fs::read_to_string(&d.config).expect("config");
+    let text = text.replace(
+        "listen = [\"udp://127.0.0.1:0\", \"tcp://127.0.0.1:0\"]",
+        "listen = [\"udp://[::1]:0\", \"tcp://[::1]:0\"]",
+    );
+    std::fs::write(&d.config, text).expect("write");
+    d.seed_portal("acme", DOMAIN, &[("alice", ALICE_PW)]);
+    d.start();
+    assert!(d.udp.is_ipv6() && d.tcp.is_ipv6(), "{} {}", d.udp, d.tcp);
+    let sock = UdpSocket::bind("[::1]:0").expect("bind ::1");
+    sock.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let port = sock.local_addr().expect("addr").port();
+    let msg = request("OPTIONS", "Max-Forwards: 70\r\n")
+        .replace("127.0.0.1:{port};branch", &format!("[::1]:{port};rport;branch"));
+    sock.send_to(msg.as_bytes(), d.udp).expect("send");
+    let mut buf = [0u8; 65535];
+    let (n, _) = sock.recv_from(&mut buf).expect("response");
+    let r = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(status_line(&r).starts_with("SIP/2.0 200"), "{r}");
+    assert!(r.contains(&format!(";rport={port}")) && r.contains(";received=::1\r\n"), "received without brackets: {r}");
+    let mut s = TcpStream::connect(d.tcp).expect("connect ::1");
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let msg =
+        request("OPTIONS", "Max-Forwards: 70\r\n").replace("SIP/2.0/UDP 127.0.0.1:{port}", "SIP/2.0/TCP [::1]:5060");
+    s.write_all(msg.as_bytes()).expect("send");
+    let n = s.read(&mut buf).expect("response");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("SIP/2.0 200"));
+    let (ok, out) = sipp(
+        "register_ok.xml",
+        d.udp,
+        false,
+        &["-key", "domain", DOMAIN, "-key", "user", "alice", "-au", "alice", "-ap", ALICE_PW, "-i", "::1"],
+    );
+    assert!(ok, "{out}");
+}
