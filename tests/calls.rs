@@ -487,8 +487,22 @@ fn block_during_a_call_refuses_new_calls_and_keeps_the_call() {
 fn ring_all_first_answer_wins_and_the_other_is_cancelled() {
     let mut d = prepared("");
     d.start();
-    let alice = phone(&d, "alice", "user_ring_cancel.xml", &[]);
-    let bob = phone(&d, "bob", "user_answer.xml", &[]);
+    // Both users register (digest) from the port their phone then listens on.
+    let registered_phone = |user: &str, password: &str, scenario: &str| {
+        let port = common::daemon::free_port();
+        let reg = sipp_start(
+            Path::new("register_ok.xml"),
+            Some(d.udp),
+            "127.0.0.1",
+            port,
+            &["-m", "1", "-key", "domain", "acme.example.com", "-key", "user", user, "-au", user, "-ap", password],
+        );
+        let (ok, out) = reg.wait();
+        assert!(ok, "{user} registers:\n{out}");
+        sipp_start(Path::new(scenario), None, "127.0.0.1", port, &["-m", "1"])
+    };
+    let alice = registered_phone("alice", "alice-secret-1", "user_ring_cancel.xml");
+    let bob = registered_phone("bob", "bob-secret-12", "user_answer.xml");
     let (ok, out) = pbx(&d, Path::new("pbx_call.xml"), "+15550002", &["-d", "200"]).wait();
     assert!(ok, "{out}");
     let (ok, bout) = bob.wait();
