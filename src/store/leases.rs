@@ -151,6 +151,20 @@ impl Store {
             // A busy database here is retried by the transaction below.
             .unwrap_or(None);
             if let Some(active) = admitted {
+                let due = self.touched.lock().map_or(true, |mut t| {
+                    let last = t.get(req.portal).copied();
+                    let due = last.is_none_or(|l| now >= l.saturating_add(60));
+                    if due {
+                        if t.len() > 100_000 {
+                            t.clear();
+                        }
+                        t.insert(req.portal.to_owned(), now);
+                    }
+                    due
+                });
+                if !due {
+                    return Ok(LeaseOutcome::Admitted { active_after: count(active) });
+                }
                 sqlx::query(
                     "UPDATE portals SET last_activity_at = $2 WHERE id = $1 AND (last_activity_at IS NULL OR last_activity_at < $2)",
                 )

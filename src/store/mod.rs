@@ -63,6 +63,10 @@ enum Backend {
 #[derive(Debug, Clone)]
 pub struct Store {
     backend: Backend,
+    /// When this process last moved each portal's `last_activity_at`: the
+    /// SQLite fast admission path moves it at most once a minute per portal
+    /// (inactivity is counted in days; each write is a round trip).
+    touched: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, i64>>>,
 }
 
 /// Runs `$body` with `$pool` bound to the backend's pool; the body is compiled
@@ -267,7 +271,7 @@ impl Store {
                 .connect_with(opts)
                 .await?;
             SQLITE_MIGRATOR.run(&pool).await?;
-            Store { backend: Backend::Sqlite(pool) }
+            Store { backend: Backend::Sqlite(pool), touched: Default::default() }
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let opts = PgConnectOptions::from_str(url)?;
             let pool = PgPoolOptions::new()
@@ -276,7 +280,7 @@ impl Store {
                 .connect_with(opts)
                 .await?;
             POSTGRES_MIGRATOR.run(&pool).await?;
-            Store { backend: Backend::Postgres(pool) }
+            Store { backend: Backend::Postgres(pool), touched: Default::default() }
         } else {
             return Err(StoreError::UnsupportedUrl { url: redact_url(url) });
         };
