@@ -63,12 +63,18 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         tcp_idle_timeout: Duration::from_secs(sip.tcp_idle_timeout_s),
         ..TransportConfig::default()
     };
-    let (inbound_tx, inbound_rx) = tokio::sync::mpsc::channel(16_384);
+    // One SIP core per CPU: messages are spread by Call-ID.
+    let shards = match sip.cores {
+        0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).min(16),
+        n => n,
+    };
+    let (inbound_tx, inbound_rx): (Vec<_>, Vec<_>) = (0..shards).map(|_| tokio::sync::mpsc::channel(16_384)).unzip();
     let transports = Transports::bind(&loaded.listen, transport_config, inbound_tx, shutdown.clone()).await?;
     for b in transports.bound() {
         // Tests and operators read the real ports (port 0) from this line.
         info!(transport = b.transport.as_str(), addr = %b.addr, "listening");
     }
+    info!(cores = shards, "SIP cores");
     // Calls of an earlier run of this node are gone: free their channels.
     match store.release_node_leases(&loaded.node_id).await {
         Ok(0) => {}

@@ -175,6 +175,10 @@ pub struct SipConfig {
     /// all, so scanners learn nothing; still logged). Default: `reject`.
     #[serde(default)]
     pub unknown_trunk: UnknownTrunk,
+    /// SIP core tasks, each owning the transactions and calls of the
+    /// Call-IDs that hash to it; 0 means one per CPU. Default: 0.
+    #[serde(default)]
+    pub cores: usize,
 }
 
 /// Answer to INVITEs from unknown sources.
@@ -305,6 +309,7 @@ impl Default for SipConfig {
             tcp_idle_timeout_s: default_tcp_idle_timeout_s(),
             max_calls: default_max_calls(),
             unknown_trunk: UnknownTrunk::default(),
+            cores: 0,
         }
     }
 }

@@ -156,11 +156,6 @@ pub(crate) struct Calls {
 }
 
 impl Calls {
-    /// Calls in progress on this node.
-    pub fn len(&self) -> usize {
-        self.calls.len()
-    }
-
     /// The earliest call timer.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.timers.first().map(|(t, _, _)| *t)
@@ -250,6 +245,7 @@ impl Core {
                     best_failure: 0,
                 };
                 self.calls.calls.insert(no, call);
+                self.ctx.active_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.calls.by_a.insert(a_call_id, no);
                 self.calls.a_keys.insert(key.clone(), no);
                 // 100 Trying at once: ringing may take a while.
@@ -268,7 +264,8 @@ impl Core {
 
     fn start_fork(&mut self, no: CallNo, t: ForkTarget, now: Instant) {
         let Some(call) = self.calls.calls.get(&no) else { return };
-        let call_id = format!("{}@trunkgate", token("b", &self.ctx));
+        // The shard prefix routes the B leg's messages back to this core.
+        let call_id = format!("s{}.{}@trunkgate", self.shard, token("b", &self.ctx));
         let from_tag = self.ctx.new_tag();
         let branch = format!("z9hG4bK{}", token("", &self.ctx));
         let caller = call.record.caller.clone().unwrap_or_else(|| "anonymous".into());
@@ -580,6 +577,7 @@ impl Core {
 
     fn remove_call(&mut self, no: CallNo) -> Option<Call> {
         let call = self.calls.calls.remove(&no)?;
+        self.ctx.active_calls.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         self.calls.by_a.remove(&call.a_call_id);
         self.calls.a_keys.remove(&call.a_key);
         // Fork indexes stay until their transactions end (late 2xx are

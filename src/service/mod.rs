@@ -78,6 +78,10 @@ pub(crate) struct Ctx {
     /// stops a password spray over many usernames.
     pub lockout_source: Mutex<Lockout<std::net::IpAddr>>,
     pub trunks: crate::b2bua::TrunkTable,
+    /// Admission attempts per portal in the current second, all shards.
+    rates: Mutex<HashMap<crate::admission::PortalId, (u64, u32)>>,
+    /// Calls in progress on this node, all shards.
+    active_calls: std::sync::atomic::AtomicUsize,
     check: CheckConfig,
     tag_prefix: u64,
     tag_seq: AtomicU64,
@@ -153,7 +157,7 @@ impl Service {
         trunks: crate::b2bua::TrunkTable,
         cdr: crate::cdr::CdrWriter,
         transports: Transports,
-        inbound: mpsc::Receiver<Inbound>,
+        inbound: Vec<mpsc::Receiver<Inbound>>,
         shutdown: CancellationToken,
     ) -> std::io::Result<Self> {
         let auth = Authenticator::with_random_secret(config.digest.clone()).map_err(std::io::Error::other)?;
@@ -169,6 +173,8 @@ impl Service {
             })),
             auth: Mutex::new(auth),
             trunks,
+            rates: Mutex::new(HashMap::new()),
+            active_calls: std::sync::atomic::AtomicUsize::new(0),
             config,
             store,
             cache,
@@ -176,22 +182,26 @@ impl Service {
             tag_prefix: u64::from_le_bytes(prefix),
             tag_seq: AtomicU64::new(1),
         });
-        let (reply_tx, reply_rx) = mpsc::channel(4096);
         let (release_tx, release_rx) = mpsc::unbounded_channel();
         tokio::spawn(release_leases(ctx.store.clone(), release_rx));
-        let core = Core {
-            ctx: ctx.clone(),
-            layer: TransactionLayer::new(ctx.config.timers),
-            pending: HashMap::new(),
-            transports,
-            replies: reply_tx,
-            calls: calls::Calls::default(),
-            cdr,
-            responses: HashMap::new(),
-            rates: HashMap::new(),
-            releases: release_tx,
-        };
-        tokio::spawn(core.run(inbound, reply_rx, shutdown));
+        // One core per queue: each owns the transactions and calls of the
+        // Call-IDs that hash to it, so the shards share nothing per call.
+        for (shard, inbound) in inbound.into_iter().enumerate() {
+            let (reply_tx, reply_rx) = mpsc::channel(4096);
+            let core = Core {
+                ctx: ctx.clone(),
+                shard,
+                layer: TransactionLayer::new(ctx.config.timers),
+                pending: HashMap::new(),
+                transports: transports.clone(),
+                replies: reply_tx,
+                calls: calls::Calls::default(),
+                cdr: cdr.clone(),
+                responses: HashMap::new(),
+                releases: release_tx.clone(),
+            };
+            tokio::spawn(core.run(inbound, reply_rx, shutdown.clone()));
+        }
         Ok(Self { ctx })
     }
 
@@ -211,8 +221,8 @@ struct Core {
     cdr: crate::cdr::CdrWriter,
     /// The last response of each client transaction, for its events.
     responses: HashMap<TsxKey, Response>,
-    /// Admission attempts per portal in the current second.
-    rates: HashMap<crate::admission::PortalId, (u64, u32)>,
+    /// This core's index (B-leg Call-IDs carry it, see `shard_for_call_id`).
+    shard: usize,
     /// Ended calls' leases, released in batches by their own task.
     releases: mpsc::UnboundedSender<String>,
 }
@@ -529,20 +539,27 @@ impl Core {
         } else {
             trunk.portal.clone()
         };
-        let slot = self.rates.entry(rate_key).or_insert((second, 0));
-        if slot.0 != second {
-            *slot = (second, 0);
-        }
-        let calls_this_second = slot.1;
-        slot.1 += 1;
-        if self.rates.len() > 100_000 {
-            self.rates.retain(|_, (s, _)| *s == second);
-        }
+        let calls_this_second = match self.ctx.rates.lock() {
+            Ok(mut rates) => {
+                let slot = rates.entry(rate_key).or_insert((second, 0));
+                if slot.0 != second {
+                    *slot = (second, 0);
+                }
+                let n = slot.1;
+                slot.1 += 1;
+                if rates.len() > 100_000 {
+                    rates.retain(|_, (s, _)| *s == second);
+                }
+                n
+            }
+            Err(_) => 0,
+        };
         let input = admit::AdmitInput {
             key,
             request,
             trunk,
-            node_overloaded: self.calls.len() >= self.ctx.config.max_calls,
+            node_overloaded: self.ctx.active_calls.load(std::sync::atomic::Ordering::Relaxed)
+                >= self.ctx.config.max_calls,
             calls_this_second,
             source: remote,
         };
@@ -589,6 +606,29 @@ fn tsx_method(m: &Method) -> crate::sip::transaction::Method {
 
 fn allow_value(check: &CheckConfig) -> String {
     check.allow.iter().map(Method::as_str).collect::<Vec<_>>().join(", ")
+}
+
+/// The SIP core shard of a Call-ID among `n`: our own B-leg Call-IDs carry
+/// their shard (`s<N>.…@trunkgate`) so the answers to a call's B legs reach
+/// the core that holds the call; any other Call-ID is hashed (FNV-1a), so
+/// all requests of a dialog meet in one core.
+pub fn shard_for_call_id(call_id: &str, n: usize) -> usize {
+    if n <= 1 {
+        return 0;
+    }
+    if let Some(rest) = call_id.strip_prefix('s')
+        && call_id.ends_with("@trunkgate")
+        && let Some((num, _)) = rest.split_once('.')
+        && let Ok(k) = num.parse::<usize>()
+    {
+        return k % n;
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in call_id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    usize::try_from(h % n as u64).unwrap_or(0)
 }
 
 /// Releases ended calls' leases in batches: each batch is one transaction,

@@ -144,7 +144,9 @@ struct ConnTable {
 
 pub(crate) struct Shared {
     config: TransportConfig,
-    inbound: mpsc::Sender<Inbound>,
+    /// One queue per SIP core shard; a message goes to the shard of its
+    /// Call-ID (see `crate::service::shard_for_call_id`).
+    inbound: Vec<mpsc::Sender<Inbound>>,
     udp: Vec<(SocketAddr, Arc<tokio::net::UdpSocket>)>,
     conns: Mutex<ConnTable>,
     next_conn: AtomicU64,
@@ -170,13 +172,17 @@ impl std::fmt::Debug for Transports {
 
 impl Transports {
     /// Binds every listener and starts the receive tasks. Inbound messages
-    /// go to `inbound`; everything stops when `shutdown` is cancelled.
+    /// go to the queue of `inbound` their Call-ID belongs to; everything
+    /// stops when `shutdown` is cancelled.
     pub async fn bind(
         listen: &[ListenAddr],
         config: TransportConfig,
-        inbound: mpsc::Sender<Inbound>,
+        inbound: Vec<mpsc::Sender<Inbound>>,
         shutdown: CancellationToken,
     ) -> std::io::Result<Self> {
+        if inbound.is_empty() {
+            return Err(std::io::Error::other("no SIP core to deliver to"));
+        }
         let mut udp = Vec::new();
         let mut tcp = Vec::new();
         let mut bound = Vec::new();
@@ -250,7 +256,13 @@ impl Shared {
     /// dropped (counted) rather than buffered without bound: SIP clients
     /// retransmit.
     fn deliver(&self, item: Inbound) {
-        if let Err(mpsc::error::TrySendError::Full(item)) = self.inbound.try_send(item) {
+        let n = self.inbound.len();
+        let shard = match &item.message {
+            Ok(m) if n > 1 => m.headers().call_id().map_or(0, |c| crate::service::shard_for_call_id(c, n)),
+            _ => 0,
+        };
+        let Some(queue) = self.inbound.get(shard) else { return };
+        if let Err(mpsc::error::TrySendError::Full(item)) = queue.try_send(item) {
             tracing::warn!(remote = %item.remote, transport = item.transport.as_str(), "SIP core saturated: message dropped");
         }
     }
