@@ -28,6 +28,8 @@ node_id = "bench"
 state_dir = "$WORK/state"
 [log]
 level = "warn,trunkgate::daemon=info"
+[database]
+max_connections = ${DB_MAX_CONNECTIONS:-4}
 [sip]
 listen = ["udp://127.0.0.1:5060"]
 max_calls = 100000
