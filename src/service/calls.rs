@@ -166,6 +166,11 @@ fn token(prefix: &str, ctx: &super::Ctx) -> String {
     format!("{prefix}{}", ctx.new_tag().replace('.', ""))
 }
 
+/// A fresh RFC 3261 branch (magic cookie + a unique token).
+fn new_branch(ctx: &super::Ctx) -> String {
+    format!("z9hG4bK{}", token("", ctx))
+}
+
 impl Core {
     fn reliability(target: &Target) -> Reliability {
         if target.transport == Transport::Udp { Reliability::Unreliable } else { Reliability::Reliable }
@@ -267,7 +272,7 @@ impl Core {
         // The shard prefix routes the B leg's messages back to this core.
         let call_id = format!("s{}.{}@trunkgate", self.shard, token("b", &self.ctx));
         let from_tag = self.ctx.new_tag();
-        let branch = format!("z9hG4bK{}", token("", &self.ctx));
+        let branch = new_branch(&self.ctx);
         let caller = call.record.caller.clone().unwrap_or_else(|| "anonymous".into());
         let display = call
             .a_invite
@@ -413,7 +418,7 @@ impl Core {
             fork,
             Method::Ack,
             1,
-            &via_header(&self.transports, &fork.target.target, &format!("z9hG4bK{}", token("", &self.ctx))),
+            &via_header(&self.transports, &fork.target.target, &new_branch(&self.ctx)),
         );
         if let Some(ack) = ack {
             let _ = self.transports.send(&fork.target.target, Bytes::from(ack.to_bytes()));
@@ -711,15 +716,8 @@ impl Core {
         let Some(fork) = call.forks.get_mut(idx) else { return };
         fork.state = ForkState::Cancelled;
         fork.cseq += 1;
-        let branch = format!("z9hG4bK{}", token("", &self.ctx));
-        let via = {
-            let proto = if fork.target.target.transport == Transport::Tcp { "TCP" } else { "UDP" };
-            let local = self
-                .transports
-                .local_for(fork.target.target.transport, fork.target.target.addr)
-                .map_or_else(|| "127.0.0.1:5060".to_owned(), |a| a.to_string());
-            format!("SIP/2.0/{proto} {local};branch={branch};rport")
-        };
+        let branch = new_branch(&self.ctx);
+        let via = via_header(&self.transports, &fork.target.target, &branch);
         let cseq = fork.cseq;
         let Some(bye) = build_in_dialog(fork, Method::Bye, cseq, &via) else { return };
         let target = fork.target.target;
@@ -740,7 +738,7 @@ impl Core {
         call.a_cseq += 1;
         call.a_state = ALegState::Ended;
         let cseq = call.a_cseq;
-        let branch = format!("z9hG4bK{}", token("", &self.ctx));
+        let branch = new_branch(&self.ctx);
         let via = via_header(&self.transports, &call.a_target, &branch);
         let Some(bye) = build_a_request(call, Method::Bye, cseq, &via) else { return };
         let target = call.a_target;
@@ -775,7 +773,7 @@ impl Core {
             self.respond(key.clone(), r, now);
             return;
         }
-        let branch = format!("z9hG4bK{}", token("", &self.ctx));
+        let branch = new_branch(&self.ctx);
         let (out_req, target, cseq, to_b) = match from_b {
             None => {
                 let fork = &mut call.forks[answered];
@@ -839,7 +837,7 @@ impl Core {
             call.offer_pending = false;
         }
         if (200..300).contains(&status) && relay.invite {
-            let branch = format!("z9hG4bK{}", token("", &self.ctx));
+            let branch = new_branch(&self.ctx);
             let ack = match relay.to_b {
                 Some(idx) => call.forks.get(idx).and_then(|f| {
                     build_in_dialog(
