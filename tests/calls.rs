@@ -644,3 +644,71 @@ fn evenly_spreads_calls_across_users() {
         wait_cdr(&d, 2).iter().map(|r| r["target_user"].as_str().unwrap_or("").to_owned()).collect();
     assert!(users.contains(&"alice".to_owned()) && users.contains(&"bob".to_owned()), "{users:?}");
 }
+
+/// A fleet: two nodes on one PostgreSQL database count the portal's
+/// channels together. With one channel, a call up on node A makes node B
+/// answer 486 channels-busy; once it ends, node B admits.
+#[test]
+fn two_nodes_on_postgresql_share_the_channels() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = tokio::runtime::Runtime::new().expect("runtime").block_on(common::pg_schema_url());
+    let mut a = Daemon::prepare_db(&url, "node-a", TRUNK);
+    a.cli(&["portal", "add", "--id", "acme", "--domain", "acme.example.com"]);
+    a.cli(&[
+        "extension",
+        "add",
+        "--portal",
+        "acme",
+        "--channels",
+        "1",
+        "--valid-from",
+        "2020-01-01T00:00:00Z",
+        "--valid-until",
+        "2099-01-01T00:00:00Z",
+    ]);
+    a.cli_stdin(&["user", "add", "--portal", "acme", "--username", "alice"], Some("alice-secret-1\n"));
+    let mut b = Daemon::prepare_db(&url, "node-b", TRUNK);
+    a.start();
+    b.start();
+    let phone = sipp_start(Path::new("user_answer.xml"), None, "127.0.0.1", 0, &["-m", "2"]);
+    a.cli(&[
+        "user",
+        "set-contact",
+        "--portal",
+        "acme",
+        "--username",
+        "alice",
+        "--contact",
+        &format!("sip:alice@127.0.0.1:{}", phone.port),
+    ]);
+    // A call held for 3 s on node A…
+    let call_a = pbx(&a, Path::new("pbx_call.xml"), "+15550001", &["-d", "3000"]);
+    let deadline = common::wall_now() + Duration::from_secs(10);
+    loop {
+        let v: Value = serde_json::from_str(&b.cli(&["calls", "--json"])).expect("json");
+        if v.as_array().is_some_and(|l| l.iter().any(|c| c["node_id"] == "node-a")) {
+            break;
+        }
+        assert!(common::wall_now() < deadline, "node A's call never held a lease");
+        std::thread::yield_now();
+    }
+    // …so node B has no channel left.
+    let (ok, out) = pbx(&b, &pbx_refused_scenario(dir.path(), 486), "+15550001", &[]).wait();
+    assert!(ok, "node B refuses while node A holds the only channel:\n{out}");
+    assert!(out.contains("channels-busy"), "{out}");
+    let (ok, out) = call_a.wait();
+    assert!(ok, "{out}");
+    // The channel is back: node B admits now.
+    let deadline = common::wall_now() + Duration::from_secs(10);
+    loop {
+        let v: Value = serde_json::from_str(&b.cli(&["calls", "--json"])).expect("json");
+        if v.as_array().is_some_and(Vec::is_empty) {
+            break;
+        }
+        assert!(common::wall_now() < deadline, "lease not released: {v}");
+        std::thread::yield_now();
+    }
+    let (ok, out) = pbx(&b, Path::new("pbx_call.xml"), "+15550001", &["-d", "100"]).wait();
+    assert!(ok, "node B admits once the channel is free:\n{out}");
+    assert!(phone.wait().0, "the phone took both calls");
+}

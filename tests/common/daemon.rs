@@ -26,9 +26,19 @@ impl Daemon {
     pub fn prepare(extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = format!("sqlite://{}", dir.path().join("state/trunkgate.db").display());
+        Self::prepare_in(dir, &db, "test-node", extra)
+    }
+
+    /// Like [`Daemon::prepare`] on a given database (PostgreSQL for a
+    /// fleet) with a given node id.
+    pub fn prepare_db(db: &str, node_id: &str, extra: &str) -> Self {
+        Self::prepare_in(tempfile::tempdir().expect("tempdir"), db, node_id, extra)
+    }
+
+    fn prepare_in(dir: tempfile::TempDir, db: &str, node_id: &str, extra: &str) -> Self {
         let config = dir.path().join("trunkgate.toml");
         let text = format!(
-            "node_id = \"test-node\"\nstate_dir = \"{}\"\n[log]\nformat = \"json\"\nlevel = \"info\"\n\
+            "node_id = \"{node_id}\"\nstate_dir = \"{}\"\n[log]\nformat = \"json\"\nlevel = \"info\"\n\
              [database]\nurl = \"{db}\"\n[sip]\nlisten = [\"udp://127.0.0.1:0\", \"tcp://127.0.0.1:0\"]\n{extra}",
             dir.path().join("state").display()
         );
