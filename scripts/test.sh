@@ -96,5 +96,7 @@ if cargo nextest --version >/dev/null 2>&1; then
     cargo test --locked --doc
     cargo nextest run --locked --no-fail-fast
 else
-    cargo test --locked --no-fail-fast
+    # Doctests first, so the last summary printed is a real suite's.
+    cargo test --locked --doc
+    cargo test --locked --no-fail-fast --lib --bins --tests
 fi
