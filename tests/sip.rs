@@ -371,3 +371,33 @@ fn ipv6_transports_answer_and_register() {
     );
     assert!(ok, "{out}");
 }
+
+/// Extranet users (guests) register only where the portal allows them; a
+/// disabled user is refused until enabled again.
+#[test]
+fn extranet_and_disabled_users() {
+    let mut d = Daemon::prepare("");
+    d.seed_portal("acme", DOMAIN, &[("alice", ALICE_PW)]);
+    d.cli_stdin(&["user", "add", "--portal", "acme", "--username", "guest", "--extranet"], Some("guest-secret-12\n"));
+    d.cli(&["user", "disable", "--portal", "acme", "--username", "alice"]);
+    d.start();
+    let (ok, out) = register(&d, "register_403.xml", "guest", "guest-secret-12", false);
+    assert!(ok, "{out}");
+    assert!(out.contains("extranet-not-allowed"), "{out}");
+    let (ok, out) = register(&d, "register_403.xml", "alice", ALICE_PW, false);
+    assert!(ok, "{out}");
+    assert!(out.contains("user-disabled"), "{out}");
+    d.cli(&["portal", "set", "acme", "--allow-extranet-calls", "true"]);
+    d.cli(&["user", "enable", "--portal", "acme", "--username", "alice"]);
+    // Both changes reach the node within about a second.
+    for (user, pw) in [("guest", "guest-secret-12"), ("alice", ALICE_PW)] {
+        let deadline = common::wall_now() + Duration::from_secs(5);
+        loop {
+            let (ok, out) = register(&d, "register_ok.xml", user, pw, false);
+            if ok {
+                break;
+            }
+            assert!(common::wall_now() < deadline, "{user} still refused: {out}");
+        }
+    }
+}
