@@ -267,7 +267,8 @@ impl Core {
                     self.layer.handle_timeout(now);
                     self.handle_call_timers(now);
                 }
-                _ = expire_tick.tick() => {
+                // The location table is shared: one core sweeps it.
+                _ = expire_tick.tick(), if self.shard == 0 => {
                     let now = unix_now();
                     if let Ok(mut l) = self.ctx.location.lock() {
                         l.expire(now);
