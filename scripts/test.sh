@@ -53,7 +53,9 @@ runas_pg() {
 }
 
 if [ -z "${TRUNKGATE_TEST_PG_URL:-}" ]; then
-    if pg_isready -q -h 127.0.0.1 -p 5432 && psql -h 127.0.0.1 -U postgres -d test -Atc 'SELECT 1' >/dev/null 2>&1; then
+    # TRUNKGATE_TEST_THROWAWAY_PG=1 skips the local server (to test this path).
+    if [ -z "${TRUNKGATE_TEST_THROWAWAY_PG:-}" ] \
+        && pg_isready -q -h 127.0.0.1 -p 5432 && psql -h 127.0.0.1 -U postgres -d test -Atc 'SELECT 1' >/dev/null 2>&1; then
         export TRUNKGATE_TEST_PG_URL="postgres://postgres@127.0.0.1:5432/test"
         log "using PostgreSQL on 127.0.0.1:5432"
     else
