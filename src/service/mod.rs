@@ -378,7 +378,11 @@ impl Core {
         }
         let target = match transport {
             Transport::Udp => Target { transport, addr: stamp.reply_addr, conn: None },
-            Transport::Tcp => Target { transport, addr: remote, conn },
+            // Over the same connection; if it is gone, §18.2.2 says connect
+            // to the source address at the sent-by port.
+            Transport::Tcp => {
+                Target { transport, addr: SocketAddr::new(remote.ip(), stamp.sent_by_port.unwrap_or(5060)), conn }
+            }
         };
         let reliability = if transport == Transport::Udp { Reliability::Unreliable } else { Reliability::Reliable };
         // `unknown_trunk = "ignore"`: an out-of-dialog INVITE from an address

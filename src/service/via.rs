@@ -18,6 +18,8 @@ pub struct Stamp {
     pub branch: Option<String>,
     /// The top Via's sent-by, `host[:port]`.
     pub sent_by: String,
+    /// The sent-by port, if written.
+    pub sent_by_port: Option<u16>,
 }
 
 /// Stamps `req`'s top Via for a request received from `remote`. `None` when
@@ -55,7 +57,7 @@ pub fn stamp(req: &Request, remote: SocketAddr) -> Option<Stamp> {
         all.extend(vias.iter().skip(1).map(|v| v.as_str().to_owned()));
         all.join(", ")
     });
-    Some(Stamp { new_via_value, reply_addr, branch: top.branch().map(str::to_owned), sent_by })
+    Some(Stamp { new_via_value, reply_addr, branch: top.branch().map(str::to_owned), sent_by, sent_by_port: port })
 }
 
 /// Replaces a value-less `;rport` parameter by `;rport=<port>`.
