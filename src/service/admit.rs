@@ -172,9 +172,16 @@ pub(crate) async fn admit(ctx: Arc<Ctx>, input: AdmitInput) -> AdmissionResult {
         }
     }
     if route.is_none() || groups.is_empty() {
-        let busy = match ctx.store.active_calls(portal.id.as_str(), now).await {
-            Ok(n) => n >= channels,
-            Err(_) => return refuse(key, Reason::DatabaseUnavailable, "shared database unreachable".into(), record),
+        let busy = match &ctx.local_channels {
+            Some(local) => {
+                local.lock().map(|c| c.get(portal.id.as_str()).copied().unwrap_or(0)).unwrap_or(0) >= channels
+            }
+            None => match ctx.store.active_calls(portal.id.as_str(), now).await {
+                Ok(n) => n >= channels,
+                Err(_) => {
+                    return refuse(key, Reason::DatabaseUnavailable, "shared database unreachable".into(), record);
+                }
+            },
         };
         if busy {
             return refuse(key, Reason::ChannelsBusy, format!("all {channels} channels busy"), record);
@@ -195,7 +202,40 @@ pub(crate) async fn admit(ctx: Arc<Ctx>, input: AdmitInput) -> AdmissionResult {
         now,
         ttl: LEASE_TTL,
     };
-    match ctx.store.admit_call(&lease).await {
+    // Single node (SQLite): the node is the only one counting this
+    // database's channels, so it counts in memory, exactly, and records the
+    // lease behind (in order with its release). A fleet counts in the
+    // database, atomically across nodes.
+    let admitted = match &ctx.local_channels {
+        Some(local) => {
+            let taken = local.lock().map(|mut counts| {
+                let n = counts.entry(portal.id.as_str().to_owned()).or_insert(0);
+                if *n < channels {
+                    *n += 1;
+                    Ok(())
+                } else {
+                    Err(*n)
+                }
+            });
+            match taken {
+                Ok(Ok(())) => {
+                    let at = now.timestamp();
+                    let _ = ctx.lease_ops.send(crate::store::LeaseOp::Take {
+                        call_id: lease_id.clone(),
+                        portal: portal.id.as_str().to_owned(),
+                        node_id: ctx.config.node_id.clone(),
+                        acquired_at: at,
+                        expires_at: at + i64::try_from(LEASE_TTL.as_secs()).unwrap_or(60),
+                    });
+                    Ok(LeaseOutcome::Admitted { active_after: 0 })
+                }
+                Ok(Err(active)) => Ok(LeaseOutcome::Busy { active }),
+                Err(_) => Ok(LeaseOutcome::Busy { active: channels }),
+            }
+        }
+        None => ctx.store.admit_call(&lease).await,
+    };
+    match admitted {
         Ok(LeaseOutcome::Admitted { .. }) => {}
         Ok(LeaseOutcome::Busy { active }) => {
             return refuse(key, Reason::ChannelsBusy, format!("{active} of {channels} channels busy"), record);

@@ -205,7 +205,7 @@ impl Core {
                 crate::ops::metrics::call_admitted(record.trunk.as_deref().unwrap_or(""));
                 let Some(p) = self.pending.get(&key) else {
                     // CANCELled (or timed out) while admission ran.
-                    self.release_lease(&lease_id);
+                    self.release_lease(&lease_id, record.portal_id.as_deref());
                     record.outcome = "cancelled".into();
                     record.sip_status = Some(487);
                     self.finish_record(record);
@@ -576,7 +576,7 @@ impl Core {
             self.respond(key, r, now);
         }
         self.cancel_forks_in(&mut call, None, now);
-        self.release_lease(&call.lease_id);
+        self.release_lease(&call.lease_id, call.record.portal_id.as_deref());
         self.finish_record(call.record);
     }
 
@@ -707,7 +707,7 @@ impl Core {
         let Some(mut call) = self.remove_call(no) else { return };
         call.record.outcome = outcome.into();
         call.record.sip_status = Some(200);
-        self.release_lease(&call.lease_id);
+        self.release_lease(&call.lease_id, call.record.portal_id.as_deref());
         self.finish_record(call.record);
     }
 
@@ -896,7 +896,7 @@ impl Core {
         call.record.outcome = "cancelled".into();
         call.record.sip_status = Some(487);
         self.cancel_forks_in(&mut call, None, now);
-        self.release_lease(&call.lease_id);
+        self.release_lease(&call.lease_id, call.record.portal_id.as_deref());
         self.finish_record(call.record);
     }
 
@@ -947,9 +947,16 @@ impl Core {
         self.calls.a_byes.remove(key);
     }
 
-    pub(super) fn release_lease(&self, lease_id: &str) {
-        // Batched by the release task; see `release_leases`.
-        let _ = self.releases.send(lease_id.to_owned());
+    /// Gives a call's channel back: the node's count (single node) and the
+    /// lease row (batched by `write_leases`).
+    pub(super) fn release_lease(&self, lease_id: &str, portal: Option<&str>) {
+        if let (Some(local), Some(portal)) = (&self.ctx.local_channels, portal)
+            && let Ok(mut counts) = local.lock()
+            && let Some(n) = counts.get_mut(portal)
+        {
+            *n = n.saturating_sub(1);
+        }
+        let _ = self.ctx.lease_ops.send(crate::store::LeaseOp::Release { call_id: lease_id.to_owned() });
     }
 
     pub(super) fn finish_record(&self, mut record: CallRecord) {

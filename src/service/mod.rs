@@ -82,6 +82,12 @@ pub(crate) struct Ctx {
     rates: Mutex<HashMap<crate::admission::PortalId, (u64, u32)>>,
     /// Calls in progress on this node, all shards.
     active_calls: std::sync::atomic::AtomicUsize,
+    /// Single node (SQLite): each portal's calls in progress, counted here
+    /// and only recorded in the database (write-behind, in order, batched).
+    /// `None` for a fleet (PostgreSQL): the database counts, atomically.
+    pub local_channels: Option<Mutex<HashMap<String, u32>>>,
+    /// Lease changes for the batching writer.
+    pub lease_ops: mpsc::UnboundedSender<crate::store::LeaseOp>,
     check: CheckConfig,
     tag_prefix: u64,
     tag_seq: AtomicU64,
@@ -164,6 +170,8 @@ impl Service {
         let mut prefix = [0u8; 8];
         getrandom::fill(&mut prefix).map_err(std::io::Error::other)?;
         let check = CheckConfig { warn_agent: Some(config.warning_host.clone()), ..CheckConfig::default() };
+        let (lease_tx, lease_rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_leases(store.clone(), lease_rx));
         let ctx = Arc::new(Ctx {
             location: Mutex::new(Location::new(config.registrar.clone())),
             lockout: Mutex::new(Lockout::new(config.lockout)),
@@ -175,6 +183,8 @@ impl Service {
             trunks,
             rates: Mutex::new(HashMap::new()),
             active_calls: std::sync::atomic::AtomicUsize::new(0),
+            local_channels: (store.kind() == crate::store::BackendKind::Sqlite).then(|| Mutex::new(HashMap::new())),
+            lease_ops: lease_tx,
             config,
             store,
             cache,
@@ -182,8 +192,6 @@ impl Service {
             tag_prefix: u64::from_le_bytes(prefix),
             tag_seq: AtomicU64::new(1),
         });
-        let (release_tx, release_rx) = mpsc::unbounded_channel();
-        tokio::spawn(release_leases(ctx.store.clone(), release_rx));
         // One core per queue: each owns the transactions and calls of the
         // Call-IDs that hash to it, so the shards share nothing per call.
         for (shard, inbound) in inbound.into_iter().enumerate() {
@@ -198,7 +206,6 @@ impl Service {
                 calls: calls::Calls::default(),
                 cdr: cdr.clone(),
                 responses: HashMap::new(),
-                releases: release_tx.clone(),
             };
             tokio::spawn(core.run(inbound, reply_rx, shutdown.clone()));
         }
@@ -223,8 +230,6 @@ struct Core {
     responses: HashMap<TsxKey, Response>,
     /// This core's index (B-leg Call-IDs carry it, see `shard_for_call_id`).
     shard: usize,
-    /// Ended calls' leases, released in batches by their own task.
-    releases: mpsc::UnboundedSender<String>,
 }
 
 impl Core {
@@ -636,37 +641,50 @@ pub fn shard_for_call_id(call_id: &str, n: usize) -> usize {
     usize::try_from(h % n as u64).unwrap_or(0)
 }
 
-/// Releases ended calls' leases in batches: each batch is one transaction,
-/// so a node ending thousands of calls a second commits a few dozen times.
-/// A batch that fails is retried with the next; a lease never released
-/// expires by itself once its node stops renewing it.
-async fn release_leases(store: Store, mut rx: mpsc::UnboundedReceiver<String>) {
-    let mut batch: Vec<String> = Vec::new();
+/// Writes lease changes in batches, in order: each batch is one
+/// transaction, so a node starting and ending thousands of calls a second
+/// commits a few dozen times. A batch that fails is retried within a second
+/// (this node renews its leases, so one left behind would never expire).
+async fn write_leases(store: Store, mut rx: mpsc::UnboundedReceiver<crate::store::LeaseOp>) {
+    use crate::store::LeaseOp;
+    let mut batch: Vec<LeaseOp> = Vec::new();
     loop {
         if batch.is_empty() {
             match rx.recv().await {
-                Some(id) => batch.push(id),
+                Some(op) => batch.push(op),
                 None => return,
             }
         }
         while batch.len() < 1000 {
             match rx.try_recv() {
-                Ok(id) => batch.push(id),
+                Ok(op) => batch.push(op),
                 Err(_) => break,
             }
         }
-        match store.release_calls(&batch).await {
-            Ok(_) => batch.clear(),
+        // Releases of a fleet's leases only: takes are written by the
+        // admission itself there, so the batch is all releases.
+        let result = if batch.iter().all(|op| matches!(op, LeaseOp::Release { .. })) {
+            let ids: Vec<String> = batch
+                .iter()
+                .filter_map(|op| match op {
+                    LeaseOp::Release { call_id } => Some(call_id.clone()),
+                    LeaseOp::Take { .. } => None,
+                })
+                .collect();
+            store.release_calls(&ids).await.map(|_| ())
+        } else {
+            store.apply_lease_ops(&batch).await
+        };
+        match result {
+            Ok(()) => batch.clear(),
             Err(e) => {
-                warn!(error = %e, leases = batch.len(), "lease release failed; retrying");
+                warn!(error = %e, leases = batch.len(), "lease write failed; retrying");
                 if batch.len() > 100_000 {
                     // The database is gone for long: the leases will expire.
                     batch.clear();
                 }
-                // Retry within a second (sooner if more calls end): this
-                // node renews its leases, so an unreleased one never expires.
                 match tokio::time::timeout(std::time::Duration::from_secs(1), rx.recv()).await {
-                    Ok(Some(id)) => batch.push(id),
+                    Ok(Some(op)) => batch.push(op),
                     Ok(None) => return,
                     Err(_) => {}
                 }

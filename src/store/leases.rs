@@ -63,6 +63,30 @@ impl LeaseOutcome {
     }
 }
 
+/// A change to the lease table, applied in order by
+/// [`Store::apply_lease_ops`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseOp {
+    /// A call took a channel (already counted by the node).
+    Take {
+        /// Lease id.
+        call_id: String,
+        /// Portal.
+        portal: String,
+        /// Node.
+        node_id: String,
+        /// Unix seconds.
+        acquired_at: i64,
+        /// Unix seconds.
+        expires_at: i64,
+    },
+    /// A call ended.
+    Release {
+        /// Lease id.
+        call_id: String,
+    },
+}
+
 /// `call_leases`: a call in progress somewhere in the fleet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct LeaseRow {
@@ -268,6 +292,58 @@ impl Store {
             sqlx::query("DELETE FROM call_leases WHERE call_id = $1").bind(call_id).execute(pool).await?.rows_affected()
         });
         Ok(n > 0)
+    }
+
+    /// Applies lease changes in order, in one transaction: what a
+    /// single-node (SQLite) daemon does, since it counts its channels in
+    /// memory and only records the leases (for `trunkgate calls`, restarts
+    /// and reports). Each `Take` also moves the portal's activity forward.
+    pub async fn apply_lease_ops(&self, ops: &[LeaseOp]) -> Result<(), StoreError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        with_tx!(self, tx => {
+            for op in ops {
+                match op {
+                    LeaseOp::Take { call_id, portal, node_id, acquired_at, expires_at } => {
+                        sqlx::query(
+                            "INSERT INTO call_leases (call_id, portal_id, node_id, acquired_at, expires_at)
+                             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (call_id) DO NOTHING",
+                        )
+                        .bind(call_id)
+                        .bind(portal)
+                        .bind(node_id)
+                        .bind(acquired_at)
+                        .bind(expires_at)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    LeaseOp::Release { call_id } => {
+                        sqlx::query("DELETE FROM call_leases WHERE call_id = $1").bind(call_id).execute(&mut *tx).await?;
+                    }
+                }
+            }
+            // Activity: once per portal per batch.
+            let mut touched: Vec<(&str, i64)> = Vec::new();
+            for op in ops {
+                if let LeaseOp::Take { portal, acquired_at, .. } = op {
+                    match touched.iter_mut().find(|(p, _)| p == portal) {
+                        Some((_, at)) => *at = (*at).max(*acquired_at),
+                        None => touched.push((portal.as_str(), *acquired_at)),
+                    }
+                }
+            }
+            for (portal, at) in touched {
+                sqlx::query(
+                    "UPDATE portals SET last_activity_at = $2 WHERE id = $1 AND (last_activity_at IS NULL OR last_activity_at < $2)",
+                )
+                .bind(portal)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+            }
+        });
+        Ok(())
     }
 
     /// Ends many calls' leases in one transaction (one commit for the batch:

@@ -28,7 +28,7 @@ use crate::config::DatabaseConfig;
 use crate::credentials::{self, Ha1};
 
 pub use error::StoreError;
-pub use leases::{LeaseOutcome, LeaseRequest, LeaseRow};
+pub use leases::{LeaseOp, LeaseOutcome, LeaseRequest, LeaseRow};
 pub use rows::{CallRecord, ExtensionRow, LicenceRow, PlanRow, PortalRow, UserRow, format_ts, parse_time};
 
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
