@@ -25,6 +25,12 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     spawn_signal_listener(shutdown.clone())?;
 
     let store = Store::connect(&loaded.database_url, &loaded.config.database).await?;
+    // One daemon per SQLite file: it counts the channels in memory, so a
+    // second daemon on the same file would admit past the licence.
+    let _sqlite_lock = match sqlite_path(&loaded.database_url) {
+        Some(db) => Some(lock_sqlite(&db)?),
+        None => None,
+    };
     let portals = store.portals().await?;
     let live = portals.iter().filter(|p| p.status != "deleted").count();
     info!(
@@ -118,6 +124,33 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     store.close().await;
     info!("stopped");
     Ok(())
+}
+
+/// The file of a `sqlite://` URL.
+fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).map(std::path::PathBuf::from)
+}
+
+/// Takes `<db>.daemon.lock` for this process (released when it exits,
+/// however it exits); fails when another daemon holds it.
+fn lock_sqlite(db: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".daemon.lock");
+    let path = std::path::PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(anyhow::anyhow!(
+            "another trunkgate daemon uses {} (a SQLite database serves one node; share PostgreSQL for a fleet)",
+            db.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(anyhow::anyhow!("cannot lock {}: {e}", path.display())),
+    }
 }
 
 /// Renews this node's call leases every third of their lifetime, so the

@@ -493,3 +493,36 @@ fn json_logs_on_request() {
     assert_eq!(v["level"], "INFO");
     assert_eq!(status.code(), Some(0));
 }
+
+/// A SQLite database serves one daemon (it counts channels in memory): a
+/// second daemon on the same file refuses to start, saying why.
+#[test]
+fn second_daemon_on_one_sqlite_file_refuses_to_start() {
+    let env = Env::sqlite();
+    let sock_path = env._dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("bind notify socket");
+    sock.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let mut first = Command::new(common::bin())
+        .arg("--config")
+        .arg(&env.config)
+        .arg("run")
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf).expect("first daemon READY");
+    assert!(text(&buf[..n]).contains("READY=1"));
+    let second = Command::new(common::bin())
+        .arg("--config")
+        .arg(&env.config)
+        .arg("run")
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .expect("run second");
+    let _ = Command::new("kill").args(["-TERM", &first.id().to_string()]).status();
+    let _ = first.wait();
+    assert_eq!(second.status.code(), Some(1), "{}", text(&second.stderr));
+    assert!(text(&second.stderr).contains("another trunkgate daemon uses"), "{}", text(&second.stderr));
+}
