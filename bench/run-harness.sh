@@ -16,6 +16,8 @@
 # The harness's Warning-text check is off (EXPECT_REASONS=0): trunkgate's
 # Warning carries the stable reason tokens (`channels-busy: ...`), not
 # Kamailio's prose. Results land in bench/results/ (git-ignored).
+# Harness variables (RATES, CORRECTNESS, PROBE, …) pass through; DB_MAX_CONNECTIONS
+# sets the SQLite pool size (default 4).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 HARNESS=${HARNESS:-$ROOT/../shared/bench}

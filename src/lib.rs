@@ -8,8 +8,14 @@
 //! - [`credentials`]: login and password rules, HA1 for SIP digest.
 //! - [`cli`]: the command line (daemon and admin commands).
 //! - [`daemon`]: the `run` command's lifecycle.
-//! - [`ops`]: logging and systemd.
-//! - [`sip`]: sans-IO SIP: transactions (RFC 3261 §17, RFC 6026).
+//! - [`ops`]: logging, systemd notifications, metric names.
+//! - [`sip`]: sans-IO SIP: messages, transactions (RFC 3261 §17, RFC 6026), digest.
+//! - [`transport`]: UDP and TCP sockets (tokio).
+//! - [`registrar`]: the location table of portal users.
+//! - [`b2bua`]: trunk identification and routing.
+//! - [`licences`]: the in-memory licence cache, kept fresh from the database.
+//! - [`service`]: the SIP driver: OPTIONS, REGISTER, admission, calls.
+//! - [`cdr`]: call records, written in batches.
 //! - [`clock`]: the only place that reads the wall clock.
 
 pub mod admission;

@@ -34,12 +34,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Builds the indexes.
-    pub fn new(version: i64, portals: Vec<PortalSnapshot>) -> Self {
-        Self::with_users(version, portals, Vec::new())
-    }
-
-    /// Builds the indexes, users included.
-    pub fn with_users(version: i64, portals: Vec<PortalSnapshot>, users: Vec<UserBrief>) -> Self {
+    pub fn new(version: i64, portals: Vec<PortalSnapshot>, users: Vec<UserBrief>) -> Self {
         let mut by_id = HashMap::with_capacity(portals.len());
         let mut by_domain = HashMap::with_capacity(portals.len());
         for p in portals {
@@ -93,7 +88,7 @@ impl LicenceCache {
         let portals = store.all_snapshots().await?;
         let users = store.user_briefs().await?;
         Ok(Self {
-            current: Arc::new(ArcSwap::from_pointee(Snapshot::with_users(version, portals, users))),
+            current: Arc::new(ArcSwap::from_pointee(Snapshot::new(version, portals, users))),
             version: Arc::new(tokio::sync::watch::Sender::new(version)),
         })
     }
@@ -118,7 +113,7 @@ impl LicenceCache {
         let portals = store.all_snapshots().await?;
         let users = store.user_briefs().await?;
         debug!(version, portals = portals.len(), users = users.len(), "licence cache refreshed");
-        self.current.store(Arc::new(Snapshot::with_users(version, portals, users)));
+        self.current.store(Arc::new(Snapshot::new(version, portals, users)));
         self.version.send_replace(version);
         Ok(true)
     }

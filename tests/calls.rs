@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::Path;
-use std::time::Duration;
 
 use serde_json::Value;
 
@@ -61,28 +60,25 @@ fn cdr(d: &Daemon) -> Vec<Value> {
 
 /// Waits (bounded) until the CDR holds `n` records; returns them newest first.
 fn wait_cdr(d: &Daemon, n: usize) -> Vec<Value> {
-    let deadline = common::wall_now() + Duration::from_secs(10);
-    loop {
+    common::retry_until(10, &format!("expected {n} call records"), || {
         let c = cdr(d);
-        if c.len() >= n {
-            return c;
-        }
-        assert!(common::wall_now() < deadline, "expected {n} call records, got {c:?}");
-        std::thread::yield_now();
-    }
+        if c.len() >= n { Ok(c) } else { Err(format!("{c:?}")) }
+    })
+}
+
+/// Waits (bounded) until `trunkgate calls` (the fleet's leases, as node `d`
+/// sees them) satisfies `ok`.
+fn wait_calls(d: &Daemon, what: &str, ok: impl Fn(&Vec<Value>) -> bool) {
+    common::retry_until(10, what, || {
+        let v: Value = serde_json::from_str(&d.cli(&["calls", "--json"])).expect("json");
+        let list = v.as_array().cloned().unwrap_or_default();
+        if ok(&list) { Ok(()) } else { Err(format!("{v}")) }
+    });
 }
 
 /// Waits (bounded) until no lease is left: every channel came back.
 fn wait_no_calls(d: &Daemon) {
-    let deadline = common::wall_now() + Duration::from_secs(10);
-    loop {
-        let v: Value = serde_json::from_str(&d.cli(&["calls", "--json"])).expect("json");
-        if v.as_array().is_some_and(Vec::is_empty) {
-            return;
-        }
-        assert!(common::wall_now() < deadline, "leases left: {v}");
-        std::thread::yield_now();
-    }
+    wait_calls(d, "leases left", Vec::is_empty);
 }
 
 #[test]
@@ -446,40 +442,23 @@ fn block_during_a_call_refuses_new_calls_and_keeps_the_call() {
     let user = phone(&d, "alice", "user_answer.xml", &[]);
     let call = pbx(&d, Path::new("pbx_call.xml"), "+15550001", &["-d", "4000"]);
     // The call is up once it holds a lease.
-    let deadline = common::wall_now() + Duration::from_secs(10);
-    loop {
-        let v: Value = serde_json::from_str(&d.cli(&["calls", "--json"])).expect("json");
-        if v.as_array().is_some_and(|a| !a.is_empty()) {
-            break;
-        }
-        assert!(common::wall_now() < deadline, "the first call never came up");
-        std::thread::yield_now();
-    }
+    wait_calls(&d, "the first call never came up", |l| !l.is_empty());
     d.cli(&["portal", "block", "acme", "--reason", "violation"]);
-    let deadline = common::wall_now() + Duration::from_secs(5);
-    loop {
+    let out = common::retry_until(5, "block not in force", || {
         let (ok, out) = pbx(&d, &pbx_refused_scenario(dir.path(), 403), "+15550001", &[]).wait();
-        if ok {
-            assert!(out.contains("portal-blocked"), "{out}");
-            break;
-        }
-        assert!(common::wall_now() < deadline, "block not in force: {out}");
-    }
+        if ok { Ok(out) } else { Err(out) }
+    });
+    assert!(out.contains("portal-blocked"), "{out}");
     let (ok, out) = call.wait();
     assert!(ok, "the call in progress ends normally:\n{out}");
     let (ok, uout) = user.wait();
     assert!(ok, "{uout}");
     // The first call's record is written when it ends.
-    let deadline = common::wall_now() + Duration::from_secs(10);
-    loop {
+    let records = common::retry_until(10, "the call in progress was not completed", || {
         let records = cdr(&d);
-        if records.iter().any(|r| r["outcome"] == "completed") {
-            assert!(records.iter().any(|r| r["reason"] == "portal-blocked"), "{records:?}");
-            break;
-        }
-        assert!(common::wall_now() < deadline, "the call in progress was not completed: {records:?}");
-        std::thread::yield_now();
-    }
+        if records.iter().any(|r| r["outcome"] == "completed") { Ok(records) } else { Err(format!("{records:?}")) }
+    });
+    assert!(records.iter().any(|r| r["reason"] == "portal-blocked"), "{records:?}");
 }
 
 /// ring_all to two users: one answers, the other is CANCELled.
@@ -683,15 +662,7 @@ fn two_nodes_on_postgresql_share_the_channels() {
     ]);
     // A call held for 3 s on node A…
     let call_a = pbx(&a, Path::new("pbx_call.xml"), "+15550001", &["-d", "3000"]);
-    let deadline = common::wall_now() + Duration::from_secs(10);
-    loop {
-        let v: Value = serde_json::from_str(&b.cli(&["calls", "--json"])).expect("json");
-        if v.as_array().is_some_and(|l| l.iter().any(|c| c["node_id"] == "node-a")) {
-            break;
-        }
-        assert!(common::wall_now() < deadline, "node A's call never held a lease");
-        std::thread::yield_now();
-    }
+    wait_calls(&b, "node A's call never held a lease", |l| l.iter().any(|c| c["node_id"] == "node-a"));
     // …so node B has no channel left.
     let (ok, out) = pbx(&b, &pbx_refused_scenario(dir.path(), 486), "+15550001", &[]).wait();
     assert!(ok, "node B refuses while node A holds the only channel:\n{out}");
@@ -699,15 +670,7 @@ fn two_nodes_on_postgresql_share_the_channels() {
     let (ok, out) = call_a.wait();
     assert!(ok, "{out}");
     // The channel is back: node B admits now.
-    let deadline = common::wall_now() + Duration::from_secs(10);
-    loop {
-        let v: Value = serde_json::from_str(&b.cli(&["calls", "--json"])).expect("json");
-        if v.as_array().is_some_and(Vec::is_empty) {
-            break;
-        }
-        assert!(common::wall_now() < deadline, "lease not released: {v}");
-        std::thread::yield_now();
-    }
+    wait_calls(&b, "lease not released", Vec::is_empty);
     let (ok, out) = pbx(&b, Path::new("pbx_call.xml"), "+15550001", &["-d", "100"]).wait();
     assert!(ok, "node B admits once the channel is free:\n{out}");
     assert!(phone.wait().0, "the phone took both calls");

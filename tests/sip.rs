@@ -77,16 +77,10 @@ fn blocked_portal_refuses_registration_and_a_block_applies_while_running() {
     assert!(ok, "{out}");
     d.cli(&["portal", "block", "acme", "--reason", "violation"]);
     // The licence cache follows the database within about a second.
-    let line = {
-        let deadline = common::wall_now() + Duration::from_secs(5);
-        loop {
-            let (ok, out) = register(&d, "register_403.xml", "alice", ALICE_PW, false);
-            if ok {
-                break out;
-            }
-            assert!(common::wall_now() < deadline, "block never applied: {out}");
-        }
-    };
+    let line = common::retry_until(5, "block never applied", || {
+        let (ok, out) = register(&d, "register_403.xml", "alice", ALICE_PW, false);
+        if ok { Ok(out) } else { Err(out) }
+    });
     assert!(line.contains("Warning: 399 test-node \"portal-blocked"), "{line}");
     d.wait_log(&["REGISTER refused by the licence rules", "portal-blocked"]);
 }
@@ -106,14 +100,10 @@ fn plan_user_limit_is_enforced_and_changes_without_restart() {
     let (ok, out) = register(&d, "register_ok.xml", "alice", ALICE_PW, false);
     assert!(ok, "{out}");
     d.cli(&["plan", "set", "free", "--max-users", "2"]);
-    let deadline = common::wall_now() + Duration::from_secs(5);
-    loop {
+    common::retry_until(5, "new limit never applied", || {
         let (ok, out) = register(&d, "register_ok.xml", "bob", "bob-secret-12", false);
-        if ok {
-            break;
-        }
-        assert!(common::wall_now() < deadline, "new limit never applied: {out}");
-    }
+        if ok { Ok(()) } else { Err(out) }
+    });
 }
 
 // ---- raw protocol checks ------------------------------------------------------
@@ -391,13 +381,9 @@ fn extranet_and_disabled_users() {
     d.cli(&["user", "enable", "--portal", "acme", "--username", "alice"]);
     // Both changes reach the node within about a second.
     for (user, pw) in [("guest", "guest-secret-12"), ("alice", ALICE_PW)] {
-        let deadline = common::wall_now() + Duration::from_secs(5);
-        loop {
+        common::retry_until(5, &format!("{user} still refused"), || {
             let (ok, out) = register(&d, "register_ok.xml", user, pw, false);
-            if ok {
-                break;
-            }
-            assert!(common::wall_now() < deadline, "{user} still refused: {out}");
-        }
+            if ok { Ok(()) } else { Err(out) }
+        });
     }
 }

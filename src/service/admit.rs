@@ -193,15 +193,7 @@ pub(crate) async fn admit(ctx: Arc<Ctx>, input: AdmitInput) -> AdmissionResult {
         };
     }
 
-    // Row 6: the channel, atomically across the fleet.
-    let lease = LeaseRequest {
-        portal: portal.id.as_str(),
-        call_id: &lease_id,
-        node_id: &ctx.config.node_id,
-        channels,
-        now,
-        ttl: LEASE_TTL,
-    };
+    // Row 6: the channel.
     // Single node (SQLite): the node is the only one counting this
     // database's channels, so it counts in memory, exactly, and records the
     // lease behind (in order with its release). A fleet counts in the
@@ -212,13 +204,13 @@ pub(crate) async fn admit(ctx: Arc<Ctx>, input: AdmitInput) -> AdmissionResult {
                 let n = counts.entry(portal.id.as_str().to_owned()).or_insert(0);
                 if *n < channels {
                     *n += 1;
-                    Ok(())
+                    Ok(*n)
                 } else {
                     Err(*n)
                 }
             });
             match taken {
-                Ok(Ok(())) => {
+                Ok(Ok(active_after)) => {
                     let at = now.timestamp();
                     let _ = ctx.lease_ops.send(crate::store::LeaseOp::Take {
                         call_id: lease_id.clone(),
@@ -227,13 +219,23 @@ pub(crate) async fn admit(ctx: Arc<Ctx>, input: AdmitInput) -> AdmissionResult {
                         acquired_at: at,
                         expires_at: at + i64::try_from(LEASE_TTL.as_secs()).unwrap_or(60),
                     });
-                    Ok(LeaseOutcome::Admitted { active_after: 0 })
+                    Ok(LeaseOutcome::Admitted { active_after })
                 }
                 Ok(Err(active)) => Ok(LeaseOutcome::Busy { active }),
                 Err(_) => Ok(LeaseOutcome::Busy { active: channels }),
             }
         }
-        None => ctx.store.admit_call(&lease).await,
+        None => {
+            let lease = LeaseRequest {
+                portal: portal.id.as_str(),
+                call_id: &lease_id,
+                node_id: &ctx.config.node_id,
+                channels,
+                now,
+                ttl: LEASE_TTL,
+            };
+            ctx.store.admit_call(&lease).await
+        }
     };
     match admitted {
         Ok(LeaseOutcome::Admitted { .. }) => {}

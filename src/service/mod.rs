@@ -1,11 +1,12 @@
 //! The SIP service: the tokio driver around the sans-IO pieces.
 //!
-//! One core task owns the [`TransactionLayer`] (and so every RFC 3261
-//! timer): it takes parsed messages from the transports, matches them to
-//! transactions, answers what it can at once (OPTIONS, protocol errors)
-//! and hands the rest to handler tasks (REGISTER needs the database), whose
-//! answers come back over a channel and leave through the transaction so
-//! retransmissions are absorbed and answered the same way.
+//! Core tasks (one per CPU, each owning the Call-IDs that hash to it) own a
+//! [`TransactionLayer`] each (and so every RFC 3261 timer) and the calls of
+//! those Call-IDs: they take parsed messages from the transports, match them
+//! to transactions, answer what they can at once (OPTIONS, protocol errors)
+//! and hand the rest to handler tasks (REGISTER and admission need the
+//! database), whose answers come back over a channel and leave through the
+//! transaction so retransmissions are absorbed and answered the same way.
 
 mod admit;
 mod calls;

@@ -148,57 +148,6 @@ impl Store {
         let now = ts(req.now);
         let expires_at = now.saturating_add(ttl_secs(req.ttl)?);
         let is_postgres = matches!(self.backend, Backend::Postgres(_));
-        // SQLite fast path: the common case (a new call, a channel free) is
-        // one statement, atomic on its own (SQLite runs one writer at a time
-        // and the statement's count sees its own snapshot). Every statement
-        // is a round trip to sqlx's SQLite thread, so the transaction below
-        // (seven of them) capped a node near a thousand calls a second.
-        // Anything else (busy, a duplicate, an unknown portal) falls through
-        // to the transaction, which tells them apart.
-        if let Backend::Sqlite(pool) = &self.backend {
-            let admitted: Option<i64> = sqlx::query_scalar(
-                "INSERT INTO call_leases (call_id, portal_id, node_id, acquired_at, expires_at)
-                 SELECT $1, $2, $3, $4, $5
-                 WHERE (SELECT COUNT(*) FROM call_leases WHERE portal_id = $2 AND expires_at > $4) < $6
-                   AND EXISTS (SELECT 1 FROM portals WHERE id = $2)
-                 ON CONFLICT (call_id) DO NOTHING
-                 RETURNING (SELECT COUNT(*) FROM call_leases WHERE portal_id = $2 AND expires_at > $4)",
-            )
-            .bind(req.call_id)
-            .bind(req.portal)
-            .bind(req.node_id)
-            .bind(now)
-            .bind(expires_at)
-            .bind(i64::from(req.channels))
-            .fetch_optional(pool)
-            .await
-            // A busy database here is retried by the transaction below.
-            .unwrap_or(None);
-            if let Some(active) = admitted {
-                let due = self.touched.lock().map_or(true, |mut t| {
-                    let last = t.get(req.portal).copied();
-                    let due = last.is_none_or(|l| now >= l.saturating_add(60));
-                    if due {
-                        if t.len() > 100_000 {
-                            t.clear();
-                        }
-                        t.insert(req.portal.to_owned(), now);
-                    }
-                    due
-                });
-                if !due {
-                    return Ok(LeaseOutcome::Admitted { active_after: count(active) });
-                }
-                sqlx::query(
-                    "UPDATE portals SET last_activity_at = $2 WHERE id = $1 AND (last_activity_at IS NULL OR last_activity_at < $2)",
-                )
-                .bind(req.portal)
-                .bind(now)
-                .execute(pool)
-                .await?;
-                return Ok(LeaseOutcome::Admitted { active_after: count(active) });
-            }
-        }
         let outcome = with_tx!(self, tx => {
             // The portal row is the mutex of its channels. On PostgreSQL the
             // row lock makes concurrent admissions of this portal wait here;

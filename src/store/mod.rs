@@ -1,8 +1,8 @@
 //! The shared database: SQLite (embedded, one node) or PostgreSQL (a fleet).
 //!
 //! Both backends run the *same* query text and the same Rust code: each method
-//! body is written once and expanded for each pool by [`with_pool!`] and
-//! [`with_tx!`], so the two cannot drift apart, and one conformance suite
+//! body is written once and expanded for each pool by `with_pool!` and
+//! `with_tx!`, so the two cannot drift apart, and one conformance suite
 //! (`tests/store.rs`) runs against both. sqlx's `Any` driver would also give
 //! one code path, but it loses backend features we need (SQLite's
 //! `BEGIN IMMEDIATE`, PostgreSQL's `LISTEN`), so the backend is an enum.
@@ -63,10 +63,6 @@ enum Backend {
 #[derive(Debug, Clone)]
 pub struct Store {
     backend: Backend,
-    /// When this process last moved each portal's `last_activity_at`: the
-    /// SQLite fast admission path moves it at most once a minute per portal
-    /// (inactivity is counted in days; each write is a round trip).
-    touched: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, i64>>>,
 }
 
 /// Runs `$body` with `$pool` bound to the backend's pool; the body is compiled
@@ -271,7 +267,7 @@ impl Store {
                 .connect_with(opts)
                 .await?;
             SQLITE_MIGRATOR.run(&pool).await?;
-            Store { backend: Backend::Sqlite(pool), touched: Default::default() }
+            Store { backend: Backend::Sqlite(pool) }
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let opts = PgConnectOptions::from_str(url)?;
             let pool = PgPoolOptions::new()
@@ -280,7 +276,7 @@ impl Store {
                 .connect_with(opts)
                 .await?;
             POSTGRES_MIGRATOR.run(&pool).await?;
-            Store { backend: Backend::Postgres(pool), touched: Default::default() }
+            Store { backend: Backend::Postgres(pool) }
         } else {
             return Err(StoreError::UnsupportedUrl { url: redact_url(url) });
         };

@@ -240,11 +240,6 @@ impl Transports {
             Transport::Tcp => tcp::send(&self.shared, target, data),
         }
     }
-
-    /// Open TCP connections.
-    pub fn tcp_connections(&self) -> usize {
-        self.shared.conns.lock().map(|t| t.by_id.len()).unwrap_or(0)
-    }
 }
 
 impl Shared {

@@ -61,6 +61,20 @@ pub fn write_config(dir: &Path, db_url: &str, extra: &str) -> PathBuf {
     p
 }
 
+/// Retries `attempt` until it gives a value, for at most `secs` seconds: for
+/// changes that reach a running daemon "within about a second", or records
+/// written behind. Panics with `what` and the last failure otherwise.
+pub fn retry_until<T>(secs: u64, what: &str, mut attempt: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = wall_now() + std::time::Duration::from_secs(secs);
+    loop {
+        match attempt() {
+            Ok(v) => return v,
+            Err(last) => assert!(wall_now() < deadline, "{what}: {last}"),
+        }
+        std::thread::yield_now();
+    }
+}
+
 pub mod daemon;
 
 /// The wall clock, for bounding waits on real processes (tests of the real
