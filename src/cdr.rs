@@ -22,6 +22,47 @@
 //! records are written one by one and only the faulty ones are dropped
 //! ([`CdrStats::rejected`], logged with their Call-ID).
 
+/// How a call attempt ended: the `outcome` of its record (and the label of
+/// `trunkgate_calls_ended_total`). Stored as its [`Outcome::as_str`] token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Refused by admission (the record's `reason` says why).
+    Refused,
+    /// Answered and ended by a BYE from either side.
+    Completed,
+    /// Every user busy.
+    Busy,
+    /// A user declined (603).
+    Declined,
+    /// No user could be reached.
+    Unavailable,
+    /// Nobody answered within the ring timeout.
+    NoAnswer,
+    /// The caller cancelled before an answer.
+    Cancelled,
+    /// Ended by the portal's maximum call duration.
+    MaxDuration,
+    /// Ended by a protocol failure (the record's `reason` says which).
+    Failed,
+}
+
+impl Outcome {
+    /// The stable token stored in call records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Refused => "refused",
+            Outcome::Completed => "completed",
+            Outcome::Busy => "busy",
+            Outcome::Declined => "declined",
+            Outcome::Unavailable => "unavailable",
+            Outcome::NoAnswer => "no-answer",
+            Outcome::Cancelled => "cancelled",
+            Outcome::MaxDuration => "max-duration",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
 use std::collections::VecDeque;
 use std::future::Future;
 use std::time::Duration;

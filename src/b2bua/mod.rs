@@ -1,7 +1,14 @@
-//! The B2BUA's pure parts: which trunk a request comes from, which number it
-//! dials, and where that number rings. The call state itself lives in the
-//! SIP service (`crate::service::calls`).
+//! The B2BUA: which trunk a request comes from, which number it dials and
+//! where that number rings ([`trunks`]), and each call as a sans-IO machine
+//! ([`call`]) whose SDP crosses one [`media::MediaSession`].
 
+pub mod call;
+pub mod media;
 mod trunks;
 
+#[cfg(test)]
+mod tests;
+
+pub use call::{Call, CallConfig, Command, ForkTarget, InboundCall, LegId, Peer, ReqId};
+pub use media::{Body, MediaError, MediaSession, Passthrough};
 pub use trunks::{DialledNumber, Route, Trunk, TrunkTable, dialled_number};

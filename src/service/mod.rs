@@ -42,7 +42,7 @@ use crate::store::Store;
 use crate::transport::{Inbound, Target, Transports};
 
 /// Product token for `Server` and `User-Agent`.
-pub const SERVER: &str = concat!("trunkgate/", env!("CARGO_PKG_VERSION"));
+pub const SERVER: &str = crate::sip::PRODUCT;
 
 /// Settings of the SIP service.
 #[derive(Debug, Clone)]
@@ -299,7 +299,7 @@ impl Core {
                 Event::Terminated => {
                     self.pending.remove(&key);
                     self.responses.remove(&key);
-                    self.client_terminated(&key);
+                    self.client_terminated(&key, now);
                 }
                 Event::Timeout { timer } => {
                     debug!(?timer, "transaction timed out");
@@ -430,13 +430,15 @@ impl Core {
                 self.pending.insert(key.clone(), Pending { request: req.clone(), target });
                 match invite.filter(|k| self.pending.contains_key(k)) {
                     Some(invite) => {
-                        // §9.2: 200 to the CANCEL, then 487 to the INVITE.
+                        // §9.2: 200 to the CANCEL, then 487 to the INVITE
+                        // (by its call, or here while admission runs).
                         self.respond(key, Response::from_request(&req, 200, "OK"), now);
-                        if let Some(p) = self.pending.get(&invite) {
+                        if !self.handle_a_cancel(&invite, now)
+                            && let Some(p) = self.pending.get(&invite)
+                        {
                             let r = Response::from_request(&p.request, 487, "Request Terminated");
                             self.respond(invite.clone(), r, now);
                         }
-                        self.handle_a_cancel(&invite, now);
                     }
                     None => {
                         self.respond(key, Response::from_request(&req, 481, "Call/Transaction Does Not Exist"), now)
@@ -447,11 +449,7 @@ impl Core {
                 self.pending.insert(key.clone(), Pending { request: req.clone(), target });
                 self.respond(key, Response::from_request(&req, 482, "Loop Detected"), now);
             }
-            RequestMatch::AckToTu { .. } => {
-                if let Ok(call_id) = req.headers().call_id() {
-                    self.handle_ack(call_id);
-                }
-            }
+            RequestMatch::AckToTu { .. } => self.handle_ack(&req, now),
             RequestMatch::Absorbed(_) => {}
         }
     }

@@ -1,0 +1,1355 @@
+//! One call as a sans-IO machine: legs, forking, offer/answer, timers.
+//!
+//! A [`Call`] is a set of [`Leg`]s. Leg 0 is the leg the call came in on
+//! (for a PBX call, the trunk: we are its UAS); the others are forks we
+//! place (portal users' phones: we are their UAC). Each leg has its own
+//! dialog ([`Dialog`]), its own offer/answer state ([`OfferAnswer`]) and
+//! shares nothing on the wire with the others: own Call-ID, tags, CSeq.
+//!
+//! The machine has no socket, clock, database or metric. Use:
+//!
+//! 1. feed what happened with `handle_*(now, ..)`: a response to one of the
+//!    call's requests, a failed request, a request or ACK from a leg, a
+//!    CANCEL, or a timeout;
+//! 2. then drain [`Call::poll_command`] and carry each [`Command`] out (send
+//!    this response through that server transaction, start this request as
+//!    a client transaction, write this call record, release the channel);
+//! 3. arm a timer for [`Call::poll_timeout`] and call
+//!    [`Call::handle_timeout`] when it fires;
+//! 4. drop the call once [`Call::is_finished`].
+//!
+//! Server transactions are named by the driver's key type `S`; client
+//! requests by the [`ReqId`] the machine gives them. Requests the machine
+//! emits have no Via: the driver adds its own (address and branch belong to
+//! the transport and transaction layers).
+//!
+//! Every SDP body crosses the call through the call's [`MediaSession`].
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tracing::debug;
+
+use super::media::{Body, MediaSession};
+use crate::cdr::Outcome;
+use crate::config::{RingStrategy, Transport};
+use crate::sip::dialog::{Dialog, DialogState, Uas2xx, Uas2xxEvent};
+use crate::sip::message::{HeaderName, Method, Request, Response, Uri};
+use crate::store::CallRecord;
+use crate::transport::Target;
+
+/// Methods every leg may send us.
+pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE";
+
+/// A leg of a call: 0 is the leg the call came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LegId(pub u16);
+
+impl LegId {
+    /// The leg the call came in on.
+    pub const ORIGIN: LegId = LegId(0);
+}
+
+/// A client request of the call, named by the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReqId(pub u32);
+
+/// Which side of the leg's dialog we are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The peer called us.
+    Uas,
+    /// We called the peer.
+    Uac,
+}
+
+/// What is at the far end of a leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LegKind {
+    /// A PBX over a trunk.
+    Trunk,
+    /// A portal user's SIP phone.
+    Phone,
+}
+
+/// Where a leg's messages go, and our address toward it (Contact).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// The peer's transport address (the flow its requests came on).
+    pub target: Target,
+    /// Our address on that transport.
+    pub local: SocketAddr,
+}
+
+impl Peer {
+    /// Our Contact toward this peer.
+    pub fn contact(&self) -> String {
+        let t = if self.target.transport == Transport::Tcp { ";transport=tcp" } else { "" };
+        format!("<sip:trunkgate@{}{t}>", self.local)
+    }
+}
+
+/// One place a call rings.
+#[derive(Debug, Clone)]
+pub struct ForkTarget {
+    /// Portal user.
+    pub user: String,
+    /// Contact URI (Request-URI of the fork's INVITE).
+    pub contact: String,
+    /// Where to send it.
+    pub peer: Peer,
+}
+
+/// Fresh identifiers for a call's legs (random in the daemon, counters in
+/// tests).
+pub trait Ids: Send + Sync {
+    /// A new tag (From of a fork, To of our answers).
+    fn tag(&self) -> String;
+    /// A new Call-ID for a fork.
+    fn call_id(&self) -> String;
+}
+
+/// Timers and names of a call.
+#[derive(Debug, Clone)]
+pub struct CallConfig {
+    /// Host in `Warning: 399 <host>`.
+    pub warning_host: std::sync::Arc<str>,
+    /// RFC 3261 T1 (2xx retransmission start).
+    pub t1: Duration,
+    /// RFC 3261 T2 (2xx retransmission cap).
+    pub t2: Duration,
+}
+
+/// An admitted inbound call: what the machine starts from.
+pub struct InboundCall<S> {
+    /// The PBX's INVITE.
+    pub invite: Request,
+    /// Its server transaction.
+    pub tsx: S,
+    /// The PBX.
+    pub peer: Peer,
+    /// Who rings: one group per user, in order.
+    pub groups: Vec<Vec<ForkTarget>>,
+    /// How they ring.
+    pub strategy: RingStrategy,
+    /// Ringing time (per group for sequential strategies).
+    pub ring_timeout: Duration,
+    /// The longest the call may last once answered.
+    pub max_duration: Duration,
+    /// The channel's lease id.
+    pub lease_id: String,
+    /// The portal's domain (From/To of the forks).
+    pub domain: String,
+    /// The call record, filled as far as admission could.
+    pub record: CallRecord,
+}
+
+/// What the driver carries out.
+#[derive(Debug, Clone)]
+pub enum Command<S> {
+    /// Send `response` through server transaction `tsx`.
+    Respond {
+        /// The server transaction.
+        tsx: S,
+        /// The response (To tag set where the dialog needs one).
+        response: Response,
+    },
+    /// Start a client transaction for `request` (no Via yet) toward `peer`;
+    /// its responses come back as [`Call::handle_response`] with `id`.
+    Request {
+        /// The machine's name for it.
+        id: ReqId,
+        /// The leg it goes on.
+        leg: LegId,
+        /// Where to.
+        peer: Peer,
+        /// The request, without Via.
+        request: Request,
+    },
+    /// Send an ACK for a 2xx (no transaction; the driver adds a Via).
+    Ack {
+        /// Where to.
+        peer: Peer,
+        /// The ACK, without Via.
+        request: Request,
+    },
+    /// Send a 2xx again, outside its transaction (§13.3.1.4).
+    Retransmit {
+        /// Where to.
+        peer: Peer,
+        /// The response, as first sent.
+        response: Response,
+    },
+    /// A new leg's Call-ID: route its messages to this call.
+    Route {
+        /// The Call-ID.
+        call_id: String,
+    },
+    /// The call has ended: give its channel back.
+    ReleaseChannel {
+        /// The lease.
+        lease_id: String,
+        /// The portal holding it.
+        portal: Option<String>,
+    },
+    /// The call's final record.
+    Record(Box<CallRecord>),
+}
+
+/// Offer/answer state of one leg (RFC 3264, RFC 6337), seen from us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OfferAnswer {
+    /// No offer outstanding.
+    Stable,
+    /// We sent an offer on this leg; its answer is due.
+    OfferSent(Placement),
+    /// The leg sent us an offer; we owe the answer.
+    OfferReceived(Placement),
+}
+
+/// Where an offer was carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// In an INVITE (answer in its 2xx).
+    Invite,
+    /// In a 2xx to an offerless INVITE (answer in the ACK).
+    Response,
+    /// In an UPDATE (answer in its 2xx).
+    Update,
+}
+
+/// Where a leg is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LegState {
+    /// INVITE sent (UAC) or received (UAS), nothing back yet.
+    Calling,
+    /// A provisional response was exchanged.
+    Early,
+    /// Answered (2xx), waiting for or past its ACK.
+    Up,
+    /// Failed with this final status.
+    Failed(u16),
+    /// Cancelled, hung up, or lost to another fork.
+    Ended,
+}
+
+/// One leg.
+#[derive(Debug)]
+pub struct Leg<S> {
+    id: LegId,
+    role: Role,
+    kind: LegKind,
+    peer: Peer,
+    user: Option<String>,
+    state: LegState,
+    /// The INVITE that made the leg (received for UAS, sent for UAC).
+    invite: Request,
+    /// UAS: the INVITE's server transaction while it is unanswered.
+    tsx: Option<S>,
+    /// Our tag on this leg (UAS: To of our answers).
+    local_tag: String,
+    /// Early dialogs (UAC: one per remote tag of the 1xx).
+    early: Vec<Dialog>,
+    /// The confirmed dialog.
+    dialog: Option<Dialog>,
+    oa: OfferAnswer,
+    /// Our 2xx on this leg, retransmitted until its ACK.
+    uas_2xx: Option<(Uas2xx, Response)>,
+    /// UAC: the 2xx of INVITE CSeq n carried an offer; the ACK waits for
+    /// the answer from the other leg.
+    held_ack: Option<u32>,
+    /// UAC: the last ACK sent for a 2xx (re-sent on retransmitted 2xx).
+    last_ack: Option<(u32, Request)>,
+    /// The media session was given a body for this leg.
+    has_media: bool,
+}
+
+impl<S> Leg<S> {
+    /// The leg's id.
+    pub fn id(&self) -> LegId {
+        self.id
+    }
+    /// Whether we are its UAS or UAC.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    /// What is at the far end.
+    pub fn kind(&self) -> LegKind {
+        self.kind
+    }
+    /// Where it is in its life.
+    pub fn state(&self) -> LegState {
+        self.state
+    }
+    /// Its offer/answer state.
+    pub fn offer_answer(&self) -> OfferAnswer {
+        self.oa
+    }
+    /// The confirmed dialog, once there is one.
+    pub fn dialog(&self) -> Option<&Dialog> {
+        self.dialog.as_ref()
+    }
+    /// The Call-ID of the leg.
+    pub fn call_id(&self) -> &str {
+        self.invite.headers().call_id().unwrap_or("")
+    }
+}
+
+/// A request of ours in flight.
+#[derive(Debug)]
+enum Outstanding<S> {
+    /// A fork's INVITE.
+    Invite(LegId),
+    /// CANCEL or BYE: nothing waits on its answer but the call's end.
+    Ending,
+    /// An in-dialog request relayed from another leg.
+    Relay(Box<Relay<S>>),
+}
+
+#[derive(Debug)]
+struct Relay<S> {
+    from: LegId,
+    to: LegId,
+    /// The originator's server transaction and request.
+    tsx: S,
+    request: Request,
+    /// Our CSeq number on `to` (the ACK of a 2xx repeats it).
+    seq: u32,
+    /// It carried an offer.
+    offer: bool,
+}
+
+/// Where the call is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Forks ringing.
+    Ringing,
+    /// A fork answered.
+    Answered,
+    /// Ended: waiting for our last requests' answers.
+    Ending,
+}
+
+/// The call's own timers; the 2xx retransmissions are per leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    Ring,
+    MaxDuration,
+    Linger,
+}
+const TIMERS: usize = 3;
+
+/// One call.
+pub struct Call<S> {
+    config: CallConfig,
+    ids: std::sync::Arc<dyn Ids>,
+    media: Box<dyn MediaSession>,
+    legs: Vec<Leg<S>>,
+    phase: Phase,
+    answered_by: Option<LegId>,
+    /// Groups not rung yet (sequential strategies).
+    queue: VecDeque<Vec<ForkTarget>>,
+    ring_timeout: Duration,
+    max_duration: Duration,
+    lease_id: String,
+    domain: String,
+    record: Option<CallRecord>,
+    /// When the call was made, and the record's clock then.
+    created: Instant,
+    best_failure: u16,
+    timers: [Option<Instant>; TIMERS],
+    requests: HashMap<ReqId, Outstanding<S>>,
+    next_req: u32,
+    commands: VecDeque<Command<S>>,
+}
+
+impl<S: Clone + std::fmt::Debug> Call<S> {
+    /// Starts an admitted inbound call: 100 Trying to the PBX, the first
+    /// forks rung, the ring timer armed.
+    pub fn inbound(
+        now: Instant,
+        config: CallConfig,
+        ids: std::sync::Arc<dyn Ids>,
+        media: Box<dyn MediaSession>,
+        call: InboundCall<S>,
+    ) -> Call<S> {
+        let InboundCall { invite, tsx, peer, groups, strategy, ring_timeout, max_duration, lease_id, domain, record } =
+            call;
+        let local_tag = ids.tag();
+        let origin = Leg {
+            id: LegId::ORIGIN,
+            role: Role::Uas,
+            kind: LegKind::Trunk,
+            peer,
+            user: None,
+            state: LegState::Calling,
+            oa: if body_of_request(&invite).is_some_and(|b| b.is_sdp()) {
+                OfferAnswer::OfferReceived(Placement::Invite)
+            } else {
+                OfferAnswer::Stable
+            },
+            invite,
+            tsx: Some(tsx.clone()),
+            local_tag,
+            early: Vec::new(),
+            dialog: None,
+            uas_2xx: None,
+            held_ack: None,
+            last_ack: None,
+            has_media: false,
+        };
+        let mut queue: VecDeque<Vec<ForkTarget>> = groups.into();
+        let first: Vec<ForkTarget> = match strategy {
+            RingStrategy::RingAll => queue.drain(..).flatten().collect(),
+            RingStrategy::InOrder | RingStrategy::Evenly => queue.pop_front().unwrap_or_default(),
+        };
+        let mut c = Call {
+            config,
+            ids,
+            media,
+            legs: vec![origin],
+            phase: Phase::Ringing,
+            answered_by: None,
+            queue,
+            ring_timeout,
+            max_duration,
+            lease_id,
+            domain,
+            record: Some(record),
+            created: now,
+            best_failure: 0,
+            timers: [None; TIMERS],
+            requests: HashMap::new(),
+            next_req: 0,
+            commands: VecDeque::new(),
+        };
+        // 100 Trying at once: ringing may take a while.
+        let trying = Response::from_request(&c.legs[0].invite, 100, "Trying");
+        c.commands.push_back(Command::Respond { tsx, response: trying });
+        c.set_timer(Timer::Ring, Some(now + ring_timeout));
+        for t in first {
+            c.start_fork(now, t);
+        }
+        c.fail_if_nothing_rings(now);
+        c
+    }
+
+    // ------------------------------------------------------------ outputs
+
+    /// The next thing to carry out.
+    #[must_use]
+    pub fn poll_command(&mut self) -> Option<Command<S>> {
+        self.commands.pop_front()
+    }
+
+    /// When [`Self::handle_timeout`] is due.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let legs = self.legs.iter().filter_map(|l| l.uas_2xx.as_ref().map(|(r, _)| r.poll_timeout()));
+        self.timers.iter().flatten().copied().chain(legs).min()
+    }
+
+    /// Ended, and nothing of ours is in flight any more: drop it.
+    pub fn is_finished(&self) -> bool {
+        // An answered fork's INVITE needs nothing more (its retransmitted
+        // 2xx after the call is gone is the driver's to ACK and BYE); one
+        // still waiting for its final answer (CANCEL racing a 200) does.
+        let waiting = self.requests.values().any(|o| match o {
+            Outstanding::Invite(leg) => self.leg(*leg).is_some_and(|l| l.dialog.is_none()),
+            Outstanding::Ending | Outstanding::Relay(_) => true,
+        });
+        self.phase == Phase::Ending && (!waiting || self.timers[Timer::Linger as usize].is_none())
+    }
+
+    /// Where the call is.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Its legs, leg 0 first.
+    pub fn legs(&self) -> &[Leg<S>] {
+        &self.legs
+    }
+
+    /// Every Call-ID the call's legs use (to unroute them when it is dropped).
+    pub fn call_ids(&self) -> impl Iterator<Item = &str> {
+        self.legs.iter().map(Leg::call_id)
+    }
+
+    // ------------------------------------------------------------- inputs
+
+    /// A response to request `id` of this call.
+    pub fn handle_response(&mut self, now: Instant, id: ReqId, resp: &Response) {
+        let status = resp.status();
+        let Some(out) = self.requests.get(&id) else { return };
+        match out {
+            Outstanding::Invite(leg) => {
+                let leg = *leg;
+                if status >= 300 {
+                    self.requests.remove(&id);
+                }
+                self.fork_response(now, leg, resp);
+            }
+            Outstanding::Ending => {
+                if status >= 200 {
+                    self.requests.remove(&id);
+                }
+            }
+            Outstanding::Relay(_) => self.relay_response(now, id, resp),
+        }
+    }
+
+    /// Request `id` failed without a final response (Timer B/F, transport
+    /// error): it ends as if answered `status` (408 or 503).
+    pub fn handle_request_failed(&mut self, now: Instant, id: ReqId, status: u16) {
+        let Some(out) = self.requests.remove(&id) else { return };
+        match out {
+            Outstanding::Invite(leg) => {
+                if self.leg(leg).is_some_and(|l| matches!(l.state, LegState::Calling | LegState::Early)) {
+                    self.fork_failed(now, leg, status);
+                }
+            }
+            Outstanding::Ending => {}
+            Outstanding::Relay(r) => {
+                if r.offer {
+                    self.rollback_offer(r.from, r.to);
+                }
+                let resp =
+                    Response::from_request(&r.request, status, crate::sip::message::status::reason_phrase(status));
+                self.commands.push_back(Command::Respond { tsx: r.tsx, response: resp });
+            }
+        }
+    }
+
+    /// The request our INVITE transaction `id` was for reached its end
+    /// (the client transaction terminated): late answers can no longer come.
+    pub fn handle_request_done(&mut self, id: ReqId) {
+        self.requests.remove(&id);
+    }
+
+    /// The PBX cancelled its INVITE (the driver answered the CANCEL): 487
+    /// to the INVITE, CANCEL to every fork.
+    pub fn handle_cancel(&mut self, now: Instant) {
+        if self.phase != Phase::Ringing {
+            return;
+        }
+        debug!("caller cancelled");
+        self.end_unanswered(now, 487, Outcome::Cancelled, None);
+    }
+
+    /// A request (not ACK, not CANCEL) inside one of the call's dialogs,
+    /// on server transaction `tsx`.
+    pub fn handle_request(&mut self, now: Instant, tsx: S, req: &Request) {
+        let Some(leg) = self.leg_of_request(req) else {
+            let r = Response::from_request(req, 481, "Call/Transaction Does Not Exist");
+            self.commands.push_back(Command::Respond { tsx, response: r });
+            return;
+        };
+        let checked = self.legs[leg_index(leg)].dialog.as_mut().map(|d| d.handle_request(req));
+        match checked {
+            Some(Err(crate::sip::dialog::DialogError::CSeqOrder { .. })) => {
+                let r = Response::from_request(req, 500, "Server Internal Error");
+                self.commands.push_back(Command::Respond { tsx, response: r });
+                return;
+            }
+            Some(Err(_)) | None => {
+                let r = Response::from_request(req, 481, "Call/Transaction Does Not Exist");
+                self.commands.push_back(Command::Respond { tsx, response: r });
+                return;
+            }
+            Some(Ok(())) => {}
+        }
+        match req.method() {
+            Method::Bye => {
+                self.commands.push_back(Command::Respond { tsx, response: Response::from_request(req, 200, "OK") });
+                if let Some(l) = self.leg_mut(leg) {
+                    l.state = LegState::Ended;
+                    l.uas_2xx = None;
+                }
+                if self.phase == Phase::Answered {
+                    debug!(leg = leg.0, "hung up");
+                    self.hang_up(now, Outcome::Completed, None);
+                }
+            }
+            Method::Options => {
+                let mut r = Response::from_request(req, 200, "OK");
+                let _ = r.headers_mut().push(HeaderName::Allow, ALLOW);
+                self.commands.push_back(Command::Respond { tsx, response: r });
+            }
+            Method::Invite | Method::Update | Method::Info if self.phase == Phase::Answered => {
+                self.relay_request(now, leg, tsx, req);
+            }
+            Method::Invite | Method::Update | Method::Info => {
+                let r = Response::from_request(req, 481, "Call/Transaction Does Not Exist");
+                self.commands.push_back(Command::Respond { tsx, response: r });
+            }
+            _ => {
+                let mut r = Response::from_request(req, 501, "Not Implemented");
+                let _ = r.headers_mut().push(HeaderName::Allow, ALLOW);
+                self.commands.push_back(Command::Respond { tsx, response: r });
+            }
+        }
+    }
+
+    /// An ACK for a 2xx of ours.
+    pub fn handle_ack(&mut self, now: Instant, req: &Request) {
+        let Some(leg) = self.leg_of_request(req) else { return };
+        let seq = req.headers().cseq().map(|c| c.seq).unwrap_or(0);
+        let idx = leg_index(leg);
+        let acked = self.legs[idx].uas_2xx.as_ref().is_some_and(|(r, _)| r.is_acked_by(seq));
+        if !acked {
+            return; // a retransmitted ACK, or one for an older 2xx
+        }
+        self.legs[idx].uas_2xx = None;
+        if let Some(d) = self.legs[idx].dialog.as_mut() {
+            let _ = d.handle_request(req);
+        }
+        // We offered in our 2xx: the ACK carries the answer, which the
+        // other leg's held ACK is waiting for.
+        if let OfferAnswer::OfferSent(Placement::Response) = self.legs[idx].oa {
+            self.legs[idx].oa = OfferAnswer::Stable;
+            let Some(other) = self.other_leg(leg) else { return };
+            let answer = body_of_request(req).filter(Body::is_sdp);
+            let body = match answer {
+                Some(a) => match self.media.answer(leg, other, &a) {
+                    Ok(b) => Some(b),
+                    Err(e) => {
+                        debug!(error = %e, "answer in ACK not usable: hanging up");
+                        self.send_held_ack(other, None);
+                        self.hang_up(now, Outcome::Failed, Some(e.token()));
+                        return;
+                    }
+                },
+                None => None,
+            };
+            if body.is_none() {
+                debug!(leg = leg.0, "ACK without the answer to our offer");
+            }
+            self.send_held_ack(other, body);
+        }
+    }
+
+    /// Time passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for i in 0..self.legs.len() {
+            let Some((r, resp)) = self.legs[i].uas_2xx.as_mut() else { continue };
+            if r.poll_timeout() > now {
+                continue;
+            }
+            match r.handle_timeout(now) {
+                Some(Uas2xxEvent::Retransmit) => {
+                    let response = resp.clone();
+                    self.commands.push_back(Command::Retransmit { peer: self.legs[i].peer, response });
+                }
+                Some(Uas2xxEvent::NoAck) => {
+                    debug!(leg = i, "no ACK for our 2xx: hanging up");
+                    self.legs[i].uas_2xx = None;
+                    // §13.3.1.4: the dialog is confirmed, then ended by BYE.
+                    self.hang_up(now, Outcome::Failed, Some("no-ack"));
+                }
+                None => {}
+            }
+        }
+        if self.due(Timer::Ring, now) {
+            self.set_timer(Timer::Ring, None);
+            if self.phase == Phase::Ringing {
+                if self.queue.is_empty() {
+                    debug!("no answer within the ring timeout");
+                    self.end_unanswered(now, 480, Outcome::NoAnswer, Some("unavailable"));
+                } else {
+                    self.cancel_forks(None);
+                    self.advance_or_fail(now);
+                }
+            }
+        }
+        if self.due(Timer::MaxDuration, now) {
+            self.set_timer(Timer::MaxDuration, None);
+            debug!("maximum call duration reached");
+            self.hang_up(now, Outcome::MaxDuration, None);
+        }
+        if self.due(Timer::Linger, now) {
+            self.set_timer(Timer::Linger, None);
+        }
+    }
+
+    // ------------------------------------------------------------ forking
+
+    fn start_fork(&mut self, now: Instant, t: ForkTarget) {
+        let Ok(idx) = u16::try_from(self.legs.len()) else { return };
+        let id = LegId(idx);
+        let Ok(uri) = Uri::parse(&t.contact) else {
+            debug!(contact = %t.contact, "unusable contact skipped");
+            return;
+        };
+        let origin = &self.legs[0];
+        let record = self.record.as_ref();
+        let caller = record.and_then(|r| r.caller.clone()).unwrap_or_else(|| "anonymous".into());
+        let display = origin
+            .invite
+            .headers()
+            .from()
+            .ok()
+            .and_then(|f| f.display_name().map(|d| d.text().replace('"', "")))
+            .filter(|d| !d.is_empty());
+        let from_tag = self.ids.tag();
+        let from = match display {
+            Some(d) => format!("\"{d}\" <sip:{caller}@{}>;tag={from_tag}", self.domain),
+            None => format!("<sip:{caller}@{}>;tag={from_tag}", self.domain),
+        };
+        let call_id = self.ids.call_id();
+        let offer = body_of_request(&origin.invite);
+        let body = match offer {
+            Some(o) if o.is_sdp() => match self.media.offer(LegId::ORIGIN, id, &o) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    debug!(error = %e, "offer not carried to the fork");
+                    self.best_failure = pick_failure(self.best_failure, e.status());
+                    return;
+                }
+            },
+            other => other,
+        };
+        let mut b = Request::builder(Method::Invite, uri)
+            .header(HeaderName::MaxForwards, "70")
+            .header(HeaderName::From, from)
+            .header(HeaderName::To, format!("<sip:{}@{}>", t.user, self.domain))
+            .header(HeaderName::CallId, &call_id)
+            .header(HeaderName::CSeq, "1 INVITE")
+            .header(HeaderName::Contact, t.peer.contact())
+            .header(HeaderName::Allow, ALLOW)
+            .header(HeaderName::UserAgent, crate::sip::PRODUCT);
+        let has_offer = body.as_ref().is_some_and(Body::is_sdp);
+        if let Some(body) = body {
+            b = b.body(&body.content_type, body.bytes);
+        }
+        let Ok(invite) = b.build() else {
+            debug!("fork INVITE not built");
+            return;
+        };
+        let req = self.new_req(Outstanding::Invite(id));
+        debug!(leg = id.0, user = %t.user, "ringing");
+        self.legs.push(Leg {
+            id,
+            role: Role::Uac,
+            kind: LegKind::Phone,
+            peer: t.peer,
+            user: Some(t.user),
+            state: LegState::Calling,
+            invite: invite.clone(),
+            tsx: None,
+            local_tag: from_tag,
+            early: Vec::new(),
+            dialog: None,
+            oa: if has_offer { OfferAnswer::OfferSent(Placement::Invite) } else { OfferAnswer::Stable },
+            uas_2xx: None,
+            held_ack: None,
+            last_ack: None,
+            has_media: has_offer,
+        });
+        let _ = now;
+        self.commands.push_back(Command::Route { call_id });
+        self.commands.push_back(Command::Request { id: req, leg: id, peer: t.peer, request: invite });
+    }
+
+    fn fork_response(&mut self, now: Instant, leg: LegId, resp: &Response) {
+        let status = resp.status();
+        match status {
+            100 => {}
+            101..=199 => self.fork_provisional(leg, resp),
+            200..=299 => self.fork_answered(now, leg, resp),
+            _ => {
+                if self.leg(leg).is_some_and(|l| matches!(l.state, LegState::Calling | LegState::Early)) {
+                    self.fork_failed(now, leg, status);
+                }
+            }
+        }
+    }
+
+    fn fork_provisional(&mut self, leg: LegId, resp: &Response) {
+        let idx = leg_index(leg);
+        let Some(l) = self.legs.get_mut(idx) else { return };
+        if l.state == LegState::Calling {
+            l.state = LegState::Early;
+        }
+        if let Ok(d) = Dialog::uac(&l.invite, resp)
+            && !l.early.iter().any(|e| e.id() == d.id())
+        {
+            l.early.push(d);
+        }
+        if self.phase != Phase::Ringing {
+            return;
+        }
+        let status = resp.status();
+        // Early media: an SDP in a 1xx previews the answer to our offer.
+        let body = body_of_response(resp).and_then(|b| {
+            if !b.is_sdp() {
+                return Some(b);
+            }
+            if matches!(self.legs[0].oa, OfferAnswer::OfferReceived(Placement::Invite)) {
+                self.media.answer(leg, LegId::ORIGIN, &b).ok()
+            } else {
+                None
+            }
+        });
+        let mut r = self.origin_response(status, &resp.reason_lossy());
+        let _ = r.headers_mut().push(HeaderName::Contact, self.legs[0].peer.contact());
+        if let Some(b) = body {
+            set_response_body(&mut r, b);
+        }
+        if let Some(tsx) = self.legs[0].tsx.clone() {
+            self.legs[0].state = LegState::Early;
+            self.commands.push_back(Command::Respond { tsx, response: r });
+        }
+    }
+
+    fn fork_answered(&mut self, now: Instant, leg: LegId, resp: &Response) {
+        let idx = leg_index(leg);
+        let Some(l) = self.legs.get_mut(idx) else { return };
+        let remote_tag = resp.headers().to().ok().and_then(|t| t.tag().map(str::to_owned));
+        let same_dialog = l.dialog.as_ref().is_some_and(|d| Some(&d.id().remote_tag) == remote_tag.as_ref());
+        if same_dialog {
+            // A retransmitted 2xx: ACK it again (unless the ACK still waits
+            // for its answer).
+            if let Some((_, ack)) = l.last_ack.clone() {
+                let peer = l.peer;
+                self.commands.push_back(Command::Ack { peer, request: ack });
+            }
+            return;
+        }
+        let Ok(mut dialog) = Dialog::uac(&l.invite, resp) else {
+            debug!(leg = leg.0, "2xx without a usable dialog ignored");
+            return;
+        };
+        if let Some(pos) = l.early.iter().position(|e| e.id() == dialog.id()) {
+            let mut early = l.early.remove(pos);
+            early.confirm(Some(resp));
+            dialog = early;
+        }
+        let invite_seq = l.invite.headers().cseq().map(|c| c.seq).unwrap_or(1);
+        if self.phase != Phase::Ringing
+            || l.dialog.is_some()
+            || matches!(l.state, LegState::Ended | LegState::Failed(_))
+        {
+            // Another fork (or another dialog of this fork) answered first,
+            // or the call ended meanwhile: ACK and BYE this dialog.
+            debug!(leg = leg.0, "late answer hung up");
+            let peer = l.peer;
+            if let Ok(ack) = dialog.ack(invite_seq).build() {
+                self.commands.push_back(Command::Ack { peer, request: ack });
+            }
+            if let Ok(bye) = dialog.request(Method::Bye).build() {
+                let id = self.new_req(Outstanding::Ending);
+                self.commands.push_back(Command::Request { id, leg, peer, request: bye });
+            }
+            if self.legs[idx].dialog.is_none() {
+                self.legs[idx].state = LegState::Ended;
+            }
+            return;
+        }
+        l.dialog = Some(dialog);
+        l.early.clear();
+        l.state = LegState::Up;
+        let user = l.user.clone();
+        // Offer/answer: our INVITE offered, so this 2xx answers; or it was
+        // offerless, so this 2xx offers and the answer comes in the PBX's ACK.
+        let body = body_of_response(resp);
+        let our_offer = matches!(l.oa, OfferAnswer::OfferSent(Placement::Invite));
+        let translated = match body {
+            Some(b) if b.is_sdp() && our_offer => {
+                l.oa = OfferAnswer::Stable;
+                self.media.answer(leg, LegId::ORIGIN, &b).map(Some)
+            }
+            Some(b) if b.is_sdp() => {
+                l.oa = OfferAnswer::OfferReceived(Placement::Response);
+                l.has_media = true;
+                self.media.offer(leg, LegId::ORIGIN, &b).map(Some)
+            }
+            other => Ok(other),
+        };
+        let l = &mut self.legs[idx];
+        let offer_to_origin = l.oa == OfferAnswer::OfferReceived(Placement::Response);
+        let body = match translated {
+            Ok(b) => b,
+            Err(e) => {
+                debug!(leg = leg.0, error = %e, "answer not carried: fork dropped");
+                let peer = l.peer;
+                if let Some(d) = l.dialog.as_mut() {
+                    if let Ok(ack) = d.ack(invite_seq).build() {
+                        self.commands.push_back(Command::Ack { peer, request: ack });
+                    }
+                    if let Ok(bye) = d.request(Method::Bye).build() {
+                        let id = self.new_req(Outstanding::Ending);
+                        self.commands.push_back(Command::Request { id, leg, peer, request: bye });
+                    }
+                }
+                self.legs[idx].state = LegState::Ended;
+                self.best_failure = pick_failure(self.best_failure, e.status());
+                self.advance_or_fail(now);
+                return;
+            }
+        };
+        if offer_to_origin {
+            l.held_ack = Some(invite_seq);
+        } else {
+            self.send_ack(leg, invite_seq, None);
+        }
+        // Answer the PBX.
+        self.phase = Phase::Answered;
+        self.answered_by = Some(leg);
+        let mut r = self.origin_response(200, "OK");
+        let h = r.headers_mut();
+        let _ = h.push(HeaderName::Contact, self.legs[0].peer.contact());
+        let _ = h.push(HeaderName::Allow, ALLOW);
+        if let Some(b) = body {
+            set_response_body(&mut r, b);
+        }
+        let origin = &mut self.legs[0];
+        origin.state = LegState::Up;
+        origin.oa = if offer_to_origin { OfferAnswer::OfferSent(Placement::Response) } else { OfferAnswer::Stable };
+        let mut d = Dialog::uas(&origin.invite, &origin.local_tag, origin_fallback(&origin.peer));
+        if let Ok(d) = d.as_mut() {
+            d.confirm(None);
+        }
+        origin.dialog = d.ok();
+        let seq = origin.invite.headers().cseq().map(|c| c.seq).unwrap_or(1);
+        origin.uas_2xx = Some((Uas2xx::new(now, seq, self.config.t1, self.config.t2), r.clone()));
+        if let Some(tsx) = origin.tsx.take() {
+            self.commands.push_back(Command::Respond { tsx, response: r });
+        }
+        let unix = self.unix(now);
+        if let Some(rec) = self.record.as_mut() {
+            rec.answered_at = Some(unix);
+            rec.target_user = user;
+        }
+        self.set_timer(Timer::Ring, None);
+        self.set_timer(Timer::MaxDuration, Some(now + self.max_duration));
+        self.cancel_forks(Some(leg));
+    }
+
+    fn fork_failed(&mut self, now: Instant, leg: LegId, status: u16) {
+        if let Some(l) = self.leg_mut(leg) {
+            l.state = LegState::Failed(status);
+            l.early.clear();
+        }
+        self.close_media(leg);
+        self.best_failure = pick_failure(self.best_failure, status);
+        self.advance_or_fail(now);
+    }
+
+    /// CANCELs every fork still ringing (except `keep`).
+    fn cancel_forks(&mut self, keep: Option<LegId>) {
+        for i in 1..self.legs.len() {
+            let l = &self.legs[i];
+            if Some(l.id) == keep || !matches!(l.state, LegState::Calling | LegState::Early) {
+                continue;
+            }
+            // §9.1: Request-URI, Call-ID, From, To and CSeq number of the
+            // INVITE; the driver gives it the INVITE's Via (same branch).
+            let h = l.invite.headers();
+            let mut b = Request::builder(Method::Cancel, l.invite.uri().clone());
+            for name in [HeaderName::From, HeaderName::To, HeaderName::CallId] {
+                if let Some(v) = h.get(&name).and_then(|v| v.value_str()) {
+                    b = b.header(name, v);
+                }
+            }
+            let seq = h.cseq().map(|c| c.seq).unwrap_or(1);
+            b = b.header(HeaderName::CSeq, format!("{seq} CANCEL")).header(HeaderName::MaxForwards, "70");
+            let (peer, lid) = (l.peer, l.id);
+            self.legs[i].state = LegState::Ended;
+            self.close_media(lid);
+            if let Ok(req) = b.build() {
+                let id = self.new_req(Outstanding::Ending);
+                self.commands.push_back(Command::Request { id, leg: lid, peer, request: req });
+            }
+        }
+    }
+
+    /// Nothing rings any more: ring the next group, or fail the call.
+    fn advance_or_fail(&mut self, now: Instant) {
+        if self.phase != Phase::Ringing {
+            return;
+        }
+        if self.legs[1..].iter().any(|l| matches!(l.state, LegState::Calling | LegState::Early)) {
+            return;
+        }
+        if let Some(next) = self.queue.pop_front() {
+            self.set_timer(Timer::Ring, Some(now + self.ring_timeout));
+            for t in next {
+                self.start_fork(now, t);
+            }
+        }
+        self.fail_if_nothing_rings(now);
+    }
+
+    /// When no fork is left to ring: answer the PBX with the best failure.
+    fn fail_if_nothing_rings(&mut self, now: Instant) {
+        if self.phase != Phase::Ringing {
+            return;
+        }
+        let live = self.legs[1..].iter().any(|l| matches!(l.state, LegState::Calling | LegState::Early | LegState::Up));
+        if live {
+            return;
+        }
+        if !self.queue.is_empty() {
+            // Every fork of this group failed at once: try the next.
+            self.advance_or_fail(now);
+            return;
+        }
+        let (status, outcome, reason) = match self.best_failure {
+            486 | 600 => (486, Outcome::Busy, None),
+            603 => (603, Outcome::Declined, None),
+            488 => (488, Outcome::Failed, Some("no-common-codec")),
+            s @ 600..=699 => (s, Outcome::Failed, None),
+            _ => (480, Outcome::Unavailable, Some("unavailable")),
+        };
+        self.end_unanswered(now, status, outcome, reason);
+    }
+
+    /// Ends a call never answered: final response to the PBX, CANCEL forks.
+    fn end_unanswered(&mut self, now: Instant, status: u16, outcome: Outcome, reason: Option<&'static str>) {
+        let mut r = self.origin_response(status, crate::sip::message::status::reason_phrase(status));
+        if let Some(reason) = reason {
+            let _ = r
+                .headers_mut()
+                .push(HeaderName::Warning, format!("399 {} \"{reason}: no user answered\"", self.config.warning_host));
+        }
+        if let Some(tsx) = self.legs[0].tsx.take() {
+            self.commands.push_back(Command::Respond { tsx, response: r });
+        }
+        self.legs[0].state = LegState::Failed(status);
+        self.cancel_forks(None);
+        self.finish(now, outcome, status, reason);
+    }
+
+    /// Ends an answered call: BYE on every leg still up.
+    fn hang_up(&mut self, now: Instant, outcome: Outcome, reason: Option<&'static str>) {
+        if self.phase == Phase::Ending {
+            return;
+        }
+        for i in 0..self.legs.len() {
+            if self.legs[i].state != LegState::Up {
+                continue;
+            }
+            let peer = self.legs[i].peer;
+            let leg = self.legs[i].id;
+            // A 2xx whose ACK waits for the answer is ACKed first, so the
+            // peer's dialog is confirmed before its BYE (§13.2.2.4).
+            if self.legs[i].held_ack.is_some() {
+                self.send_held_ack(leg, None);
+            }
+            self.legs[i].state = LegState::Ended;
+            self.legs[i].uas_2xx = None;
+            let bye = self.legs[i].dialog.as_mut().and_then(|d| d.request(Method::Bye).build().ok());
+            if let Some(bye) = bye {
+                let id = self.new_req(Outstanding::Ending);
+                self.commands.push_back(Command::Request { id, leg, peer, request: bye });
+            }
+        }
+        self.cancel_forks(None);
+        self.finish(now, outcome, 200, reason);
+    }
+
+    /// The outcome is known: record, channel back, then linger until our
+    /// last requests are answered.
+    fn finish(&mut self, now: Instant, outcome: Outcome, status: u16, reason: Option<&'static str>) {
+        self.phase = Phase::Ending;
+        self.timers = [None; TIMERS];
+        self.set_timer(Timer::Linger, Some(now + self.config.t1 * 64));
+        for i in 0..self.legs.len() {
+            let id = self.legs[i].id;
+            self.close_media(id);
+        }
+        let unix = self.unix(now);
+        if let Some(mut rec) = self.record.take() {
+            self.commands
+                .push_back(Command::ReleaseChannel { lease_id: self.lease_id.clone(), portal: rec.portal_id.clone() });
+            rec.outcome = outcome.as_str().into();
+            rec.sip_status = Some(i64::from(status));
+            rec.reason = reason.map(str::to_owned);
+            rec.ended_at = Some(unix);
+            self.commands.push_back(Command::Record(Box::new(rec)));
+        }
+    }
+
+    // ----------------------------------------------- in-dialog relaying
+
+    fn relay_request(&mut self, _now: Instant, from: LegId, tsx: S, req: &Request) {
+        let Some(to) = self.other_leg(from) else {
+            let r = Response::from_request(req, 481, "Call/Transaction Does Not Exist");
+            self.commands.push_back(Command::Respond { tsx, response: r });
+            return;
+        };
+        let body = body_of_request(req);
+        let offer = body.as_ref().is_some_and(Body::is_sdp) && matches!(req.method(), Method::Invite | Method::Update);
+        let negotiating = *req.method() == Method::Invite || offer;
+        // Glare (§14.1): one offer at a time across the call; an INVITE
+        // while another is in progress gets 491 too.
+        let busy =
+            self.requests.values().any(|o| match o {
+                Outstanding::Relay(r) => r.offer || *r.request.method() == Method::Invite,
+                _ => false,
+            }) || self.legs.iter().any(|l| l.uas_2xx.is_some() || l.held_ack.is_some() || l.oa != OfferAnswer::Stable);
+        if negotiating && busy {
+            let mut r = Response::from_request(req, 491, "Request Pending");
+            let _ = r.headers_mut().push(HeaderName::RetryAfter, "1");
+            self.commands.push_back(Command::Respond { tsx, response: r });
+            return;
+        }
+        let body = match body {
+            Some(b) if offer => match self.media.offer(from, to, &b) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    let mut r =
+                        Response::from_request(req, e.status(), crate::sip::message::status::reason_phrase(e.status()));
+                    let _ = r
+                        .headers_mut()
+                        .push(HeaderName::Warning, format!("399 {} \"{}\"", self.config.warning_host, e.token()));
+                    self.commands.push_back(Command::Respond { tsx, response: r });
+                    return;
+                }
+            },
+            other => other,
+        };
+        let to_idx = leg_index(to);
+        let peer = self.legs[to_idx].peer;
+        let Some(d) = self.legs[to_idx].dialog.as_mut() else { return };
+        let mut b = d.request(req.method().clone());
+        let seq = d.local_seq();
+        if matches!(req.method(), Method::Invite | Method::Update) {
+            b = b.header(HeaderName::Contact, peer.contact());
+        }
+        if let Some(body) = body {
+            b = b.body(&body.content_type, body.bytes);
+        }
+        let Ok(out) = b.build() else { return };
+        if offer {
+            self.legs[leg_index(from)].oa = OfferAnswer::OfferReceived(placement_of(req.method()));
+            self.legs[to_idx].oa = OfferAnswer::OfferSent(placement_of(req.method()));
+        }
+        let id = self.new_req(Outstanding::Relay(Box::new(Relay { from, to, tsx, request: req.clone(), seq, offer })));
+        self.commands.push_back(Command::Request { id, leg: to, peer, request: out });
+    }
+
+    fn relay_response(&mut self, now: Instant, id: ReqId, resp: &Response) {
+        let status = resp.status();
+        if status < 200 && !(180..=183).contains(&status) {
+            return;
+        }
+        let Some(Outstanding::Relay(relay)) = (if status >= 200 { self.requests.remove(&id) } else { None }) else {
+            // A provisional answer: pass it on (no body: a re-INVITE's
+            // early answers carry no session change we relay).
+            if let Some(Outstanding::Relay(r)) = self.requests.get(&id) {
+                let resp = Response::from_request(&r.request, status, &resp.reason_lossy());
+                self.commands.push_back(Command::Respond { tsx: r.tsx.clone(), response: resp });
+            }
+            return;
+        };
+        let Relay { from, to, tsx, request, seq, offer } = *relay;
+        let invite = *request.method() == Method::Invite;
+        let to_idx = leg_index(to);
+        let mut body = body_of_response(resp);
+        let mut offer_back = false;
+        if (200..300).contains(&status) {
+            if let Some(d) = self.legs[to_idx].dialog.as_mut() {
+                d.handle_refresh_response(resp);
+            }
+            match body.take() {
+                Some(b) if b.is_sdp() && offer => {
+                    self.legs[to_idx].oa = OfferAnswer::Stable;
+                    self.legs[leg_index(from)].oa = OfferAnswer::Stable;
+                    match self.media.answer(to, from, &b) {
+                        Ok(t) => body = Some(t),
+                        Err(e) => debug!(error = %e, "answer not carried"),
+                    }
+                }
+                Some(b) if b.is_sdp() && invite => {
+                    // An offerless re-INVITE: the 2xx offers, the ACK answers.
+                    match self.media.offer(to, from, &b) {
+                        Ok(t) => {
+                            self.legs[to_idx].oa = OfferAnswer::OfferReceived(Placement::Response);
+                            body = Some(t);
+                            offer_back = true;
+                        }
+                        Err(e) => debug!(error = %e, "offer in 2xx not carried"),
+                    }
+                }
+                other => body = other,
+            }
+            if invite {
+                if offer_back {
+                    self.legs[to_idx].held_ack = Some(seq);
+                } else {
+                    self.send_ack(to, seq, None);
+                }
+            }
+        } else if offer {
+            // A failed offer leaves the previous session in force.
+            self.rollback_offer(from, to);
+        }
+        let mut r = Response::from_request(&request, status, &resp.reason_lossy());
+        let from_idx = leg_index(from);
+        let from_peer = self.legs[from_idx].peer;
+        if (200..300).contains(&status) {
+            let _ = r.headers_mut().push(HeaderName::Contact, from_peer.contact());
+        }
+        if let Some(b) = body {
+            set_response_body(&mut r, b);
+        }
+        if (200..300).contains(&status) && invite {
+            let reseq = request.headers().cseq().map(|c| c.seq).unwrap_or(0);
+            if offer_back {
+                self.legs[from_idx].oa = OfferAnswer::OfferSent(Placement::Response);
+            }
+            self.legs[from_idx].uas_2xx = Some((Uas2xx::new(now, reseq, self.config.t1, self.config.t2), r.clone()));
+        }
+        self.commands.push_back(Command::Respond { tsx, response: r });
+    }
+
+    fn rollback_offer(&mut self, from: LegId, to: LegId) {
+        for leg in [from, to] {
+            if let Some(l) = self.leg_mut(leg) {
+                l.oa = OfferAnswer::Stable;
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ helpers
+
+    /// ACK a 2xx on UAC leg `leg` (CSeq `seq`), with `body` if any.
+    fn send_ack(&mut self, leg: LegId, seq: u32, body: Option<Body>) {
+        let idx = leg_index(leg);
+        let Some(l) = self.legs.get_mut(idx) else { return };
+        let Some(d) = l.dialog.as_ref() else { return };
+        let mut b = d.ack(seq);
+        if let Some(body) = body {
+            b = b.body(&body.content_type, body.bytes);
+        }
+        let Ok(ack) = b.build() else { return };
+        l.last_ack = Some((seq, ack.clone()));
+        let peer = l.peer;
+        self.commands.push_back(Command::Ack { peer, request: ack });
+    }
+
+    fn send_held_ack(&mut self, leg: LegId, body: Option<Body>) {
+        let idx = leg_index(leg);
+        let Some(seq) = self.legs.get_mut(idx).and_then(|l| l.held_ack.take()) else { return };
+        if body.is_some() {
+            self.legs[idx].oa = OfferAnswer::Stable;
+        }
+        self.send_ack(leg, seq, body);
+    }
+
+    /// A response of the origin leg's INVITE with our tag.
+    fn origin_response(&self, status: u16, reason: &str) -> Response {
+        let o = &self.legs[0];
+        let r = Response::from_request(&o.invite, status, reason);
+        r.clone().with_to_tag(&o.local_tag).unwrap_or(r)
+    }
+
+    fn leg_of_request(&self, req: &Request) -> Option<LegId> {
+        self.legs.iter().find(|l| l.dialog.as_ref().is_some_and(|d| d.matches_request(req))).map(|l| l.id)
+    }
+
+    /// The leg on the other side of `leg` in an answered call.
+    fn other_leg(&self, leg: LegId) -> Option<LegId> {
+        let answered = self.answered_by?;
+        if leg == LegId::ORIGIN {
+            Some(answered)
+        } else if leg == answered {
+            Some(LegId::ORIGIN)
+        } else {
+            None
+        }
+    }
+
+    fn leg(&self, id: LegId) -> Option<&Leg<S>> {
+        self.legs.get(leg_index(id))
+    }
+
+    fn leg_mut(&mut self, id: LegId) -> Option<&mut Leg<S>> {
+        self.legs.get_mut(leg_index(id))
+    }
+
+    fn close_media(&mut self, leg: LegId) {
+        if let Some(l) = self.leg_mut(leg)
+            && std::mem::take(&mut l.has_media)
+        {
+            self.media.close_leg(leg);
+        }
+    }
+
+    fn new_req(&mut self, what: Outstanding<S>) -> ReqId {
+        self.next_req += 1;
+        let id = ReqId(self.next_req);
+        self.requests.insert(id, what);
+        id
+    }
+
+    fn set_timer(&mut self, t: Timer, at: Option<Instant>) {
+        self.timers[t as usize] = at;
+    }
+
+    fn due(&self, t: Timer, now: Instant) -> bool {
+        self.timers[t as usize].is_some_and(|at| at <= now)
+    }
+
+    /// The record's clock (Unix seconds) at `now`.
+    fn unix(&self, now: Instant) -> i64 {
+        let started = self.record.as_ref().map_or(0, |r| r.started_at);
+        started + i64::try_from(now.saturating_duration_since(self.created).as_secs()).unwrap_or(0)
+    }
+}
+
+fn leg_index(id: LegId) -> usize {
+    usize::from(id.0)
+}
+
+fn placement_of(m: &Method) -> Placement {
+    if *m == Method::Update { Placement::Update } else { Placement::Invite }
+}
+
+/// Where the PBX is reached when its INVITE has no Contact.
+fn origin_fallback(peer: &Peer) -> Uri {
+    Uri::parse(&format!("sip:{}", peer.target.addr)).unwrap_or_else(|_| Uri::parse("sip:invalid").expect("static URI"))
+}
+
+/// RFC 3261 §16.7-style preference between failures: 6xx beats busy beats
+/// the rest.
+fn pick_failure(best: u16, status: u16) -> u16 {
+    fn rank(s: u16) -> u16 {
+        match s {
+            600..=699 => 4,
+            486 => 3,
+            488 => 2,
+            _ => 1,
+        }
+    }
+    if best == 0 || rank(status) > rank(best) { status } else { best }
+}
+
+fn body_of(h: &crate::sip::message::Headers, body: &bytes::Bytes) -> Option<Body> {
+    if body.is_empty() {
+        return None;
+    }
+    let ct = h.content_type().ok().flatten().map_or_else(|| "application/sdp".to_owned(), |c| c.as_str().to_owned());
+    Some(Body { content_type: ct, bytes: body.clone() })
+}
+
+fn body_of_request(r: &Request) -> Option<Body> {
+    body_of(r.headers(), r.body())
+}
+
+fn body_of_response(r: &Response) -> Option<Body> {
+    body_of(r.headers(), r.body())
+}
+
+fn set_response_body(r: &mut Response, b: Body) {
+    let _ = r.headers_mut().set(HeaderName::ContentType, &b.content_type);
+    r.set_body(b.bytes);
+}
+
+/// How a leg's dialog stands, for logs and tests.
+pub fn dialog_state<S>(leg: &Leg<S>) -> Option<DialogState> {
+    leg.dialog.as_ref().map(Dialog::state)
+}
