@@ -283,6 +283,23 @@ fn call_over_ipv6() {
     assert_eq!(rec["outcome"], "completed", "{rec}");
 }
 
+/// Delayed offer (RFC 3261 §13.2.1): the PBX's INVITE has no SDP, so the
+/// phone's 200 carries the offer, which must reach the PBX in the 200; the
+/// PBX's ACK carries the answer, which must reach the phone in ITS ACK.
+/// The daemon may ACK the phone's 200 only once it has the PBX's ACK.
+#[test]
+fn delayed_offer_answer_in_the_ack_reaches_the_phone() {
+    let mut d = prepared(TRUNK);
+    d.start();
+    let user = phone(&d, "alice", "user_answer_delayed_offer.xml", &[]);
+    let (ok, out) = pbx(&d, Path::new("pbx_call_delayed_offer.xml"), "+15550001", &["-d", "300"]).wait();
+    assert!(ok, "PBX side (the phone's offer in the 200):\n{out}");
+    let (ok, uout) = user.wait();
+    assert!(ok, "phone side (the PBX's answer in the ACK):\n{uout}");
+    let rec = &exactly_n_records(&mut d, 1)[0];
+    assert_eq!(rec["outcome"], "completed", "{rec}");
+}
+
 /// A shared trunk (`portal = "*"`, an operator's SBC): each call belongs to
 /// the portal owning its Request-URI domain. Two portals both have an
 /// `alice`; a call to acme's domain rings acme's alice, one to globex's
