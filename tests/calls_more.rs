@@ -338,3 +338,35 @@ fn shared_trunk_call_goes_to_the_portal_of_the_request_uri_domain() {
     let want = |p: &str| (p.to_owned(), "sbc".to_owned(), "alice".to_owned(), "completed".to_owned());
     assert_eq!(got, vec![want("acme"), want("globex")], "{records:#?}");
 }
+
+/// SIGTERM while two calls are up: the daemon stops, and the database it
+/// leaves holds a record for each call (with its outcome and end) and no
+/// lease: every channel is given back.
+#[test]
+fn sigterm_with_calls_up_flushes_their_records_and_leases() {
+    let mut d = prepared(TRUNK);
+    d.start();
+    // The phone answers both calls; the PBX holds them for a minute.
+    let users = sipp_start(Path::new("user_answer.xml"), None, "127.0.0.1", 0, &["-m", "2"]);
+    set_contact(&d, "acme", "alice", "127.0.0.1", users.port);
+    let _calls = sipp_start(
+        Path::new("pbx_call.xml"),
+        Some(d.udp),
+        PBX_IP,
+        0,
+        &["-m", "2", "-l", "2", "-key", "number", "+15550001", "-d", "60000"],
+    );
+    common::retry_until(10, "two calls up", || {
+        let l = leases(&d);
+        if l.len() == 2 { Ok(()) } else { Err(format!("{l:?}")) }
+    });
+    assert_eq!(d.stop(), Some(0), "clean stop:\n{}", d.log_text());
+    assert_eq!(leases(&d), Vec::<Value>::new(), "no lease left");
+    let records = cdr(&d);
+    assert_eq!(records.len(), 2, "one record per call cut by the stop: {records:#?}\n{}", d.log_text());
+    for r in &records {
+        assert_eq!(r["target_user"], "alice", "{r}");
+        assert!(r["answered_at"].is_i64() && r["ended_at"].is_i64(), "answered and ended: {r}");
+        assert!(!["", "admitted"].contains(&r["outcome"].as_str().unwrap_or("")), "an outcome: {r}");
+    }
+}
