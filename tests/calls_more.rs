@@ -370,3 +370,133 @@ fn sigterm_with_calls_up_flushes_their_records_and_leases() {
         assert!(!["", "admitted"].contains(&r["outcome"].as_str().unwrap_or("")), "an outcome: {r}");
     }
 }
+
+/// A TCP proxy in front of the test PostgreSQL server that the test can cut
+/// (every connection shut down, the port closed: connections are refused)
+/// and restore (the same port listens again).
+struct PgProxy {
+    addr: std::net::SocketAddr,
+    upstream: std::net::SocketAddr,
+    /// Both ends of every proxied connection, to shut down on a cut; `None`
+    /// while cut.
+    conns: std::sync::Arc<std::sync::Mutex<Option<Vec<std::net::TcpStream>>>>,
+}
+
+impl PgProxy {
+    /// Listens on a free local port, forwarding to the server of `base_url`.
+    fn start(base_url: &str) -> Self {
+        use std::net::ToSocketAddrs;
+        let authority = base_url.split("://").nth(1).and_then(|r| r.split('/').next()).unwrap_or("");
+        let host_port = authority.rsplit('@').next().unwrap_or(authority);
+        let upstream = host_port
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .unwrap_or_else(|| panic!("PostgreSQL address in {base_url}"));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let addr = listener.local_addr().expect("addr");
+        let proxy = PgProxy { addr, upstream, conns: Default::default() };
+        proxy.serve(listener);
+        proxy
+    }
+
+    /// `url` with the server address replaced by the proxy's.
+    fn url(&self, url: &str) -> String {
+        let (scheme, rest) = url.split_once("://").expect("url");
+        let (authority, path) = rest.split_once('/').expect("url path");
+        let user = authority.rsplit_once('@').map(|(u, _)| format!("{u}@")).unwrap_or_default();
+        format!("{scheme}://{user}{}/{path}", self.addr)
+    }
+
+    fn serve(&self, listener: std::net::TcpListener) {
+        *self.conns.lock().expect("lock") = Some(Vec::new());
+        let conns = self.conns.clone();
+        let upstream = self.upstream;
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let mut guard = conns.lock().expect("lock");
+                // Cut: stop listening (the wake-up connection is dropped too).
+                let Some(list) = guard.as_mut() else { return };
+                let Ok(server) = std::net::TcpStream::connect(upstream) else { continue };
+                for (mut from, mut to) in [(&client, &server), (&server, &client)]
+                    .map(|(a, b)| (a.try_clone().expect("clone"), b.try_clone().expect("clone")))
+                {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+                list.extend([client, server]);
+            }
+        });
+    }
+
+    /// The database becomes unreachable: open connections are cut and new
+    /// ones refused.
+    fn cut(&self) {
+        if let Some(list) = self.conns.lock().expect("lock").take() {
+            for c in list {
+                let _ = c.shutdown(std::net::Shutdown::Both);
+            }
+        }
+        // Wake the accept loop so that it sees the cut and closes the port.
+        let _ = std::net::TcpStream::connect(self.addr);
+        common::retry_until(5, "proxy port still open", || match std::net::TcpStream::connect(self.addr) {
+            Err(_) => Ok(()),
+            Ok(_) => Err("connected".into()),
+        });
+    }
+
+    /// The database is back, on the same address.
+    fn restore(&self) {
+        let listener = std::net::TcpListener::bind(self.addr).expect("rebind proxy");
+        self.serve(listener);
+    }
+}
+
+/// The shared database lost under a fleet node (PostgreSQL behind a proxy
+/// the test cuts): a call already up goes on to its end, a new INVITE is
+/// refused at once with 503, `Warning: 399 <node> "database-unavailable…"`
+/// and Retry-After (fail closed); once the database is back, both attempts
+/// are in the call records.
+#[test]
+fn database_unreachable_new_calls_get_503_database_unavailable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = tokio::runtime::Runtime::new().expect("runtime").block_on(common::pg_schema_url());
+    let proxy = PgProxy::start(&common::pg_base_url());
+    let mut d = Daemon::prepare_db(&proxy.url(&url), "node-a", TRUNK);
+    d.seed_portal("acme", "acme.example.com", &[("alice", "alice-secret-1")]);
+    d.start();
+    let user = phone(&d, "alice", "user_answer.xml", &[]);
+    let up = pbx(&d, Path::new("pbx_call.xml"), "+15550001", &["-d", "6000"]);
+    common::retry_until(10, "the first call never came up", || {
+        let l = leases(&d);
+        if l.len() == 1 { Ok(()) } else { Err(format!("{l:?}")) }
+    });
+    proxy.cut();
+    let started = common::wall_now();
+    let (ok, out) = pbx(&d, &pbx_refused_scenario(dir.path(), 503), "+15550001", &[]).wait();
+    let took = common::wall_now() - started;
+    assert!(ok, "503 while the database is unreachable:\n{out}\n{}", d.log_text());
+    assert!(out.contains("Warning: 399 node-a \"database-unavailable"), "{out}");
+    assert!(out.contains("Retry-After:"), "a node that cannot reach its database sends the PBX elsewhere:\n{out}");
+    // Fail closed quickly: within the wait for a pooled connection
+    // (acquire_timeout_ms, 2 s by default) and a little slack.
+    assert!(took < std::time::Duration::from_secs(5), "503 after {took:?}");
+    let (ok, out) = up.wait();
+    assert!(ok, "the call in progress went on to its end:\n{out}");
+    assert!(user.wait().0, "phone side of the call in progress");
+    proxy.restore();
+    let records = wait_cdr(&d, 2);
+    let mut got: Vec<(String, Option<String>)> = records
+        .iter()
+        .map(|r| (r["outcome"].as_str().unwrap_or("").to_owned(), r["reason"].as_str().map(str::to_owned)))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![("completed".to_owned(), None), ("refused".to_owned(), Some("database-unavailable".to_owned()))],
+        "{records:#?}"
+    );
+}
