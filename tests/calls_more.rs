@@ -142,9 +142,10 @@ fn ring_all_invites_every_user_at_once() {
 fn in_order_invites_the_next_user_only_after_the_ring_timeout() {
     let (alice, bob) = ring_both_and_time_the_invites("+15550004");
     let gap = bob - alice;
-    // sipp stamps a message when it reads it: a few ms of slack for that.
+    // The stamps are when each sipp read its INVITE: on a loaded machine one
+    // may read late, so 50 ms of slack below (ring_all measures 0.2 ms).
     assert!(
-        (RING_TIMEOUT_S - 0.01..RING_TIMEOUT_S + 1.0).contains(&gap),
+        (RING_TIMEOUT_S - 0.05..RING_TIMEOUT_S + 1.0).contains(&gap),
         "in_order: bob's INVITE {gap:.3} s after alice's, expected the {RING_TIMEOUT_S} s ring timeout \
          (alice at {alice:.6}, bob at {bob:.6})"
     );
