@@ -81,6 +81,19 @@ fn wait_no_calls(d: &Daemon) {
     wait_calls(d, "leases left", Vec::is_empty);
 }
 
+/// Exactly `n` call records, no more: waits for `n`, then for every channel
+/// to come back (the calls are over), then stops the daemon, which writes
+/// every record it still holds before it exits; a call recorded twice shows
+/// as `n + 1` here. Returns the records, newest first.
+fn exactly_n_records(d: &mut Daemon, n: usize) -> Vec<Value> {
+    wait_cdr(d, n);
+    wait_no_calls(d);
+    assert_eq!(d.stop(), Some(0), "clean stop:\n{}", d.log_text());
+    let records = cdr(d);
+    assert_eq!(records.len(), n, "exactly {n} call records: {records:#?}");
+    records
+}
+
 #[test]
 fn licensed_call_rings_the_user_and_completes_pbx_hangs_up() {
     let mut d = prepared("");
@@ -93,13 +106,12 @@ fn licensed_call_rings_the_user_and_completes_pbx_hangs_up() {
     assert!(ok, "phone side:\n{uout}");
     // The legs are separate dialogs: no PBX Call-ID or tag reaches the phone.
     assert!(!uout.contains("PBX"), "PBX tags leaked to the user leg:\n{uout}");
-    let rec = &wait_cdr(&d, 1)[0];
+    let rec = &exactly_n_records(&mut d, 1)[0];
     assert_eq!(rec["outcome"], "completed", "{rec}");
     assert_eq!(rec["target_user"], "alice");
     assert_eq!(rec["trunk"], "acme-pbx");
     assert_eq!(rec["callee"], "+15550001");
     assert!(rec["answered_at"].is_i64() && rec["ended_at"].is_i64(), "{rec}");
-    wait_no_calls(&d);
 }
 
 #[test]
@@ -243,11 +255,10 @@ fn each_refusal_gets_its_code_reason_and_record() {
         if case.token == "rate-limited" {
             assert!(!out.contains("Retry-After:"), "{}: rate limiting has no Retry-After:\n{out}", case.name);
         }
-        let rec = &wait_cdr(&d, 1)[0];
+        let rec = &exactly_n_records(&mut d, 1)[0];
         assert_eq!(rec["reason"], case.token, "{}: {rec}", case.name);
         assert_eq!(rec["outcome"], "refused", "{}: {rec}", case.name);
         assert_eq!(rec["sip_status"], case.status, "{}: {rec}", case.name);
-        wait_no_calls(&d);
     }
 }
 
@@ -395,10 +406,9 @@ fn cancel_before_answer_frees_the_channel() {
     assert!(ok, "PBX side:\n{out}");
     let (ok, uout) = user.wait();
     assert!(ok, "the phone saw the CANCEL:\n{uout}");
-    let rec = &wait_cdr(&d, 1)[0];
+    let rec = &exactly_n_records(&mut d, 1)[0];
     assert_eq!(rec["outcome"], "cancelled", "{rec}");
     assert_eq!(rec["sip_status"], 487);
-    wait_no_calls(&d);
 }
 
 #[test]
@@ -411,9 +421,8 @@ fn user_rejects_and_the_pbx_gets_busy() {
     assert!(ok, "{out}");
     let (ok, uout) = user.wait();
     assert!(ok, "{uout}");
-    let rec = &wait_cdr(&d, 1)[0];
+    let rec = &exactly_n_records(&mut d, 1)[0];
     assert_eq!(rec["outcome"], "busy", "{rec}");
-    wait_no_calls(&d);
 }
 
 #[test]

@@ -1,0 +1,503 @@
+//! More PBX-trunk calls end to end, against the real daemon with sipp as
+//! the PBX (from 127.0.0.2, the trunk's address) and as the portal users'
+//! phones: ring strategies told apart by timing, exact call-record counts,
+//! in-dialog requests both ways (INFO, UPDATE, re-INVITE, glare), TCP and
+//! IPv6, delayed offer, the shared trunk, a stop with calls up, and the
+//! database lost under a fleet node.
+
+mod common;
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use common::daemon::{Daemon, SippChild, pbx_refused_scenario, sipp_start};
+
+const PBX_IP: &str = "127.0.0.2";
+
+/// A trunk from 127.0.0.2 for portal `acme`: +15550001 rings alice;
+/// +15550002 rings alice and bob together (ring_all) and +15550004 one
+/// after the other (in_order), both for 2 s per ring.
+const TRUNK: &str = "[[trunk]]\nname = \"acme-pbx\"\nportal = \"acme\"\nsources = [\"127.0.0.2/32\"]\n\
+[[trunk.route]]\nnumber = \"+15550001\"\nusers = [\"alice\"]\nring_timeout_s = 3\n\
+[[trunk.route]]\nnumber = \"+15550002\"\nusers = [\"alice\", \"bob\"]\nstrategy = \"ring_all\"\nring_timeout_s = 2\n\
+[[trunk.route]]\nnumber = \"+15550004\"\nusers = [\"alice\", \"bob\"]\nstrategy = \"in_order\"\nring_timeout_s = 2\n";
+
+/// The ring timeout of +15550002 and +15550004, in seconds.
+const RING_TIMEOUT_S: f64 = 2.0;
+
+fn prepared(trunk: &str) -> Daemon {
+    let d = Daemon::prepare(trunk);
+    d.seed_portal("acme", "acme.example.com", &[("alice", "alice-secret-1"), ("bob", "bob-secret-12")]);
+    d
+}
+
+/// Sets `user`'s static contact in `portal` to `sip:user@ip:port`.
+fn set_contact(d: &Daemon, portal: &str, user: &str, ip: &str, port: u16) {
+    let host = if ip.contains(':') { format!("[{ip}]") } else { ip.to_owned() };
+    let contact = format!("sip:{user}@{host}:{port}");
+    d.cli(&["user", "set-contact", "--portal", portal, "--username", user, "--contact", &contact]);
+}
+
+/// A phone for `user` of `acme` answering with `scenario` on 127.0.0.1.
+fn phone(d: &Daemon, user: &str, scenario: &str, extra: &[&str]) -> SippChild {
+    let s = sipp_start(Path::new(scenario), None, "127.0.0.1", 0, &[&["-m", "1"], extra].concat());
+    set_contact(d, "acme", user, "127.0.0.1", s.port);
+    s
+}
+
+fn pbx(d: &Daemon, scenario: &Path, number: &str, extra: &[&str]) -> SippChild {
+    sipp_start(scenario, Some(d.udp), PBX_IP, 0, &[&["-m", "1", "-key", "number", number], extra].concat())
+}
+
+fn cdr(d: &Daemon) -> Vec<Value> {
+    let v: Value = serde_json::from_str(&d.cli(&["cdr", "--json"])).expect("json");
+    v.as_array().cloned().unwrap_or_default()
+}
+
+fn leases(d: &Daemon) -> Vec<Value> {
+    let v: Value = serde_json::from_str(&d.cli(&["calls", "--json"])).expect("json");
+    v.as_array().cloned().unwrap_or_default()
+}
+
+/// Waits (bounded) until the CDR holds at least `n` records.
+fn wait_cdr(d: &Daemon, n: usize) -> Vec<Value> {
+    common::retry_until(10, &format!("expected {n} call records"), || {
+        let c = cdr(d);
+        if c.len() >= n { Ok(c) } else { Err(format!("{c:?}")) }
+    })
+}
+
+/// Waits (bounded) until no lease is left: every channel came back.
+fn wait_no_calls(d: &Daemon) {
+    common::retry_until(10, "leases left", || {
+        let l = leases(d);
+        if l.is_empty() { Ok(()) } else { Err(format!("{l:?}")) }
+    });
+}
+
+/// Exactly `n` call records, no more: waits for `n`, then for every channel
+/// to come back (the calls are over), then stops the daemon, which writes
+/// every record it still holds before it exits; a call recorded twice shows
+/// as `n + 1` here. Returns the records, newest first.
+fn exactly_n_records(d: &mut Daemon, n: usize) -> Vec<Value> {
+    wait_cdr(d, n);
+    wait_no_calls(d);
+    assert_eq!(d.stop(), Some(0), "clean stop:\n{}", d.log_text());
+    let records = cdr(d);
+    assert_eq!(records.len(), n, "exactly {n} call records: {records:#?}");
+    records
+}
+
+/// When sipp's message trace shows the first INVITE arriving, in seconds
+/// (sipp stamps each traced message with the wall clock, to the µs:
+/// `----…---- 2026-01-02 03:04:05.678901`, then `UDP message received`).
+fn invite_arrival(trace: &str) -> f64 {
+    let lines: Vec<&str> = trace.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        let Some(stamp) = line.strip_prefix("-----").map(|l| l.trim_start_matches('-').trim()) else { continue };
+        let received = lines.get(i + 1).is_some_and(|l| l.contains("message received"));
+        let invite = lines.iter().skip(i + 2).find(|l| !l.trim().is_empty()).is_some_and(|l| l.starts_with("INVITE "));
+        if received && invite {
+            let t = chrono::NaiveDateTime::parse_from_str(stamp, "%Y-%m-%d %H:%M:%S%.f")
+                .unwrap_or_else(|e| panic!("sipp trace stamp {stamp:?}: {e}"));
+            return t.and_utc().timestamp_micros() as f64 / 1e6;
+        }
+    }
+    panic!("no INVITE received in the trace:\n{trace}")
+}
+
+/// Calls `number` (alice and bob, 2 s ring timeout) with both phones
+/// ringing and never answering, so both ring for the whole story; the PBX
+/// gets 480. Returns when each phone's INVITE arrived.
+fn ring_both_and_time_the_invites(number: &str) -> (f64, f64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut d = prepared(TRUNK);
+    d.start();
+    let alice = phone(&d, "alice", "user_ring_cancel.xml", &[]);
+    let bob = phone(&d, "bob", "user_ring_cancel.xml", &[]);
+    let (ok, out) = pbx(&d, &pbx_refused_scenario(dir.path(), 480), number, &[]).wait();
+    assert!(ok, "PBX side: nobody answered:\n{out}");
+    let (ok, aout) = alice.wait();
+    assert!(ok, "alice rang and was cancelled:\n{aout}");
+    let (ok, bout) = bob.wait();
+    assert!(ok, "bob rang and was cancelled:\n{bout}");
+    let rec = &exactly_n_records(&mut d, 1)[0];
+    assert_eq!((rec["outcome"].as_str(), rec["sip_status"].as_i64()), (Some("no-answer"), Some(480)), "{rec}");
+    (invite_arrival(&aout), invite_arrival(&bout))
+}
+
+/// ring_all rings every user at once: both INVITEs arrive together, far
+/// within one ring timeout of each other.
+#[test]
+fn ring_all_invites_every_user_at_once() {
+    let (alice, bob) = ring_both_and_time_the_invites("+15550002");
+    let gap = (bob - alice).abs();
+    assert!(gap < 0.25, "ring_all: INVITEs {gap:.3} s apart (alice at {alice:.6}, bob at {bob:.6})");
+}
+
+/// in_order rings alice first; bob's INVITE comes only once alice's ring
+/// timeout (2 s) has run out, and not much later.
+#[test]
+fn in_order_invites_the_next_user_only_after_the_ring_timeout() {
+    let (alice, bob) = ring_both_and_time_the_invites("+15550004");
+    let gap = bob - alice;
+    // The stamps are when each sipp read its INVITE: on a loaded machine one
+    // may read late, so 50 ms of slack below (ring_all measures 0.2 ms).
+    assert!(
+        (RING_TIMEOUT_S - 0.05..RING_TIMEOUT_S + 1.0).contains(&gap),
+        "in_order: bob's INVITE {gap:.3} s after alice's, expected the {RING_TIMEOUT_S} s ring timeout \
+         (alice at {alice:.6}, bob at {bob:.6})"
+    );
+}
+
+/// Every attempt leaves exactly one call record, whatever its fate: a
+/// completed call, a refused one (no route) and one the PBX cancels, on one
+/// daemon, give three records with those outcomes, not one more.
+#[test]
+fn each_call_attempt_is_recorded_exactly_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut d = prepared(TRUNK);
+    d.start();
+    let user = phone(&d, "alice", "user_answer.xml", &[]);
+    let (ok, out) = pbx(&d, Path::new("pbx_call.xml"), "+15550001", &["-d", "200"]).wait();
+    assert!(ok, "completed call, PBX side:\n{out}");
+    assert!(user.wait().0, "completed call, phone side");
+    let (ok, out) = pbx(&d, &pbx_refused_scenario(dir.path(), 404), "+19999999", &[]).wait();
+    assert!(ok, "refused call:\n{out}");
+    let user = phone(&d, "alice", "user_ring_cancel.xml", &[]);
+    let (ok, out) = pbx(&d, Path::new("pbx_cancel.xml"), "+15550001", &[]).wait();
+    assert!(ok, "cancelled call, PBX side:\n{out}");
+    assert!(user.wait().0, "cancelled call, phone side");
+    let records = exactly_n_records(&mut d, 3);
+    let mut outcomes: Vec<(String, i64)> = records
+        .iter()
+        .map(|r| (r["outcome"].as_str().unwrap_or("").to_owned(), r["sip_status"].as_i64().unwrap_or(0)))
+        .collect();
+    outcomes.sort();
+    let expected = [("cancelled", 487), ("completed", 200), ("refused", 404)].map(|(o, s)| (o.to_owned(), s));
+    assert_eq!(outcomes, expected, "{records:#?}");
+}
+
+/// INFO and UPDATE are relayed both ways: the PBX's INFO (DTMF) and UPDATE
+/// offer reach the phone with their Content-Type and body, the phone's
+/// answer comes back in the 200; the phone's INFO and UPDATE reach the PBX
+/// the same way. (Each sipp side checks what arrives with `ereg check_it`.)
+#[test]
+fn info_and_update_are_relayed_both_ways() {
+    let mut d = prepared(TRUNK);
+    d.start();
+    let user = phone(&d, "alice", "user_answer_info_update.xml", &[]);
+    let (ok, out) = pbx(&d, Path::new("pbx_call_info_update.xml"), "+15550001", &["-d", "200"]).wait();
+    assert!(ok, "PBX side:\n{out}");
+    let (ok, uout) = user.wait();
+    assert!(ok, "phone side:\n{uout}");
+    let rec = &exactly_n_records(&mut d, 1)[0];
+    assert_eq!(rec["outcome"], "completed", "{rec}");
+}
+
+/// A re-INVITE started by the phone (hold) reaches the PBX with the phone's
+/// offer; the PBX's answer reaches the phone in the 200; each 2xx is ACKed
+/// on its own leg, and the call goes on until the PBX hangs up.
+#[test]
+fn reinvite_from_the_phone_reaches_the_pbx_and_its_answer_the_phone() {
+    let mut d = prepared(TRUNK);
+    d.start();
+    let user = phone(&d, "alice", "user_answer_then_reinvite.xml", &[]);
+    let (ok, out) = pbx(&d, Path::new("pbx_call_answer_reinvite.xml"), "+15550001", &["-d", "200"]).wait();
+    assert!(ok, "PBX side:\n{out}");
+    let (ok, uout) = user.wait();
+    assert!(ok, "phone side:\n{uout}");
+    let rec = &exactly_n_records(&mut d, 1)[0];
+    assert_eq!(rec["outcome"], "completed", "{rec}");
+}
+
+/// Glare started by the phone: while the phone's re-INVITE waits for the
+/// PBX's answer, the PBX sends its own; the PBX's gets 491 Request Pending,
+/// the phone's still completes (its answer reaches the phone), and the call
+/// goes on.
+#[test]
+fn phone_reinvite_pending_makes_the_pbx_reinvite_get_491() {
+    let mut d = prepared(TRUNK);
+    d.start();
+    let user = phone(&d, "alice", "user_answer_then_reinvite.xml", &[]);
+    let (ok, out) = pbx(&d, Path::new("pbx_call_glare_crossing.xml"), "+15550001", &["-d", "200"]).wait();
+    assert!(ok, "PBX side:\n{out}");
+    assert!(out.contains("SIP/2.0 491 Request Pending"), "{out}");
+    let (ok, uout) = user.wait();
+    assert!(ok, "phone side:\n{uout}");
+    assert!(!uout.contains(" 491 "), "the phone's offer is not the one refused:\n{uout}");
+    let rec = &exactly_n_records(&mut d, 1)[0];
+    assert_eq!(rec["outcome"], "completed", "{rec}");
+}
+
+/// A PBX on TCP: its INVITE comes over a TCP connection, the phone (UDP)
+/// answers, the phone's BYE reaches the PBX over that same connection.
+#[test]
+fn call_from_a_pbx_over_tcp() {
+    let mut d = prepared(TRUNK);
+    d.start();
+    let user = phone(&d, "alice", "user_answer_then_bye.xml", &["-d", "300"]);
+    let call = sipp_start(
+        Path::new("pbx_call_remote_bye.xml"),
+        Some(d.tcp),
+        PBX_IP,
+        0,
+        &["-m", "1", "-key", "number", "+15550001", "-t", "t1"],
+    );
+    let (ok, out) = call.wait();
+    assert!(ok, "PBX side:\n{out}");
+    assert!(out.contains("TCP message received"), "the PBX spoke TCP:\n{out}");
+    assert!(!out.contains("UDP message"), "nothing reached the PBX over UDP:\n{out}");
+    let (ok, uout) = user.wait();
+    assert!(ok, "phone side:\n{uout}");
+    let rec = &exactly_n_records(&mut d, 1)[0];
+    assert_eq!(rec["outcome"], "completed", "{rec}");
+    assert_eq!(rec["target_user"], "alice", "{rec}");
+}
+
+/// IPv6 end to end: the daemon listens on [::1] only, the PBX sends from ::1
+/// (its trunk source is `::1/128`), the phone's contact is `[::1]`; the call
+/// completes and is recorded.
+#[test]
+fn call_over_ipv6() {
+    let trunk = TRUNK.replace("sources = [\"127.0.0.2/32\"]", "sources = [\"::1/128\"]");
+    let mut d = prepared(&trunk);
+    let text = std::fs::read_to_string(&d.config).expect("config");
+    let text = text.replace(
+        "listen = [\"udp://127.0.0.1:0\", \"tcp://127.0.0.1:0\"]",
+        "listen = [\"udp://[::1]:0\", \"tcp://[::1]:0\"]",
+    );
+    std::fs::write(&d.config, text).expect("write");
+    d.start();
+    assert!(d.udp.is_ipv6(), "listening on {}", d.udp);
+    let user = sipp_start(Path::new("user_answer.xml"), None, "::1", 0, &["-m", "1"]);
+    set_contact(&d, "acme", "alice", "::1", user.port);
+    let call =
+        sipp_start(Path::new("pbx_call.xml"), Some(d.udp), "::1", 0, &["-m", "1", "-key", "number", "+15550001"]);
+    let (ok, out) = call.wait();
+    assert!(ok, "PBX side:\n{out}");
+    let (ok, uout) = user.wait();
+    assert!(ok, "phone side:\n{uout}");
+    assert!(uout.contains("c=IN IP6 ::1"), "the PBX's IPv6 SDP reached the phone:\n{uout}");
+    let rec = &exactly_n_records(&mut d, 1)[0];
+    assert_eq!(rec["outcome"], "completed", "{rec}");
+}
+
+/// Delayed offer (RFC 3261 §13.2.1): the PBX's INVITE has no SDP, so the
+/// phone's 200 carries the offer, which must reach the PBX in the 200; the
+/// PBX's ACK carries the answer, which must reach the phone in ITS ACK.
+/// The daemon may ACK the phone's 200 only once it has the PBX's ACK.
+#[test]
+fn delayed_offer_answer_in_the_ack_reaches_the_phone() {
+    let mut d = prepared(TRUNK);
+    d.start();
+    let user = phone(&d, "alice", "user_answer_delayed_offer.xml", &[]);
+    let (ok, out) = pbx(&d, Path::new("pbx_call_delayed_offer.xml"), "+15550001", &["-d", "300"]).wait();
+    assert!(ok, "PBX side (the phone's offer in the 200):\n{out}");
+    let (ok, uout) = user.wait();
+    assert!(ok, "phone side (the PBX's answer in the ACK):\n{uout}");
+    let rec = &exactly_n_records(&mut d, 1)[0];
+    assert_eq!(rec["outcome"], "completed", "{rec}");
+}
+
+/// A shared trunk (`portal = "*"`, an operator's SBC): each call belongs to
+/// the portal owning its Request-URI domain. Two portals both have an
+/// `alice`; a call to acme's domain rings acme's alice, one to globex's
+/// rings globex's, and each call completes and is recorded for its portal.
+#[test]
+fn shared_trunk_call_goes_to_the_portal_of_the_request_uri_domain() {
+    let shared = "[[trunk]]\nname = \"sbc\"\nportal = \"*\"\nsources = [\"127.0.0.2/32\"]\n\
+                  [[trunk.route]]\nnumber = \"+15550001\"\nusers = [\"alice\"]\n";
+    let mut d = prepared(shared);
+    d.seed_portal("globex", "globex.example.com", &[("alice", "alice-globex-1")]);
+    d.start();
+    let acme_alice = sipp_start(Path::new("user_answer.xml"), None, "127.0.0.1", 0, &["-m", "1"]);
+    set_contact(&d, "acme", "alice", "127.0.0.1", acme_alice.port);
+    let globex_alice = sipp_start(Path::new("user_answer.xml"), None, "127.0.0.1", 0, &["-m", "1"]);
+    set_contact(&d, "globex", "alice", "127.0.0.1", globex_alice.port);
+    for domain in ["globex.example.com", "acme.example.com"] {
+        let (ok, out) =
+            pbx(&d, Path::new("pbx_call_domain.xml"), "+15550001", &["-key", "domain", domain, "-d", "200"]).wait();
+        assert!(ok, "call to {domain}:\n{out}");
+    }
+    let (ok, out) = globex_alice.wait();
+    assert!(ok, "globex's alice took the globex call:\n{out}");
+    assert!(out.contains("To: <sip:alice@globex.example.com>"), "{out}");
+    let (ok, out) = acme_alice.wait();
+    assert!(ok, "acme's alice took the acme call:\n{out}");
+    assert!(out.contains("To: <sip:alice@acme.example.com>"), "{out}");
+    let records = exactly_n_records(&mut d, 2);
+    let mut got: Vec<(String, String, String, String)> = records
+        .iter()
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap_or("").to_owned();
+            (s("portal_id"), s("trunk"), s("target_user"), s("outcome"))
+        })
+        .collect();
+    got.sort();
+    let want = |p: &str| (p.to_owned(), "sbc".to_owned(), "alice".to_owned(), "completed".to_owned());
+    assert_eq!(got, vec![want("acme"), want("globex")], "{records:#?}");
+}
+
+/// SIGTERM while two calls are up: the daemon stops, and the database it
+/// leaves holds a record for each call (with its outcome and end) and no
+/// lease: every channel is given back.
+#[test]
+fn sigterm_with_calls_up_flushes_their_records_and_leases() {
+    let mut d = prepared(TRUNK);
+    d.start();
+    // The phone answers both calls; the PBX holds them for a minute.
+    let users = sipp_start(Path::new("user_answer.xml"), None, "127.0.0.1", 0, &["-m", "2"]);
+    set_contact(&d, "acme", "alice", "127.0.0.1", users.port);
+    let _calls = sipp_start(
+        Path::new("pbx_call.xml"),
+        Some(d.udp),
+        PBX_IP,
+        0,
+        &["-m", "2", "-l", "2", "-key", "number", "+15550001", "-d", "60000"],
+    );
+    common::retry_until(10, "two calls up", || {
+        let l = leases(&d);
+        if l.len() == 2 { Ok(()) } else { Err(format!("{l:?}")) }
+    });
+    assert_eq!(d.stop(), Some(0), "clean stop:\n{}", d.log_text());
+    assert_eq!(leases(&d), Vec::<Value>::new(), "no lease left");
+    let records = cdr(&d);
+    assert_eq!(records.len(), 2, "one record per call cut by the stop: {records:#?}\n{}", d.log_text());
+    for r in &records {
+        assert_eq!(r["target_user"], "alice", "{r}");
+        assert!(r["answered_at"].is_i64() && r["ended_at"].is_i64(), "answered and ended: {r}");
+        assert!(!["", "admitted"].contains(&r["outcome"].as_str().unwrap_or("")), "an outcome: {r}");
+    }
+}
+
+/// A TCP proxy in front of the test PostgreSQL server that the test can cut
+/// (every connection shut down, the port closed: connections are refused)
+/// and restore (the same port listens again).
+struct PgProxy {
+    addr: std::net::SocketAddr,
+    upstream: std::net::SocketAddr,
+    /// Both ends of every proxied connection, to shut down on a cut; `None`
+    /// while cut.
+    conns: std::sync::Arc<std::sync::Mutex<Option<Vec<std::net::TcpStream>>>>,
+}
+
+impl PgProxy {
+    /// Listens on a free local port, forwarding to the server of `base_url`.
+    fn start(base_url: &str) -> Self {
+        use std::net::ToSocketAddrs;
+        let authority = base_url.split("://").nth(1).and_then(|r| r.split('/').next()).unwrap_or("");
+        let host_port = authority.rsplit('@').next().unwrap_or(authority);
+        let upstream = host_port
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .unwrap_or_else(|| panic!("PostgreSQL address in {base_url}"));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let addr = listener.local_addr().expect("addr");
+        let proxy = PgProxy { addr, upstream, conns: Default::default() };
+        proxy.serve(listener);
+        proxy
+    }
+
+    /// `url` with the server address replaced by the proxy's.
+    fn url(&self, url: &str) -> String {
+        let (scheme, rest) = url.split_once("://").expect("url");
+        let (authority, path) = rest.split_once('/').expect("url path");
+        let user = authority.rsplit_once('@').map(|(u, _)| format!("{u}@")).unwrap_or_default();
+        format!("{scheme}://{user}{}/{path}", self.addr)
+    }
+
+    fn serve(&self, listener: std::net::TcpListener) {
+        *self.conns.lock().expect("lock") = Some(Vec::new());
+        let conns = self.conns.clone();
+        let upstream = self.upstream;
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let mut guard = conns.lock().expect("lock");
+                // Cut: stop listening (the wake-up connection is dropped too).
+                let Some(list) = guard.as_mut() else { return };
+                let Ok(server) = std::net::TcpStream::connect(upstream) else { continue };
+                for (mut from, mut to) in [(&client, &server), (&server, &client)]
+                    .map(|(a, b)| (a.try_clone().expect("clone"), b.try_clone().expect("clone")))
+                {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+                list.extend([client, server]);
+            }
+        });
+    }
+
+    /// The database becomes unreachable: open connections are cut and new
+    /// ones refused.
+    fn cut(&self) {
+        if let Some(list) = self.conns.lock().expect("lock").take() {
+            for c in list {
+                let _ = c.shutdown(std::net::Shutdown::Both);
+            }
+        }
+        // Wake the accept loop so that it sees the cut and closes the port.
+        let _ = std::net::TcpStream::connect(self.addr);
+        common::retry_until(5, "proxy port still open", || match std::net::TcpStream::connect(self.addr) {
+            Err(_) => Ok(()),
+            Ok(_) => Err("connected".into()),
+        });
+    }
+
+    /// The database is back, on the same address.
+    fn restore(&self) {
+        let listener = std::net::TcpListener::bind(self.addr).expect("rebind proxy");
+        self.serve(listener);
+    }
+}
+
+/// The shared database lost under a fleet node (PostgreSQL behind a proxy
+/// the test cuts): a call already up goes on to its end, a new INVITE is
+/// refused at once with 503, `Warning: 399 <node> "database-unavailable…"`
+/// and Retry-After (fail closed); once the database is back, both attempts
+/// are in the call records.
+#[test]
+fn database_unreachable_new_calls_get_503_database_unavailable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = tokio::runtime::Runtime::new().expect("runtime").block_on(common::pg_schema_url());
+    let proxy = PgProxy::start(&common::pg_base_url());
+    let mut d = Daemon::prepare_db(&proxy.url(&url), "node-a", TRUNK);
+    d.seed_portal("acme", "acme.example.com", &[("alice", "alice-secret-1")]);
+    d.start();
+    let user = phone(&d, "alice", "user_answer.xml", &[]);
+    let up = pbx(&d, Path::new("pbx_call.xml"), "+15550001", &["-d", "6000"]);
+    common::retry_until(10, "the first call never came up", || {
+        let l = leases(&d);
+        if l.len() == 1 { Ok(()) } else { Err(format!("{l:?}")) }
+    });
+    proxy.cut();
+    let started = common::wall_now();
+    let (ok, out) = pbx(&d, &pbx_refused_scenario(dir.path(), 503), "+15550001", &[]).wait();
+    let took = common::wall_now() - started;
+    assert!(ok, "503 while the database is unreachable:\n{out}\n{}", d.log_text());
+    assert!(out.contains("Warning: 399 node-a \"database-unavailable"), "{out}");
+    assert!(out.contains("Retry-After:"), "a node that cannot reach its database sends the PBX elsewhere:\n{out}");
+    // Fail closed quickly: within the wait for a pooled connection
+    // (acquire_timeout_ms, 2 s by default) and a little slack.
+    assert!(took < std::time::Duration::from_secs(5), "503 after {took:?}");
+    let (ok, out) = up.wait();
+    assert!(ok, "the call in progress went on to its end:\n{out}");
+    assert!(user.wait().0, "phone side of the call in progress");
+    proxy.restore();
+    let records = wait_cdr(&d, 2);
+    let mut got: Vec<(String, Option<String>)> = records
+        .iter()
+        .map(|r| (r["outcome"].as_str().unwrap_or("").to_owned(), r["reason"].as_str().map(str::to_owned)))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![("completed".to_owned(), None), ("refused".to_owned(), Some("database-unavailable".to_owned()))],
+        "{records:#?}"
+    );
+}
