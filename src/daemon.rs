@@ -110,6 +110,9 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     shutdown.cancelled().await;
     systemd::stopping();
     info!(registrations = service.registrations(), "stopping");
+    // Calls still up end with BYE and leave their records before the
+    // record writer's last flush.
+    service.stopped().await;
     // Calls still up end with this process: give their channels back now
     // rather than when the leases expire.
     match store.release_node_leases(&loaded.node_id).await {

@@ -39,6 +39,9 @@ use crate::sip::message::{HeaderName, Method, Request, Response, Uri};
 use crate::store::CallRecord;
 use crate::transport::Target;
 
+/// Record reason of calls cut by the node's stop.
+pub const NODE_STOPPED: &str = "node-stopped";
+
 /// Methods every leg may send us.
 pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE";
 
@@ -538,6 +541,17 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
         self.end_unanswered(now, 487, Outcome::Cancelled, None);
     }
 
+    /// The node is stopping: an answered call ends with BYE on both legs,
+    /// a ringing one with 503 to the caller and CANCEL to the forks; either
+    /// way with its record (reason `node-stopped`) and its channel back.
+    pub fn handle_shutdown(&mut self, now: Instant) {
+        match self.phase {
+            Phase::Ringing => self.end_unanswered(now, 503, Outcome::Failed, Some(NODE_STOPPED)),
+            Phase::Answered => self.hang_up(now, Outcome::Failed, Some(NODE_STOPPED)),
+            Phase::Ending => {}
+        }
+    }
+
     /// A request (not ACK, not CANCEL) inside one of the call's dialogs,
     /// on server transaction `tsx`.
     pub fn handle_request(&mut self, now: Instant, tsx: S, req: &Request) {
@@ -1010,9 +1024,10 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
     fn end_unanswered(&mut self, now: Instant, status: u16, outcome: Outcome, reason: Option<&'static str>) {
         let mut r = self.origin_response(status, crate::sip::message::status::reason_phrase(status));
         if let Some(reason) = reason {
+            let detail = if reason == NODE_STOPPED { "node stopping" } else { "no user answered" };
             let _ = r
                 .headers_mut()
-                .push(HeaderName::Warning, format!("399 {} \"{reason}: no user answered\"", self.config.warning_host));
+                .push(HeaderName::Warning, format!("399 {} \"{reason}: {detail}\"", self.config.warning_host));
         }
         if let Some(tsx) = self.legs[0].tsx.take() {
             self.commands.push_back(Command::Respond { tsx, response: r });
@@ -1084,12 +1099,13 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
         let offer = body.as_ref().is_some_and(Body::is_sdp) && matches!(req.method(), Method::Invite | Method::Update);
         let negotiating = *req.method() == Method::Invite || offer;
         // Glare (§14.1): one offer at a time across the call; an INVITE
-        // while another is in progress gets 491 too.
-        let busy =
-            self.requests.values().any(|o| match o {
-                Outstanding::Relay(r) => r.offer || *r.request.method() == Method::Invite,
-                _ => false,
-            }) || self.legs.iter().any(|l| l.uas_2xx.is_some() || l.held_ack.is_some() || l.oa != OfferAnswer::Stable);
+        // while another is in progress gets 491 too. A 2xx still waiting
+        // for its ACK does not count when its offer/answer is complete
+        // (the phone may re-INVITE a moment before the PBX's ACK arrives).
+        let busy = self.requests.values().any(|o| match o {
+            Outstanding::Relay(r) => r.offer || *r.request.method() == Method::Invite,
+            _ => false,
+        }) || self.legs.iter().any(|l| l.held_ack.is_some() || l.oa != OfferAnswer::Stable);
         if negotiating && busy {
             let mut r = Response::from_request(req, 491, "Request Pending");
             let _ = r.headers_mut().push(HeaderName::RetryAfter, "1");
@@ -1118,6 +1134,15 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
         let seq = d.local_seq();
         if matches!(req.method(), Method::Invite | Method::Update) {
             b = b.header(HeaderName::Contact, peer.contact());
+        }
+        // Headers that describe the body or the INFO package (RFC 6086)
+        // travel with it; everything else is per leg.
+        for name in ["Content-Disposition", "Info-Package", "Recv-Info"] {
+            if let Ok(name) = HeaderName::new(name) {
+                for h in req.headers().get_all(&name) {
+                    b = b.header(name.clone(), h.value());
+                }
+            }
         }
         if let Some(body) = body {
             b = b.body(&body.content_type, body.bytes);

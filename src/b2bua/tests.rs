@@ -764,11 +764,14 @@ fn update_and_info(from_pbx: bool) {
     let dtmf = "Signal=5\r\nDuration=160\r\n";
     let mut info = mk(&w, "INFO", 3, None);
     info.headers_mut().set(HeaderName::ContentType, "application/dtmf-relay").unwrap();
+    info.headers_mut().push(HeaderName::new("Info-Package").unwrap(), "dtmf").unwrap();
     info.set_body(bytes::Bytes::from(dtmf));
     let tsx = w.request(&info);
     let (_, id, _, fwd) = World::requests(&w.take()).remove(0);
     assert_eq!(fwd.headers().content_type().unwrap().unwrap().as_str(), "application/dtmf-relay");
     assert_eq!(body_str(fwd.body()), dtmf);
+    let package = fwd.headers().get(&HeaderName::new("Info-Package").unwrap()).and_then(|h| h.value_str());
+    assert_eq!(package, Some("dtmf"), "RFC 6086: the package travels with its body");
     let tag = fwd.headers().to().unwrap().tag().unwrap().to_owned();
     w.respond(id, &reply(&fwd, 200, &tag, None, "sip:x@198.51.100.1"));
     assert_eq!(status_of(&World::responses(&w.take(), tsx)), [200]);
@@ -815,4 +818,20 @@ fn no_reachable_fork_answers_480_at_once() {
     let out = w.take();
     assert_eq!(status_of(&World::responses(&out, 1)), [100, 480]);
     assert_one_end(&out, "unavailable");
+}
+
+#[test]
+fn phone_reinvite_before_the_pbx_ack_is_relayed() {
+    // The PBX's ACK is still on its way when the phone (ACKed by us at
+    // once) re-INVITEs: the offer/answer of the first exchange is complete,
+    // so this is no glare.
+    let mut w = World::new(RingStrategy::RingAll, vec![vec![fork("alice", 1)]], Some(PBX_SDP));
+    let (_, id, _, invite) = World::requests(&w.take()).remove(0);
+    w.respond(id, &reply(&invite, 200, "ph1", Some(PHONE_SDP), "sip:alice@198.51.100.1:5060"));
+    w.take();
+    let tsx = w.request(&phone_in_dialog(&w, LegId(1), "INVITE", 2, Some(PHONE_SDP)));
+    let out = w.take();
+    assert!(World::responses(&out, tsx).is_empty());
+    let reqs = World::requests(&out);
+    assert_eq!((reqs.len(), reqs[0].2), (1, LegId(0)));
 }

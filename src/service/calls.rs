@@ -379,6 +379,19 @@ impl Core {
         true
     }
 
+    /// The node stops: every call ends now (BYE, CANCEL or 503 sent once,
+    /// without waiting for answers), with its record and its channel.
+    pub(super) fn end_all_calls(&mut self, now: Instant) {
+        let calls: Vec<CallNo> = self.calls.calls.keys().copied().collect();
+        for no in calls {
+            if let Some(call) = self.calls.calls.get_mut(&no) {
+                call.handle_shutdown(now);
+            }
+            self.run_call(no, now);
+        }
+        self.drain(now);
+    }
+
     /// Call timers that are due.
     pub(super) fn handle_call_timers(&mut self, now: Instant) {
         while let Some(&(at, no)) = self.calls.timers.first() {

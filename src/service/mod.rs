@@ -152,6 +152,8 @@ struct Pending {
 #[derive(Clone)]
 pub struct Service {
     ctx: Arc<Ctx>,
+    /// The core tasks: each ends its calls when the node stops.
+    cores: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Service {
@@ -195,6 +197,7 @@ impl Service {
         });
         // One core per queue: each owns the transactions and calls of the
         // Call-IDs that hash to it, so the shards share nothing per call.
+        let mut cores = Vec::with_capacity(inbound.len());
         for (shard, inbound) in inbound.into_iter().enumerate() {
             let (reply_tx, reply_rx) = mpsc::channel(4096);
             let core = Core {
@@ -208,9 +211,18 @@ impl Service {
                 cdr: cdr.clone(),
                 responses: HashMap::new(),
             };
-            tokio::spawn(core.run(inbound, reply_rx, shutdown.clone()));
+            cores.push(tokio::spawn(core.run(inbound, reply_rx, shutdown.clone())));
         }
-        Ok(Self { ctx })
+        Ok(Self { ctx, cores: Arc::new(Mutex::new(cores)) })
+    }
+
+    /// Waits until every core has ended its calls after the stop (their
+    /// BYEs sent, their records handed to the writer).
+    pub async fn stopped(&self) {
+        let cores = self.cores.lock().map(|mut c| std::mem::take(&mut *c)).unwrap_or_default();
+        for core in cores {
+            let _ = core.await;
+        }
     }
 
     /// Live registrations on this node.
@@ -248,7 +260,10 @@ impl Core {
                 .min()
                 .map(tokio::time::Instant::from_std);
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => {
+                    self.end_all_calls(crate::clock::instant());
+                    return;
+                }
                 m = inbound.recv() => match m {
                     Some(m) => {
                         let now = crate::clock::instant();
