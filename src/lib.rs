@@ -9,12 +9,13 @@
 //! - [`cli`]: the command line (daemon and admin commands).
 //! - [`daemon`]: the `run` command's lifecycle.
 //! - [`ops`]: logging, systemd notifications, metric names.
-//! - [`sip`]: sans-IO SIP: messages, transactions (RFC 3261 §17, RFC 6026), digest.
+//! - [`sip`]: sans-IO SIP: messages, transactions (RFC 3261 §17, RFC 6026), dialogs (§12), digest.
 //! - [`transport`]: UDP and TCP sockets (tokio).
 //! - [`registrar`]: the location table of portal users.
-//! - [`b2bua`]: trunk identification and routing.
+//! - [`b2bua`]: trunk identification and routing; each call as a sans-IO machine
+//!   (legs, forking, offer/answer, timers) and the media seam its SDP crosses.
 //! - [`licences`]: the in-memory licence cache, kept fresh from the database.
-//! - [`service`]: the SIP driver: OPTIONS, REGISTER, admission, calls.
+//! - [`service`]: the SIP driver: OPTIONS, REGISTER, admission, and the calls' I/O.
 //! - [`cdr`]: call records, written in batches.
 //! - [`clock`]: the only place that reads the wall clock.
 
