@@ -915,6 +915,8 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
         let h = r.headers_mut();
         let _ = h.push(HeaderName::Contact, self.legs[0].peer.contact());
         let _ = h.push(HeaderName::Allow, ALLOW);
+        // Here, not in the driver: the retransmissions repeat it byte for byte.
+        let _ = h.push(HeaderName::Server, crate::sip::PRODUCT);
         if let Some(b) = body {
             set_response_body(&mut r, b);
         }
@@ -1217,6 +1219,7 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
         let from_peer = self.legs[from_idx].peer;
         if (200..300).contains(&status) {
             let _ = r.headers_mut().push(HeaderName::Contact, from_peer.contact());
+            let _ = r.headers_mut().push(HeaderName::Server, crate::sip::PRODUCT);
         }
         if let Some(b) = body {
             set_response_body(&mut r, b);

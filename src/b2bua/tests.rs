@@ -410,13 +410,16 @@ fn missing_ack_ends_the_call_on_both_legs_after_64_t1() {
     let mut w = World::new(RingStrategy::RingAll, vec![vec![fork("alice", 1)]], Some(PBX_SDP));
     let (_, id, _, invite) = World::requests(&w.take()).remove(0);
     w.respond(id, &reply(&invite, 200, "ph1", Some(PHONE_SDP), "sip:alice@198.51.100.1:5060"));
-    w.take();
+    let first = World::responses(&w.take(), 1).pop().expect("200 to the PBX").to_bytes();
     let mut retransmits = Vec::new();
     let mut end = None;
     while w.step() {
         for o in w.take() {
             match o.cmd {
-                Command::Retransmit { response, .. } => retransmits.push((o.at.as_millis(), response.status())),
+                Command::Retransmit { response, .. } => {
+                    assert_eq!(response.to_bytes(), first, "a retransmission repeats the 2xx byte for byte");
+                    retransmits.push((o.at.as_millis(), response.status()));
+                }
                 Command::Record(r) => end = Some((o.at, r)),
                 Command::Request { leg, request, .. } => assert_eq!(*request.method(), Method::Bye, "leg {leg:?}"),
                 _ => {}

@@ -599,11 +599,13 @@ impl Core {
     /// final and 101-199 responses, and `Server`.
     fn respond(&mut self, key: TsxKey, mut resp: Response, now: Instant) {
         let status = resp.status();
-        if status > 100 {
+        if status > 100 && resp.headers().to().ok().is_some_and(|t| t.tag().is_none()) {
             let tag = self.ctx.new_tag();
             resp = resp.clone().with_to_tag(&tag).unwrap_or(resp);
         }
-        let _ = resp.headers_mut().push(HeaderName::Server, SERVER);
+        if !resp.headers().contains(&HeaderName::Server) {
+            let _ = resp.headers_mut().push(HeaderName::Server, SERVER);
+        }
         self.send_through(&key, resp, now);
         if status >= 200 {
             self.pending.remove(&key);
