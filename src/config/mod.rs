@@ -7,7 +7,6 @@
 //! operator fixes them in one pass.
 
 mod error;
-mod listen;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -18,7 +17,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use error::{ConfigError, ConfigErrors, Location};
-pub use listen::{ListenAddr, Transport};
+pub use crate::transport::{ListenAddr, Transport};
 
 /// Default path of the main configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/trunkgate/trunkgate.toml";

@@ -14,12 +14,11 @@ use super::Ctx;
 use super::calls::{AdmissionResult, ForkTarget};
 use crate::admission::{self, CallRequest, Counters, Decision, Reason, UserInfo};
 use crate::b2bua::{Trunk, dialled_number};
-use crate::config::Transport;
 use crate::registrar::Aor;
 use crate::sip::message::{Request, Uri};
 use crate::sip::transaction::TsxKey;
 use crate::store::{CallRecord, LeaseOutcome, LeaseRequest};
-use crate::transport::Target;
+use crate::transport::{Target, Transport};
 
 /// How long a lease lives without renewal; the node renews every third.
 pub const LEASE_TTL: Duration = Duration::from_secs(60);

@@ -229,7 +229,7 @@ struct Core {
     cdr: crate::cdr::CdrWriter,
     /// The last response of each client transaction, for its events.
     responses: HashMap<TsxKey, Response>,
-    /// This core's index (B-leg Call-IDs carry it, see `shard_for_call_id`).
+    /// This core's index (B-leg Call-IDs carry it, see `crate::sip::shard`).
     shard: usize,
 }
 
@@ -617,29 +617,6 @@ fn tsx_method(m: &Method) -> crate::sip::transaction::Method {
 
 fn allow_value(check: &CheckConfig) -> String {
     check.allow.iter().map(Method::as_str).collect::<Vec<_>>().join(", ")
-}
-
-/// The SIP core shard of a Call-ID among `n`: our own B-leg Call-IDs carry
-/// their shard (`s<N>.…@trunkgate`) so the answers to a call's B legs reach
-/// the core that holds the call; any other Call-ID is hashed (FNV-1a), so
-/// all requests of a dialog meet in one core.
-pub fn shard_for_call_id(call_id: &str, n: usize) -> usize {
-    if n <= 1 {
-        return 0;
-    }
-    if let Some(rest) = call_id.strip_prefix('s')
-        && call_id.ends_with("@trunkgate")
-        && let Some((num, _)) = rest.split_once('.')
-        && let Ok(k) = num.parse::<usize>()
-    {
-        return k % n;
-    }
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in call_id.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    usize::try_from(h % n as u64).unwrap_or(0)
 }
 
 /// Writes lease changes in batches, in order: each batch is one

@@ -5,4 +5,5 @@
 
 pub mod digest;
 pub mod message;
+pub mod shard;
 pub mod transaction;
