@@ -7,12 +7,15 @@
 //! - [`rules`]: what is in force at an instant ([`licence_state`],
 //!   [`portal_block`], [`channels_in_force`]) and the decisions built on it
 //!   ([`decide`], [`may_register`], [`may_target`]).
+//! - [`answers`]: the SIP answer to each refusal reason ([`RefusalAnswers`],
+//!   defaults from DESIGN.md's table, overridden by `[admission.answers]`).
 //! - [`decision`]: the decision's inputs ([`CallRequest`], [`Counters`]) and
 //!   outputs ([`Decision`], [`Reason`], [`Refusal`], the trace).
 //!
 //! Nothing here reads the clock or does I/O: the caller passes `now` and
 //! the fleet counters, so every expiry edge is a unit test (`tests.rs`).
 
+pub mod answers;
 pub mod decision;
 pub mod model;
 pub mod rules;
@@ -20,6 +23,7 @@ pub mod rules;
 #[cfg(test)]
 mod tests;
 
+pub use answers::{Answer, AnswerError, RefusalAnswers, check_refusal_status};
 pub use decision::{CallRequest, Check, CheckName, Counters, Decision, Outcome, Reason, Refusal, RegisterRefusal};
 pub use model::{
     BlockReason, DEFAULT_GRACE_DAYS, ExpiryPolicy, Extension, Licence, MAX_GRACE_DAYS, MAX_PLAN_NAME_LEN, ModelError,

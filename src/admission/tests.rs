@@ -358,7 +358,7 @@ fn reason_tokens_statuses_and_retry_after() {
         assert_eq!(reason.as_str(), token);
         assert_eq!(reason.to_string(), token);
         assert_eq!(token.parse::<Reason>(), Ok(reason));
-        assert_eq!(reason.default_sip_status(), status, "{token}");
+        assert_eq!(RefusalAnswers::DEFAULT.answer(reason).0, status, "{token}");
         assert_eq!(reason.retry_after(), retry, "{token}");
     }
     assert!("channels_busy".parse::<Reason>().is_err());
@@ -656,7 +656,7 @@ fn paid_grace_edges_under_block_policy() {
     );
     let d = call(&p, Counters::default(), grace_end);
     let r = refusal(&d);
-    assert_eq!(r.reason.default_sip_status(), 403);
+    assert_eq!(RefusalAnswers::DEFAULT.answer(r.reason).0, 403);
     assert_eq!(
         r.warning_text(),
         "licence-expired: licence paid 'pro' ended 2026-03-01T00:00:00Z \
@@ -787,7 +787,7 @@ fn stored_blocks_refuse_with_their_reason() {
         let d = call(&p, Counters::default(), t(START));
         let r = refusal(&d);
         assert_eq!(r.reason, Reason::PortalBlocked, "{reason}");
-        assert_eq!(r.reason.default_sip_status(), 403);
+        assert_eq!(RefusalAnswers::DEFAULT.answer(r.reason).0, 403);
         assert_eq!(r.warning_text(), format!("portal-blocked: {reason} (stored status)"));
         assert_eq!(portal_block(&p, t(START)), Some(PortalBlock::Stored { reason }));
     }
@@ -943,7 +943,7 @@ fn overload_is_checked_first() {
         let d = decide(&request, p, &load(99, 99), t(START));
         let r = refusal(&d);
         assert_eq!(r.reason, Reason::Overloaded);
-        assert_eq!(r.reason.default_sip_status(), 503);
+        assert_eq!(RefusalAnswers::DEFAULT.answer(r.reason).0, 503);
         assert!(r.reason.retry_after());
         assert_eq!(d.trace().len(), 1);
     }
@@ -959,7 +959,7 @@ fn channels_busy_at_exactly_the_channel_count() {
     }
     let d = call(&p, load(3, 0), t(START));
     let r = refusal(&d);
-    assert_eq!(r.reason.default_sip_status(), 486);
+    assert_eq!(RefusalAnswers::DEFAULT.answer(r.reason).0, 486);
     assert_eq!(r.detail, "3 calls in progress, all 3 channels busy");
 }
 
@@ -972,7 +972,7 @@ fn rate_limited_at_exactly_max_cps() {
     }
     let d = call(&p, load(0, 10), t(START));
     let r = refusal(&d);
-    assert_eq!(r.reason.default_sip_status(), 503);
+    assert_eq!(RefusalAnswers::DEFAULT.answer(r.reason).0, 503);
     assert!(!r.reason.retry_after(), "the limit holds on every node");
     assert_eq!(r.detail, "10 calls this second, limit 10 per second (plan paid 'pro')");
 }

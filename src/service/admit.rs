@@ -33,8 +33,11 @@ pub(crate) struct AdmitInput {
     pub source: SocketAddr,
 }
 
-fn refuse(key: TsxKey, reason: Reason, detail: String, mut record: CallRecord) -> AdmissionResult {
-    let status = reason.default_sip_status();
+/// A refused INVITE: its status comes from `[admission.answers]`
+/// ([`crate::admission::RefusalAnswers`]), the one place refusal codes are
+/// chosen.
+fn refuse(ctx: &Ctx, key: TsxKey, reason: Reason, detail: String, mut record: CallRecord) -> AdmissionResult {
+    let (status, _retry_after) = ctx.config.answers.answer(reason);
     record.outcome = "refused".into();
     record.sip_status = Some(i64::from(status));
     record.reason = Some(reason.as_str().to_owned());
@@ -94,11 +97,11 @@ pub(crate) async fn admit(ctx: Arc<Ctx>, input: AdmitInput) -> AdmissionResult {
     let call = CallRequest { portal: portal_id, node_overloaded };
     let counters = Counters { active_calls: 0, calls_this_second };
     let channels = match admission::decide(&call, portal.as_deref(), &counters, now) {
-        Decision::Refuse { refusal, .. } => return refuse(key, refusal.reason, refusal.detail, record),
+        Decision::Refuse { refusal, .. } => return refuse(&ctx, key, refusal.reason, refusal.detail, record),
         Decision::Admit { channels, .. } => channels,
     };
     let Some(portal) = portal else {
-        return refuse(key, Reason::PortalNotFound, "no such portal".into(), record);
+        return refuse(&ctx, key, Reason::PortalNotFound, "no such portal".into(), record);
     };
     let lease_id = format!("{}/{}/{}", ctx.config.node_id, trunk.name, a_call_id);
 
@@ -178,17 +181,23 @@ pub(crate) async fn admit(ctx: Arc<Ctx>, input: AdmitInput) -> AdmissionResult {
             None => match ctx.store.active_calls(portal.id.as_str(), now).await {
                 Ok(n) => n >= channels,
                 Err(_) => {
-                    return refuse(key, Reason::DatabaseUnavailable, "shared database unreachable".into(), record);
+                    return refuse(
+                        &ctx,
+                        key,
+                        Reason::DatabaseUnavailable,
+                        "shared database unreachable".into(),
+                        record,
+                    );
                 }
             },
         };
         if busy {
-            return refuse(key, Reason::ChannelsBusy, format!("all {channels} channels busy"), record);
+            return refuse(&ctx, key, Reason::ChannelsBusy, format!("all {channels} channels busy"), record);
         }
         return match (route, &number) {
-            (None, Some(n)) => refuse(key, Reason::NoRoute, format!("no route for {n}"), record),
-            (None, None) => refuse(key, Reason::NoRoute, "no dialled number".into(), record),
-            (Some(_), _) => refuse(key, Reason::Unavailable, why_unreachable, record),
+            (None, Some(n)) => refuse(&ctx, key, Reason::NoRoute, format!("no route for {n}"), record),
+            (None, None) => refuse(&ctx, key, Reason::NoRoute, "no dialled number".into(), record),
+            (Some(_), _) => refuse(&ctx, key, Reason::Unavailable, why_unreachable, record),
         };
     }
 
@@ -239,23 +248,23 @@ pub(crate) async fn admit(ctx: Arc<Ctx>, input: AdmitInput) -> AdmissionResult {
     match admitted {
         Ok(LeaseOutcome::Admitted { .. }) => {}
         Ok(LeaseOutcome::Busy { active }) => {
-            return refuse(key, Reason::ChannelsBusy, format!("{active} of {channels} channels busy"), record);
+            return refuse(&ctx, key, Reason::ChannelsBusy, format!("{active} of {channels} channels busy"), record);
         }
         Err(e) if e.is_unavailable() => {
             warn!(error = %e, "database unavailable during admission");
-            return refuse(key, Reason::DatabaseUnavailable, "shared database unreachable".into(), record);
+            return refuse(&ctx, key, Reason::DatabaseUnavailable, "shared database unreachable".into(), record);
         }
         Err(crate::store::StoreError::NotFound { .. }) => {
-            return refuse(key, Reason::PortalNotFound, "portal removed from the database".into(), record);
+            return refuse(&ctx, key, Reason::PortalNotFound, "portal removed from the database".into(), record);
         }
         Err(e) => {
             warn!(error = %e, "call refused: lease not taken");
-            return refuse(key, Reason::Unavailable, "call could not be admitted".into(), record);
+            return refuse(&ctx, key, Reason::Unavailable, "call could not be admitted".into(), record);
         }
     }
     debug!(portal = %portal.id, trunk = %trunk.name, %source, "call admitted");
     let Some(route) = route else {
-        return refuse(key, Reason::NoRoute, "no route".into(), record);
+        return refuse(&ctx, key, Reason::NoRoute, "no route".into(), record);
     };
     record.outcome = "admitted".into();
     AdmissionResult::Admit {

@@ -64,6 +64,8 @@ pub struct ServiceConfig {
     pub max_calls: usize,
     /// Give no answer to INVITEs from addresses that are no trunk.
     pub ignore_unknown_trunks: bool,
+    /// The SIP answer to each refusal reason (`[admission.answers]`).
+    pub answers: crate::admission::RefusalAnswers,
 }
 
 /// Shared by the core and the handler tasks.
@@ -510,13 +512,14 @@ impl Core {
         let Some(trunk) = self.ctx.trunks.identify(remote.ip()).cloned() else {
             warn!(target: "security", source = %remote, "INVITE from an address that is no trunk refused");
             crate::ops::metrics::call_refused(crate::admission::Reason::UnknownTrunk.as_str());
-            let mut resp = Response::from_request(&request, 403, "Forbidden");
-            let text = format!(
-                "{}: {} is not a configured trunk",
-                crate::admission::Reason::UnknownTrunk.as_str(),
-                remote.ip()
-            );
-            let _ = resp.headers_mut().push(HeaderName::Warning, self.ctx.warning(&text));
+            let refusal = crate::admission::Refusal {
+                reason: crate::admission::Reason::UnknownTrunk,
+                detail: format!("{} is not a configured trunk", remote.ip()),
+            };
+            let answer = self.ctx.config.answers.answer_refusal(&refusal);
+            let status = answer.status;
+            let mut resp = Response::from_request(&request, status, crate::sip::message::status::reason_phrase(status));
+            let _ = resp.headers_mut().push(HeaderName::Warning, self.ctx.warning(&answer.warning));
             self.respond(key, resp, now);
             let unix = unix_now_i64();
             self.cdr.record(crate::store::CallRecord {
@@ -534,7 +537,7 @@ impl Core {
                 answered_at: None,
                 ended_at: Some(unix),
                 outcome: "refused".into(),
-                sip_status: Some(403),
+                sip_status: Some(i64::from(status)),
                 reason: Some(crate::admission::Reason::UnknownTrunk.as_str().to_owned()),
             });
             return;
