@@ -6,7 +6,8 @@
 //!   loads them and the CLI edits them.
 //! - [`rules`]: what is in force at an instant ([`licence_state`],
 //!   [`portal_block`], [`channels_in_force`]) and the decisions built on it
-//!   ([`decide`], [`may_register`], [`may_target`]).
+//!   ([`decide`], or [`decide_licence`] then [`AwaitingChannel::decide`];
+//!   [`may_register`], [`may_target`]).
 //! - [`answers`]: the SIP answer to each refusal reason ([`RefusalAnswers`],
 //!   defaults from DESIGN.md's table, overridden by `[admission.answers]`).
 //! - [`decision`]: the decision's inputs ([`CallRequest`], [`Counters`]) and
@@ -30,6 +31,6 @@ pub use model::{
     Plan, PlanLimits, PlanLimitsTable, PortalId, PortalSnapshot, PortalStatus, UserInfo,
 };
 pub use rules::{
-    ChannelGrant, INACTIVITY_DAYS, LicencePhase, LicenceState, PortalBlock, channels_in_force, decide, licence_state,
-    may_register, may_target, portal_block,
+    AwaitingChannel, ChannelGrant, INACTIVITY_DAYS, LicencePhase, LicenceState, PortalBlock, channels_in_force, decide,
+    decide_licence, licence_state, may_register, may_target, portal_block,
 };

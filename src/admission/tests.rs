@@ -977,6 +977,47 @@ fn rate_limited_at_exactly_max_cps() {
     assert_eq!(r.detail, "10 calls this second, limit 10 per second (plan paid 'pro')");
 }
 
+/// DESIGN.md orders row 6 (486 channels-busy) before row 7 (503
+/// rate-limited): a portal that is both full and over its rate is busy.
+#[test]
+fn full_portal_over_its_rate_is_busy_not_rate_limited() {
+    let p = paid_portal(ExpiryPolicy::Block);
+    // 3 channels, limit 10 per second: full and over the rate.
+    let d = call(&p, load(3, 10), t(START));
+    assert_eq!(outcome(&d), Want::Refuse(Reason::ChannelsBusy), "{d}");
+    assert_eq!(d.trace().last().map(|c| c.name), Some(CheckName::Busy), "{d}");
+}
+
+/// The driver's two steps: rows 2-5 first, the rate verdict held back, then
+/// rows 6 and 7 once the channel count is known.
+#[test]
+fn decide_licence_holds_the_rate_verdict_until_the_channel_count() {
+    let p = paid_portal(ExpiryPolicy::Block);
+    let request = CallRequest { portal: p.id.clone(), node_overloaded: false };
+    let over_rate = decide_licence(&request, Some(&p), 10, t(START)).expect("rows 2-5 pass");
+    assert_eq!(over_rate.channels(), 3);
+    assert_eq!(over_rate.rate_refusal().map(|r| r.reason), Some(Reason::RateLimited));
+    // Full: busy wins, and the rate check never shows in the trace.
+    let full = over_rate.clone().decide(3);
+    assert_eq!(full.reason(), Some(Reason::ChannelsBusy), "{full}");
+    assert!(full.trace().iter().all(|c| c.name != CheckName::Rate), "{full}");
+    // A channel free: the held-back rate verdict answers, after row 6.
+    let limited = over_rate.decide(2);
+    assert_eq!(limited.reason(), Some(Reason::RateLimited), "{limited}");
+    let names: Vec<CheckName> = limited.trace().iter().rev().take(2).map(|c| c.name).collect();
+    assert_eq!(names, [CheckName::Rate, CheckName::Busy], "{limited}");
+    // Under the rate: nothing held back; the two steps equal `decide`.
+    let under = decide_licence(&request, Some(&p), 9, t(START)).expect("rows 2-5 pass");
+    assert!(under.rate_refusal().is_none());
+    assert_eq!(under.decide(2), call(&p, load(2, 9), t(START)));
+    // Rows 2-5 refuse before any count: no AwaitingChannel at all.
+    let mut blocked = p.clone();
+    blocked.status = PortalStatus::Blocked(BlockReason::Manual);
+    let refused = decide_licence(&request, Some(&blocked), 0, t(START)).expect_err("blocked");
+    assert_eq!(refused.reason(), Some(Reason::PortalBlocked));
+    assert_eq!(refused, call(&blocked, load(0, 0), t(START)));
+}
+
 #[test]
 fn portal_rate_override_replaces_the_plan_limit() {
     // (override, plan max_cps, calls this second, admitted)

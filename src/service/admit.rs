@@ -12,12 +12,12 @@ use tracing::{debug, warn};
 
 use super::Ctx;
 use super::calls::{AdmissionResult, ForkTarget};
-use crate::admission::{self, CallRequest, Counters, Decision, Reason, UserInfo};
+use crate::admission::{self, CallRequest, Decision, Reason, Refusal, UserInfo};
 use crate::b2bua::{Trunk, dialled_number};
 use crate::registrar::Aor;
 use crate::sip::message::{Request, Uri};
 use crate::sip::transaction::TsxKey;
-use crate::store::{CallRecord, LeaseOutcome, LeaseRequest};
+use crate::store::{CallRecord, LeaseOutcome, LeaseRequest, StoreError};
 use crate::transport::{Target, Transport};
 
 /// How long a lease lives without renewal; the node renews every third.
@@ -77,7 +77,8 @@ pub(crate) async fn admit(ctx: Arc<Ctx>, input: AdmitInput) -> AdmissionResult {
         reason: None,
     };
 
-    // Rows 2-7 except the channel count, on the cached snapshot. A shared
+    // Rows 2-5 on the cached snapshot, and row 7's verdict held back until
+    // row 6 (the channel count) has run. A shared
     // trunk (`portal = "*"`) belongs to the portal owning the Request-URI's
     // domain; every other trunk to its configured portal id.
     let snapshot = ctx.cache.get();
@@ -95,11 +96,19 @@ pub(crate) async fn admit(ctx: Arc<Ctx>, input: AdmitInput) -> AdmissionResult {
     };
     record.portal_id = portal.as_ref().map(|p| p.id.as_str().to_owned());
     let call = CallRequest { portal: portal_id, node_overloaded };
-    let counters = Counters { active_calls: 0, calls_this_second };
-    let channels = match admission::decide(&call, portal.as_deref(), &counters, now) {
-        Decision::Refuse { refusal, .. } => return refuse(&ctx, key, refusal.reason, refusal.detail, record),
-        Decision::Admit { channels, .. } => channels,
+    let awaiting = match admission::decide_licence(&call, portal.as_deref(), calls_this_second, now) {
+        Ok(awaiting) => awaiting,
+        Err(decision) => {
+            // `decide_licence` fails only with a refusal; the fallback is
+            // the safe answer if that ever changed.
+            let refusal = decision
+                .refusal()
+                .cloned()
+                .unwrap_or_else(|| Refusal { reason: Reason::PortalNotFound, detail: "no such portal".into() });
+            return refuse(&ctx, key, refusal.reason, refusal.detail, record);
+        }
     };
+    let channels = awaiting.channels();
     let Some(portal) = portal else {
         return refuse(&ctx, key, Reason::PortalNotFound, "no such portal".into(), record);
     };
@@ -107,7 +116,8 @@ pub(crate) async fn admit(ctx: Arc<Ctx>, input: AdmitInput) -> AdmissionResult {
 
     // Row 8: the route and who can be rung. Checked before the lease is
     // taken (a refused call must not hold a channel even briefly); if the
-    // portal is busy anyway, busy is the answer, as the table orders.
+    // portal is busy or over its rate anyway, that is the answer, as the
+    // table orders.
     let route = number.as_deref().and_then(|n| trunk.route(n));
     let mut groups: Vec<Vec<ForkTarget>> = Vec::new();
     let mut why_unreachable = String::new();
@@ -173,26 +183,18 @@ pub(crate) async fn admit(ctx: Arc<Ctx>, input: AdmitInput) -> AdmissionResult {
             }
         }
     }
-    if route.is_none() || groups.is_empty() {
-        let busy = match &ctx.local_channels {
-            Some(local) => {
-                local.lock().map(|c| c.get(portal.id.as_str()).copied().unwrap_or(0)).unwrap_or(0) >= channels
+    if awaiting.rate_refusal().is_some() || route.is_none() || groups.is_empty() {
+        // Refused whatever the channel count: count the channels without
+        // taking one, so rows 6 and 7 answer in the table's order.
+        let active = match active_calls(&ctx, portal.id.as_str(), now).await {
+            Ok(active) => active,
+            Err(e) => {
+                warn!(error = %e, "database unavailable during admission");
+                return refuse(&ctx, key, Reason::DatabaseUnavailable, "shared database unreachable".into(), record);
             }
-            None => match ctx.store.active_calls(portal.id.as_str(), now).await {
-                Ok(n) => n >= channels,
-                Err(_) => {
-                    return refuse(
-                        &ctx,
-                        key,
-                        Reason::DatabaseUnavailable,
-                        "shared database unreachable".into(),
-                        record,
-                    );
-                }
-            },
         };
-        if busy {
-            return refuse(&ctx, key, Reason::ChannelsBusy, format!("all {channels} channels busy"), record);
+        if let Decision::Refuse { refusal, .. } = awaiting.decide(active) {
+            return refuse(&ctx, key, refusal.reason, refusal.detail, record);
         }
         return match (route, &number) {
             (None, Some(n)) => refuse(&ctx, key, Reason::NoRoute, format!("no route for {n}"), record),
@@ -201,7 +203,7 @@ pub(crate) async fn admit(ctx: Arc<Ctx>, input: AdmitInput) -> AdmissionResult {
         };
     }
 
-    // Row 6: the channel.
+    // Row 6: the channel (row 7 passed: the rate was under its limit).
     // Single node (SQLite): the node is the only one counting this
     // database's channels, so it counts in memory, exactly, and records the
     // lease behind (in order with its release). A fleet counts in the
@@ -276,6 +278,16 @@ pub(crate) async fn admit(ctx: Arc<Ctx>, input: AdmitInput) -> AdmissionResult {
         lease_id,
         domain: portal.domain.clone(),
         record,
+    }
+}
+
+/// The portal's calls in progress, counted without taking a channel: in
+/// memory on a single node, in the database for a fleet.
+async fn active_calls(ctx: &Ctx, portal: &str, now: chrono::DateTime<chrono::Utc>) -> Result<u32, StoreError> {
+    match &ctx.local_channels {
+        // A poisoned lock counts as full: refuse rather than over-admit.
+        Some(local) => Ok(local.lock().map(|c| c.get(portal).copied().unwrap_or(0)).unwrap_or(u32::MAX)),
+        None => ctx.store.active_calls(portal, now).await,
     }
 }
 
