@@ -526,3 +526,35 @@ fn second_daemon_on_one_sqlite_file_refuses_to_start() {
     assert_eq!(second.status.code(), Some(1), "{}", text(&second.stderr));
     assert!(text(&second.stderr).contains("another trunkgate daemon uses"), "{}", text(&second.stderr));
 }
+
+/// Human log lines carry no ANSI colour escapes when stderr is no terminal
+/// (journald, a log file): they did, and journald stored them as text.
+#[test]
+fn human_logs_off_a_terminal_have_no_colour_escapes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite://{}", dir.path().join("t.db").display());
+    let cfg = common::write_config(dir.path(), &db, "[log]\nformat = \"human\"\nlevel = \"info\"\n");
+    let log_path = dir.path().join("stderr.log");
+    let log_file = std::fs::File::create(&log_path).expect("log file");
+    let mut child = Command::new(common::bin())
+        .arg("--config")
+        .arg(&cfg)
+        .arg("run")
+        .env_remove("RUST_LOG")
+        .env_remove("NOTIFY_SOCKET")
+        // Colour must be off because stderr is a file, not because of NO_COLOR.
+        .env_remove("NO_COLOR")
+        .stderr(Stdio::from(log_file))
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let log = common::retry_until(30, "no `ready` line", || {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if log.contains("ready") { Ok(log) } else { Err(log) }
+    });
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(0));
+    assert!(log.contains(" INFO "), "human format: {log}");
+    assert!(!log.contains('\u{1b}'), "ANSI escape in a log file:\n{log:?}");
+}
