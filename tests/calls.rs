@@ -98,7 +98,12 @@ fn licensed_call_rings_the_user_and_completes_pbx_hangs_up() {
     assert_eq!(rec["target_user"], "alice");
     assert_eq!(rec["trunk"], "acme-pbx");
     assert_eq!(rec["callee"], "+15550001");
-    assert!(rec["answered_at"].is_i64() && rec["ended_at"].is_i64(), "{rec}");
+    // Times are RFC 3339, as in every `--json` output.
+    let time = |k: &str| {
+        let v = rec[k].as_str().unwrap_or_else(|| panic!("{k} is no RFC 3339 string: {rec}"));
+        chrono::DateTime::parse_from_rfc3339(v).unwrap_or_else(|e| panic!("{k}: {e}: {rec}"))
+    };
+    assert!(time("started_at") <= time("answered_at") && time("answered_at") <= time("ended_at"), "{rec}");
     wait_no_calls(&d);
 }
 
