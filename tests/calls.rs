@@ -787,3 +787,31 @@ fn full_portal_over_its_rate_is_busy_on_one_node() {
     assert!(user.wait().0);
     wait_no_calls(&d);
 }
+
+/// `[admission.answers]` changes the code of a refusal (here `no-route` and
+/// `unknown-trunk`, the latter answered outside the admission task), in the
+/// response and in the call record; the Warning keeps the reason token.
+#[test]
+fn configured_answer_codes_are_sent_and_recorded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut d = prepared("[admission.answers]\nno_route = 410\nunknown_trunk = 404\n");
+    d.start();
+    let (ok, out) = pbx(&d, &pbx_refused_scenario(dir.path(), 410), "+19999999", &[]).wait();
+    assert!(ok, "no-route answered 410:\n{out}");
+    assert!(out.contains("SIP/2.0 410 Gone"), "{out}");
+    assert!(out.contains("Warning: 399 test-node \"no-route"), "{out}");
+    let rec = &wait_cdr(&d, 1)[0];
+    assert_eq!((rec["reason"].as_str(), rec["sip_status"].as_i64()), (Some("no-route"), Some(410)), "{rec}");
+    let stranger = sipp_start(
+        &pbx_refused_scenario(dir.path(), 404),
+        Some(d.udp),
+        "127.0.0.3",
+        0,
+        &["-m", "1", "-key", "number", "+15550001"],
+    );
+    let (ok, out) = stranger.wait();
+    assert!(ok, "unknown-trunk answered 404:\n{out}");
+    assert!(out.contains("Warning: 399 test-node \"unknown-trunk"), "{out}");
+    let rec = &wait_cdr(&d, 2)[0];
+    assert_eq!((rec["reason"].as_str(), rec["sip_status"].as_i64()), (Some("unknown-trunk"), Some(404)), "{rec}");
+}
