@@ -218,5 +218,6 @@ fn service_config(loaded: &Loaded) -> ServiceConfig {
         },
         max_calls: c.sip.max_calls,
         ignore_unknown_trunks: c.sip.unknown_trunk == crate::config::UnknownTrunk::Ignore,
+        answers: loaded.answers,
     }
 }

@@ -111,7 +111,13 @@ fn licensed_call_rings_the_user_and_completes_pbx_hangs_up() {
     assert_eq!(rec["target_user"], "alice");
     assert_eq!(rec["trunk"], "acme-pbx");
     assert_eq!(rec["callee"], "+15550001");
-    assert!(rec["answered_at"].is_i64() && rec["ended_at"].is_i64(), "{rec}");
+    // Times are RFC 3339, as in every `--json` output.
+    let time = |k: &str| {
+        let v = rec[k].as_str().unwrap_or_else(|| panic!("{k} is no RFC 3339 string: {rec}"));
+        chrono::DateTime::parse_from_rfc3339(v).unwrap_or_else(|e| panic!("{k}: {e}: {rec}"))
+    };
+    assert!(time("started_at") <= time("answered_at") && time("answered_at") <= time("ended_at"), "{rec}");
+    wait_no_calls(&d);
 }
 
 #[test]
@@ -683,4 +689,139 @@ fn two_nodes_on_postgresql_share_the_channels() {
     let (ok, out) = pbx(&b, Path::new("pbx_call.xml"), "+15550001", &["-d", "100"]).wait();
     assert!(ok, "node B admits once the channel is free:\n{out}");
     assert!(phone.wait().0, "the phone took both calls");
+}
+
+/// Runs `sql` on the fleet's PostgreSQL schema.
+fn pg_exec(url: &str, sql: &str) {
+    use sqlx::Connection;
+    tokio::runtime::Runtime::new().expect("runtime").block_on(async {
+        let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut conn).await.expect(sql);
+    });
+}
+
+/// Regression: the call rate (row 7) was checked before the channel count
+/// (row 6), so a portal both full and over its rate got 503 rate-limited
+/// instead of DESIGN.md's 486 channels-busy. On a fleet (PostgreSQL): the
+/// portal's one channel is held by a lease of another node, and its rate
+/// limit is 0 calls per second.
+#[test]
+fn full_portal_over_its_rate_is_busy_on_a_fleet() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = tokio::runtime::Runtime::new().expect("runtime").block_on(common::pg_schema_url());
+    let mut d = Daemon::prepare_db(&url, "node-a", TRUNK);
+    d.cli(&["portal", "add", "--id", "acme", "--domain", "acme.example.com"]);
+    d.cli(&[
+        "extension",
+        "add",
+        "--portal",
+        "acme",
+        "--channels",
+        "1",
+        "--valid-from",
+        "2020-01-01T00:00:00Z",
+        "--valid-until",
+        "2099-01-01T00:00:00Z",
+    ]);
+    d.cli_stdin(&["user", "add", "--portal", "acme", "--username", "alice"], Some("alice-secret-1\n"));
+    // Reachable (never rung: every call here is refused), so the route
+    // would pass and only rows 6 and 7 decide.
+    d.cli(&["user", "set-contact", "--portal", "acme", "--username", "alice", "--contact", "sip:alice@127.0.0.1:9"]);
+    d.cli(&["portal", "set", "acme", "--max-cps", "0"]);
+    // Node B holds the only channel.
+    pg_exec(
+        &url,
+        "INSERT INTO call_leases (call_id, portal_id, node_id, acquired_at, expires_at) \
+         VALUES ('node-b/acme-pbx/held@x', 'acme', 'node-b', 0, 4102444800)",
+    );
+    d.start();
+    let (ok, out) = pbx(&d, &pbx_refused_scenario(dir.path(), 486), "+15550001", &[]).wait();
+    assert!(ok, "full and over its rate: 486 expected:\n{out}");
+    assert!(out.contains("Warning: 399 node-a \"channels-busy"), "{out}");
+    let rec = &wait_cdr(&d, 1)[0];
+    assert_eq!((rec["reason"].as_str(), rec["sip_status"].as_i64()), (Some("channels-busy"), Some(486)), "{rec}");
+    // The refused call took no channel: only node B's lease is there.
+    wait_calls(&d, "a refused call holds a lease", |l| l.len() == 1 && l[0]["node_id"] == "node-b");
+    // The channel comes back: now the rate is what refuses.
+    pg_exec(&url, "DELETE FROM call_leases");
+    let (ok, out) = pbx(&d, &pbx_refused_scenario(dir.path(), 503), "+15550001", &[]).wait();
+    assert!(ok, "a free channel, over the rate: 503 expected:\n{out}");
+    assert!(out.contains("\"rate-limited"), "{out}");
+    assert!(!out.contains("Retry-After:"), "{out}");
+    wait_no_calls(&d);
+}
+
+/// The same regression on a single node (SQLite, channels counted in
+/// memory): one channel held by a call, at most 1 call per second, and a
+/// burst of calls within a few milliseconds. Each finds the portal full,
+/// and all but at most the first of each second are also over the rate:
+/// every one gets 486.
+#[test]
+fn full_portal_over_its_rate_is_busy_on_one_node() {
+    const BURST: usize = 4;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut d = Daemon::prepare(TRUNK);
+    d.cli(&["portal", "add", "--id", "acme", "--domain", "acme.example.com"]);
+    d.cli(&[
+        "extension",
+        "add",
+        "--portal",
+        "acme",
+        "--channels",
+        "1",
+        "--valid-from",
+        "2020-01-01T00:00:00Z",
+        "--valid-until",
+        "2099-01-01T00:00:00Z",
+    ]);
+    d.cli_stdin(&["user", "add", "--portal", "acme", "--username", "alice"], Some("alice-secret-1\n"));
+    d.cli(&["portal", "set", "acme", "--max-cps", "1"]);
+    d.start();
+    let user = phone(&d, "alice", "user_answer.xml", &[]);
+    let held = pbx(&d, Path::new("pbx_call.xml"), "+15550001", &["-d", "4000"]);
+    wait_calls(&d, "the first call never came up", |l| l.len() == 1);
+    let burst = sipp_start(
+        &pbx_refused_scenario(dir.path(), 486),
+        Some(d.udp),
+        PBX_IP,
+        0,
+        &["-m", &BURST.to_string(), "-l", &BURST.to_string(), "-r", "1000", "-key", "number", "+15550001"],
+    );
+    let (_ok, out) = burst.wait();
+    let records = wait_cdr(&d, BURST);
+    let refusals: Vec<(&str, i64)> =
+        records.iter().map(|r| (r["reason"].as_str().unwrap_or("-"), r["sip_status"].as_i64().unwrap_or(0))).collect();
+    assert_eq!(refusals, vec![("channels-busy", 486); BURST], "records: {records:?}\nPBX:\n{out}");
+    let (ok, out) = held.wait();
+    assert!(ok, "the call holding the channel goes on:\n{out}");
+    assert!(user.wait().0);
+    wait_no_calls(&d);
+}
+
+/// `[admission.answers]` changes the code of a refusal (here `no-route` and
+/// `unknown-trunk`, the latter answered outside the admission task), in the
+/// response and in the call record; the Warning keeps the reason token.
+#[test]
+fn configured_answer_codes_are_sent_and_recorded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut d = prepared("[admission.answers]\nno_route = 410\nunknown_trunk = 404\n");
+    d.start();
+    let (ok, out) = pbx(&d, &pbx_refused_scenario(dir.path(), 410), "+19999999", &[]).wait();
+    assert!(ok, "no-route answered 410:\n{out}");
+    assert!(out.contains("SIP/2.0 410 Gone"), "{out}");
+    assert!(out.contains("Warning: 399 test-node \"no-route"), "{out}");
+    let rec = &wait_cdr(&d, 1)[0];
+    assert_eq!((rec["reason"].as_str(), rec["sip_status"].as_i64()), (Some("no-route"), Some(410)), "{rec}");
+    let stranger = sipp_start(
+        &pbx_refused_scenario(dir.path(), 404),
+        Some(d.udp),
+        "127.0.0.3",
+        0,
+        &["-m", "1", "-key", "number", "+15550001"],
+    );
+    let (ok, out) = stranger.wait();
+    assert!(ok, "unknown-trunk answered 404:\n{out}");
+    assert!(out.contains("Warning: 399 test-node \"unknown-trunk"), "{out}");
+    let rec = &wait_cdr(&d, 2)[0];
+    assert_eq!((rec["reason"].as_str(), rec["sip_status"].as_i64()), (Some("unknown-trunk"), Some(404)), "{rec}");
 }

@@ -526,3 +526,76 @@ fn second_daemon_on_one_sqlite_file_refuses_to_start() {
     assert_eq!(second.status.code(), Some(1), "{}", text(&second.stderr));
     assert!(text(&second.stderr).contains("another trunkgate daemon uses"), "{}", text(&second.stderr));
 }
+
+/// `cdr --json` gives times as RFC 3339, like every other `--json` output
+/// (it gave Unix seconds), under the same field names.
+#[test]
+fn cdr_json_gives_rfc3339_times() {
+    use sqlx::Connection;
+    let env = Env::sqlite();
+    env.ok(&["portal", "add", "--id", "acme", "--domain", "acme.example.com"]);
+    let db = env.db_path.clone().expect("sqlite");
+    tokio::runtime::Runtime::new().expect("runtime").block_on(async {
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display())).await.expect("open");
+        // 2026-01-01T00:00:00Z, answered 5 s later, still going; and a refusal.
+        sqlx::query(
+            "INSERT INTO call_records (call_id, node_id, portal_id, direction, started_at, answered_at, ended_at, outcome) \
+             VALUES ('c1@x', 'n', 'acme', 'inbound', 1767225600, 1767225605, NULL, 'admitted'), \
+                    ('c2@x', 'n', 'acme', 'inbound', 1767225610, NULL, 1767225610, 'refused')",
+        )
+        .execute(&mut conn)
+        .await
+        .expect("insert");
+    });
+    let v: Value = serde_json::from_str(&env.ok(&["cdr", "--json"])).expect("json");
+    let times: Vec<[Value; 3]> = v
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|r| [r["started_at"].clone(), r["answered_at"].clone(), r["ended_at"].clone()])
+        .collect();
+    let mut times = times;
+    times.sort_by_key(|t| t[0].to_string());
+    assert_eq!(
+        times,
+        [
+            [Value::from("2026-01-01T00:00:00Z"), Value::from("2026-01-01T00:00:05Z"), Value::Null],
+            [Value::from("2026-01-01T00:00:10Z"), Value::Null, Value::from("2026-01-01T00:00:10Z")],
+        ],
+        "{v}"
+    );
+    // The table speaks the same.
+    assert!(env.ok(&["cdr"]).contains("2026-01-01T00:00:10Z"));
+}
+
+/// Human log lines carry no ANSI colour escapes when stderr is no terminal
+/// (journald, a log file): they did, and journald stored them as text.
+#[test]
+fn human_logs_off_a_terminal_have_no_colour_escapes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite://{}", dir.path().join("t.db").display());
+    let cfg = common::write_config(dir.path(), &db, "[log]\nformat = \"human\"\nlevel = \"info\"\n");
+    let log_path = dir.path().join("stderr.log");
+    let log_file = std::fs::File::create(&log_path).expect("log file");
+    let mut child = Command::new(common::bin())
+        .arg("--config")
+        .arg(&cfg)
+        .arg("run")
+        .env_remove("RUST_LOG")
+        .env_remove("NOTIFY_SOCKET")
+        // Colour must be off because stderr is a file, not because of NO_COLOR.
+        .env_remove("NO_COLOR")
+        .stderr(Stdio::from(log_file))
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let log = common::retry_until(30, "no `ready` line", || {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if log.contains("ready") { Ok(log) } else { Err(log) }
+    });
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(0));
+    assert!(log.contains(" INFO "), "human format: {log}");
+    assert!(!log.contains('\u{1b}'), "ANSI escape in a log file:\n{log:?}");
+}

@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::admission::answers::RefusalAnswers;
 use crate::admission::model::{ModelError, Plan, PortalId};
 use crate::admission::rules::PortalBlock;
 
@@ -76,28 +77,10 @@ impl Reason {
         }
     }
 
-    /// The SIP status answered by default (DESIGN.md, "Admission order and
-    /// answers"); the configuration may override it per reason.
-    pub fn default_sip_status(self) -> u16 {
-        match self {
-            Reason::UnknownTrunk
-            | Reason::PortalNotFound
-            | Reason::PortalDeleted
-            | Reason::PortalBlocked
-            | Reason::LicenceExpired
-            | Reason::NotLicensed => 403,
-            Reason::ChannelsBusy => 486,
-            Reason::Overloaded | Reason::RateLimited | Reason::DatabaseUnavailable => 503,
-            Reason::NoRoute => 404,
-            Reason::Unavailable => 480,
-        }
-    }
-
-    /// Whether the answer carries `Retry-After`. Only for conditions of this
-    /// node, so the PBX fails over to another one; a rate-limited portal is
-    /// limited on every node, so retrying elsewhere would not help.
+    /// Whether the answer carries `Retry-After`: see
+    /// [`RefusalAnswers::retry_after`], where refusal answers are chosen.
     pub fn retry_after(self) -> bool {
-        matches!(self, Reason::Overloaded | Reason::DatabaseUnavailable)
+        RefusalAnswers::retry_after(self)
     }
 }
 
@@ -316,13 +299,9 @@ impl fmt::Display for Decision {
             )?,
             Decision::Refuse { refusal, .. } => {
                 let reason = refusal.reason;
-                let retry = if reason.retry_after() { " with Retry-After" } else { "" };
-                writeln!(
-                    f,
-                    "refused: {reason} (default answer {}{retry}): {}",
-                    reason.default_sip_status(),
-                    refusal.detail
-                )?;
+                let (status, retry) = RefusalAnswers::DEFAULT.answer(reason);
+                let retry = if retry { " with Retry-After" } else { "" };
+                writeln!(f, "refused: {reason} (default answer {status}{retry}): {}", refusal.detail)?;
             }
         }
         for check in self.trace() {

@@ -359,6 +359,10 @@ impl Trace {
 /// `portal` must be the snapshot of `request.portal`, `None` if there is no
 /// such portal. A snapshot of another portal is refused as
 /// `portal-not-found`: admitting on someone else's licence would be worse.
+///
+/// This is [`decide_licence`] followed by [`AwaitingChannel::decide`]; a
+/// driver that takes the channel atomically elsewhere (a fleet's lease)
+/// calls the two steps itself.
 #[must_use]
 pub fn decide(
     request: &CallRequest,
@@ -366,20 +370,130 @@ pub fn decide(
     counters: &Counters,
     now: DateTime<Utc>,
 ) -> Decision {
-    let mut trace = Trace(Vec::new());
-    match run_checks(request, portal, counters, now, &mut trace) {
-        Ok((channels, effective_plan)) => Decision::Admit { channels, effective_plan, trace: trace.0 },
-        Err(refusal) => Decision::Refuse { refusal, trace: trace.0 },
+    match decide_licence(request, portal, counters.calls_this_second, now) {
+        Ok(awaiting) => awaiting.decide(counters.active_calls),
+        Err(refused) => refused,
     }
 }
 
-fn run_checks(
+/// Rows 2 to 5 decided and the call passed them; rows 6 (a channel free)
+/// and 7 (the call rate) wait for the portal's channel count, which only
+/// the I/O layer knows (in memory on one node, in the database for a
+/// fleet).
+///
+/// Row 7's verdict is already known (`calls_this_second` was an input), but
+/// it must not be answered before row 6: a full portal over its rate is
+/// `channels-busy`, not `rate-limited`. So the driver either
+///
+/// - calls [`AwaitingChannel::decide`] with the channel count, or
+/// - when [`AwaitingChannel::rate_refusal`] is `None`, takes the channel
+///   atomically itself (its failure is `channels-busy`), and when it is
+///   `Some`, counts the channels (without taking one) and calls
+///   [`AwaitingChannel::decide`], so that a refused call never holds a
+///   channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub struct AwaitingChannel {
+    channels: u32,
+    effective_plan: Plan,
+    /// Rows 2 to 5, all passed.
+    trace: Vec<Check>,
+    /// Row 7's check, to be recorded after row 6's.
+    rate: Check,
+    /// Row 7's refusal, if the rate is at its limit.
+    rate_refusal: Option<Refusal>,
+}
+
+impl AwaitingChannel {
+    /// SIP connector channels in force for the portal.
+    pub fn channels(&self) -> u32 {
+        self.channels
+    }
+
+    /// The plan whose rules applied.
+    pub fn effective_plan(&self) -> &Plan {
+        &self.effective_plan
+    }
+
+    /// Row 7's refusal, to be answered only if row 6 passes.
+    pub fn rate_refusal(&self) -> Option<&Refusal> {
+        self.rate_refusal.as_ref()
+    }
+
+    /// Rows 6 then 7, with `active_calls` the portal's calls in progress
+    /// across the fleet, not counting this call.
+    pub fn decide(self, active_calls: u32) -> Decision {
+        let AwaitingChannel { channels, effective_plan, trace, rate, rate_refusal } = self;
+        let mut trace = Trace(trace);
+        // Row 6.
+        let calls = plural(active_calls, "call");
+        if active_calls >= channels {
+            let refusal = trace.fail(
+                CheckName::Busy,
+                Reason::ChannelsBusy,
+                format!("{calls} in progress, all {} busy", plural(channels, "channel")),
+            );
+            return Decision::Refuse { refusal, trace: trace.0 };
+        }
+        trace.pass(CheckName::Busy, format!("{calls} in progress, {channels} channels"));
+        // Row 7.
+        trace.0.push(rate);
+        match rate_refusal {
+            Some(refusal) => Decision::Refuse { refusal, trace: trace.0 },
+            None => Decision::Admit { channels, effective_plan, trace: trace.0 },
+        }
+    }
+}
+
+/// Rows 2 to 5 of [`decide`] (node, portal, block, licence, channels in
+/// force), plus row 7's verdict on `calls_this_second`, held back until row
+/// 6 has run: see [`AwaitingChannel`]. `Err` is the refusal of rows 2 to 5.
+pub fn decide_licence(
     request: &CallRequest,
     portal: Option<&PortalSnapshot>,
-    counters: &Counters,
+    calls_this_second: u32,
+    now: DateTime<Utc>,
+) -> Result<AwaitingChannel, Decision> {
+    let mut trace = Trace(Vec::new());
+    match run_licence_checks(request, portal, now, &mut trace) {
+        Ok((portal, channels, effective_plan)) => {
+            let (rate, rate_refusal) = rate_check(portal, &effective_plan, calls_this_second);
+            Ok(AwaitingChannel { channels, effective_plan, trace: trace.0, rate, rate_refusal })
+        }
+        Err(refusal) => Err(Decision::Refuse { refusal, trace: trace.0 }),
+    }
+}
+
+/// Row 7: the check as the trace shows it, and the refusal if it failed.
+fn rate_check(portal: &PortalSnapshot, plan: &Plan, calls_this_second: u32) -> (Check, Option<Refusal>) {
+    let (max_cps, source) = match portal.max_cps_override {
+        Some(max) => (Some(max), "portal override".to_owned()),
+        None => (portal.limits.for_plan(plan).max_cps, format!("plan {}", plan.describe())),
+    };
+    let calls = plural(calls_this_second, "call");
+    match max_cps {
+        Some(max) => {
+            let detail = format!("{calls} this second, limit {max} per second ({source})");
+            if calls_this_second >= max {
+                let refusal = Refusal { reason: Reason::RateLimited, detail: detail.clone() };
+                (Check { name: CheckName::Rate, outcome: Outcome::Fail, detail }, Some(refusal))
+            } else {
+                (Check { name: CheckName::Rate, outcome: Outcome::Pass, detail }, None)
+            }
+        }
+        None => {
+            let detail = format!("{calls} this second, no limit ({source})");
+            (Check { name: CheckName::Rate, outcome: Outcome::Pass, detail }, None)
+        }
+    }
+}
+
+fn run_licence_checks<'p>(
+    request: &CallRequest,
+    portal: Option<&'p PortalSnapshot>,
     now: DateTime<Utc>,
     trace: &mut Trace,
-) -> Result<(u32, Plan), Refusal> {
+) -> Result<(&'p PortalSnapshot, u32, Plan), Refusal> {
     // Row 2: cheapest, and it must not depend on the database at all.
     if request.node_overloaded {
         return Err(trace.fail(CheckName::Overload, Reason::Overloaded, "node is shedding load"));
@@ -456,36 +570,7 @@ fn run_checks(
         ),
     );
 
-    // Row 6.
-    let calls = plural(counters.active_calls, "call");
-    if counters.active_calls >= channels {
-        return Err(trace.fail(
-            CheckName::Busy,
-            Reason::ChannelsBusy,
-            format!("{calls} in progress, all {} busy", plural(channels, "channel")),
-        ));
-    }
-    trace.pass(CheckName::Busy, format!("{calls} in progress, {channels} channels"));
-
-    // Row 7.
-    let (max_cps, source) = match portal.max_cps_override {
-        Some(max) => (Some(max), "portal override".to_owned()),
-        None => (portal.limits.for_plan(&plan).max_cps, format!("plan {}", plan.describe())),
-    };
-    let calls = plural(counters.calls_this_second, "call");
-    match max_cps {
-        Some(max) if counters.calls_this_second >= max => {
-            return Err(trace.fail(
-                CheckName::Rate,
-                Reason::RateLimited,
-                format!("{calls} this second, limit {max} per second ({source})"),
-            ));
-        }
-        Some(max) => trace.pass(CheckName::Rate, format!("{calls} this second, limit {max} per second ({source})")),
-        None => trace.pass(CheckName::Rate, format!("{calls} this second, no limit ({source})")),
-    }
-
-    Ok((channels, plan))
+    Ok((portal, channels, plan))
 }
 
 /// `1 call`, `2 calls`.

@@ -358,7 +358,7 @@ fn reason_tokens_statuses_and_retry_after() {
         assert_eq!(reason.as_str(), token);
         assert_eq!(reason.to_string(), token);
         assert_eq!(token.parse::<Reason>(), Ok(reason));
-        assert_eq!(reason.default_sip_status(), status, "{token}");
+        assert_eq!(RefusalAnswers::DEFAULT.answer(reason).0, status, "{token}");
         assert_eq!(reason.retry_after(), retry, "{token}");
     }
     assert!("channels_busy".parse::<Reason>().is_err());
@@ -656,7 +656,7 @@ fn paid_grace_edges_under_block_policy() {
     );
     let d = call(&p, Counters::default(), grace_end);
     let r = refusal(&d);
-    assert_eq!(r.reason.default_sip_status(), 403);
+    assert_eq!(RefusalAnswers::DEFAULT.answer(r.reason).0, 403);
     assert_eq!(
         r.warning_text(),
         "licence-expired: licence paid 'pro' ended 2026-03-01T00:00:00Z \
@@ -787,7 +787,7 @@ fn stored_blocks_refuse_with_their_reason() {
         let d = call(&p, Counters::default(), t(START));
         let r = refusal(&d);
         assert_eq!(r.reason, Reason::PortalBlocked, "{reason}");
-        assert_eq!(r.reason.default_sip_status(), 403);
+        assert_eq!(RefusalAnswers::DEFAULT.answer(r.reason).0, 403);
         assert_eq!(r.warning_text(), format!("portal-blocked: {reason} (stored status)"));
         assert_eq!(portal_block(&p, t(START)), Some(PortalBlock::Stored { reason }));
     }
@@ -943,7 +943,7 @@ fn overload_is_checked_first() {
         let d = decide(&request, p, &load(99, 99), t(START));
         let r = refusal(&d);
         assert_eq!(r.reason, Reason::Overloaded);
-        assert_eq!(r.reason.default_sip_status(), 503);
+        assert_eq!(RefusalAnswers::DEFAULT.answer(r.reason).0, 503);
         assert!(r.reason.retry_after());
         assert_eq!(d.trace().len(), 1);
     }
@@ -959,7 +959,7 @@ fn channels_busy_at_exactly_the_channel_count() {
     }
     let d = call(&p, load(3, 0), t(START));
     let r = refusal(&d);
-    assert_eq!(r.reason.default_sip_status(), 486);
+    assert_eq!(RefusalAnswers::DEFAULT.answer(r.reason).0, 486);
     assert_eq!(r.detail, "3 calls in progress, all 3 channels busy");
 }
 
@@ -972,9 +972,50 @@ fn rate_limited_at_exactly_max_cps() {
     }
     let d = call(&p, load(0, 10), t(START));
     let r = refusal(&d);
-    assert_eq!(r.reason.default_sip_status(), 503);
+    assert_eq!(RefusalAnswers::DEFAULT.answer(r.reason).0, 503);
     assert!(!r.reason.retry_after(), "the limit holds on every node");
     assert_eq!(r.detail, "10 calls this second, limit 10 per second (plan paid 'pro')");
+}
+
+/// DESIGN.md orders row 6 (486 channels-busy) before row 7 (503
+/// rate-limited): a portal that is both full and over its rate is busy.
+#[test]
+fn full_portal_over_its_rate_is_busy_not_rate_limited() {
+    let p = paid_portal(ExpiryPolicy::Block);
+    // 3 channels, limit 10 per second: full and over the rate.
+    let d = call(&p, load(3, 10), t(START));
+    assert_eq!(outcome(&d), Want::Refuse(Reason::ChannelsBusy), "{d}");
+    assert_eq!(d.trace().last().map(|c| c.name), Some(CheckName::Busy), "{d}");
+}
+
+/// The driver's two steps: rows 2-5 first, the rate verdict held back, then
+/// rows 6 and 7 once the channel count is known.
+#[test]
+fn decide_licence_holds_the_rate_verdict_until_the_channel_count() {
+    let p = paid_portal(ExpiryPolicy::Block);
+    let request = CallRequest { portal: p.id.clone(), node_overloaded: false };
+    let over_rate = decide_licence(&request, Some(&p), 10, t(START)).expect("rows 2-5 pass");
+    assert_eq!(over_rate.channels(), 3);
+    assert_eq!(over_rate.rate_refusal().map(|r| r.reason), Some(Reason::RateLimited));
+    // Full: busy wins, and the rate check never shows in the trace.
+    let full = over_rate.clone().decide(3);
+    assert_eq!(full.reason(), Some(Reason::ChannelsBusy), "{full}");
+    assert!(full.trace().iter().all(|c| c.name != CheckName::Rate), "{full}");
+    // A channel free: the held-back rate verdict answers, after row 6.
+    let limited = over_rate.decide(2);
+    assert_eq!(limited.reason(), Some(Reason::RateLimited), "{limited}");
+    let names: Vec<CheckName> = limited.trace().iter().rev().take(2).map(|c| c.name).collect();
+    assert_eq!(names, [CheckName::Rate, CheckName::Busy], "{limited}");
+    // Under the rate: nothing held back; the two steps equal `decide`.
+    let under = decide_licence(&request, Some(&p), 9, t(START)).expect("rows 2-5 pass");
+    assert!(under.rate_refusal().is_none());
+    assert_eq!(under.decide(2), call(&p, load(2, 9), t(START)));
+    // Rows 2-5 refuse before any count: no AwaitingChannel at all.
+    let mut blocked = p.clone();
+    blocked.status = PortalStatus::Blocked(BlockReason::Manual);
+    let refused = decide_licence(&request, Some(&blocked), 0, t(START)).expect_err("blocked");
+    assert_eq!(refused.reason(), Some(Reason::PortalBlocked));
+    assert_eq!(refused, call(&blocked, load(0, 0), t(START)));
 }
 
 #[test]

@@ -7,7 +7,6 @@
 //! operator fixes them in one pass.
 
 mod error;
-mod listen;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,8 +16,10 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::admission::{Reason, RefusalAnswers};
+
+pub use crate::transport::{ListenAddr, Transport};
 pub use error::{ConfigError, ConfigErrors, Location};
-pub use listen::{ListenAddr, Transport};
 
 /// Default path of the main configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/trunkgate/trunkgate.toml";
@@ -57,6 +58,9 @@ pub struct Config {
     /// Digest authentication and lockout.
     #[serde(default)]
     pub auth: AuthSection,
+    /// Call admission: the answers to refused calls.
+    #[serde(default)]
+    pub admission: AdmissionSection,
     /// Trunks defined inline; more may come from `trunks_dir`.
     #[serde(default)]
     pub trunk: Vec<TrunkConfig>,
@@ -330,6 +334,88 @@ fn default_t4_ms() -> u64 {
     5000
 }
 
+/// `[admission]`: call admission.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdmissionSection {
+    /// The SIP status code answered for each refusal reason.
+    #[serde(default)]
+    pub answers: AnswersSection,
+}
+
+/// `[admission.answers]`: the SIP status code of each refusal, by reason
+/// (the `Warning: 399` token, with `_` for `-`). Each is a final failure
+/// code, 400 to 699 (401 and 407 excepted: they are challenges). Defaults:
+/// DESIGN.md's admission table. `Retry-After` is not configurable: it goes
+/// with `overloaded` and `database_unavailable` whatever their code.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnswersSection {
+    /// INVITE from an address that is no trunk (with `unknown_trunk =
+    /// "reject"`), SIP status code. Default: 403.
+    #[serde(default)]
+    pub unknown_trunk: Option<Spanned<u16>>,
+    /// This node sheds load (`max_calls`), SIP status code; sent with
+    /// Retry-After. Default: 503.
+    #[serde(default)]
+    pub overloaded: Option<Spanned<u16>>,
+    /// No portal has the trunk's portal id, SIP status code. Default: 403.
+    #[serde(default)]
+    pub portal_not_found: Option<Spanned<u16>>,
+    /// The portal is being deleted or is deleted, SIP status code. Default: 403.
+    #[serde(default)]
+    pub portal_deleted: Option<Spanned<u16>>,
+    /// The portal is blocked (stored, or for inactivity), SIP status code.
+    /// Default: 403.
+    #[serde(default)]
+    pub portal_blocked: Option<Spanned<u16>>,
+    /// The licence ended, grace included, under the `block` policy, SIP
+    /// status code. Default: 403.
+    #[serde(default)]
+    pub licence_expired: Option<Spanned<u16>>,
+    /// No SIP connector channel in force, SIP status code. Default: 403.
+    #[serde(default)]
+    pub not_licensed: Option<Spanned<u16>>,
+    /// Every channel of the portal is in use across the fleet, SIP status
+    /// code. Default: 486.
+    #[serde(default)]
+    pub channels_busy: Option<Spanned<u16>>,
+    /// The portal's call rate is at its limit, SIP status code (no
+    /// Retry-After). Default: 503.
+    #[serde(default)]
+    pub rate_limited: Option<Spanned<u16>>,
+    /// The dialled number routes to no user, SIP status code. Default: 404.
+    #[serde(default)]
+    pub no_route: Option<Spanned<u16>>,
+    /// No user of the route can be rung, SIP status code. Default: 480.
+    #[serde(default)]
+    pub unavailable: Option<Spanned<u16>>,
+    /// The shared database cannot be reached, SIP status code; sent with
+    /// Retry-After. Default: 503.
+    #[serde(default)]
+    pub database_unavailable: Option<Spanned<u16>>,
+}
+
+impl AnswersSection {
+    /// Every reason with the code the file sets for it, if any.
+    pub fn entries(&self) -> [(Reason, &Option<Spanned<u16>>); Reason::ALL.len()] {
+        [
+            (Reason::UnknownTrunk, &self.unknown_trunk),
+            (Reason::Overloaded, &self.overloaded),
+            (Reason::PortalNotFound, &self.portal_not_found),
+            (Reason::PortalDeleted, &self.portal_deleted),
+            (Reason::PortalBlocked, &self.portal_blocked),
+            (Reason::LicenceExpired, &self.licence_expired),
+            (Reason::NotLicensed, &self.not_licensed),
+            (Reason::ChannelsBusy, &self.channels_busy),
+            (Reason::RateLimited, &self.rate_limited),
+            (Reason::NoRoute, &self.no_route),
+            (Reason::Unavailable, &self.unavailable),
+            (Reason::DatabaseUnavailable, &self.database_unavailable),
+        ]
+    }
+}
+
 /// `[[trunk]]`: one PBX trunk and the portal it serves.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -451,6 +537,9 @@ pub struct Loaded {
     pub database_url: String,
     /// SIP listeners, parsed.
     pub listen: Vec<ListenAddr>,
+    /// The SIP answer to each refusal, defaults overridden by
+    /// `[admission.answers]`.
+    pub answers: RefusalAnswers,
 }
 
 /// Overrides that come from the environment or the command line.
@@ -517,6 +606,7 @@ pub fn load(path: &Path, overrides: &Overrides) -> Result<Loaded, ConfigErrors> 
     }
 
     let listen = parse_listen(&config, path, &sources, &mut errors);
+    let answers = parse_answers(&config, path, &sources, &mut errors);
     parse_sources(&mut trunks, &sources, &mut errors);
     validate(&config, &trunks, path, &sources, &mut errors);
 
@@ -548,7 +638,7 @@ pub fn load(path: &Path, overrides: &Overrides) -> Result<Loaded, ConfigErrors> 
     }
 
     if errors.is_empty() {
-        Ok(Loaded { path: path.to_owned(), config, trunks, node_id, state_dir, database_url, listen })
+        Ok(Loaded { path: path.to_owned(), config, trunks, node_id, state_dir, database_url, listen, answers })
     } else {
         Err(errors)
     }
@@ -574,6 +664,22 @@ fn parse_listen(config: &Config, main: &Path, sources: &SourceMap, errors: &mut 
         }
     }
     out
+}
+
+fn parse_answers(config: &Config, main: &Path, sources: &SourceMap, errors: &mut ConfigErrors) -> RefusalAnswers {
+    let mut answers = RefusalAnswers::default();
+    for (reason, status) in config.admission.answers.entries() {
+        let Some(status) = status else { continue };
+        match answers.with_status(reason, *status.get_ref()) {
+            Ok(a) => answers = a,
+            Err(e) => errors.push(sources.error(
+                main,
+                status.span(),
+                format!("[admission.answers] {}: {e}", reason.as_str().replace('-', "_")),
+            )),
+        }
+    }
+    answers
 }
 
 fn parse_sources(trunks: &mut [LoadedTrunk], sources: &SourceMap, errors: &mut ConfigErrors) {

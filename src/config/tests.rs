@@ -94,9 +94,61 @@ fn unknown_key_in_every_table_of_every_example_is_rejected_with_its_line() {
             checked += 1;
         }
     }
-    // trunkgate.toml: root, log, database, sip, registrar, auth, trunk, 2 routes;
-    // globex: root, trunk, route.
-    assert!(checked >= 12, "checked {checked} tables");
+    // trunkgate.toml: root, log, database, sip, registrar, auth, admission,
+    // admission.answers, trunk, 2 routes; globex: root, trunk, route.
+    assert!(checked >= 14, "checked {checked} tables");
+}
+
+/// The shipped example writes out every `[admission.answers]` key with its
+/// default, so the unknown-key test above also covers that table and the
+/// example documents the whole table.
+#[test]
+fn shipped_example_lists_every_answer_with_its_default() {
+    let text = std::fs::read_to_string(example_dir().join("trunkgate.toml")).expect("read");
+    assert!(text.lines().any(|l| l.trim() == "[admission.answers]"), "no [admission.answers] table");
+    assert!(text.lines().any(|l| l.trim() == "[admission]"), "no [admission] table");
+    let (_dir, main) = examples_with(None);
+    let loaded = load(&main, &Overrides::default()).expect("examples load");
+    let section = &loaded.config.admission.answers;
+    for (reason, status) in section.entries() {
+        let status = status.as_ref().unwrap_or_else(|| panic!("example omits {reason}"));
+        assert_eq!(*status.get_ref(), crate::admission::RefusalAnswers::default_status(reason), "{reason}");
+    }
+    assert!(loaded.answers.is_default());
+}
+
+#[test]
+fn admission_answers_override_the_defaults() {
+    use crate::admission::{Reason, RefusalAnswers};
+    let l = load_text("[admission.answers]\nchannels_busy = 600\nno_route = 480\n").expect("valid");
+    assert_eq!(l.answers.answer(Reason::ChannelsBusy), (600, false));
+    assert_eq!(l.answers.answer(Reason::NoRoute), (480, false));
+    assert_eq!(l.answers.answer(Reason::RateLimited), RefusalAnswers::DEFAULT.answer(Reason::RateLimited));
+    assert!(load_text("").expect("defaults").answers.is_default());
+    // Every reason has its key: the key is the token with `_` for `-`.
+    for reason in Reason::ALL {
+        let key = reason.as_str().replace('-', "_");
+        let l = load_text(&format!("[admission.answers]\n{key} = 599\n")).unwrap_or_else(|e| panic!("{key}: {e}"));
+        assert_eq!(l.answers.answer(reason).0, 599, "{key}");
+    }
+}
+
+#[test]
+fn admission_answer_codes_must_be_failures_and_errors_point_at_the_value() {
+    let err = load_text(
+        "[admission.answers]\nrate_limited = 503\nchannels_busy = 200\nno_route = 700\nunknown_trunk = 401\n",
+    )
+    .expect_err("bad codes");
+    let all = err.to_string();
+    assert_eq!(err.0.len(), 3, "{all}");
+    assert!(all.contains(":3:17: [admission.answers] channels_busy: 200 is not a refusal"), "{all}");
+    assert!(all.contains(":4:12: [admission.answers] no_route: 700 is not a refusal"), "{all}");
+    assert!(all.contains(":5:17: [admission.answers] unknown_trunk: 401 is a challenge"), "{all}");
+    let err = load_text("[admission.answers]\nchannels-busy = 486\n").expect_err("dash key");
+    assert!(err.0[0].message.contains("unknown field `channels-busy`"), "{err}");
+    assert_eq!(err.0[0].location.line, 2);
+    let err = load_text("[admission.answers]\nno_route = 70000\n").expect_err("not a u16");
+    assert_eq!(err.0[0].location.line, 2, "{err}");
 }
 
 #[test]

@@ -28,7 +28,7 @@ pub struct Aor {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Source {
     /// `udp` or `tcp`.
-    pub transport: crate::config::Transport,
+    pub transport: crate::transport::Transport,
     /// The peer's address as seen by us.
     pub addr: SocketAddr,
 }

@@ -1,5 +1,5 @@
 use super::*;
-use crate::config::Transport;
+use crate::transport::Transport;
 
 const NOW: u64 = 1_780_000_000;
 

@@ -12,14 +12,13 @@ use tracing::{debug, warn};
 
 use super::Ctx;
 use super::calls::{AdmissionResult, ForkTarget};
-use crate::admission::{self, CallRequest, Counters, Decision, Reason, UserInfo};
+use crate::admission::{self, CallRequest, Decision, Reason, Refusal, UserInfo};
 use crate::b2bua::{Trunk, dialled_number};
-use crate::config::Transport;
 use crate::registrar::Aor;
 use crate::sip::message::{Request, Uri};
 use crate::sip::transaction::TsxKey;
-use crate::store::{CallRecord, LeaseOutcome, LeaseRequest};
-use crate::transport::Target;
+use crate::store::{CallRecord, LeaseOutcome, LeaseRequest, StoreError};
+use crate::transport::{Target, Transport};
 
 /// How long a lease lives without renewal; the node renews every third.
 pub const LEASE_TTL: Duration = Duration::from_secs(60);
@@ -34,12 +33,15 @@ pub(crate) struct AdmitInput {
     pub source: SocketAddr,
 }
 
-fn refuse(key: TsxKey, reason: Reason, detail: String, mut record: CallRecord) -> AdmissionResult {
-    let status = reason.default_sip_status();
-    record.outcome = "refused".into();
-    record.sip_status = Some(i64::from(status));
+/// A refused INVITE: its status comes from `[admission.answers]`
+/// ([`crate::admission::RefusalAnswers`]), the one place refusal codes are
+/// chosen.
+fn refuse(ctx: &Ctx, key: TsxKey, reason: Reason, detail: String, mut record: CallRecord) -> AdmissionResult {
+    let answer = ctx.config.answers.answer_refusal(&crate::admission::Refusal { reason, detail });
+    record.outcome = crate::cdr::Outcome::Refused.as_str().into();
+    record.sip_status = Some(i64::from(answer.status));
     record.reason = Some(reason.as_str().to_owned());
-    AdmissionResult::Refuse { key, status, reason, detail, record }
+    AdmissionResult::Refuse { key, reason, answer, record }
 }
 
 /// The caller's number: From's user part (decoded), or `anonymous`.
@@ -70,12 +72,13 @@ pub(crate) async fn admit(ctx: Arc<Ctx>, input: AdmitInput) -> AdmissionResult {
         started_at: now.timestamp(),
         answered_at: None,
         ended_at: None,
-        outcome: "admitted".into(),
+        outcome: String::new(),
         sip_status: None,
         reason: None,
     };
 
-    // Rows 2-7 except the channel count, on the cached snapshot. A shared
+    // Rows 2-5 on the cached snapshot, and row 7's verdict held back until
+    // row 6 (the channel count) has run. A shared
     // trunk (`portal = "*"`) belongs to the portal owning the Request-URI's
     // domain; every other trunk to its configured portal id.
     let snapshot = ctx.cache.get();
@@ -93,19 +96,28 @@ pub(crate) async fn admit(ctx: Arc<Ctx>, input: AdmitInput) -> AdmissionResult {
     };
     record.portal_id = portal.as_ref().map(|p| p.id.as_str().to_owned());
     let call = CallRequest { portal: portal_id, node_overloaded };
-    let counters = Counters { active_calls: 0, calls_this_second };
-    let channels = match admission::decide(&call, portal.as_deref(), &counters, now) {
-        Decision::Refuse { refusal, .. } => return refuse(key, refusal.reason, refusal.detail, record),
-        Decision::Admit { channels, .. } => channels,
+    let awaiting = match admission::decide_licence(&call, portal.as_deref(), calls_this_second, now) {
+        Ok(awaiting) => awaiting,
+        Err(decision) => {
+            // `decide_licence` fails only with a refusal; the fallback is
+            // the safe answer if that ever changed.
+            let refusal = decision
+                .refusal()
+                .cloned()
+                .unwrap_or_else(|| Refusal { reason: Reason::PortalNotFound, detail: "no such portal".into() });
+            return refuse(&ctx, key, refusal.reason, refusal.detail, record);
+        }
     };
+    let channels = awaiting.channels();
     let Some(portal) = portal else {
-        return refuse(key, Reason::PortalNotFound, "no such portal".into(), record);
+        return refuse(&ctx, key, Reason::PortalNotFound, "no such portal".into(), record);
     };
     let lease_id = format!("{}/{}/{}", ctx.config.node_id, trunk.name, a_call_id);
 
     // Row 8: the route and who can be rung. Checked before the lease is
     // taken (a refused call must not hold a channel even briefly); if the
-    // portal is busy anyway, busy is the answer, as the table orders.
+    // portal is busy or over its rate anyway, that is the answer, as the
+    // table orders.
     let route = number.as_deref().and_then(|n| trunk.route(n));
     let mut groups: Vec<Vec<ForkTarget>> = Vec::new();
     let mut why_unreachable = String::new();
@@ -171,29 +183,27 @@ pub(crate) async fn admit(ctx: Arc<Ctx>, input: AdmitInput) -> AdmissionResult {
             }
         }
     }
-    if route.is_none() || groups.is_empty() {
-        let busy = match &ctx.local_channels {
-            Some(local) => {
-                local.lock().map(|c| c.get(portal.id.as_str()).copied().unwrap_or(0)).unwrap_or(0) >= channels
+    if awaiting.rate_refusal().is_some() || route.is_none() || groups.is_empty() {
+        // Refused whatever the channel count: count the channels without
+        // taking one, so rows 6 and 7 answer in the table's order.
+        let active = match active_calls(&ctx, portal.id.as_str(), now).await {
+            Ok(active) => active,
+            Err(e) => {
+                warn!(error = %e, "database unavailable during admission");
+                return refuse(&ctx, key, Reason::DatabaseUnavailable, "shared database unreachable".into(), record);
             }
-            None => match ctx.store.active_calls(portal.id.as_str(), now).await {
-                Ok(n) => n >= channels,
-                Err(_) => {
-                    return refuse(key, Reason::DatabaseUnavailable, "shared database unreachable".into(), record);
-                }
-            },
         };
-        if busy {
-            return refuse(key, Reason::ChannelsBusy, format!("all {channels} channels busy"), record);
+        if let Decision::Refuse { refusal, .. } = awaiting.decide(active) {
+            return refuse(&ctx, key, refusal.reason, refusal.detail, record);
         }
         return match (route, &number) {
-            (None, Some(n)) => refuse(key, Reason::NoRoute, format!("no route for {n}"), record),
-            (None, None) => refuse(key, Reason::NoRoute, "no dialled number".into(), record),
-            (Some(_), _) => refuse(key, Reason::Unavailable, why_unreachable, record),
+            (None, Some(n)) => refuse(&ctx, key, Reason::NoRoute, format!("no route for {n}"), record),
+            (None, None) => refuse(&ctx, key, Reason::NoRoute, "no dialled number".into(), record),
+            (Some(_), _) => refuse(&ctx, key, Reason::Unavailable, why_unreachable, record),
         };
     }
 
-    // Row 6: the channel.
+    // Row 6: the channel (row 7 passed: the rate was under its limit).
     // Single node (SQLite): the node is the only one counting this
     // database's channels, so it counts in memory, exactly, and records the
     // lease behind (in order with its release). A fleet counts in the
@@ -240,25 +250,24 @@ pub(crate) async fn admit(ctx: Arc<Ctx>, input: AdmitInput) -> AdmissionResult {
     match admitted {
         Ok(LeaseOutcome::Admitted { .. }) => {}
         Ok(LeaseOutcome::Busy { active }) => {
-            return refuse(key, Reason::ChannelsBusy, format!("{active} of {channels} channels busy"), record);
+            return refuse(&ctx, key, Reason::ChannelsBusy, format!("{active} of {channels} channels busy"), record);
         }
         Err(e) if e.is_unavailable() => {
             warn!(error = %e, "database unavailable during admission");
-            return refuse(key, Reason::DatabaseUnavailable, "shared database unreachable".into(), record);
+            return refuse(&ctx, key, Reason::DatabaseUnavailable, "shared database unreachable".into(), record);
         }
         Err(crate::store::StoreError::NotFound { .. }) => {
-            return refuse(key, Reason::PortalNotFound, "portal removed from the database".into(), record);
+            return refuse(&ctx, key, Reason::PortalNotFound, "portal removed from the database".into(), record);
         }
         Err(e) => {
             warn!(error = %e, "call refused: lease not taken");
-            return refuse(key, Reason::Unavailable, "call could not be admitted".into(), record);
+            return refuse(&ctx, key, Reason::Unavailable, "call could not be admitted".into(), record);
         }
     }
     debug!(portal = %portal.id, trunk = %trunk.name, %source, "call admitted");
     let Some(route) = route else {
-        return refuse(key, Reason::NoRoute, "no route".into(), record);
+        return refuse(&ctx, key, Reason::NoRoute, "no route".into(), record);
     };
-    record.outcome = "admitted".into();
     AdmissionResult::Admit {
         key,
         groups,
@@ -268,6 +277,16 @@ pub(crate) async fn admit(ctx: Arc<Ctx>, input: AdmitInput) -> AdmissionResult {
         lease_id,
         domain: portal.domain.clone(),
         record,
+    }
+}
+
+/// The portal's calls in progress, counted without taking a channel: in
+/// memory on a single node, in the database for a fleet.
+async fn active_calls(ctx: &Ctx, portal: &str, now: chrono::DateTime<chrono::Utc>) -> Result<u32, StoreError> {
+    match &ctx.local_channels {
+        // A poisoned lock counts as full: refuse rather than over-admit.
+        Some(local) => Ok(local.lock().map(|c| c.get(portal).copied().unwrap_or(0)).unwrap_or(u32::MAX)),
+        None => ctx.store.active_calls(portal, now).await,
     }
 }
 

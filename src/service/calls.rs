@@ -43,7 +43,7 @@ pub(crate) struct ForkTarget {
 /// What the admission task decided for an INVITE.
 pub(crate) enum AdmissionResult {
     /// Refused: answer the INVITE with this.
-    Refuse { key: TsxKey, status: u16, reason: Reason, detail: String, record: CallRecord },
+    Refuse { key: TsxKey, reason: Reason, answer: crate::admission::Answer, record: CallRecord },
     /// Admitted with a lease: ring these groups (one group per user, in order).
     Admit {
         key: TsxKey,
@@ -70,7 +70,7 @@ impl Ids for CoreIds {
     }
 
     fn call_id(&self) -> String {
-        format!("s{}.b{}@trunkgate", self.shard, self.ctx.new_tag().replace('.', ""))
+        crate::sip::shard::b_leg_call_id(self.shard, &format!("b{}", self.ctx.new_tag().replace('.', "")))
     }
 }
 
@@ -125,15 +125,15 @@ impl Core {
     /// The admission task's verdict arrives.
     pub(super) fn handle_admission(&mut self, result: AdmissionResult, now: Instant) {
         match result {
-            AdmissionResult::Refuse { key, status, reason, detail, record } => {
+            AdmissionResult::Refuse { key, reason, answer, record } => {
                 crate::ops::metrics::call_refused(reason.as_str());
                 self.finish_record(record);
                 let Some(p) = self.pending.get(&key) else { return };
+                let status = answer.status;
                 let mut resp =
                     Response::from_request(&p.request, status, crate::sip::message::status::reason_phrase(status));
-                let text = format!("{}: {detail}", reason.as_str());
-                let _ = resp.headers_mut().push(HeaderName::Warning, self.ctx.warning(&text));
-                if reason.retry_after() {
+                let _ = resp.headers_mut().push(HeaderName::Warning, self.ctx.warning(&answer.warning));
+                if answer.retry_after {
                     let _ = resp.headers_mut().push(HeaderName::RetryAfter, "5");
                 }
                 self.respond(key, resp, now);

@@ -64,6 +64,8 @@ pub struct ServiceConfig {
     pub max_calls: usize,
     /// Give no answer to INVITEs from addresses that are no trunk.
     pub ignore_unknown_trunks: bool,
+    /// The SIP answer to each refusal reason (`[admission.answers]`).
+    pub answers: crate::admission::RefusalAnswers,
 }
 
 /// Shared by the core and the handler tasks.
@@ -241,7 +243,7 @@ struct Core {
     cdr: crate::cdr::CdrWriter,
     /// The last response of each client transaction, for its events.
     responses: HashMap<TsxKey, Response>,
-    /// This core's index (B-leg Call-IDs carry it, see `shard_for_call_id`).
+    /// This core's index (B-leg Call-IDs carry it, see `crate::sip::shard`).
     shard: usize,
 }
 
@@ -523,13 +525,14 @@ impl Core {
         let Some(trunk) = self.ctx.trunks.identify(remote.ip()).cloned() else {
             warn!(target: "security", source = %remote, "INVITE from an address that is no trunk refused");
             crate::ops::metrics::call_refused(crate::admission::Reason::UnknownTrunk.as_str());
-            let mut resp = Response::from_request(&request, 403, "Forbidden");
-            let text = format!(
-                "{}: {} is not a configured trunk",
-                crate::admission::Reason::UnknownTrunk.as_str(),
-                remote.ip()
-            );
-            let _ = resp.headers_mut().push(HeaderName::Warning, self.ctx.warning(&text));
+            let refusal = crate::admission::Refusal {
+                reason: crate::admission::Reason::UnknownTrunk,
+                detail: format!("{} is not a configured trunk", remote.ip()),
+            };
+            let answer = self.ctx.config.answers.answer_refusal(&refusal);
+            let status = answer.status;
+            let mut resp = Response::from_request(&request, status, crate::sip::message::status::reason_phrase(status));
+            let _ = resp.headers_mut().push(HeaderName::Warning, self.ctx.warning(&answer.warning));
             self.respond(key, resp, now);
             let unix = unix_now_i64();
             self.cdr.record(crate::store::CallRecord {
@@ -546,8 +549,8 @@ impl Core {
                 started_at: unix,
                 answered_at: None,
                 ended_at: Some(unix),
-                outcome: "refused".into(),
-                sip_status: Some(403),
+                outcome: crate::cdr::Outcome::Refused.as_str().into(),
+                sip_status: Some(i64::from(status)),
                 reason: Some(crate::admission::Reason::UnknownTrunk.as_str().to_owned()),
             });
             return;
@@ -632,29 +635,6 @@ fn tsx_method(m: &Method) -> crate::sip::transaction::Method {
 
 fn allow_value(check: &CheckConfig) -> String {
     check.allow.iter().map(Method::as_str).collect::<Vec<_>>().join(", ")
-}
-
-/// The SIP core shard of a Call-ID among `n`: our own B-leg Call-IDs carry
-/// their shard (`s<N>.…@trunkgate`) so the answers to a call's B legs reach
-/// the core that holds the call; any other Call-ID is hashed (FNV-1a), so
-/// all requests of a dialog meet in one core.
-pub fn shard_for_call_id(call_id: &str, n: usize) -> usize {
-    if n <= 1 {
-        return 0;
-    }
-    if let Some(rest) = call_id.strip_prefix('s')
-        && call_id.ends_with("@trunkgate")
-        && let Some((num, _)) = rest.split_once('.')
-        && let Ok(k) = num.parse::<usize>()
-    {
-        return k % n;
-    }
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in call_id.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    usize::try_from(h % n as u64).unwrap_or(0)
 }
 
 /// Writes lease changes in batches, in order: each batch is one

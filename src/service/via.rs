@@ -144,23 +144,6 @@ mod tests {
     }
 
     #[test]
-    fn call_ids_shard_stably_and_our_own_carry_their_shard() {
-        use crate::service::shard_for_call_id;
-        assert_eq!(shard_for_call_id("anything", 1), 0);
-        assert_eq!(shard_for_call_id("s1.babc@trunkgate", 2), 1);
-        assert_eq!(shard_for_call_id("s0.babc@trunkgate", 2), 0);
-        assert_eq!(shard_for_call_id("s5.babc@trunkgate", 4), 1);
-        // A PBX's Call-ID always lands on the same shard, and Call-IDs spread.
-        let a = shard_for_call_id("3c4d5e6f@198.51.100.10", 4);
-        assert_eq!(a, shard_for_call_id("3c4d5e6f@198.51.100.10", 4));
-        let spread: std::collections::HashSet<usize> =
-            (0..64).map(|i| shard_for_call_id(&format!("{i}-1234@192.0.2.1"), 4)).collect();
-        assert_eq!(spread.len(), 4);
-        // Look-alikes from outside are hashed, not trusted.
-        assert!(shard_for_call_id("s9.x@elsewhere", 2) < 2);
-    }
-
-    #[test]
     fn rport_lookalikes_are_not_touched() {
         assert_eq!(fill_rport("SIP/2.0/UDP h;rportx;rport", 9), "SIP/2.0/UDP h;rportx;rport=9");
         assert_eq!(fill_rport("SIP/2.0/UDP h;rport=5", 9), "SIP/2.0/UDP h;rport=5");

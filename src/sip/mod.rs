@@ -9,4 +9,5 @@ pub const PRODUCT: &str = concat!("trunkgate/", env!("CARGO_PKG_VERSION"));
 pub mod dialog;
 pub mod digest;
 pub mod message;
+pub mod shard;
 pub mod transaction;

@@ -167,11 +167,14 @@ pub struct CallRecord {
     pub callee: Option<String>,
     /// Portal user who answered.
     pub target_user: Option<String>,
-    /// Start, Unix seconds.
+    /// Start, Unix seconds (RFC 3339 in JSON output).
+    #[serde(serialize_with = "rfc3339")]
     pub started_at: i64,
-    /// Answer time.
+    /// Answer time, Unix seconds (RFC 3339 in JSON output).
+    #[serde(serialize_with = "opt_rfc3339")]
     pub answered_at: Option<i64>,
-    /// End time.
+    /// End time, Unix seconds (RFC 3339 in JSON output).
+    #[serde(serialize_with = "opt_rfc3339")]
     pub ended_at: Option<i64>,
     /// `admitted`, `refused`, `answered`, `cancelled`, `failed`…
     pub outcome: String,
@@ -179,6 +182,20 @@ pub struct CallRecord {
     pub sip_status: Option<i64>,
     /// Reason token of a refusal.
     pub reason: Option<String>,
+}
+
+/// Stored Unix seconds as RFC 3339 (`2026-01-31T00:00:00Z`), the way every
+/// `--json` output gives times.
+fn rfc3339<S: serde::Serializer>(secs: &i64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&format_ts(*secs))
+}
+
+/// [`rfc3339`] for an optional time (`null` when absent).
+fn opt_rfc3339<S: serde::Serializer>(secs: &Option<i64>, serializer: S) -> Result<S::Ok, S::Error> {
+    match secs {
+        Some(secs) => serializer.serialize_some(&format_ts(*secs)),
+        None => serializer.serialize_none(),
+    }
 }
 
 /// Parses an RFC 3339 time for commands and formats stored ones.

@@ -10,6 +10,7 @@
 //! TLS and WebSocket transports will sit beside these behind the same
 //! [`Target`] / [`Transports::send`] interface.
 
+mod listen;
 mod tcp;
 mod udp;
 
@@ -23,8 +24,10 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ListenAddr, Transport};
+pub use listen::{ListenAddr, Transport};
+
 use crate::sip::message::{Message, ParseError};
+use crate::sip::shard::shard_for_call_id;
 
 /// Id of one TCP connection, unique for the life of the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -145,7 +148,7 @@ struct ConnTable {
 pub(crate) struct Shared {
     config: TransportConfig,
     /// One queue per SIP core shard; a message goes to the shard of its
-    /// Call-ID (see `crate::service::shard_for_call_id`).
+    /// Call-ID (see [`shard_for_call_id`]: B-leg Call-IDs carry their shard).
     inbound: Vec<mpsc::Sender<Inbound>>,
     udp: Vec<(SocketAddr, Arc<tokio::net::UdpSocket>)>,
     conns: Mutex<ConnTable>,
@@ -253,7 +256,7 @@ impl Shared {
     fn deliver(&self, item: Inbound) {
         let n = self.inbound.len();
         let shard = match &item.message {
-            Ok(m) if n > 1 => m.headers().call_id().map_or(0, |c| crate::service::shard_for_call_id(c, n)),
+            Ok(m) if n > 1 => m.headers().call_id().map_or(0, |c| shard_for_call_id(c, n)),
             _ => 0,
         };
         let Some(queue) = self.inbound.get(shard) else { return };

@@ -10,8 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tracing::{debug, info, warn};
 
-use super::{ConnEntry, ConnId, Inbound, SendError, Shared, Target};
-use crate::config::Transport;
+use super::{ConnEntry, ConnId, Inbound, SendError, Shared, Target, Transport};
 use crate::sip::message::{KeepAlive, StreamEvent, StreamFramer, StreamFramerConfig};
 
 pub(super) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {

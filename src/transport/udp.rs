@@ -7,8 +7,7 @@ use bytes::Bytes;
 use tokio::net::UdpSocket;
 use tracing::{debug, warn};
 
-use super::{Inbound, SendError, Shared};
-use crate::config::Transport;
+use super::{Inbound, SendError, Shared, Transport};
 use crate::sip::message::{ParseError, parse_bytes};
 
 /// Largest datagram read (the maximum UDP payload).

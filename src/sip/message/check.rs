@@ -36,35 +36,72 @@ pub mod status {
     /// 505 Version Not Supported.
     pub const VERSION_NOT_SUPPORTED: u16 = 505;
 
-    /// The default reason phrase of a status code (RFC 3261 §21).
+    /// The default reason phrase of a status code (RFC 3261 §21 and the
+    /// later RFCs' codes). Refusal codes are configurable, so any final
+    /// code may be sent: an unlisted one gets its class's name (RFC 3261
+    /// §21.4-21.6; the phrase carries no meaning for the peer).
     pub fn reason_phrase(code: u16) -> &'static str {
-        match code {
+        listed_phrase(code).unwrap_or(match code {
+            400..=499 => "Request Failure",
+            500..=599 => "Server Failure",
+            600..=699 => "Global Failure",
+            _ => "Unknown",
+        })
+    }
+
+    /// The phrase of a code the RFCs name.
+    fn listed_phrase(code: u16) -> Option<&'static str> {
+        Some(match code {
             100 => "Trying",
             180 => "Ringing",
+            181 => "Call Is Being Forwarded",
+            182 => "Queued",
             183 => "Session Progress",
             200 => "OK",
+            202 => "Accepted",
             400 => "Bad Request",
             401 => "Unauthorized",
+            402 => "Payment Required",
             403 => "Forbidden",
             404 => "Not Found",
             405 => "Method Not Allowed",
             406 => "Not Acceptable",
             407 => "Proxy Authentication Required",
             408 => "Request Timeout",
+            410 => "Gone",
+            413 => "Request Entity Too Large",
+            414 => "Request-URI Too Long",
             415 => "Unsupported Media Type",
             416 => "Unsupported URI Scheme",
             420 => "Bad Extension",
+            421 => "Extension Required",
+            423 => "Interval Too Brief",
             480 => "Temporarily Unavailable",
             481 => "Call/Transaction Does Not Exist",
+            482 => "Loop Detected",
             483 => "Too Many Hops",
+            484 => "Address Incomplete",
+            485 => "Ambiguous",
             486 => "Busy Here",
             487 => "Request Terminated",
+            488 => "Not Acceptable Here",
+            491 => "Request Pending",
+            493 => "Undecipherable",
             500 => "Server Internal Error",
             501 => "Not Implemented",
+            502 => "Bad Gateway",
             503 => "Service Unavailable",
+            504 => "Server Time-out",
             505 => "Version Not Supported",
-            _ => "Unknown",
-        }
+            513 => "Message Too Large",
+            600 => "Busy Everywhere",
+            603 => "Decline",
+            604 => "Does Not Exist Anywhere",
+            606 => "Not Acceptable",
+            607 => "Unwanted",
+            608 => "Rejected",
+            _ => return None,
+        })
     }
 }
 

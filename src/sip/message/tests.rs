@@ -596,3 +596,17 @@ fn framer_trickle_scans_each_byte_once() {
     }
     assert!(matches!(&got[..], [StreamEvent::Message(m)] if &m.body()[..] == b"abc"));
 }
+
+/// Refusal codes are configurable, so any 4xx-6xx may be answered: each
+/// gets a phrase, a listed one or its class's name, never "Unknown".
+#[test]
+fn every_final_failure_code_has_a_reason_phrase() {
+    use crate::sip::message::status::reason_phrase;
+    assert_eq!(reason_phrase(410), "Gone");
+    assert_eq!(reason_phrase(486), "Busy Here");
+    assert_eq!(reason_phrase(603), "Decline");
+    assert_eq!(reason_phrase(499), "Request Failure");
+    assert_eq!(reason_phrase(599), "Server Failure");
+    assert_eq!(reason_phrase(699), "Global Failure");
+    assert!((400..=699).all(|code| reason_phrase(code) != "Unknown"));
+}

@@ -1,4 +1,6 @@
-//! Listener addresses: `udp://127.0.0.1:5060`, `tcp://[::1]:5060`.
+//! Transport protocols and listener addresses (`udp://127.0.0.1:5060`,
+//! `tcp://[::1]:5060`). The configuration parses `[sip] listen` into
+//! [`ListenAddr`]s (and re-exports both types); the transports bind them.
 
 use std::fmt;
 use std::net::SocketAddr;
