@@ -11,9 +11,9 @@ use crate::b2bua::TrunkTable;
 use crate::cdr::CdrWriter;
 use crate::config::Loaded;
 use crate::licences::LicenceCache;
+use crate::node::{LockoutConfig, Node, NodeConfig};
 use crate::ops::systemd;
 use crate::registrar::RegistrarConfig;
-use crate::service::{LockoutConfig, Service, ServiceConfig};
 use crate::sip::digest::{Algorithm, DigestConfig};
 use crate::sip::transaction::TimerConfig;
 use crate::store::{Store, redact_url};
@@ -93,26 +93,18 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     let cdr_shutdown = CancellationToken::new();
     let (cdr, cdr_task) = CdrWriter::start(store.clone(), cdr_shutdown.clone());
     let trunks = TrunkTable::new(&loaded.trunks);
-    let service = Service::start(
-        service_config(&loaded),
-        store.clone(),
-        cache,
-        trunks,
-        cdr,
-        transports,
-        inbound_rx,
-        shutdown.clone(),
-    )?;
+    let node =
+        Node::start(node_config(&loaded), store.clone(), cache, trunks, cdr, transports, inbound_rx, shutdown.clone())?;
 
     systemd::ready("serving");
     info!("ready");
 
     shutdown.cancelled().await;
     systemd::stopping();
-    info!(registrations = service.registrations(), "stopping");
+    info!(registrations = node.registrations(), "stopping");
     // Calls still up end with BYE and leave their records before the
     // record writer's last flush.
-    service.stopped().await;
+    node.stopped().await;
     // Calls still up end with this process: give their channels back now
     // rather than when the leases expire.
     match store.release_node_leases(&loaded.node_id).await {
@@ -159,7 +151,7 @@ fn lock_sqlite(db: &std::path::Path) -> anyhow::Result<std::fs::File> {
 /// Renews this node's call leases every third of their lifetime, so the
 /// channels of a node that dies come back when its leases expire.
 async fn renew_leases(store: Store, node_id: String, shutdown: CancellationToken) {
-    let ttl = crate::service::LEASE_TTL;
+    let ttl = crate::node::LEASE_TTL;
     let mut tick = tokio::time::interval(ttl / 3);
     loop {
         tokio::select! {
@@ -188,9 +180,9 @@ fn spawn_signal_listener(token: CancellationToken) -> std::io::Result<()> {
 }
 
 /// The SIP service's settings from the configuration.
-fn service_config(loaded: &Loaded) -> ServiceConfig {
+fn node_config(loaded: &Loaded) -> NodeConfig {
     let c = &loaded.config;
-    ServiceConfig {
+    NodeConfig {
         node_id: loaded.node_id.clone(),
         warning_host: c.sip.warning_host.clone().unwrap_or_else(|| loaded.node_id.clone()),
         timers: TimerConfig {

@@ -15,7 +15,7 @@
 //! - [`b2bua`]: trunk identification and routing; each call as a sans-IO machine
 //!   (legs, forking, offer/answer, timers) and the media seam its SDP crosses.
 //! - [`licences`]: the in-memory licence cache, kept fresh from the database.
-//! - [`service`]: the SIP driver: OPTIONS, REGISTER, admission, and the calls' I/O.
+//! - [`node`]: the SIP driver: OPTIONS, REGISTER, admission, and the calls' I/O.
 //! - [`cdr`]: call records, written in batches.
 //! - [`clock`]: the only place that reads the wall clock.
 
@@ -28,9 +28,9 @@ pub mod config;
 pub mod credentials;
 pub mod daemon;
 pub mod licences;
+pub mod node;
 pub mod ops;
 pub mod registrar;
-pub mod service;
 pub mod sip;
 pub mod store;
 pub mod transport;

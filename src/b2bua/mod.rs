@@ -1,5 +1,5 @@
 //! The B2BUA: which trunk a request comes from, which number it dials and
-//! where that number rings ([`trunks`]), and each call as a sans-IO machine
+//! where that number rings (`trunks`), and each call as a sans-IO machine
 //! ([`call`]) whose SDP crosses one [`media::MediaSession`].
 
 pub mod call;

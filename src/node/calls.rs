@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::{debug, warn};
 
-use super::{Core, Outgoing};
+use super::{Outgoing, Shard};
 use crate::admission::Reason;
 use crate::b2bua::call::{CallConfig, Ids};
 use crate::b2bua::{Call, Command, InboundCall, LegId, Passthrough, Peer, ReqId};
@@ -59,12 +59,12 @@ pub(crate) enum AdmissionResult {
 
 /// Tags and fork Call-IDs of this core: unique per node run (the node's
 /// random prefix) and routed back to this core (the shard in the Call-ID).
-pub(crate) struct CoreIds {
-    ctx: Arc<super::Ctx>,
+pub(crate) struct ShardIds {
+    ctx: Arc<super::Shared>,
     shard: usize,
 }
 
-impl Ids for CoreIds {
+impl Ids for ShardIds {
     fn tag(&self) -> String {
         self.ctx.new_tag()
     }
@@ -95,7 +95,7 @@ pub(crate) struct Calls {
     timers: BTreeSet<(Instant, CallNo)>,
     deadlines: HashMap<CallNo, Instant>,
     next: CallNo,
-    ids: Option<Arc<CoreIds>>,
+    ids: Option<Arc<ShardIds>>,
 }
 
 impl Calls {
@@ -109,9 +109,9 @@ fn reliability(target: &Target) -> Reliability {
     if target.transport == Transport::Udp { Reliability::Unreliable } else { Reliability::Reliable }
 }
 
-impl Core {
-    fn call_ids(&mut self) -> Arc<CoreIds> {
-        self.calls.ids.get_or_insert_with(|| Arc::new(CoreIds { ctx: self.ctx.clone(), shard: self.shard })).clone()
+impl Shard {
+    fn call_ids(&mut self) -> Arc<ShardIds> {
+        self.calls.ids.get_or_insert_with(|| Arc::new(ShardIds { ctx: self.ctx.clone(), shard: self.shard })).clone()
     }
 
     fn peer(&self, target: Target) -> Peer {
@@ -431,7 +431,7 @@ impl Core {
 }
 
 /// A fresh RFC 3261 branch (magic cookie + a unique token).
-fn new_branch(ctx: &super::Ctx) -> String {
+fn new_branch(ctx: &super::Shared) -> String {
     format!("z9hG4bK{}", ctx.new_tag().replace('.', ""))
 }
 

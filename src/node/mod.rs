@@ -1,12 +1,16 @@
-//! The SIP service: the tokio driver around the sans-IO pieces.
+//! The node: the tokio driver around the sans-IO pieces.
 //!
-//! Core tasks (one per CPU, each owning the Call-IDs that hash to it) own a
-//! [`TransactionLayer`] each (and so every RFC 3261 timer) and the calls of
-//! those Call-IDs: they take parsed messages from the transports, match them
-//! to transactions, answer what they can at once (OPTIONS, protocol errors)
-//! and hand the rest to handler tasks (REGISTER and admission need the
-//! database), whose answers come back over a channel and leave through the
-//! transaction so retransmissions are absorbed and answered the same way.
+//! [`Node::start`] runs one `Shard` task per CPU. Each owns the Call-IDs
+//! that hash to it (`sip::shard`), a [`TransactionLayer`] (and so every RFC
+//! 3261 timer) and the [`Call`](crate::b2bua::Call) machines of those
+//! Call-IDs: it takes parsed messages from the transports, matches them to
+//! transactions, answers what it can at once (OPTIONS, protocol errors),
+//! feeds the calls (`calls.rs`) and hands the rest to handler tasks
+//! (REGISTER and admission need the database), whose answers come back over
+//! a channel and leave through the transaction so retransmissions are
+//! absorbed and answered the same way. `Shared` is what the shards and the
+//! handler tasks share: config, store, licence cache, location, lockouts,
+//! channel counts.
 
 mod admit;
 mod calls;
@@ -44,9 +48,9 @@ use crate::transport::{Inbound, Target, Transports};
 /// Product token for `Server` and `User-Agent`.
 pub const SERVER: &str = crate::sip::PRODUCT;
 
-/// Settings of the SIP service.
+/// Settings of the node.
 #[derive(Debug, Clone)]
-pub struct ServiceConfig {
+pub struct NodeConfig {
     /// This node's id.
     pub node_id: String,
     /// Host in `Warning: 399 <host>`.
@@ -68,9 +72,9 @@ pub struct ServiceConfig {
     pub answers: crate::admission::RefusalAnswers,
 }
 
-/// Shared by the core and the handler tasks.
-pub(crate) struct Ctx {
-    pub config: ServiceConfig,
+/// What the shards and the handler tasks share.
+pub(crate) struct Shared {
+    pub config: NodeConfig,
     pub store: Store,
     pub cache: LicenceCache,
     pub location: Mutex<Location>,
@@ -96,7 +100,7 @@ pub(crate) struct Ctx {
     tag_seq: AtomicU64,
 }
 
-impl Ctx {
+impl Shared {
     /// A fresh To tag: unique per node run (random prefix) and per response.
     pub fn new_tag(&self) -> String {
         format!("{:x}.{:x}", self.tag_prefix, self.tag_seq.fetch_add(1, Ordering::Relaxed))
@@ -130,7 +134,7 @@ impl Ctx {
 }
 
 /// What handler tasks send back to the core.
-pub(crate) enum CoreMsg {
+pub(crate) enum ShardMsg {
     /// An answer to send through its server transaction.
     Reply { key: TsxKey, response: Response },
     /// The admission of an INVITE.
@@ -150,19 +154,19 @@ struct Pending {
     target: Target,
 }
 
-/// Handle to the running service.
+/// Handle to the running node.
 #[derive(Clone)]
-pub struct Service {
-    ctx: Arc<Ctx>,
+pub struct Node {
+    ctx: Arc<Shared>,
     /// The core tasks: each ends its calls when the node stops.
     cores: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
-impl Service {
+impl Node {
     /// Starts the core task. `inbound` is the transports' output.
     #[allow(clippy::too_many_arguments)]
     pub fn start(
-        config: ServiceConfig,
+        config: NodeConfig,
         store: Store,
         cache: LicenceCache,
         trunks: crate::b2bua::TrunkTable,
@@ -177,7 +181,7 @@ impl Service {
         let check = CheckConfig { warn_agent: Some(config.warning_host.clone()), ..CheckConfig::default() };
         let (lease_tx, lease_rx) = mpsc::unbounded_channel();
         tokio::spawn(write_leases(store.clone(), lease_rx));
-        let ctx = Arc::new(Ctx {
+        let ctx = Arc::new(Shared {
             location: Mutex::new(Location::new(config.registrar.clone())),
             lockout: Mutex::new(Lockout::new(config.lockout)),
             lockout_source: Mutex::new(Lockout::new(LockoutConfig {
@@ -202,7 +206,7 @@ impl Service {
         let mut cores = Vec::with_capacity(inbound.len());
         for (shard, inbound) in inbound.into_iter().enumerate() {
             let (reply_tx, reply_rx) = mpsc::channel(4096);
-            let core = Core {
+            let core = Shard {
                 ctx: ctx.clone(),
                 shard,
                 layer: TransactionLayer::new(ctx.config.timers),
@@ -233,12 +237,13 @@ impl Service {
     }
 }
 
-struct Core {
-    ctx: Arc<Ctx>,
+/// One SIP core: its Call-IDs' transactions and calls.
+struct Shard {
+    ctx: Arc<Shared>,
     layer: TransactionLayer<Outgoing>,
     pending: HashMap<TsxKey, Pending>,
     transports: Transports,
-    replies: mpsc::Sender<CoreMsg>,
+    replies: mpsc::Sender<ShardMsg>,
     calls: calls::Calls,
     cdr: crate::cdr::CdrWriter,
     /// The last response of each client transaction, for its events.
@@ -247,11 +252,11 @@ struct Core {
     shard: usize,
 }
 
-impl Core {
+impl Shard {
     async fn run(
         mut self,
         mut inbound: mpsc::Receiver<Inbound>,
-        mut replies: mpsc::Receiver<CoreMsg>,
+        mut replies: mpsc::Receiver<ShardMsg>,
         shutdown: CancellationToken,
     ) {
         let mut expire_tick = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -282,8 +287,8 @@ impl Core {
                     None => return,
                 },
                 Some(m) = replies.recv() => match m {
-                    CoreMsg::Reply { key, response } => self.respond(key, response, crate::clock::instant()),
-                    CoreMsg::Admission(result) => self.handle_admission(*result, crate::clock::instant()),
+                    ShardMsg::Reply { key, response } => self.respond(key, response, crate::clock::instant()),
+                    ShardMsg::Admission(result) => self.handle_admission(*result, crate::clock::instant()),
                 },
                 _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
                     let now = crate::clock::instant();
@@ -498,7 +503,7 @@ impl Core {
                 let source = crate::registrar::Source { transport, addr: remote };
                 tokio::spawn(async move {
                     let response = register::handle(&ctx, &req, source).await;
-                    let _ = replies.send(CoreMsg::Reply { key, response }).await;
+                    let _ = replies.send(ShardMsg::Reply { key, response }).await;
                 });
             }
             _ if req.headers().to().ok().and_then(|t| t.tag().map(str::to_owned)).is_some() => {
@@ -594,7 +599,7 @@ impl Core {
         let tx = self.replies.clone();
         tokio::spawn(async move {
             let result = admit::admit(ctx, input).await;
-            let _ = tx.send(CoreMsg::Admission(Box::new(result))).await;
+            let _ = tx.send(ShardMsg::Admission(Box::new(result))).await;
         });
     }
 

@@ -5,14 +5,14 @@
 
 use tracing::{info, warn};
 
-use super::{Ctx, unix_now};
+use super::{Shared, unix_now};
 use crate::admission::{self, RegisterRefusal, UserInfo};
 use crate::registrar::{Aor, ContactSpec, RegisterAction, RegisterError, RegisterRequest, Source};
 use crate::sip::digest::{Algorithm, AuthFailure, DigestCredentials};
 use crate::sip::message::{Contacts, HeaderName, Request, Response, Uri};
 
 /// Answers one REGISTER.
-pub(super) async fn handle(ctx: &Ctx, req: &Request, source: Source) -> Response {
+pub(super) async fn handle(ctx: &Shared, req: &Request, source: Source) -> Response {
     let now = unix_now();
     let ip = source.addr.ip();
     let h = req.headers();
@@ -190,7 +190,7 @@ fn plain(req: &Request, code: u16, phrase: &str) -> Response {
 }
 
 /// 401 with one WWW-Authenticate per offered algorithm.
-fn challenge(ctx: &Ctx, req: &Request, realm: &str, now: u64, stale: bool) -> Response {
+fn challenge(ctx: &Shared, req: &Request, realm: &str, now: u64, stale: bool) -> Response {
     let mut r = plain(req, 401, "Unauthorized");
     let values = ctx.auth.lock().map(|a| a.challenges(realm, now, ctx.random8(), stale)).unwrap_or_default();
     for v in values {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tracing::{debug, warn};
 
-use super::Ctx;
+use super::Shared;
 use super::calls::{AdmissionResult, ForkTarget};
 use crate::admission::{self, CallRequest, Decision, Reason, Refusal, UserInfo};
 use crate::b2bua::{Trunk, dialled_number};
@@ -36,7 +36,7 @@ pub(crate) struct AdmitInput {
 /// A refused INVITE: its status comes from `[admission.answers]`
 /// ([`crate::admission::RefusalAnswers`]), the one place refusal codes are
 /// chosen.
-fn refuse(ctx: &Ctx, key: TsxKey, reason: Reason, detail: String, mut record: CallRecord) -> AdmissionResult {
+fn refuse(ctx: &Shared, key: TsxKey, reason: Reason, detail: String, mut record: CallRecord) -> AdmissionResult {
     let answer = ctx.config.answers.answer_refusal(&crate::admission::Refusal { reason, detail });
     record.outcome = crate::cdr::Outcome::Refused.as_str().into();
     record.sip_status = Some(i64::from(answer.status));
@@ -54,7 +54,7 @@ pub(crate) fn caller_of(req: &Request) -> Option<String> {
 }
 
 /// Decides on one INVITE.
-pub(crate) async fn admit(ctx: Arc<Ctx>, input: AdmitInput) -> AdmissionResult {
+pub(crate) async fn admit(ctx: Arc<Shared>, input: AdmitInput) -> AdmissionResult {
     let AdmitInput { key, request, trunk, node_overloaded, calls_this_second, source } = input;
     let now = crate::clock::now_utc();
     let a_call_id = request.headers().call_id().unwrap_or("").to_owned();
@@ -122,7 +122,7 @@ pub(crate) async fn admit(ctx: Arc<Ctx>, input: AdmitInput) -> AdmissionResult {
     let mut groups: Vec<Vec<ForkTarget>> = Vec::new();
     let mut why_unreachable = String::new();
     if let Some(route) = route {
-        let at = crate::service::unix_now();
+        let at = crate::node::unix_now();
         for user in route.users_for_call() {
             let cached = snapshot.user(&portal.id, &user).cloned();
             let row = match cached {
@@ -282,7 +282,7 @@ pub(crate) async fn admit(ctx: Arc<Ctx>, input: AdmitInput) -> AdmissionResult {
 
 /// The portal's calls in progress, counted without taking a channel: in
 /// memory on a single node, in the database for a fleet.
-async fn active_calls(ctx: &Ctx, portal: &str, now: chrono::DateTime<chrono::Utc>) -> Result<u32, StoreError> {
+async fn active_calls(ctx: &Shared, portal: &str, now: chrono::DateTime<chrono::Utc>) -> Result<u32, StoreError> {
     match &ctx.local_channels {
         // A poisoned lock counts as full: refuse rather than over-admit.
         Some(local) => Ok(local.lock().map(|c| c.get(portal).copied().unwrap_or(0)).unwrap_or(u32::MAX)),
