@@ -289,6 +289,10 @@ impl<S> Leg<S> {
     pub fn offer_answer(&self) -> OfferAnswer {
         self.oa
     }
+    /// Early dialogs (UAC: one per remote tag its 1xx carried).
+    pub fn early_dialogs(&self) -> &[Dialog] {
+        &self.early
+    }
     /// The confirmed dialog, once there is one.
     pub fn dialog(&self) -> Option<&Dialog> {
         self.dialog.as_ref()

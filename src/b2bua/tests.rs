@@ -838,3 +838,25 @@ fn phone_reinvite_before_the_pbx_ack_is_relayed() {
     let reqs = World::requests(&out);
     assert_eq!((reqs.len(), reqs[0].2), (1, LegId(0)));
 }
+
+#[test]
+fn forked_1xx_behind_one_fork_make_early_dialogs_and_the_2xx_confirms_one() {
+    let mut w = World::new(RingStrategy::RingAll, vec![vec![fork("alice", 1)]], Some(PBX_SDP));
+    let (_, id, _, invite) = World::requests(&w.take()).remove(0);
+    // A proxy in front of alice forks: two 180s with two To tags.
+    w.respond(id, &reply(&invite, 180, "x1", None, "sip:desk@198.51.100.1"));
+    w.respond(id, &reply(&invite, 180, "x2", None, "sip:mobile@198.51.100.1"));
+    w.respond(id, &reply(&invite, 180, "x2", None, "sip:mobile@198.51.100.1"));
+    let tags: Vec<_> = w.call.legs()[1].early_dialogs().iter().map(|d| d.id().remote_tag.clone()).collect();
+    assert_eq!(tags, ["x1", "x2"]);
+    assert_eq!(status_of(&World::responses(&w.take(), 1)), [180, 180, 180]);
+    w.respond(id, &reply(&invite, 200, "x2", Some(PHONE_SDP), "sip:mobile@198.51.100.1"));
+    let leg = &w.call.legs()[1];
+    let d = leg.dialog().expect("confirmed");
+    assert_eq!((d.id().remote_tag.as_str(), d.state()), ("x2", crate::sip::dialog::DialogState::Confirmed));
+    assert_eq!(d.remote_target().as_str(), "sip:mobile@198.51.100.1");
+    assert!(leg.early_dialogs().is_empty());
+    let acks = World::acks(&w.take());
+    assert_eq!(acks.len(), 1);
+    assert_eq!(acks[0].1.headers().to().unwrap().tag(), Some("x2"));
+}
