@@ -96,6 +96,7 @@ pub(crate) struct Calls {
     deadlines: HashMap<CallNo, Instant>,
     next: CallNo,
     ids: Option<Arc<ShardIds>>,
+    config: Option<CallConfig>,
 }
 
 impl Calls {
@@ -112,6 +113,19 @@ fn reliability(target: &Target) -> Reliability {
 impl Shard {
     fn call_ids(&mut self) -> Arc<ShardIds> {
         self.calls.ids.get_or_insert_with(|| Arc::new(ShardIds { ctx: self.ctx.clone(), shard: self.shard })).clone()
+    }
+
+    /// The calls' settings, made once per shard.
+    fn call_config(&mut self) -> CallConfig {
+        let ctx = &self.ctx;
+        self.calls
+            .config
+            .get_or_insert_with(|| CallConfig {
+                warning_host: Arc::from(ctx.config.warning_host.as_str()),
+                t1: ctx.config.timers.t1,
+                t2: ctx.config.timers.t2,
+            })
+            .clone()
     }
 
     fn peer(&self, target: Target) -> Peer {
@@ -171,11 +185,7 @@ impl Shard {
                             .collect()
                     })
                     .collect();
-                let config = CallConfig {
-                    warning_host: Arc::from(self.ctx.config.warning_host.as_str()),
-                    t1: self.ctx.config.timers.t1,
-                    t2: self.ctx.config.timers.t2,
-                };
+                let config = self.call_config();
                 let a_call_id = invite.headers().call_id().unwrap_or("").to_owned();
                 let call = Call::inbound(
                     now,
