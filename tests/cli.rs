@@ -10,26 +10,31 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
+use trunkgate::config::DatabaseConfig;
+use trunkgate::store::{CallRecord, LeaseRequest, Store};
 
 struct Env {
     _dir: tempfile::TempDir,
     config: PathBuf,
     db_path: Option<PathBuf>,
+    /// The database URL the configuration names.
+    url: String,
 }
 
 impl Env {
     fn sqlite() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = dir.path().join("state/trunkgate.db");
-        let config = common::write_config(dir.path(), &format!("sqlite://{}", db.display()), "");
-        Env { _dir: dir, config, db_path: Some(db) }
+        let url = format!("sqlite://{}", db.display());
+        let config = common::write_config(dir.path(), &url, "");
+        Env { _dir: dir, config, db_path: Some(db), url }
     }
 
     async fn postgres() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = common::pg_schema_url().await;
         let config = common::write_config(dir.path(), &url, "");
-        Env { _dir: dir, config, db_path: None }
+        Env { _dir: dir, config, db_path: None, url }
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -88,6 +93,12 @@ impl Env {
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
+}
+
+/// A `--json` time (an RFC 3339 string) as Unix seconds.
+fn json_time(v: &Value) -> i64 {
+    let s = v.as_str().unwrap_or_else(|| panic!("{v} is no RFC 3339 string"));
+    chrono::DateTime::parse_from_rfc3339(s).unwrap_or_else(|e| panic!("{s}: {e}")).timestamp()
 }
 
 /// The "done when" list of the foundation issue, through the CLI.
@@ -182,7 +193,7 @@ fn explain_scenarios(env: &Env) {
     env.refused("paid", "2026-03-01T12:00:00Z", "portal-deleted");
     // paid2 was created just now (free plan): ask about an hour after its creation.
     let show: Value = serde_json::from_str(&env.ok(&["portal", "show", "paid2", "--json"])).expect("json");
-    let soon = show["portal"]["created_at"].as_i64().expect("created_at") + 3600;
+    let soon = json_time(&show["portal"]["created_at"]) + 3600;
     let soon = chrono::DateTime::from_timestamp(soon, 0).expect("ts").to_rfc3339();
     env.admitted("paid2", &soon);
 
@@ -201,7 +212,7 @@ fn explain_scenarios(env: &Env) {
         "2099-01-01T00:00:00Z",
     ]);
     let created: Value = serde_json::from_str(&env.ok(&["portal", "show", "idle", "--json"])).expect("json");
-    let created_at = created["portal"]["created_at"].as_i64().expect("created_at");
+    let created_at = json_time(&created["portal"]["created_at"]);
     let at = |secs: i64| {
         chrono::DateTime::from_timestamp(secs, 0).expect("ts").to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     };
@@ -566,6 +577,187 @@ fn cdr_json_gives_rfc3339_times() {
     );
     // The table speaks the same.
     assert!(env.ok(&["cdr"]).contains("2026-01-01T00:00:10Z"));
+}
+
+/// Whether a JSON key names a time: `at`, or a key ending in `_at`, `_from`,
+/// `_until` or `_since` (so a field added later is checked too).
+fn is_time_key(k: &str) -> bool {
+    k == "at" || ["_at", "_from", "_until", "_since"].iter().any(|s| k.ends_with(s))
+}
+
+/// Walks `v` and checks every time-valued field is `null` or an RFC 3339
+/// string in UTC; pushes each offence to `bad` and returns how many
+/// non-null times it saw.
+fn check_json_times(path: &str, v: &Value, bad: &mut Vec<String>) -> usize {
+    match v {
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, val)| {
+                let here = format!("{path}.{k}");
+                let mut seen = 0;
+                if is_time_key(k) && !val.is_null() {
+                    match val.as_str().map(chrono::DateTime::parse_from_rfc3339) {
+                        Some(Ok(t)) if t.offset().local_minus_utc() == 0 => seen += 1,
+                        _ => bad.push(format!("{here} = {val}")),
+                    }
+                }
+                seen + check_json_times(&here, val, bad)
+            })
+            .sum(),
+        Value::Array(items) => {
+            items.iter().enumerate().map(|(i, x)| check_json_times(&format!("{path}[{i}]"), x, bad)).sum()
+        }
+        _ => 0,
+    }
+}
+
+/// Seeds every kind of row the listings show: a paid portal with a licence
+/// window, an extension, a user, a call in progress (lease) and a call
+/// record; a portal being deleted and one deleted.
+fn seed_everything(env: &Env) {
+    env.ok(&["plan", "set", "pro", "--max-users", "10"]);
+    env.ok(&[
+        "portal",
+        "add",
+        "--id",
+        "acme",
+        "--domain",
+        "acme.example.com",
+        "--plan",
+        "pro",
+        "--valid-from",
+        "2026-01-01T00:00:00Z",
+        "--valid-until",
+        "2099-01-01T00:00:00Z",
+    ]);
+    env.ok(&[
+        "extension",
+        "add",
+        "--portal",
+        "acme",
+        "--channels",
+        "2",
+        "--valid-from",
+        "2026-01-01T00:00:00Z",
+        "--valid-until",
+        "2099-01-01T00:00:00Z",
+    ]);
+    let out = env.run_stdin(&["user", "add", "--portal", "acme", "--username", "alice"], Some("long-enough-pw-1\n"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for id in ["leaving", "gone"] {
+        env.ok(&["portal", "add", "--id", id, "--domain", &format!("{id}.example.com")]);
+        env.ok(&["portal", "delete", id]);
+    }
+    env.ok(&["portal", "purge", "gone"]);
+    let url = env.url.clone();
+    tokio::runtime::Runtime::new().expect("runtime").block_on(async move {
+        let store = Store::connect(&url, &DatabaseConfig::default()).await.expect("open");
+        let now = trunkgate::clock::now_utc();
+        let lease = LeaseRequest {
+            portal: "acme",
+            call_id: "c1@x",
+            node_id: "n1",
+            channels: 2,
+            now,
+            ttl: Duration::from_secs(3600),
+        };
+        assert!(store.admit_call(&lease).await.expect("lease").is_admitted());
+        store
+            .call_records_insert(&[CallRecord {
+                id: 0,
+                call_id: "c1@x".into(),
+                node_id: "n1".into(),
+                portal_id: Some("acme".into()),
+                trunk: Some("acme-pbx".into()),
+                direction: "inbound".into(),
+                caller: None,
+                callee: Some("+15550001".into()),
+                target_user: Some("alice".into()),
+                started_at: now.timestamp(),
+                answered_at: Some(now.timestamp() + 1),
+                ended_at: None,
+                outcome: "answered".into(),
+                sip_status: Some(200),
+                reason: None,
+            }])
+            .await
+            .expect("record");
+        store.close().await;
+    });
+}
+
+/// Every `--json` output gives times one way: RFC 3339 in UTC, `null` when
+/// absent (portal, plan, extension, user and lease listings gave Unix
+/// seconds). The tables show the same, never Unix seconds.
+fn json_times_are_rfc3339(env: &Env) {
+    seed_everything(env);
+    let json_commands: &[&[&str]] = &[
+        &["portal", "list", "--json"],
+        &["portal", "show", "acme", "--json"],
+        &["portal", "show", "leaving", "--json"],
+        &["portal", "show", "gone", "--json"],
+        &["plan", "list", "--json"],
+        &["extension", "list", "--portal", "acme", "--json"],
+        &["user", "list", "--portal", "acme", "--json"],
+        &["calls", "--json"],
+        &["cdr", "--json"],
+        &["admission", "explain", "--portal", "acme", "--json"],
+    ];
+    for args in json_commands {
+        let out = env.ok(args);
+        let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}\n{out}"));
+        let mut bad = Vec::new();
+        let seen = check_json_times("$", &v, &mut bad);
+        assert!(bad.is_empty(), "{args:?}: times that are not RFC 3339: {bad:?}\n{out}");
+        assert!(seen > 0, "{args:?} printed no time: the seed must give it one\n{out}");
+    }
+    // The fields each listing is known to have, by name.
+    let portals: Value = serde_json::from_str(&env.ok(&["portal", "list", "--json"])).expect("json");
+    let gone = portals.as_array().expect("array").iter().find(|p| p["id"] == "gone").expect("gone listed");
+    for k in ["created_at", "last_activity_at", "deleting_since", "deleted_at"] {
+        json_time(&gone[k]);
+    }
+    let show: Value = serde_json::from_str(&env.ok(&["portal", "show", "acme", "--json"])).expect("json");
+    assert_eq!(show["licence"]["valid_from"], "2026-01-01T00:00:00Z", "{show}");
+    assert_eq!(show["licence"]["valid_until"], "2099-01-01T00:00:00Z", "{show}");
+    assert_eq!(show["extensions"][0]["valid_from"], "2026-01-01T00:00:00Z", "{show}");
+    let calls: Value = serde_json::from_str(&env.ok(&["calls", "--json"])).expect("json");
+    assert_eq!(json_time(&calls[0]["expires_at"]) - json_time(&calls[0]["acquired_at"]), 3600, "{calls}");
+    let plans: Value = serde_json::from_str(&env.ok(&["plan", "list", "--json"])).expect("json");
+    assert!(plans.as_array().expect("array").iter().all(|p| p["updated_at"].is_string()), "{plans}");
+    let users: Value = serde_json::from_str(&env.ok(&["user", "list", "--portal", "acme", "--json"])).expect("json");
+    json_time(&users[0]["created_at"]);
+
+    // Human output: RFC 3339 where it shows a time, never a bare Unix second.
+    let human_commands: &[&[&str]] = &[
+        &["portal", "list"],
+        &["portal", "show", "acme"],
+        &["extension", "list", "--portal", "acme"],
+        &["user", "list", "--portal", "acme"],
+        &["calls"],
+        &["cdr"],
+        &["admission", "explain", "--portal", "acme"],
+    ];
+    for args in human_commands {
+        let out = env.ok(args);
+        let unix = out.split_whitespace().find(|w| w.len() >= 9 && w.chars().all(|c| c.is_ascii_digit()));
+        assert_eq!(unix, None, "{args:?} shows Unix seconds:\n{out}");
+        let rfc = out
+            .split_whitespace()
+            .any(|w| chrono::DateTime::parse_from_rfc3339(w.trim_end_matches([',', ':', ')'])).is_ok());
+        assert!(rfc, "{args:?} shows no RFC 3339 time:\n{out}");
+    }
+}
+
+#[test]
+fn json_times_are_rfc3339_on_sqlite() {
+    json_times_are_rfc3339(&Env::sqlite());
+}
+
+#[test]
+fn json_times_are_rfc3339_on_postgres() {
+    let env = tokio::runtime::Runtime::new().expect("runtime").block_on(Env::postgres());
+    json_times_are_rfc3339(&env);
 }
 
 /// Human log lines carry no ANSI colour escapes when stderr is no terminal

@@ -96,9 +96,12 @@ pub struct LeaseRow {
     pub portal_id: String,
     /// Node that handles it.
     pub node_id: String,
-    /// Admission time, Unix seconds.
+    /// Admission time, Unix seconds (RFC 3339 in JSON output).
+    #[serde(serialize_with = "super::rows::rfc3339")]
     pub acquired_at: i64,
-    /// The lease counts until this time (exclusive), Unix seconds.
+    /// The lease counts until this time (exclusive), Unix seconds (RFC 3339
+    /// in JSON output).
+    #[serde(serialize_with = "super::rows::rfc3339")]
     pub expires_at: i64,
 }
 

@@ -1,4 +1,6 @@
-//! Rows as stored. Times are Unix seconds; enums are their stable tokens.
+//! Rows as stored. Times are Unix seconds (serialized as RFC 3339 strings,
+//! the one time convention of every `--json` output); enums are their stable
+//! tokens.
 
 use std::str::FromStr;
 
@@ -19,7 +21,8 @@ pub struct PlanRow {
     pub max_cps: Option<i64>,
     /// Channels the plan itself includes while in force.
     pub included_channels: i64,
-    /// Last change, Unix seconds.
+    /// Last change, Unix seconds (RFC 3339 in JSON output).
+    #[serde(serialize_with = "rfc3339")]
     pub updated_at: i64,
 }
 
@@ -40,13 +43,17 @@ pub struct PortalRow {
     pub max_cps_override: Option<i64>,
     /// Longest call, in seconds.
     pub max_call_duration_s: i64,
-    /// Creation time.
+    /// Creation time, Unix seconds (RFC 3339 in JSON output).
+    #[serde(serialize_with = "rfc3339")]
     pub created_at: i64,
-    /// Last admitted call (or creation).
+    /// Last admitted call (or creation), Unix seconds (RFC 3339 in JSON output).
+    #[serde(serialize_with = "opt_rfc3339")]
     pub last_activity_at: Option<i64>,
-    /// When deletion started.
+    /// When deletion started, Unix seconds (RFC 3339 in JSON output).
+    #[serde(serialize_with = "opt_rfc3339")]
     pub deleting_since: Option<i64>,
-    /// When deletion completed.
+    /// When deletion completed, Unix seconds (RFC 3339 in JSON output).
+    #[serde(serialize_with = "opt_rfc3339")]
     pub deleted_at: Option<i64>,
     /// Bumped on every change of the row.
     pub version: i64,
@@ -57,9 +64,11 @@ pub struct PortalRow {
 pub struct LicenceRow {
     /// Plan name.
     pub plan: String,
-    /// Start, Unix seconds; NULL = in force from creation.
+    /// Start, Unix seconds (RFC 3339 in JSON output); NULL = in force from creation.
+    #[serde(serialize_with = "opt_rfc3339")]
     pub valid_from: Option<i64>,
-    /// End, Unix seconds; NULL for free.
+    /// End, Unix seconds (RFC 3339 in JSON output); NULL for free.
+    #[serde(serialize_with = "opt_rfc3339")]
     pub valid_until: Option<i64>,
     /// `block` or `downgrade_free`.
     pub on_expiry: String,
@@ -114,9 +123,11 @@ pub struct ExtensionRow {
     pub id: i64,
     /// Channels it grants.
     pub channels: i64,
-    /// Start (inclusive), Unix seconds.
+    /// Start (inclusive), Unix seconds (RFC 3339 in JSON output).
+    #[serde(serialize_with = "rfc3339")]
     pub valid_from: i64,
-    /// End (exclusive), Unix seconds.
+    /// End (exclusive), Unix seconds (RFC 3339 in JSON output).
+    #[serde(serialize_with = "rfc3339")]
     pub valid_until: i64,
 }
 
@@ -141,7 +152,8 @@ pub struct UserRow {
     pub disabled: bool,
     /// A fixed contact URI (desk phone that does not register).
     pub static_contact: Option<String>,
-    /// Creation time.
+    /// Creation time, Unix seconds (RFC 3339 in JSON output).
+    #[serde(serialize_with = "rfc3339")]
     pub created_at: i64,
 }
 
@@ -186,12 +198,12 @@ pub struct CallRecord {
 
 /// Stored Unix seconds as RFC 3339 (`2026-01-31T00:00:00Z`), the way every
 /// `--json` output gives times.
-fn rfc3339<S: serde::Serializer>(secs: &i64, serializer: S) -> Result<S::Ok, S::Error> {
+pub(super) fn rfc3339<S: serde::Serializer>(secs: &i64, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&format_ts(*secs))
 }
 
 /// [`rfc3339`] for an optional time (`null` when absent).
-fn opt_rfc3339<S: serde::Serializer>(secs: &Option<i64>, serializer: S) -> Result<S::Ok, S::Error> {
+pub(super) fn opt_rfc3339<S: serde::Serializer>(secs: &Option<i64>, serializer: S) -> Result<S::Ok, S::Error> {
     match secs {
         Some(secs) => serializer.serialize_some(&format_ts(*secs)),
         None => serializer.serialize_none(),
