@@ -25,7 +25,7 @@
 //!
 //! Every SDP body crosses the call through the call's [`MediaSession`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -314,6 +314,30 @@ enum Outstanding<S> {
     Relay(Box<Relay<S>>),
 }
 
+/// The call's requests in flight: a handful at most, so a list (no hashing,
+/// no table per call).
+#[derive(Debug)]
+struct InFlight<S>(Vec<(ReqId, Outstanding<S>)>);
+
+impl<S> InFlight<S> {
+    fn get(&self, id: &ReqId) -> Option<&Outstanding<S>> {
+        self.0.iter().find(|(k, _)| k == id).map(|(_, o)| o)
+    }
+
+    fn remove(&mut self, id: &ReqId) -> Option<Outstanding<S>> {
+        let i = self.0.iter().position(|(k, _)| k == id)?;
+        Some(self.0.swap_remove(i).1)
+    }
+
+    fn insert(&mut self, id: ReqId, o: Outstanding<S>) {
+        self.0.push((id, o));
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Outstanding<S>> {
+        self.0.iter().map(|(_, o)| o)
+    }
+}
+
 #[derive(Debug)]
 struct Relay<S> {
     from: LegId,
@@ -366,7 +390,7 @@ pub struct Call<S> {
     created: Instant,
     best_failure: u16,
     timers: [Option<Instant>; TIMERS],
-    requests: HashMap<ReqId, Outstanding<S>>,
+    requests: InFlight<S>,
     next_req: u32,
     commands: VecDeque<Command<S>>,
 }
@@ -427,7 +451,7 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
             created: now,
             best_failure: 0,
             timers: [None; TIMERS],
-            requests: HashMap::new(),
+            requests: InFlight(Vec::new()),
             next_req: 0,
             commands: VecDeque::new(),
         };
@@ -1081,6 +1105,19 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
             let id = self.legs[i].id;
             self.close_media(id);
         }
+        // Requests still being relayed get their final answer now, so no
+        // server transaction is left waiting for one.
+        for o in self.requests.values() {
+            if let Outstanding::Relay(r) = o {
+                let (status, phrase) = if *r.request.method() == Method::Invite {
+                    (487, "Request Terminated")
+                } else {
+                    (481, "Call/Transaction Does Not Exist")
+                };
+                let response = Response::from_request(&r.request, status, phrase);
+                self.commands.push_back(Command::Respond { tsx: r.tsx.clone(), response });
+            }
+        }
         let unix = self.unix(now);
         if let Some(mut rec) = self.record.take() {
             self.commands
@@ -1170,7 +1207,9 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
         let Some(Outstanding::Relay(relay)) = (if status >= 200 { self.requests.remove(&id) } else { None }) else {
             // A provisional answer: pass it on (no body: a re-INVITE's
             // early answers carry no session change we relay).
-            if let Some(Outstanding::Relay(r)) = self.requests.get(&id) {
+            if let Some(Outstanding::Relay(r)) = self.requests.get(&id)
+                && self.phase != Phase::Ending
+            {
                 let resp = Response::from_request(&r.request, status, &resp.reason_lossy());
                 self.commands.push_back(Command::Respond { tsx: r.tsx.clone(), response: resp });
             }
@@ -1178,6 +1217,14 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
         };
         let Relay { from, to, tsx, request, seq, offer } = *relay;
         let invite = *request.method() == Method::Invite;
+        if self.phase == Phase::Ending {
+            // The call ended meanwhile (its originator got 487 or 481): a
+            // 2xx is still ACKed, so the far side stops retransmitting it.
+            if invite && (200..300).contains(&status) {
+                self.send_ack(to, seq, None);
+            }
+            return;
+        }
         let to_idx = leg_index(to);
         let mut body = body_of_response(resp);
         let mut offer_back = false;

@@ -860,3 +860,23 @@ fn forked_1xx_behind_one_fork_make_early_dialogs_and_the_2xx_confirms_one() {
     assert_eq!(acks.len(), 1);
     assert_eq!(acks[0].1.headers().to().unwrap().tag(), Some("x2"));
 }
+
+#[test]
+fn hang_up_during_a_relayed_reinvite_answers_it_and_still_acks_its_2xx() {
+    let (mut w, ..) = answered(true);
+    w.take();
+    // The PBX re-INVITEs; before the phone answers, the phone hangs up.
+    let tsx = w.request(&pbx_in_dialog(&w, "INVITE", 2, Some(PBX_SDP)));
+    let (_, id, _, fwd) = World::requests(&w.take()).remove(0);
+    let bye_tsx = w.request(&phone_in_dialog(&w, LegId(1), "BYE", 2, None));
+    let out = w.take();
+    assert_eq!(status_of(&World::responses(&out, bye_tsx)), [200]);
+    assert_eq!(status_of(&World::responses(&out, tsx)), [487], "the PBX's re-INVITE is not left unanswered");
+    assert_one_end(&out, "completed");
+    // The phone's 2xx to the re-INVITE crossed its BYE: ACKed, not relayed.
+    let tag = fwd.headers().to().unwrap().tag().unwrap().to_owned();
+    w.respond(id, &reply(&fwd, 200, &tag, Some(PHONE_SDP), "sip:alice@198.51.100.1"));
+    let out = w.take();
+    assert_eq!(World::acks(&out).len(), 1);
+    assert!(World::responses(&out, tsx).is_empty());
+}

@@ -222,7 +222,14 @@ impl Shard {
         loop {
             let Some(cmd) = self.calls.calls.get_mut(&no).and_then(Call::poll_command) else { break };
             match cmd {
-                Command::Respond { tsx, response } => self.respond(tsx, response, now),
+                Command::Respond { tsx, response } => {
+                    // Once the PBX's INVITE has its final answer no CANCEL
+                    // can reach the call.
+                    if response.status() >= 200 && tsx.is_invite() {
+                        self.calls.by_invite.remove(&tsx);
+                    }
+                    self.respond(tsx, response, now);
+                }
                 Command::Request { id, leg, peer, request } => self.start_request(no, id, leg, peer, request, now),
                 Command::Ack { peer, request } => self.send_ack(&peer, request),
                 Command::Retransmit { peer, response } => {
@@ -252,7 +259,6 @@ impl Shard {
             for leg in call.legs() {
                 self.calls.invite_vias.remove(&(no, leg.id()));
             }
-            self.calls.by_invite.retain(|_, n| *n != no);
             debug!(call = no, "call dropped");
         } else if let Some(at) = call.poll_timeout() {
             self.calls.deadlines.insert(no, at);
