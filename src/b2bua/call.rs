@@ -1322,12 +1322,15 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
     /// A response of the origin leg's INVITE with our tag.
     fn origin_response(&self, status: u16, reason: &str) -> Response {
         let o = &self.legs[0];
-        let r = Response::from_request(&o.invite, status, reason);
-        r.clone().with_to_tag(&o.local_tag).unwrap_or(r)
+        // Our tags are tokens, so the error branch never runs.
+        Response::from_request(&o.invite, status, reason)
+            .with_to_tag(&o.local_tag)
+            .unwrap_or_else(|_| Response::from_request(&o.invite, status, reason))
     }
 
     fn leg_of_request(&self, req: &Request) -> Option<LegId> {
-        self.legs.iter().find(|l| l.dialog.as_ref().is_some_and(|d| d.matches_request(req))).map(|l| l.id)
+        let ids = crate::sip::dialog::RequestIds::of(req)?;
+        self.legs.iter().find(|l| l.dialog.as_ref().is_some_and(|d| d.is_named_by(&ids))).map(|l| l.id)
     }
 
     /// The leg on the other side of `leg` in an answered call.

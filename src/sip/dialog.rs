@@ -56,6 +56,31 @@ pub struct DialogId {
     pub remote_tag: String,
 }
 
+/// The dialog fields of a request from a peer, read once to be compared
+/// with several dialogs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestIds<'a> {
+    /// Call-ID.
+    pub call_id: &'a str,
+    /// From tag (the peer's; empty when absent).
+    pub from_tag: &'a str,
+    /// To tag (ours).
+    pub to_tag: &'a str,
+}
+
+impl<'a> RequestIds<'a> {
+    /// The fields of `req`, or `None` when it has no To tag (then it is
+    /// in no dialog) or no usable Call-ID.
+    pub fn of(req: &'a Request) -> Option<RequestIds<'a>> {
+        let h = req.headers();
+        Some(RequestIds {
+            call_id: h.call_id().ok()?,
+            to_tag: h.to().ok()?.tag()?,
+            from_tag: h.from().ok().and_then(|f| f.tag()).unwrap_or(""),
+        })
+    }
+}
+
 /// Early (made by a 1xx) or confirmed (by a 2xx, §12.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DialogState {
@@ -248,10 +273,12 @@ impl Dialog {
     /// Whether `req` (from the peer) names this dialog: its Call-ID, its
     /// To tag ours, its From tag the peer's.
     pub fn matches_request(&self, req: &Request) -> bool {
-        let h = req.headers();
-        h.call_id().is_ok_and(|c| c == self.id.call_id)
-            && h.to().ok().and_then(|t| t.tag().map(|t| t == self.id.local_tag)).unwrap_or(false)
-            && h.from().ok().map(|f| f.tag().unwrap_or("") == self.id.remote_tag).unwrap_or(false)
+        RequestIds::of(req).is_some_and(|ids| self.is_named_by(&ids))
+    }
+
+    /// Whether `ids` (read once from a request) name this dialog.
+    pub fn is_named_by(&self, ids: &RequestIds<'_>) -> bool {
+        ids.call_id == self.id.call_id && ids.to_tag == self.id.local_tag && ids.from_tag == self.id.remote_tag
     }
 
     /// A request from the peer inside the dialog (§12.2.2): it must name
