@@ -277,6 +277,7 @@ pub(crate) async fn admit(ctx: Arc<Shared>, input: AdmitInput) -> AdmissionResul
         lease_id,
         domain: portal.domain.clone(),
         record,
+        invite: request,
     }
 }
 

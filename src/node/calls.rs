@@ -41,6 +41,7 @@ pub(crate) struct ForkTarget {
 }
 
 /// What the admission task decided for an INVITE.
+#[expect(clippy::large_enum_variant, reason = "it travels boxed (ShardMsg::Admission)")]
 pub(crate) enum AdmissionResult {
     /// Refused: answer the INVITE with this.
     Refuse { key: TsxKey, reason: Reason, answer: crate::admission::Answer, record: CallRecord },
@@ -54,6 +55,8 @@ pub(crate) enum AdmissionResult {
         lease_id: String,
         domain: String,
         record: CallRecord,
+        /// The INVITE, handed back (no copy of the pending one needed).
+        invite: Request,
     },
 }
 
@@ -161,6 +164,7 @@ impl Shard {
                 lease_id,
                 domain,
                 mut record,
+                invite,
             } => {
                 crate::ops::metrics::call_admitted(record.trunk.as_deref().unwrap_or(""));
                 let Some(p) = self.pending.get(&key) else {
@@ -171,7 +175,6 @@ impl Shard {
                     self.finish_record(record);
                     return;
                 };
-                let invite = p.request.clone();
                 let peer = self.peer(p.target);
                 let groups = groups
                     .into_iter()

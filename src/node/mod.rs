@@ -332,8 +332,11 @@ impl Shard {
                     self.handle_client_failure(&key, 503, now);
                 }
                 Event::Response { .. } => {
-                    if let Some(resp) = self.responses.get(&key).cloned() {
+                    // Taken out while handled (no copy), kept for the
+                    // ACK of a non-2xx final response (AckNeeded).
+                    if let Some(resp) = self.responses.remove(&key) {
                         self.handle_client_response(&key, &resp, now);
+                        self.responses.insert(key, resp);
                     }
                 }
                 Event::AckNeeded { .. } => {
