@@ -14,6 +14,7 @@
 //! - [`registrar`]: the location table of portal users.
 //! - [`b2bua`]: trunk identification and routing; each call as a sans-IO machine
 //!   (legs, forking, offer/answer, timers) and the media seam its SDP crosses.
+//! - [`media`]: media anchored on trunkgate: the RTP relay's sans-IO core.
 //! - [`licences`]: the in-memory licence cache, kept fresh from the database.
 //! - [`node`]: the SIP driver: OPTIONS, REGISTER, admission, and the calls' I/O.
 //! - [`cdr`]: call records, written in batches.
@@ -28,6 +29,7 @@ pub mod config;
 pub mod credentials;
 pub mod daemon;
 pub mod licences;
+pub mod media;
 pub mod node;
 pub mod ops;
 pub mod registrar;

@@ -1,0 +1,436 @@
+//! The RTP relay's sans-IO core: one [`RelaySession`] per relayed stream
+//! (two sides, each a local port pair trunkgate owns). A packet goes in
+//! with the side it arrived on, its source and `now`; out comes where to
+//! send it (from the other side's port), its header rewritten in place,
+//! and counters. No socket, no clock: the driver owns both.
+//!
+//! - **Symmetric RTP with safe latching**: each side sends to where its
+//!   peer's packets come from. A side latches once per offer/answer
+//!   ([`RelaySession::expect`] opens it): to the first RTP packet from the
+//!   address its SDP announced, or, if the peer is behind NAT, to the first
+//!   RTP packet from anywhere. Once latched, only the announced address can
+//!   move it; packets from any other source are strays, counted and
+//!   dropped (RTP Bleed, CVE-2017-14114).
+//! - **Continuity toward each side**: trunkgate is the RTP source its peers
+//!   see, with one SSRC per direction. When the incoming source changes
+//!   (hold music, transfer, re-INVITE), sequence numbers and timestamps
+//!   continue from the last ones sent, so receivers (and SRTP later) never
+//!   see a jump.
+//! - **Figures** per direction: packets, bytes, sequence gaps (loss),
+//!   RFC 3550 interarrival jitter, strays.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// The side of a relayed stream (A: the trunk leg's peer; B: the other).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// First side.
+    A,
+    /// Second side.
+    B,
+}
+
+impl Side {
+    fn index(self) -> usize {
+        match self {
+            Side::A => 0,
+            Side::B => 1,
+        }
+    }
+
+    /// The other side.
+    pub fn other(self) -> Side {
+        match self {
+            Side::A => Side::B,
+            Side::B => Side::A,
+        }
+    }
+}
+
+/// What to do with a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send it (rewritten in place) from the other side's port to `to`.
+    Forward {
+        /// The other side's peer.
+        to: SocketAddr,
+    },
+    /// Accepted, but the other side has no address yet (no SDP, no packet).
+    NoDestination,
+    /// From a source that is not this side's peer: counted, dropped.
+    Stray,
+    /// Not RTP (too short, wrong version): dropped.
+    Malformed,
+}
+
+/// Figures of one direction (packets that arrived on one side).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DirectionStats {
+    /// RTP packets relayed.
+    pub packets: u64,
+    /// Their bytes (RTP header included).
+    pub bytes: u64,
+    /// Sequence numbers never seen (gaps).
+    pub lost: u64,
+    /// RFC 3550 interarrival jitter, in timestamp units.
+    pub jitter: u32,
+    /// Packets from sources that are not the peer, dropped.
+    pub stray: u64,
+}
+
+/// Where a side's peer is.
+#[derive(Debug, Clone, Copy, Default)]
+struct Peer {
+    /// What its SDP said (c= and m= port).
+    announced: Option<SocketAddr>,
+    /// Where its packets come from.
+    latched: Option<SocketAddr>,
+    /// May latch to the first packet (a new offer/answer happened).
+    learning: bool,
+    last_packet: Option<Instant>,
+}
+
+impl Peer {
+    fn destination(&self) -> Option<SocketAddr> {
+        self.latched.or(self.announced)
+    }
+}
+
+/// The rewriting toward one side: our SSRC and where its numbers go on.
+#[derive(Debug, Clone, Copy)]
+struct Outgoing {
+    ssrc: u32,
+    /// The incoming SSRC we map from, and the offsets.
+    source: Option<u32>,
+    seq_offset: u16,
+    ts_offset: u32,
+    last_seq: u16,
+    last_ts: u32,
+    last_sent: Option<Instant>,
+}
+
+/// Per-direction receive state for loss and jitter.
+#[derive(Debug, Clone, Copy, Default)]
+struct Receive {
+    source: Option<u32>,
+    highest_seq: u16,
+    /// Transit time of the previous packet (arrival in ts units − ts).
+    transit: Option<i64>,
+    /// Jitter × 16 (RFC 3550 A.8 keeps it scaled).
+    jitter16: u64,
+}
+
+/// One relayed RTP stream between two sides.
+#[derive(Debug, Clone)]
+pub struct RelaySession {
+    peers: [Peer; 2],
+    /// Toward each side (indexed by the receiving side).
+    out: [Outgoing; 2],
+    recv: [Receive; 2],
+    stats: [DirectionStats; 2],
+    /// Timestamp units per second (8000 for G.711).
+    clock_rate: u32,
+    epoch: Instant,
+}
+
+const RTP_HEADER: usize = 12;
+
+impl RelaySession {
+    /// A session whose outgoing SSRCs toward A and B are `ssrcs` (random,
+    /// chosen by the caller), at `clock_rate` Hz.
+    pub fn new(now: Instant, ssrcs: [u32; 2], clock_rate: u32) -> RelaySession {
+        let out = |ssrc| Outgoing {
+            ssrc,
+            source: None,
+            seq_offset: 0,
+            ts_offset: 0,
+            last_seq: 0,
+            last_ts: 0,
+            last_sent: None,
+        };
+        RelaySession {
+            peers: [Peer::default(); 2],
+            out: [out(ssrcs[0]), out(ssrcs[1])],
+            recv: [Receive::default(); 2],
+            stats: [DirectionStats::default(); 2],
+            clock_rate: clock_rate.max(1),
+            epoch: now,
+        }
+    }
+
+    /// A new offer/answer told where `side`'s peer receives (`None`: hold
+    /// with `c=0.0.0.0`, or no SDP yet): the side may latch again, once.
+    pub fn expect(&mut self, side: Side, announced: Option<SocketAddr>) {
+        let p = &mut self.peers[side.index()];
+        p.announced = announced.filter(|a| !a.ip().is_unspecified() && a.port() != 0);
+        p.learning = true;
+    }
+
+    /// Figures of packets that arrived on `side`.
+    pub fn stats(&self, side: Side) -> DirectionStats {
+        let mut s = self.stats[side.index()];
+        s.jitter = u32::try_from(self.recv[side.index()].jitter16 / 16).unwrap_or(u32::MAX);
+        s
+    }
+
+    /// When `side` last sent us a packet its peer owns.
+    pub fn last_packet(&self, side: Side) -> Option<Instant> {
+        self.peers[side.index()].last_packet
+    }
+
+    /// Where packets toward `side` go now.
+    pub fn destination(&self, side: Side) -> Option<SocketAddr> {
+        self.peers[side.index()].destination()
+    }
+
+    /// An RTP packet arrived on `side`'s port from `source`. On
+    /// [`Verdict::Forward`] `packet` has been rewritten for the other side.
+    pub fn handle_rtp(&mut self, now: Instant, side: Side, source: SocketAddr, packet: &mut [u8]) -> Verdict {
+        if packet.len() < RTP_HEADER || packet[0] >> 6 != 2 {
+            return Verdict::Malformed;
+        }
+        let i = side.index();
+        let peer = &mut self.peers[i];
+        let from_announced = peer.announced == Some(source);
+        let accepted = match peer.latched {
+            Some(l) if l == source => true,
+            _ if from_announced => true,
+            None if peer.learning => true,
+            Some(_) if peer.learning => true,
+            _ => false,
+        };
+        if !accepted {
+            self.stats[i].stray += 1;
+            return Verdict::Stray;
+        }
+        if peer.latched != Some(source) {
+            // Latch once per offer/answer (the announced address may always
+            // take it back: it is what the signalling said).
+            peer.latched = Some(source);
+            peer.learning = false;
+        } else if peer.learning {
+            peer.learning = false;
+        }
+        peer.last_packet = Some(now);
+        let seq = u16::from_be_bytes([packet[2], packet[3]]);
+        let ts = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
+        let ssrc = u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
+        self.account(i, now, seq, ts, ssrc, packet.len());
+        // Toward the other side.
+        let o = side.other().index();
+        let to = self.peers[o].destination();
+        let out = &mut self.out[o];
+        if out.source != Some(ssrc) {
+            // A new source: continue our numbers from the last ones sent
+            // (timestamps advanced by the time since, in clock units).
+            let (next_seq, next_ts) = match out.last_sent {
+                Some(at) => {
+                    let gap = now.saturating_duration_since(at);
+                    let ticks = ticks(gap, self.clock_rate).max(1);
+                    (out.last_seq.wrapping_add(1), out.last_ts.wrapping_add(ticks))
+                }
+                None => (seq, ts),
+            };
+            out.seq_offset = next_seq.wrapping_sub(seq);
+            out.ts_offset = next_ts.wrapping_sub(ts);
+            out.source = Some(ssrc);
+        }
+        let new_seq = seq.wrapping_add(out.seq_offset);
+        let new_ts = ts.wrapping_add(out.ts_offset);
+        // Only move forward: a late packet does not rewind the "last".
+        if out.last_sent.is_none() || seq_newer(new_seq, out.last_seq) {
+            out.last_seq = new_seq;
+            out.last_ts = new_ts;
+            out.last_sent = Some(now);
+        }
+        packet[2..4].copy_from_slice(&new_seq.to_be_bytes());
+        packet[4..8].copy_from_slice(&new_ts.to_be_bytes());
+        packet[8..12].copy_from_slice(&out.ssrc.to_be_bytes());
+        match to {
+            Some(to) => Verdict::Forward { to },
+            None => Verdict::NoDestination,
+        }
+    }
+
+    fn account(&mut self, i: usize, now: Instant, seq: u16, ts: u32, ssrc: u32, len: usize) {
+        let st = &mut self.stats[i];
+        st.packets += 1;
+        st.bytes += len as u64;
+        let r = &mut self.recv[i];
+        if r.source != Some(ssrc) {
+            *r = Receive { source: Some(ssrc), highest_seq: seq, transit: None, jitter16: r.jitter16 };
+        } else if seq_newer(seq, r.highest_seq) {
+            let gap = seq.wrapping_sub(r.highest_seq);
+            st.lost += u64::from(gap - 1);
+            r.highest_seq = seq;
+        }
+        // RFC 3550 A.8: J += (|D| - J) / 16, on arrival times in ts units.
+        let arrival = i64::from(ticks(now.saturating_duration_since(self.epoch), self.clock_rate));
+        let transit = arrival - i64::from(ts);
+        if let Some(prev) = r.transit {
+            let d = (transit - prev).unsigned_abs();
+            r.jitter16 = r.jitter16 + d - ((r.jitter16 + 8) >> 4);
+        }
+        r.transit = Some(transit);
+    }
+}
+
+/// `d` in clock units (wrapping like RTP timestamps).
+fn ticks(d: Duration, rate: u32) -> u32 {
+    let t = d.as_micros() * u128::from(rate) / 1_000_000;
+    (t & 0xffff_ffff) as u32
+}
+
+/// RFC 3550 sequence comparison: `a` comes after `b` (modulo 2^16).
+fn seq_newer(a: u16, b: u16) -> bool {
+    a != b && a.wrapping_sub(b) < 0x8000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rtp(seq: u16, ts: u32, ssrc: u32) -> Vec<u8> {
+        let mut p = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        p[2..4].copy_from_slice(&seq.to_be_bytes());
+        p[4..8].copy_from_slice(&ts.to_be_bytes());
+        p[8..12].copy_from_slice(&ssrc.to_be_bytes());
+        p.extend_from_slice(&[0xd5; 160]);
+        p
+    }
+
+    fn fields(p: &[u8]) -> (u16, u32, u32) {
+        (
+            u16::from_be_bytes([p[2], p[3]]),
+            u32::from_be_bytes([p[4], p[5], p[6], p[7]]),
+            u32::from_be_bytes([p[8], p[9], p[10], p[11]]),
+        )
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("address")
+    }
+
+    const PBX: &str = "192.0.2.10:4000";
+    const PHONE: &str = "198.51.100.5:5000";
+
+    fn session() -> (Instant, RelaySession) {
+        let t0 = crate::clock::instant();
+        let mut s = RelaySession::new(t0, [0xAAAA_0001, 0xBBBB_0002], 8000);
+        s.expect(Side::A, Some(addr(PBX)));
+        s.expect(Side::B, Some(addr(PHONE)));
+        (t0, s)
+    }
+
+    #[test]
+    fn relays_to_the_other_side_with_our_ssrc() {
+        let (t0, mut s) = session();
+        let mut p = rtp(100, 8000, 0x1234);
+        assert_eq!(s.handle_rtp(t0, Side::A, addr(PBX), &mut p), Verdict::Forward { to: addr(PHONE) });
+        assert_eq!(fields(&p), (100, 8000, 0xBBBB_0002));
+        assert_eq!(&p[12..], &[0xd5; 160][..], "the payload is untouched");
+        let st = s.stats(Side::A);
+        assert_eq!((st.packets, st.bytes, st.lost, st.stray), (1, 172, 0, 0));
+    }
+
+    #[test]
+    fn latches_to_a_natted_source_once_and_drops_strangers() {
+        let (t0, mut s) = session();
+        // The PBX is behind NAT: its packets come from another address.
+        let nat = addr("203.0.113.50:31000");
+        let mut p = rtp(1, 160, 7);
+        assert!(matches!(s.handle_rtp(t0, Side::A, nat, &mut p), Verdict::Forward { .. }));
+        // Packets toward A now go where A's packets come from.
+        assert_eq!(s.destination(Side::A), Some(nat));
+        // A stranger (RTP Bleed) cannot take the latch.
+        let mut p = rtp(2, 320, 7);
+        assert_eq!(s.handle_rtp(t0, Side::A, addr("203.0.113.66:40000"), &mut p), Verdict::Stray);
+        assert_eq!(s.destination(Side::A), Some(nat));
+        assert_eq!(s.stats(Side::A).stray, 1);
+        // A new offer/answer opens the latch once more.
+        s.expect(Side::A, Some(addr(PBX)));
+        let moved = addr("203.0.113.50:31002");
+        let mut p = rtp(3, 480, 7);
+        assert!(matches!(s.handle_rtp(t0, Side::A, moved, &mut p), Verdict::Forward { .. }));
+        assert_eq!(s.destination(Side::A), Some(moved));
+        let mut p = rtp(4, 640, 7);
+        assert_eq!(s.handle_rtp(t0, Side::A, nat, &mut p), Verdict::Stray);
+    }
+
+    #[test]
+    fn the_announced_address_always_wins_back_the_latch() {
+        let (t0, mut s) = session();
+        let early = addr("203.0.113.66:40000");
+        let mut p = rtp(1, 160, 7);
+        s.handle_rtp(t0, Side::A, early, &mut p);
+        let mut p = rtp(2, 320, 7);
+        assert!(matches!(s.handle_rtp(t0, Side::A, addr(PBX), &mut p), Verdict::Forward { .. }));
+        assert_eq!(s.destination(Side::A), Some(addr(PBX)));
+        let mut p = rtp(3, 480, 7);
+        assert_eq!(s.handle_rtp(t0, Side::A, early, &mut p), Verdict::Stray);
+    }
+
+    #[test]
+    fn a_new_source_continues_sequence_and_timestamp_without_a_jump() {
+        let (t0, mut s) = session();
+        for i in 0..3u16 {
+            let mut p = rtp(500 + i, 10_000 + u32::from(i) * 160, 0x1111);
+            s.handle_rtp(t0 + Duration::from_millis(20 * u64::from(i)), Side::A, addr(PBX), &mut p);
+        }
+        // Hold music from another SSRC with unrelated numbers, 20 ms later.
+        let mut p = rtp(9, 777_000, 0x2222);
+        s.handle_rtp(t0 + Duration::from_millis(60), Side::A, addr(PBX), &mut p);
+        assert_eq!(fields(&p), (503, 10_000 + 2 * 160 + 160, 0xBBBB_0002));
+        let mut p = rtp(10, 777_160, 0x2222);
+        s.handle_rtp(t0 + Duration::from_millis(80), Side::A, addr(PBX), &mut p);
+        assert_eq!(fields(&p), (504, 10_000 + 4 * 160, 0xBBBB_0002));
+    }
+
+    #[test]
+    fn sequence_gaps_count_as_loss_and_wrap_around() {
+        let (t0, mut s) = session();
+        for seq in [65_533u16, 65_534, 0, 1, 5] {
+            let mut p = rtp(seq, 0, 9);
+            s.handle_rtp(t0, Side::B, addr(PHONE), &mut p);
+        }
+        // 65535 missing, then 2, 3, 4 missing.
+        assert_eq!(s.stats(Side::B).lost, 4);
+        assert_eq!(s.stats(Side::B).packets, 5);
+    }
+
+    #[test]
+    fn steady_packets_have_no_jitter_and_late_ones_do() {
+        let (t0, mut s) = session();
+        for i in 0..50u32 {
+            let mut p = rtp(i as u16, i * 160, 9);
+            s.handle_rtp(t0 + Duration::from_millis(20 * u64::from(i)), Side::A, addr(PBX), &mut p);
+        }
+        assert_eq!(s.stats(Side::A).jitter, 0);
+        // Every other packet 10 ms late (80 ticks at 8 kHz): J tends to 80.
+        for i in 50..400u32 {
+            let late = if i % 2 == 0 { 10 } else { 0 };
+            let mut p = rtp(i as u16, i * 160, 9);
+            s.handle_rtp(t0 + Duration::from_millis(20 * u64::from(i) + late), Side::A, addr(PBX), &mut p);
+        }
+        let j = s.stats(Side::A).jitter;
+        assert!((75..=80).contains(&j), "jitter {j}");
+    }
+
+    #[test]
+    fn no_destination_until_the_other_side_is_known_and_garbage_is_dropped() {
+        let t0 = crate::clock::instant();
+        let mut s = RelaySession::new(t0, [1, 2], 8000);
+        s.expect(Side::A, Some(addr(PBX)));
+        let mut p = rtp(1, 1, 1);
+        assert_eq!(s.handle_rtp(t0, Side::A, addr(PBX), &mut p), Verdict::NoDestination);
+        let mut short = vec![0x80; 11];
+        assert_eq!(s.handle_rtp(t0, Side::A, addr(PBX), &mut short), Verdict::Malformed);
+        let mut v1 = rtp(2, 2, 1);
+        v1[0] = 0x40;
+        assert_eq!(s.handle_rtp(t0, Side::A, addr(PBX), &mut v1), Verdict::Malformed);
+        // Hold from an old PBX: c=0.0.0.0 announces nothing.
+        s.expect(Side::B, Some(addr("0.0.0.0:5000")));
+        assert_eq!(s.destination(Side::B), None);
+    }
+}
