@@ -19,6 +19,7 @@ mod register;
 mod via;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -598,12 +599,24 @@ impl Shard {
             calls_this_second,
             source: remote,
         };
-        let ctx = self.ctx.clone();
-        let tx = self.replies.clone();
-        tokio::spawn(async move {
-            let result = admit::admit(ctx, input).await;
-            let _ = tx.send(ShardMsg::Admission(Box::new(result))).await;
-        });
+        // Polled here first: on a single node with the users in the licence
+        // cache the admission never waits (channels are counted in memory),
+        // so it completes at once, without a task and two thread hand-offs
+        // per call. Only when it waits (the database: a fleet's lease, a
+        // user not cached) does it become a task, which polls it again with
+        // a real waker.
+        let mut admission = Box::pin(admit::admit(self.ctx.clone(), input));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match admission.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(result) => self.handle_admission(result, now),
+            std::task::Poll::Pending => {
+                let tx = self.replies.clone();
+                tokio::spawn(async move {
+                    let result = admission.await;
+                    let _ = tx.send(ShardMsg::Admission(Box::new(result))).await;
+                });
+            }
+        }
     }
 
     /// Sends a response through its server transaction, adding a To tag to
