@@ -262,8 +262,9 @@ pub struct Leg<S> {
     /// UAC: the 2xx of INVITE CSeq n carried an offer; the ACK waits for
     /// the answer from the other leg.
     held_ack: Option<u32>,
-    /// UAC: the last ACK sent for a 2xx (re-sent on retransmitted 2xx).
-    last_ack: Option<(u32, Request)>,
+    /// UAC: the CSeq and body of the last ACK sent for a 2xx (made again
+    /// for a retransmitted 2xx).
+    last_ack: Option<(u32, Option<Body>)>,
     /// The media session was given a body for this leg.
     has_media: bool,
 }
@@ -588,7 +589,7 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
             self.commands.push_back(Command::Respond { tsx, response: r });
             return;
         };
-        let checked = self.legs[leg_index(leg)].dialog.as_mut().map(|d| d.handle_request(req));
+        let checked = self.legs[leg_index(leg)].dialog.as_mut().map(|d| d.accept_request(req));
         match checked {
             Some(Err(crate::sip::dialog::DialogError::CSeqOrder { .. })) => {
                 let r = Response::from_request(req, 500, "Server Internal Error");
@@ -645,7 +646,7 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
         }
         self.legs[idx].uas_2xx = None;
         if let Some(d) = self.legs[idx].dialog.as_mut() {
-            let _ = d.handle_request(req);
+            let _ = d.accept_request(req);
         }
         // We offered in our 2xx: the ACK carries the answer, which the
         // other leg's held ACK is waiting for.
@@ -853,9 +854,8 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
         if same_dialog {
             // A retransmitted 2xx: ACK it again (unless the ACK still waits
             // for its answer).
-            if let Some((_, ack)) = l.last_ack.clone() {
-                let peer = l.peer;
-                self.commands.push_back(Command::Ack { peer, request: ack });
+            if let Some((seq, body)) = l.last_ack.clone() {
+                self.send_ack(leg, seq, body);
             }
             return;
         }
@@ -951,7 +951,8 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
         let origin = &mut self.legs[0];
         origin.state = LegState::Up;
         origin.oa = if offer_to_origin { OfferAnswer::OfferSent(Placement::Response) } else { OfferAnswer::Stable };
-        let mut d = Dialog::uas(&origin.invite, &origin.local_tag, origin_fallback(&origin.peer));
+        let peer = origin.peer;
+        let mut d = Dialog::uas(&origin.invite, &origin.local_tag, || origin_fallback(&peer));
         if let Ok(d) = d.as_mut() {
             d.confirm(None);
         }
@@ -1301,11 +1302,11 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
         let Some(l) = self.legs.get_mut(idx) else { return };
         let Some(d) = l.dialog.as_ref() else { return };
         let mut b = d.ack(seq);
-        if let Some(body) = body {
-            b = b.body(&body.content_type, body.bytes);
+        if let Some(body) = &body {
+            b = b.body(&body.content_type, body.bytes.clone());
         }
         let Ok(ack) = b.build() else { return };
-        l.last_ack = Some((seq, ack.clone()));
+        l.last_ack = Some((seq, body));
         let peer = l.peer;
         self.commands.push_back(Command::Ack { peer, request: ack });
     }

@@ -125,8 +125,12 @@ impl Dialog {
     /// The UAS side (§12.1.1): made from the INVITE we answer with a 1xx or
     /// 2xx carrying `local_tag`. The route set is the INVITE's
     /// Record-Route in order; the remote target its Contact (or, when it
-    /// has none, `fallback_target`).
-    pub fn uas(invite: &Request, local_tag: &str, fallback_target: Uri) -> Result<Dialog, DialogError> {
+    /// has none, what `fallback_target` makes).
+    pub fn uas(
+        invite: &Request,
+        local_tag: &str,
+        fallback_target: impl FnOnce() -> Uri,
+    ) -> Result<Dialog, DialogError> {
         let h = invite.headers();
         let call_id = h.call_id().map_err(|_| DialogError::Header { header: "Call-ID" })?.to_owned();
         let from = h.from().map_err(|_| DialogError::Header { header: "From" })?;
@@ -146,7 +150,7 @@ impl Dialog {
             remote: header(h, &HeaderName::From, "From")?.to_owned(),
             local_seq: 0,
             remote_seq: Some(cseq),
-            remote_target: first_contact(h).unwrap_or(fallback_target),
+            remote_target: first_contact(h).unwrap_or_else(fallback_target),
             route_set,
         })
     }
@@ -289,6 +293,12 @@ impl Dialog {
         if !self.matches_request(req) {
             return Err(DialogError::NotThisDialog);
         }
+        self.accept_request(req)
+    }
+
+    /// [`Self::handle_request`] for a request the caller already matched
+    /// to this dialog ([`Self::is_named_by`]): CSeq order and target refresh.
+    pub fn accept_request(&mut self, req: &Request) -> Result<(), DialogError> {
         let seq = req.headers().cseq().map_err(|_| DialogError::Header { header: "CSeq" })?.seq;
         if !matches!(req.method(), Method::Ack | Method::Cancel) {
             if let Some(last) = self.remote_seq
@@ -416,7 +426,7 @@ To: <sip:bob@b.example>;tag=bt\nCall-ID: c1@a\nCSeq: 10 INVITE\nContact: <{conta
     #[test]
     fn uas_dialog_takes_route_set_in_order_and_answers_from_the_to() {
         let inv = req(INVITE);
-        let mut d = Dialog::uas(&inv, "ours", Uri::parse("sip:192.0.2.1").unwrap()).unwrap();
+        let mut d = Dialog::uas(&inv, "ours", || Uri::parse("sip:192.0.2.1").unwrap()).unwrap();
         assert_eq!(d.id(), &DialogId { call_id: "c1@a".into(), local_tag: "ours".into(), remote_tag: "at".into() });
         assert_eq!(d.route_set(), ["<sip:p1.example;lr>", "<sip:p2.example;lr>"]);
         let bye = d.request(Method::Bye).build().unwrap();
@@ -490,7 +500,7 @@ From: <sip:alice@a.example>;tag=at\nTo: <sip:bob@b.example>;tag=ours\nCall-ID: c
     #[test]
     fn peer_requests_are_checked_and_refresh_the_target() {
         let inv = req(INVITE);
-        let mut d = Dialog::uas(&inv, "ours", Uri::parse("sip:192.0.2.1").unwrap()).unwrap();
+        let mut d = Dialog::uas(&inv, "ours", || Uri::parse("sip:192.0.2.1").unwrap()).unwrap();
         // Lower or equal CSeq: out of order (§12.2.2 says 500).
         assert_eq!(d.handle_request(&in_dialog("INFO", 10, "")), Err(DialogError::CSeqOrder { got: 10, last: 10 }));
         // A re-INVITE with a new Contact moves the target.
