@@ -179,7 +179,7 @@ fn spawn_signal_listener(token: CancellationToken) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The SIP service's settings from the configuration.
+/// The node's settings from the configuration.
 fn node_config(loaded: &Loaded) -> NodeConfig {
     let c = &loaded.config;
     NodeConfig {

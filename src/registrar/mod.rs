@@ -2,7 +2,7 @@
 //! address of record (portal id + username) to contacts, with their expiry.
 //!
 //! Sans-IO: [`Location`] is a plain table fed with `now`; the REGISTER
-//! handler in the SIP service authenticates, applies the licence rules and
+//! handler in the node (`crate::node`) authenticates, applies the licence rules and
 //! then calls [`Location::apply`]. Bindings live in memory on the node that
 //! took them (fleet-wide location is a later step).
 
