@@ -6,11 +6,8 @@ mod common;
 
 use std::path::Path;
 
-use serde_json::Value;
-
+use common::calls::{PBX_IP, cdr, exactly_n_records, pbx, wait_calls, wait_cdr, wait_no_calls};
 use common::daemon::{Daemon, SippChild, pbx_refused_scenario, sipp_start};
-
-const PBX_IP: &str = "127.0.0.2";
 
 /// A trunk from 127.0.0.2 for portal `acme`: +15550001 rings alice, +15550002
 /// rings alice and bob together, +15550003 rings carol (never reachable),
@@ -47,51 +44,6 @@ fn phone(d: &Daemon, user: &str, scenario: &str, extra: &[&str]) -> SippChild {
         &format!("sip:{user}@127.0.0.1:{}", s.port),
     ]);
     s
-}
-
-fn pbx(d: &Daemon, scenario: &Path, number: &str, extra: &[&str]) -> SippChild {
-    sipp_start(scenario, Some(d.udp), PBX_IP, 0, &[&["-m", "1", "-key", "number", number], extra].concat())
-}
-
-fn cdr(d: &Daemon) -> Vec<Value> {
-    let v: Value = serde_json::from_str(&d.cli(&["cdr", "--json"])).expect("json");
-    v.as_array().cloned().unwrap_or_default()
-}
-
-/// Waits (bounded) until the CDR holds `n` records; returns them newest first.
-fn wait_cdr(d: &Daemon, n: usize) -> Vec<Value> {
-    common::retry_until(10, &format!("expected {n} call records"), || {
-        let c = cdr(d);
-        if c.len() >= n { Ok(c) } else { Err(format!("{c:?}")) }
-    })
-}
-
-/// Waits (bounded) until `trunkgate calls` (the fleet's leases, as node `d`
-/// sees them) satisfies `ok`.
-fn wait_calls(d: &Daemon, what: &str, ok: impl Fn(&Vec<Value>) -> bool) {
-    common::retry_until(10, what, || {
-        let v: Value = serde_json::from_str(&d.cli(&["calls", "--json"])).expect("json");
-        let list = v.as_array().cloned().unwrap_or_default();
-        if ok(&list) { Ok(()) } else { Err(format!("{v}")) }
-    });
-}
-
-/// Waits (bounded) until no lease is left: every channel came back.
-fn wait_no_calls(d: &Daemon) {
-    wait_calls(d, "leases left", Vec::is_empty);
-}
-
-/// Exactly `n` call records, no more: waits for `n`, then for every channel
-/// to come back (the calls are over), then stops the daemon, which writes
-/// every record it still holds before it exits; a call recorded twice shows
-/// as `n + 1` here. Returns the records, newest first.
-fn exactly_n_records(d: &mut Daemon, n: usize) -> Vec<Value> {
-    wait_cdr(d, n);
-    wait_no_calls(d);
-    assert_eq!(d.stop(), Some(0), "clean stop:\n{}", d.log_text());
-    let records = cdr(d);
-    assert_eq!(records.len(), n, "exactly {n} call records: {records:#?}");
-    records
 }
 
 #[test]

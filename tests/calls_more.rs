@@ -11,9 +11,8 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use common::calls::{PBX_IP, cdr, exactly_n_records, leases, pbx, wait_cdr};
 use common::daemon::{Daemon, SippChild, pbx_refused_scenario, sipp_start};
-
-const PBX_IP: &str = "127.0.0.2";
 
 /// A trunk from 127.0.0.2 for portal `acme`: +15550001 rings alice;
 /// +15550002 rings alice and bob together (ring_all) and +15550004 one
@@ -44,49 +43,6 @@ fn phone(d: &Daemon, user: &str, scenario: &str, extra: &[&str]) -> SippChild {
     let s = sipp_start(Path::new(scenario), None, "127.0.0.1", 0, &[&["-m", "1"], extra].concat());
     set_contact(d, "acme", user, "127.0.0.1", s.port);
     s
-}
-
-fn pbx(d: &Daemon, scenario: &Path, number: &str, extra: &[&str]) -> SippChild {
-    sipp_start(scenario, Some(d.udp), PBX_IP, 0, &[&["-m", "1", "-key", "number", number], extra].concat())
-}
-
-fn cdr(d: &Daemon) -> Vec<Value> {
-    let v: Value = serde_json::from_str(&d.cli(&["cdr", "--json"])).expect("json");
-    v.as_array().cloned().unwrap_or_default()
-}
-
-fn leases(d: &Daemon) -> Vec<Value> {
-    let v: Value = serde_json::from_str(&d.cli(&["calls", "--json"])).expect("json");
-    v.as_array().cloned().unwrap_or_default()
-}
-
-/// Waits (bounded) until the CDR holds at least `n` records.
-fn wait_cdr(d: &Daemon, n: usize) -> Vec<Value> {
-    common::retry_until(10, &format!("expected {n} call records"), || {
-        let c = cdr(d);
-        if c.len() >= n { Ok(c) } else { Err(format!("{c:?}")) }
-    })
-}
-
-/// Waits (bounded) until no lease is left: every channel came back.
-fn wait_no_calls(d: &Daemon) {
-    common::retry_until(10, "leases left", || {
-        let l = leases(d);
-        if l.is_empty() { Ok(()) } else { Err(format!("{l:?}")) }
-    });
-}
-
-/// Exactly `n` call records, no more: waits for `n`, then for every channel
-/// to come back (the calls are over), then stops the daemon, which writes
-/// every record it still holds before it exits; a call recorded twice shows
-/// as `n + 1` here. Returns the records, newest first.
-fn exactly_n_records(d: &mut Daemon, n: usize) -> Vec<Value> {
-    wait_cdr(d, n);
-    wait_no_calls(d);
-    assert_eq!(d.stop(), Some(0), "clean stop:\n{}", d.log_text());
-    let records = cdr(d);
-    assert_eq!(records.len(), n, "exactly {n} call records: {records:#?}");
-    records
 }
 
 /// When sipp's message trace shows the first INVITE arriving, in seconds

@@ -75,6 +75,7 @@ pub fn retry_until<T>(secs: u64, what: &str, mut attempt: impl FnMut() -> Result
     }
 }
 
+pub mod calls;
 pub mod daemon;
 
 /// The wall clock, for bounding waits on real processes (tests of the real
