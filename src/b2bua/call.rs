@@ -34,7 +34,7 @@ use tracing::debug;
 use super::media::{Body, MediaSession};
 use crate::cdr::Outcome;
 use crate::config::{RingStrategy, Transport};
-use crate::sip::dialog::{Dialog, DialogState, Uas2xx, Uas2xxEvent};
+use crate::sip::dialog::{Dialog, Uas2xx, Uas2xxEvent};
 use crate::sip::message::{HeaderName, Method, Request, Response, Uri};
 use crate::store::CallRecord;
 use crate::transport::Target;
@@ -1430,9 +1430,4 @@ fn body_of_response(r: &Response) -> Option<Body> {
 fn set_response_body(r: &mut Response, b: Body) {
     let _ = r.headers_mut().set(HeaderName::ContentType, &b.content_type);
     r.set_body(b.bytes);
-}
-
-/// How a leg's dialog stands, for logs and tests.
-pub fn dialog_state<S>(leg: &Leg<S>) -> Option<DialogState> {
-    leg.dialog.as_ref().map(Dialog::state)
 }

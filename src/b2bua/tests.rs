@@ -317,6 +317,10 @@ fn ring_all_rings_every_fork_at_once() {
     assert!(reqs.iter().all(|r| body_str(r.3.body()) == PBX_SDP));
     assert_ne!(reqs[0].3.headers().call_id().unwrap(), reqs[1].3.headers().call_id().unwrap());
     assert_eq!(status_of(&World::responses(&out, 1)), [100]);
+    // The trunk leg is ours to answer; the forks are ours to place.
+    let legs = w.call.legs();
+    assert_eq!((legs[0].role(), legs[0].kind()), (call::Role::Uas, call::LegKind::Trunk));
+    assert!(legs[1..].iter().all(|l| (l.role(), l.kind()) == (call::Role::Uac, call::LegKind::Phone)));
 }
 
 #[test]
