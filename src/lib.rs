@@ -14,7 +14,7 @@
 //! - [`registrar`]: the location table of portal users.
 //! - [`b2bua`]: trunk identification and routing; each call as a sans-IO machine
 //!   (legs, forking, offer/answer, timers) and the media seam its SDP crosses.
-//! - [`media`]: media anchored on trunkgate: the RTP relay's sans-IO core.
+//! - [`media`]: media anchored on trunkgate: the port pool and the RTP relay's sans-IO core.
 //! - [`licences`]: the in-memory licence cache, kept fresh from the database.
 //! - [`node`]: the SIP driver: OPTIONS, REGISTER, admission, and the calls' I/O.
 //! - [`cdr`]: call records, written in batches.
