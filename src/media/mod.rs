@@ -1,8 +1,9 @@
 //! Media anchored on trunkgate (issue 8), built up in sans-IO pieces:
-//! the port pool ([`ports`]) and the RTP relay's core ([`relay`]). Next:
-//! their socket driver, and the [`MediaSession`](crate::b2bua::MediaSession)
-//! implementation that rewrites SDP toward them (see
-//! `docs/decisions/0003-sdp-crate.md`).
+//! the port pool ([`ports`]), the RTP relay's core ([`relay`]) and SDP
+//! anchoring ([`sdp`]). Next: their socket driver, and the
+//! [`MediaSession`](crate::b2bua::MediaSession) implementation that joins
+//! them to the call machine.
 
 pub mod ports;
 pub mod relay;
+pub mod sdp;
