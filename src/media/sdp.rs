@@ -69,6 +69,73 @@ pub fn anchor(desc: &mut SessionDescription, addr: IpAddr, ports: &[PortPair]) -
     anchored
 }
 
+/// Codecs the relay carries between legs without transcoding.
+pub const RELAYABLE: &[&str] = &["PCMU", "PCMA", "G722", "opus", "telephone-event"];
+
+/// The encoding name of a static payload type (RFC 3551) a peer may use
+/// without `a=rtpmap`.
+fn static_name(pt: u8) -> Option<&'static str> {
+    match pt {
+        0 => Some("PCMU"),
+        3 => Some("GSM"),
+        8 => Some("PCMA"),
+        9 => Some("G722"),
+        18 => Some("G729"),
+        _ => None,
+    }
+}
+
+/// Keeps in each active audio stream only the codecs in `relayable`
+/// (matched by encoding name, case-insensitively), removing the others'
+/// payload types and their `a=rtpmap`/`a=fmtp`/`a=rtcp-fb` lines. A stream
+/// left with no voice codec (telephone-event alone carries no voice) is
+/// rejected (port 0). `NoCommonCodec` when no audio stream keeps a voice
+/// codec: the call is answered 488.
+pub fn keep_relayable(desc: &mut SessionDescription, relayable: &[&str]) -> Result<usize, MediaError> {
+    let mut kept_streams = 0;
+    for m in &mut desc.media_descriptions {
+        if m.media_name.media != "audio" || m.media_name.port.value == 0 {
+            continue;
+        }
+        let codecs = m.codecs();
+        let name_of = |pt: u8| -> Option<String> {
+            codecs
+                .get(&pt)
+                .map(|c| c.name.clone())
+                .filter(|n| !n.is_empty())
+                .or_else(|| static_name(pt).map(str::to_owned))
+        };
+        let mut dropped: Vec<String> = Vec::new();
+        let mut voice = false;
+        m.media_name.formats.retain(|f| {
+            let name = f.parse::<u8>().ok().and_then(name_of);
+            let keep = name.as_deref().is_some_and(|n| relayable.iter().any(|r| r.eq_ignore_ascii_case(n)));
+            if keep {
+                voice |= !name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case("telephone-event"));
+            } else {
+                dropped.push(f.clone());
+            }
+            keep
+        });
+        m.attributes.retain(|a| {
+            if !matches!(a.key.as_str(), "rtpmap" | "fmtp" | "rtcp-fb") {
+                return true;
+            }
+            let pt = a.value.as_deref().and_then(|v| v.split_whitespace().next()).unwrap_or("");
+            !dropped.iter().any(|d| d == pt)
+        });
+        if voice {
+            kept_streams += 1;
+        } else {
+            m.media_name.port.value = 0;
+        }
+    }
+    if kept_streams == 0 {
+        return Err(MediaError::NoCommonCodec);
+    }
+    Ok(kept_streams)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +205,30 @@ a=rtcp:5005 IN IP4 192.0.2.1\nm=audio 0 RTP/AVP 8\nm=video 6000 RTP/AVP 96\n";
         assert!(matches!(parse(&body("hello")), Err(MediaError::Unusable { .. })));
         let latin1 = Body { content_type: "application/sdp".into(), bytes: bytes::Bytes::from_static(b"v=0\n\xff") };
         assert!(matches!(parse(&latin1), Err(MediaError::Unusable { .. })));
+    }
+
+    #[test]
+    fn only_relayable_codecs_are_offered_with_their_lines() {
+        let sdp = "v=0\no=- 1 1 IN IP4 192.0.2.1\ns=-\nc=IN IP4 192.0.2.1\nt=0 0\n\
+m=audio 4000 RTP/AVP 18 0 97 8 101\na=rtpmap:18 G729/8000\na=fmtp:18 annexb=no\na=rtpmap:97 iLBC/8000\n\
+a=fmtp:97 mode=30\na=rtpmap:101 telephone-event/8000\na=fmtp:101 0-16\na=ptime:20\n";
+        let mut desc = parse(&body(sdp)).unwrap();
+        assert_eq!(keep_relayable(&mut desc, RELAYABLE), Ok(1));
+        assert_eq!(
+            text(&desc),
+            "v=0\no=- 1 1 IN IP4 192.0.2.1\ns=-\nc=IN IP4 192.0.2.1\nt=0 0\nm=audio 4000 RTP/AVP 0 8 101\n\
+a=rtpmap:101 telephone-event/8000\na=fmtp:101 0-16\na=ptime:20\n"
+        );
+    }
+
+    #[test]
+    fn no_voice_codec_in_common_is_488() {
+        let only_g729 = "v=0\no=- 1 1 IN IP4 192.0.2.1\ns=-\nc=IN IP4 192.0.2.1\nt=0 0\nm=audio 4000 RTP/AVP 18 101\n\
+a=rtpmap:101 telephone-event/8000\n";
+        let mut desc = parse(&body(only_g729)).unwrap();
+        let err = keep_relayable(&mut desc, RELAYABLE).unwrap_err();
+        assert_eq!((err.status(), err.token()), (488, "no-common-codec"));
+        // Telephone-event alone keeps no stream alive.
+        assert!(text(&desc).contains("m=audio 0 RTP/AVP 101\n"));
     }
 }
