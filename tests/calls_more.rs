@@ -45,6 +45,23 @@ fn phone(d: &Daemon, user: &str, scenario: &str, extra: &[&str]) -> SippChild {
     s
 }
 
+/// One call to +15550001: alice's phone answers with `phone_scenario`, the
+/// PBX calls with `pbx_scenario` (holding `hold_ms`); both sides must pass
+/// their scenario's checks and the call must leave exactly one `completed`
+/// record. Returns what the PBX's and the phone's sipp printed.
+fn completed_call(phone_scenario: &str, pbx_scenario: &str, hold_ms: &str) -> (String, String) {
+    let mut d = prepared(TRUNK);
+    d.start();
+    let user = phone(&d, "alice", phone_scenario, &[]);
+    let (ok, out) = pbx(&d, Path::new(pbx_scenario), "+15550001", &["-d", hold_ms]).wait();
+    assert!(ok, "PBX side:\n{out}");
+    let (ok, uout) = user.wait();
+    assert!(ok, "phone side:\n{uout}");
+    let rec = &exactly_n_records(&mut d, 1)[0];
+    assert_eq!(rec["outcome"], "completed", "{rec}");
+    (out, uout)
+}
+
 /// When sipp's message trace shows the first INVITE arriving, in seconds
 /// (sipp stamps each traced message with the wall clock, to the µs:
 /// `----…---- 2026-01-02 03:04:05.678901`, then `UDP message received`).
@@ -141,15 +158,7 @@ fn each_call_attempt_is_recorded_exactly_once() {
 /// the same way. (Each sipp side checks what arrives with `ereg check_it`.)
 #[test]
 fn info_and_update_are_relayed_both_ways() {
-    let mut d = prepared(TRUNK);
-    d.start();
-    let user = phone(&d, "alice", "user_answer_info_update.xml", &[]);
-    let (ok, out) = pbx(&d, Path::new("pbx_call_info_update.xml"), "+15550001", &["-d", "200"]).wait();
-    assert!(ok, "PBX side:\n{out}");
-    let (ok, uout) = user.wait();
-    assert!(ok, "phone side:\n{uout}");
-    let rec = &exactly_n_records(&mut d, 1)[0];
-    assert_eq!(rec["outcome"], "completed", "{rec}");
+    completed_call("user_answer_info_update.xml", "pbx_call_info_update.xml", "200");
 }
 
 /// A re-INVITE started by the phone (hold) reaches the PBX with the phone's
@@ -157,15 +166,7 @@ fn info_and_update_are_relayed_both_ways() {
 /// on its own leg, and the call goes on until the PBX hangs up.
 #[test]
 fn reinvite_from_the_phone_reaches_the_pbx_and_its_answer_the_phone() {
-    let mut d = prepared(TRUNK);
-    d.start();
-    let user = phone(&d, "alice", "user_answer_then_reinvite.xml", &[]);
-    let (ok, out) = pbx(&d, Path::new("pbx_call_answer_reinvite.xml"), "+15550001", &["-d", "200"]).wait();
-    assert!(ok, "PBX side:\n{out}");
-    let (ok, uout) = user.wait();
-    assert!(ok, "phone side:\n{uout}");
-    let rec = &exactly_n_records(&mut d, 1)[0];
-    assert_eq!(rec["outcome"], "completed", "{rec}");
+    completed_call("user_answer_then_reinvite.xml", "pbx_call_answer_reinvite.xml", "200");
 }
 
 /// Glare started by the phone: while the phone's re-INVITE waits for the
@@ -174,17 +175,9 @@ fn reinvite_from_the_phone_reaches_the_pbx_and_its_answer_the_phone() {
 /// goes on.
 #[test]
 fn phone_reinvite_pending_makes_the_pbx_reinvite_get_491() {
-    let mut d = prepared(TRUNK);
-    d.start();
-    let user = phone(&d, "alice", "user_answer_then_reinvite.xml", &[]);
-    let (ok, out) = pbx(&d, Path::new("pbx_call_glare_crossing.xml"), "+15550001", &["-d", "200"]).wait();
-    assert!(ok, "PBX side:\n{out}");
+    let (out, uout) = completed_call("user_answer_then_reinvite.xml", "pbx_call_glare_crossing.xml", "200");
     assert!(out.contains("SIP/2.0 491 Request Pending"), "{out}");
-    let (ok, uout) = user.wait();
-    assert!(ok, "phone side:\n{uout}");
     assert!(!uout.contains(" 491 "), "the phone's offer is not the one refused:\n{uout}");
-    let rec = &exactly_n_records(&mut d, 1)[0];
-    assert_eq!(rec["outcome"], "completed", "{rec}");
 }
 
 /// A PBX on TCP: its INVITE comes over a TCP connection, the phone (UDP)
@@ -246,15 +239,9 @@ fn call_over_ipv6() {
 /// The daemon may ACK the phone's 200 only once it has the PBX's ACK.
 #[test]
 fn delayed_offer_answer_in_the_ack_reaches_the_phone() {
-    let mut d = prepared(TRUNK);
-    d.start();
-    let user = phone(&d, "alice", "user_answer_delayed_offer.xml", &[]);
-    let (ok, out) = pbx(&d, Path::new("pbx_call_delayed_offer.xml"), "+15550001", &["-d", "300"]).wait();
-    assert!(ok, "PBX side (the phone's offer in the 200):\n{out}");
-    let (ok, uout) = user.wait();
-    assert!(ok, "phone side (the PBX's answer in the ACK):\n{uout}");
-    let rec = &exactly_n_records(&mut d, 1)[0];
-    assert_eq!(rec["outcome"], "completed", "{rec}");
+    // The PBX's scenario checks the phone's offer in the 200; the phone's
+    // checks the PBX's answer in the ACK.
+    completed_call("user_answer_delayed_offer.xml", "pbx_call_delayed_offer.xml", "300");
 }
 
 /// A shared trunk (`portal = "*"`, an operator's SBC): each call belongs to

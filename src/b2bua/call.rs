@@ -461,7 +461,7 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
         c.commands.push_back(Command::Respond { tsx, response: trying });
         c.set_timer(Timer::Ring, Some(now + ring_timeout));
         for t in first {
-            c.start_fork(now, t);
+            c.start_fork(t);
         }
         c.fail_if_nothing_rings(now);
         c
@@ -621,7 +621,7 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
                 self.commands.push_back(Command::Respond { tsx, response: r });
             }
             Method::Invite | Method::Update | Method::Info if self.phase == Phase::Answered => {
-                self.relay_request(now, leg, tsx, req);
+                self.relay_request(leg, tsx, req);
             }
             Method::Invite | Method::Update | Method::Info => {
                 let r = Response::from_request(req, 481, "Call/Transaction Does Not Exist");
@@ -718,7 +718,7 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
 
     // ------------------------------------------------------------ forking
 
-    fn start_fork(&mut self, now: Instant, t: ForkTarget) {
+    fn start_fork(&mut self, t: ForkTarget) {
         let Ok(idx) = u16::try_from(self.legs.len()) else { return };
         let id = LegId(idx);
         let Ok(uri) = Uri::parse(&t.contact) else {
@@ -790,7 +790,6 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
             last_ack: None,
             has_media: has_offer,
         });
-        let _ = now;
         self.commands.push_back(Command::Route { call_id });
         self.commands.push_back(Command::Request { id: req, leg: id, peer: t.peer, request: invite });
     }
@@ -1021,7 +1020,7 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
         if let Some(next) = self.queue.pop_front() {
             self.set_timer(Timer::Ring, Some(now + self.ring_timeout));
             for t in next {
-                self.start_fork(now, t);
+                self.start_fork(t);
             }
         }
         self.fail_if_nothing_rings(now);
@@ -1133,7 +1132,7 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
 
     // ----------------------------------------------- in-dialog relaying
 
-    fn relay_request(&mut self, _now: Instant, from: LegId, tsx: S, req: &Request) {
+    fn relay_request(&mut self, from: LegId, tsx: S, req: &Request) {
         let Some(to) = self.other_leg(from) else {
             let r = Response::from_request(req, 481, "Call/Transaction Does Not Exist");
             self.commands.push_back(Command::Respond { tsx, response: r });
