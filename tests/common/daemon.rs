@@ -208,13 +208,27 @@ pub fn scenarios() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp")
 }
 
-/// A free local port for a peer (bound then released).
+/// A free port on 127.0.0.1 for a peer (see [`free_port_on`]).
 pub fn free_port() -> u16 {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-    let t = std::net::TcpListener::bind(("127.0.0.1", s.local_addr().expect("addr").port()));
-    match t {
-        Ok(_) => s.local_addr().expect("addr").port(),
-        Err(_) => free_port(),
+    free_port_on("127.0.0.1")
+}
+
+/// A port free for both UDP and TCP on `ip`, for a peer that binds it a
+/// moment later. Drawn at random below the kernel's ephemeral range
+/// (32768–60999), so neither the daemon's own sockets nor another test
+/// process probing at the same time are likely to take it in between; and
+/// probed on the peer's own address (a peer on 127.0.0.2 can hold a port
+/// that is free on 127.0.0.1).
+pub fn free_port_on(ip: &str) -> u16 {
+    let ip: std::net::IpAddr = ip.parse().expect("peer address");
+    loop {
+        let mut r = [0u8; 2];
+        getrandom::fill(&mut r).expect("random");
+        let port = 20_000 + u16::from_le_bytes(r) % 12_000;
+        let addr = SocketAddr::new(ip, port);
+        if std::net::UdpSocket::bind(addr).is_ok() && std::net::TcpListener::bind(addr).is_ok() {
+            return port;
+        }
     }
 }
 
@@ -265,7 +279,7 @@ pub struct SippChild {
 /// peer for a client scenario, `None` for a server (UAS) scenario.
 pub fn sipp_start(scenario: &Path, remote: Option<SocketAddr>, local_ip: &str, port: u16, extra: &[&str]) -> SippChild {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = if port == 0 { free_port() } else { port };
+    let port = if port == 0 { free_port_on(local_ip) } else { port };
     let scenario = if scenario.is_absolute() { scenario.to_owned() } else { scenarios().join(scenario) };
     let mut cmd = Command::new("sipp");
     if let Some(r) = remote {
