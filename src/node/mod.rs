@@ -372,6 +372,12 @@ impl Shard {
                 match self.layer.handle_response(now, &info) {
                     Some(key) => {
                         self.responses.insert(key, resp);
+                        // Its event reads the response from the map: handle
+                        // it now, before the next response of the same
+                        // transaction (a 180 and a 200 in one burst) replaces
+                        // it — else the 180's event saw the 200, the 180 was
+                        // never relayed and the 200 was handled twice.
+                        self.drain(now);
                     }
                     None => debug!(remote = %inb.remote, status = resp.status(), "stray response dropped"),
                 }
