@@ -42,6 +42,9 @@ use crate::transport::Target;
 /// Record reason of calls cut by the node's stop.
 pub const NODE_STOPPED: &str = "node-stopped";
 
+/// Record reason of calls ended because a leg's media stopped.
+pub const MEDIA_TIMEOUT: &str = "media-timeout";
+
 /// Methods every leg may send us.
 pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE";
 
@@ -390,6 +393,9 @@ pub struct Call<S> {
     /// When the call was made, and the record's clock then.
     created: Instant,
     best_failure: u16,
+    /// The media session's reason when it refused a fork (its token names
+    /// the caller's answer: `media-ports-exhausted`, `no-common-codec`).
+    media_failure: Option<(u16, &'static str)>,
     timers: [Option<Instant>; TIMERS],
     requests: InFlight<S>,
     next_req: u32,
@@ -408,6 +414,8 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
     ) -> Call<S> {
         let InboundCall { invite, tsx, peer, groups, strategy, ring_timeout, max_duration, lease_id, domain, record } =
             call;
+        let mut media = media;
+        media.add_leg(LegId::ORIGIN, peer.target.addr, peer.local);
         let local_tag = ids.tag();
         let origin = Leg {
             id: LegId::ORIGIN,
@@ -451,6 +459,7 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
             record: Some(record),
             created: now,
             best_failure: 0,
+            media_failure: None,
             timers: [None; TIMERS],
             requests: InFlight(Vec::new()),
             next_req: 0,
@@ -577,6 +586,20 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
         match self.phase {
             Phase::Ringing => self.end_unanswered(now, 503, Outcome::Failed, Some(NODE_STOPPED)),
             Phase::Answered => self.hang_up(now, Outcome::Failed, Some(NODE_STOPPED)),
+            Phase::Ending => {}
+        }
+    }
+
+    /// A leg's media stopped (no RTP or RTCP for the media timeout): the
+    /// call ends on both legs with reason `media-timeout`, so a dead peer
+    /// never holds a licensed channel.
+    pub fn handle_media_timeout(&mut self, now: Instant) {
+        match self.phase {
+            Phase::Answered => {
+                debug!("media timeout: hanging up");
+                self.hang_up(now, Outcome::Failed, Some(MEDIA_TIMEOUT));
+            }
+            Phase::Ringing => self.end_unanswered(now, 408, Outcome::Failed, Some(MEDIA_TIMEOUT)),
             Phase::Ending => {}
         }
     }
@@ -741,13 +764,15 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
             None => format!("<sip:{caller}@{}>;tag={from_tag}", self.domain),
         };
         let call_id = self.ids.call_id();
-        let offer = body_of_request(&origin.invite);
+        self.media.add_leg(id, t.peer.target.addr, t.peer.local);
+        let offer = body_of_request(&self.legs[0].invite);
         let body = match offer {
             Some(o) if o.is_sdp() => match self.media.offer(LegId::ORIGIN, id, &o) {
                 Ok(b) => Some(b),
                 Err(e) => {
                     debug!(error = %e, "offer not carried to the fork");
                     self.best_failure = pick_failure(self.best_failure, e.status());
+                    self.media_failure = Some((e.status(), e.token()));
                     return;
                 }
             },
@@ -926,6 +951,7 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
                 }
                 self.legs[idx].state = LegState::Ended;
                 self.best_failure = pick_failure(self.best_failure, e.status());
+                self.media_failure = Some((e.status(), e.token()));
                 self.advance_or_fail(now);
                 return;
             }
@@ -1040,7 +1066,9 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
             self.advance_or_fail(now);
             return;
         }
+        let media = self.media_failure.filter(|(s, _)| *s == self.best_failure).map(|(_, t)| t);
         let (status, outcome, reason) = match self.best_failure {
+            s @ (488 | 503) if media.is_some() => (s, Outcome::Failed, media),
             486 | 600 => (486, Outcome::Busy, None),
             603 => (603, Outcome::Declined, None),
             488 => (488, Outcome::Failed, Some("no-common-codec")),
@@ -1054,7 +1082,13 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
     fn end_unanswered(&mut self, now: Instant, status: u16, outcome: Outcome, reason: Option<&'static str>) {
         let mut r = self.origin_response(status, crate::sip::message::status::reason_phrase(status));
         if let Some(reason) = reason {
-            let detail = if reason == NODE_STOPPED { "node stopping" } else { "no user answered" };
+            let detail = match reason {
+                NODE_STOPPED => "node stopping",
+                "media-ports-exhausted" => "no media ports free",
+                "no-common-codec" => "no codec in common",
+                MEDIA_TIMEOUT => "no media",
+                _ => "no user answered",
+            };
             let _ = r
                 .headers_mut()
                 .push(HeaderName::Warning, format!("399 {} \"{reason}: {detail}\"", self.config.warning_host));

@@ -70,6 +70,19 @@ impl MediaError {
 /// leg's. Sans-IO like the call machine: no sockets here (an implementation
 /// that relays packets hands them to its own driver).
 pub trait MediaSession: Send {
+    /// Leg `leg` exists: its peer's signalling address and ours toward it
+    /// (a relay picks the leg's address family and media address from
+    /// them). Called before any body of the leg crosses the session.
+    fn add_leg(&mut self, _leg: LegId, _peer: std::net::SocketAddr, _local: std::net::SocketAddr) {}
+
+    /// The session description we last gave leg `leg` (offer or answer),
+    /// as sent: what an offerless re-INVITE or a session refresh from that
+    /// leg is answered with, without disturbing the other leg. `None` when
+    /// this session keeps no such state (the request is relayed instead).
+    fn local_description(&self, _leg: LegId) -> Option<Body> {
+        None
+    }
+
     /// Leg `from` offered `offer`: what to offer leg `to`.
     fn offer(&mut self, from: LegId, to: LegId, offer: &Body) -> Result<Body, MediaError>;
 
