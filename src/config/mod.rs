@@ -61,9 +61,182 @@ pub struct Config {
     /// Call admission: the answers to refused calls.
     #[serde(default)]
     pub admission: AdmissionSection,
+    /// Media anchoring: the RTP relay's addresses, ports and timeouts.
+    #[serde(default)]
+    pub media: MediaSection,
     /// Trunks defined inline; more may come from `trunks_dir`.
     #[serde(default)]
     pub trunk: Vec<TrunkConfig>,
+}
+
+/// `[media]`: every call's media flows through trunkgate's RTP relay.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaSection {
+    /// Relay media (`true`), or pass SDP unchanged so the PBX and the phones
+    /// exchange media directly (`false`: only where they can reach each
+    /// other, e.g. one LAN). Default: `true`.
+    #[serde(default = "default_true")]
+    pub anchor: bool,
+    /// The address written into SDP toward peers, at most one per address
+    /// family (e.g. `["203.0.113.7", "2001:db8::7"]`; behind 1:1 NAT, the
+    /// public one). Default: the node's SIP address toward each peer.
+    #[serde(default)]
+    pub public_address: Vec<Spanned<String>>,
+    /// Local addresses the RTP sockets bind to, at most one per family.
+    /// Default: `["0.0.0.0", "::"]`.
+    #[serde(default)]
+    pub bind_address: Vec<Spanned<String>>,
+    /// First port of the RTP/RTCP range (each leg takes an even/odd pair).
+    /// Default: 10000.
+    #[serde(default = "default_port_min")]
+    pub port_min: u16,
+    /// Last port of the range. Default: 19999.
+    #[serde(default = "default_port_max")]
+    pub port_max: u16,
+    /// A leg that sends no RTP and no RTCP this long ends its call (BYE on
+    /// both legs, reason `media-timeout`), seconds; 0 disables. Default: 60.
+    #[serde(default = "default_media_timeout_s")]
+    pub timeout_s: u64,
+    /// The same while the call is on hold, seconds; 0 disables. Default: 3600.
+    #[serde(default = "default_hold_timeout_s")]
+    pub hold_timeout_s: u64,
+    /// Relay threads; 0 means one per CPU. Default: 0.
+    #[serde(default)]
+    pub threads: usize,
+}
+
+impl Default for MediaSection {
+    fn default() -> Self {
+        Self {
+            anchor: true,
+            public_address: Vec::new(),
+            bind_address: Vec::new(),
+            port_min: default_port_min(),
+            port_max: default_port_max(),
+            timeout_s: default_media_timeout_s(),
+            hold_timeout_s: default_hold_timeout_s(),
+            threads: 0,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_port_min() -> u16 {
+    10_000
+}
+fn default_port_max() -> u16 {
+    19_999
+}
+fn default_media_timeout_s() -> u64 {
+    60
+}
+fn default_hold_timeout_s() -> u64 {
+    3600
+}
+
+/// `[media]` resolved: addresses parsed, one per family at most.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaSettings {
+    /// Relay media (else SDP passes unchanged).
+    pub anchor: bool,
+    /// SDP address for IPv4 peers, if configured.
+    pub public_v4: Option<std::net::Ipv4Addr>,
+    /// SDP address for IPv6 peers, if configured.
+    pub public_v6: Option<std::net::Ipv6Addr>,
+    /// Bind address for IPv4 sockets.
+    pub bind_v4: std::net::Ipv4Addr,
+    /// Bind address for IPv6 sockets.
+    pub bind_v6: std::net::Ipv6Addr,
+    /// Port range.
+    pub port_min: u16,
+    /// Port range.
+    pub port_max: u16,
+    /// Silence that ends a call.
+    pub timeout: Option<std::time::Duration>,
+    /// Silence that ends a held call.
+    pub hold_timeout: Option<std::time::Duration>,
+    /// Relay threads (resolved: at least 1).
+    pub threads: usize,
+}
+
+impl Default for MediaSettings {
+    fn default() -> Self {
+        Self {
+            anchor: true,
+            public_v4: None,
+            public_v6: None,
+            bind_v4: std::net::Ipv4Addr::UNSPECIFIED,
+            bind_v6: std::net::Ipv6Addr::UNSPECIFIED,
+            port_min: default_port_min(),
+            port_max: default_port_max(),
+            timeout: Some(std::time::Duration::from_secs(default_media_timeout_s())),
+            hold_timeout: Some(std::time::Duration::from_secs(default_hold_timeout_s())),
+            threads: 1,
+        }
+    }
+}
+
+fn parse_media(config: &Config, path: &Path, sources: &SourceMap, errors: &mut ConfigErrors) -> MediaSettings {
+    let m = &config.media;
+    let mut out = MediaSettings {
+        anchor: m.anchor,
+        port_min: m.port_min,
+        port_max: m.port_max,
+        timeout: (m.timeout_s > 0).then(|| std::time::Duration::from_secs(m.timeout_s)),
+        hold_timeout: (m.hold_timeout_s > 0).then(|| std::time::Duration::from_secs(m.hold_timeout_s)),
+        threads: if m.threads == 0 {
+            std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+        } else {
+            m.threads
+        },
+        ..MediaSettings::default()
+    };
+    let addrs = |list: &[Spanned<String>], what: &str, errors: &mut ConfigErrors| {
+        let (mut v4, mut v6): (Option<std::net::Ipv4Addr>, Option<std::net::Ipv6Addr>) = (None, None);
+        for a in list {
+            match a.get_ref().parse::<std::net::IpAddr>() {
+                Ok(std::net::IpAddr::V4(ip)) if v4.is_none() => v4 = Some(ip),
+                Ok(std::net::IpAddr::V6(ip)) if v6.is_none() => v6 = Some(ip),
+                Ok(_) => errors.push(sources.error(
+                    path,
+                    a.span(),
+                    format!("[media] {what}: at most one address per family (`{}` is a second)", a.get_ref()),
+                )),
+                Err(_) => errors.push(sources.error(
+                    path,
+                    a.span(),
+                    format!("[media] {what}: `{}` is no IP address", a.get_ref()),
+                )),
+            }
+        }
+        (v4, v6)
+    };
+    (out.public_v4, out.public_v6) = addrs(&m.public_address, "public_address", errors);
+    if out.public_v4.is_some_and(|a| a.is_unspecified()) || out.public_v6.is_some_and(|a| a.is_unspecified()) {
+        errors.push(sources.key_error(path, "public_address", "[media] public_address must be a reachable address, not 0.0.0.0 or ::"));
+    }
+    let (b4, b6) = addrs(&m.bind_address, "bind_address", errors);
+    out.bind_v4 = b4.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+    out.bind_v6 = b6.unwrap_or(std::net::Ipv6Addr::UNSPECIFIED);
+    if m.port_min < 1024 || m.port_max <= m.port_min {
+        errors.push(sources.key_error(
+            path,
+            if m.port_min < 1024 { "port_min" } else { "port_max" },
+            "[media] port_min must be at least 1024 and below port_max",
+        ));
+    } else if crate::media::ports::PortPool::new(m.port_min, m.port_max).is_err() {
+        errors.push(sources.key_error(path, "port_max", "[media] the port range holds no RTP/RTCP pair"));
+    }
+    if m.threads > 64 {
+        errors.push(sources.key_error(path, "threads", "[media] threads must be at most 64"));
+    }
+    if m.timeout_s > 0 && m.hold_timeout_s > 0 && m.hold_timeout_s < m.timeout_s {
+        errors.push(sources.key_error(path, "hold_timeout_s", "[media] hold_timeout_s must be at least timeout_s"));
+    }
+    out
 }
 
 /// `[log]`: where and how the daemon logs.
@@ -540,6 +713,8 @@ pub struct Loaded {
     /// The SIP answer to each refusal, defaults overridden by
     /// `[admission.answers]`.
     pub answers: RefusalAnswers,
+    /// `[media]`, resolved.
+    pub media: MediaSettings,
 }
 
 /// Overrides that come from the environment or the command line.
@@ -607,6 +782,7 @@ pub fn load(path: &Path, overrides: &Overrides) -> Result<Loaded, ConfigErrors> 
 
     let listen = parse_listen(&config, path, &sources, &mut errors);
     let answers = parse_answers(&config, path, &sources, &mut errors);
+    let media = parse_media(&config, path, &sources, &mut errors);
     parse_sources(&mut trunks, &sources, &mut errors);
     validate(&config, &trunks, path, &sources, &mut errors);
 
@@ -638,7 +814,7 @@ pub fn load(path: &Path, overrides: &Overrides) -> Result<Loaded, ConfigErrors> 
     }
 
     if errors.is_empty() {
-        Ok(Loaded { path: path.to_owned(), config, trunks, node_id, state_dir, database_url, listen, answers })
+        Ok(Loaded { path: path.to_owned(), config, trunks, node_id, state_dir, database_url, listen, answers, media })
     } else {
         Err(errors)
     }

@@ -48,14 +48,28 @@ impl Side {
     }
 }
 
+/// Which of a side's two local ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// The even RTP port (also RTCP with rtcp-mux).
+    Rtp,
+    /// The odd RTCP port.
+    Rtcp,
+}
+
 /// What to do with a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// Send it (rewritten in place) from the other side's port to `to`.
+    /// Send it (rewritten in place) from the other side's port `via` to `to`.
     Forward {
         /// The other side's peer.
         to: SocketAddr,
+        /// The local port it leaves from.
+        via: Port,
     },
+    /// The other side does not want media now (its SDP said `sendonly` or
+    /// `inactive`: hold): dropped.
+    Held,
     /// Accepted, but the other side has no address yet (no SDP, no packet).
     NoDestination,
     /// From a source that is not this side's peer: counted, dropped.
@@ -77,6 +91,10 @@ pub struct DirectionStats {
     pub jitter: u32,
     /// Packets from sources that are not the peer, dropped.
     pub stray: u64,
+    /// RTCP packets relayed.
+    pub rtcp_packets: u64,
+    /// Packets dropped because the other side was on hold.
+    pub held: u64,
 }
 
 /// Where a side's peer is.
@@ -94,6 +112,46 @@ struct Peer {
 impl Peer {
     fn destination(&self) -> Option<SocketAddr> {
         self.latched.or(self.announced)
+    }
+
+    /// Safe latching: whether a packet from `source` belongs to this peer
+    /// (and latches it if so).
+    fn accept(&mut self, source: SocketAddr) -> bool {
+        let accepted = match self.latched {
+            Some(l) if l == source => true,
+            _ if self.announced == Some(source) => true,
+            _ => self.learning,
+        };
+        if accepted {
+            // Latch once per offer/answer (the announced address may always
+            // take it back: it is what the signalling said).
+            self.latched = Some(source);
+            self.learning = false;
+        }
+        accepted
+    }
+}
+
+/// A side's media settings from its latest offer/answer.
+#[derive(Debug, Clone, Copy)]
+struct SideMedia {
+    rtcp: Peer,
+    /// RTCP on the RTP port (RFC 5761).
+    mux: bool,
+    /// Its SDP wants media (not `sendonly`/`inactive`).
+    receives: bool,
+    /// Payload types it sends, in the other side's numbering.
+    pt_map: [u8; 128],
+}
+
+impl Default for SideMedia {
+    fn default() -> Self {
+        SideMedia {
+            rtcp: Peer::default(),
+            mux: false,
+            receives: true,
+            pt_map: std::array::from_fn(|i| u8::try_from(i).unwrap_or(0)),
+        }
     }
 }
 
@@ -125,6 +183,7 @@ struct Receive {
 #[derive(Debug, Clone)]
 pub struct RelaySession {
     peers: [Peer; 2],
+    media: [SideMedia; 2],
     /// Toward each side (indexed by the receiving side).
     out: [Outgoing; 2],
     recv: [Receive; 2],
@@ -151,6 +210,7 @@ impl RelaySession {
         };
         RelaySession {
             peers: [Peer::default(); 2],
+            media: [SideMedia::default(); 2],
             out: [out(ssrcs[0]), out(ssrcs[1])],
             recv: [Receive::default(); 2],
             stats: [DirectionStats::default(); 2],
@@ -167,6 +227,32 @@ impl RelaySession {
         p.learning = true;
     }
 
+    /// Where `side`'s peer receives RTCP (`a=rtcp`, else RTP port + 1) and
+    /// whether it multiplexes RTCP on the RTP port: from the same offer/answer
+    /// as [`expect`](Self::expect); its RTCP source may latch once too.
+    pub fn expect_rtcp(&mut self, side: Side, announced: Option<SocketAddr>, mux: bool) {
+        let m = &mut self.media[side.index()];
+        m.rtcp.announced = announced.filter(|a| !a.ip().is_unspecified() && a.port() != 0);
+        m.rtcp.learning = true;
+        m.mux = mux;
+    }
+
+    /// Whether `side`'s peer wants media now (its SDP's direction).
+    pub fn set_receives(&mut self, side: Side, receives: bool) {
+        self.media[side.index()].receives = receives;
+    }
+
+    /// How payload types sent by `side` are renumbered for the other side
+    /// (see [`crate::media::sdp::payload_map`]).
+    pub fn set_payload_map(&mut self, side: Side, map: [u8; 128]) {
+        self.media[side.index()].pt_map = map;
+    }
+
+    /// The RTP clock rate (timestamp units per second) of the stream.
+    pub fn set_clock_rate(&mut self, rate: u32) {
+        self.clock_rate = rate.max(1);
+    }
+
     /// Figures of packets that arrived on `side`.
     pub fn stats(&self, side: Side) -> DirectionStats {
         let mut s = self.stats[side.index()];
@@ -174,9 +260,13 @@ impl RelaySession {
         s
     }
 
-    /// When `side` last sent us a packet its peer owns.
+    /// When `side` last sent us an RTP or RTCP packet its peer owns.
     pub fn last_packet(&self, side: Side) -> Option<Instant> {
-        self.peers[side.index()].last_packet
+        let i = side.index();
+        match (self.peers[i].last_packet, self.media[i].rtcp.last_packet) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Where packets toward `side` go now.
@@ -192,25 +282,9 @@ impl RelaySession {
         }
         let i = side.index();
         let peer = &mut self.peers[i];
-        let from_announced = peer.announced == Some(source);
-        let accepted = match peer.latched {
-            Some(l) if l == source => true,
-            _ if from_announced => true,
-            None if peer.learning => true,
-            Some(_) if peer.learning => true,
-            _ => false,
-        };
-        if !accepted {
+        if !peer.accept(source) {
             self.stats[i].stray += 1;
             return Verdict::Stray;
-        }
-        if peer.latched != Some(source) {
-            // Latch once per offer/answer (the announced address may always
-            // take it back: it is what the signalling said).
-            peer.latched = Some(source);
-            peer.learning = false;
-        } else if peer.learning {
-            peer.learning = false;
         }
         peer.last_packet = Some(now);
         let seq = u16::from_be_bytes([packet[2], packet[3]]);
@@ -244,11 +318,53 @@ impl RelaySession {
             out.last_ts = new_ts;
             out.last_sent = Some(now);
         }
+        let pt = packet[1] & 0x7f;
+        packet[1] = (packet[1] & 0x80) | self.media[i].pt_map[usize::from(pt)];
         packet[2..4].copy_from_slice(&new_seq.to_be_bytes());
         packet[4..8].copy_from_slice(&new_ts.to_be_bytes());
         packet[8..12].copy_from_slice(&out.ssrc.to_be_bytes());
+        if !self.media[o].receives {
+            self.stats[i].held += 1;
+            return Verdict::Held;
+        }
         match to {
-            Some(to) => Verdict::Forward { to },
+            Some(to) => Verdict::Forward { to, via: Port::Rtp },
+            None => Verdict::NoDestination,
+        }
+    }
+
+    /// An RTCP packet arrived on `side` from `source` (on its RTCP port, or
+    /// muxed on its RTP port). Sender SSRCs are rewritten to ours toward the
+    /// other side, report blocks about our stream to the source they report
+    /// on, and the SR's RTP timestamp to our timeline, so the far end sees
+    /// one consistent source.
+    pub fn handle_rtcp(&mut self, now: Instant, side: Side, source: SocketAddr, packet: &mut [u8]) -> Verdict {
+        if packet.len() < 8 || packet[0] >> 6 != 2 {
+            return Verdict::Malformed;
+        }
+        let i = side.index();
+        let m = &mut self.media[i];
+        // Muxed RTCP comes from the RTP source.
+        let ok = if m.mux && self.peers[i].latched == Some(source) { true } else { m.rtcp.accept(source) };
+        if !ok {
+            self.stats[i].stray += 1;
+            return Verdict::Stray;
+        }
+        m.rtcp.last_packet = Some(now);
+        self.stats[i].rtcp_packets += 1;
+        let o = side.other().index();
+        let toward = self.out[o];
+        let reported = self.recv[o].source;
+        let ours_toward_sender = self.out[i].ssrc;
+        rewrite_rtcp(packet, toward.ssrc, toward.ts_offset, ours_toward_sender, reported);
+        let dest = &self.media[o];
+        let (to, via) = if dest.mux {
+            (self.peers[o].destination(), Port::Rtp)
+        } else {
+            (dest.rtcp.destination(), Port::Rtcp)
+        };
+        match to {
+            Some(to) => Verdict::Forward { to, via },
             None => Verdict::NoDestination,
         }
     }
@@ -273,6 +389,52 @@ impl RelaySession {
             r.jitter16 = r.jitter16 + d - ((r.jitter16 + 8) >> 4);
         }
         r.transit = Some(transit);
+    }
+}
+
+/// Whether a packet on an RTP port is muxed RTCP (RFC 5761 §4: payload
+/// types 64–95 with the marker bit, i.e. RTCP packet types 192–223).
+pub fn is_rtcp(packet: &[u8]) -> bool {
+    packet.len() >= 2 && (192..=223).contains(&packet[1])
+}
+
+/// Rewrites a compound RTCP packet in place (see
+/// [`RelaySession::handle_rtcp`]). Stops at the first malformed part.
+fn rewrite_rtcp(p: &mut [u8], sender: u32, ts_offset: u32, ours_toward_sender: u32, reported: Option<u32>) {
+    let mut at = 0;
+    while at + 8 <= p.len() {
+        let count = usize::from(p[at] & 0x1f);
+        let kind = p[at + 1];
+        let len = (usize::from(u16::from_be_bytes([p[at + 2], p[at + 3]])) + 1) * 4;
+        if p[at] >> 6 != 2 || at + len > p.len() {
+            return;
+        }
+        // Every common type starts with its sender's (or chunk's) SSRC.
+        if matches!(kind, 200..=204) {
+            p[at + 4..at + 8].copy_from_slice(&sender.to_be_bytes());
+        }
+        let blocks = match kind {
+            200 if len >= 28 => {
+                let ts = u32::from_be_bytes([p[at + 16], p[at + 17], p[at + 18], p[at + 19]]);
+                p[at + 16..at + 20].copy_from_slice(&ts.wrapping_add(ts_offset).to_be_bytes());
+                Some(at + 28)
+            }
+            201 => Some(at + 8),
+            _ => None,
+        };
+        if let (Some(start), Some(reported)) = (blocks, reported) {
+            for b in 0..count {
+                let s = start + b * 24;
+                if s + 24 > at + len {
+                    break;
+                }
+                let about = u32::from_be_bytes([p[s], p[s + 1], p[s + 2], p[s + 3]]);
+                if about == ours_toward_sender {
+                    p[s..s + 4].copy_from_slice(&reported.to_be_bytes());
+                }
+            }
+        }
+        at += len;
     }
 }
 
@@ -327,7 +489,7 @@ mod tests {
     fn relays_to_the_other_side_with_our_ssrc() {
         let (t0, mut s) = session();
         let mut p = rtp(100, 8000, 0x1234);
-        assert_eq!(s.handle_rtp(t0, Side::A, addr(PBX), &mut p), Verdict::Forward { to: addr(PHONE) });
+        assert_eq!(s.handle_rtp(t0, Side::A, addr(PBX), &mut p), Verdict::Forward { to: addr(PHONE), via: Port::Rtp });
         assert_eq!(fields(&p), (100, 8000, 0xBBBB_0002));
         assert_eq!(&p[12..], &[0xd5; 160][..], "the payload is untouched");
         let st = s.stats(Side::A);
@@ -432,5 +594,65 @@ mod tests {
         // Hold from an old PBX: c=0.0.0.0 announces nothing.
         s.expect(Side::B, Some(addr("0.0.0.0:5000")));
         assert_eq!(s.destination(Side::B), None);
+    }
+
+    fn rtcp_rr(sender: u32, about: u32) -> Vec<u8> {
+        let mut p = vec![0x81, 201, 0, 7];
+        p.extend_from_slice(&sender.to_be_bytes());
+        p.extend_from_slice(&about.to_be_bytes());
+        p.extend_from_slice(&[0; 20]);
+        p
+    }
+
+    #[test]
+    fn rtcp_goes_to_the_rtcp_port_or_muxed_with_ssrcs_rewritten() {
+        let (t0, mut s) = session();
+        s.expect_rtcp(Side::A, Some(addr("192.0.2.10:4001")), false);
+        s.expect_rtcp(Side::B, Some(addr("198.51.100.5:5001")), true);
+        // The PBX's stream, so reports about it can be mapped.
+        let mut p = rtp(1, 160, 0x1234);
+        s.handle_rtp(t0, Side::A, addr(PBX), &mut p);
+        // The phone (muxed) reports on our stream toward it (SSRC BBBB_0002)
+        // from its RTP address: toward the PBX it reports on the PBX's own.
+        let mut r = rtcp_rr(0x5555, 0xBBBB_0002);
+        assert!(is_rtcp(&r) && !is_rtcp(&p));
+        assert_eq!(
+            s.handle_rtcp(t0, Side::B, addr(PHONE), &mut r),
+            Verdict::Forward { to: addr("192.0.2.10:4001"), via: Port::Rtcp }
+        );
+        assert_eq!(&r[4..8], &0xAAAA_0001u32.to_be_bytes(), "our SSRC toward the PBX");
+        assert_eq!(&r[8..12], &0x1234u32.to_be_bytes(), "about the PBX's stream");
+        // The PBX's RTCP toward the muxing phone leaves from our RTP port.
+        let mut r = rtcp_rr(0x1234, 0xAAAA_0001);
+        assert_eq!(
+            s.handle_rtcp(t0, Side::A, addr("192.0.2.10:4001"), &mut r),
+            Verdict::Forward { to: addr(PHONE), via: Port::Rtp }
+        );
+        // A stranger's RTCP is stray; so is a truncated compound's garbage.
+        let mut r = rtcp_rr(1, 2);
+        assert_eq!(s.handle_rtcp(t0, Side::A, addr("203.0.113.9:4001"), &mut r), Verdict::Stray);
+        assert_eq!(s.stats(Side::A).rtcp_packets, 1);
+        assert_eq!(s.stats(Side::B).rtcp_packets, 1);
+        assert_eq!(s.last_packet(Side::B), Some(t0));
+    }
+
+    #[test]
+    fn payload_types_are_renumbered_and_a_held_side_gets_nothing() {
+        let (t0, mut s) = session();
+        let mut map: [u8; 128] = std::array::from_fn(|i| i as u8);
+        map[101] = 96;
+        s.set_payload_map(Side::A, map);
+        let mut p = rtp(1, 160, 7);
+        p[1] = 0x80 | 101; // marker + telephone-event
+        assert!(matches!(s.handle_rtp(t0, Side::A, addr(PBX), &mut p), Verdict::Forward { .. }));
+        assert_eq!(p[1], 0x80 | 96, "marker kept, type renumbered");
+        // The phone put the PBX on hold (sendonly): nothing goes to the phone
+        s.set_receives(Side::B, false);
+        let mut p = rtp(2, 320, 7);
+        assert_eq!(s.handle_rtp(t0, Side::A, addr(PBX), &mut p), Verdict::Held);
+        assert_eq!(s.stats(Side::A).held, 1);
+        // ...while its own packets still reach the PBX.
+        let mut p = rtp(1, 160, 9);
+        assert!(matches!(s.handle_rtp(t0, Side::B, addr(PHONE), &mut p), Verdict::Forward { .. }));
     }
 }

@@ -4,7 +4,7 @@
 //! every other line as the peer wrote it.
 
 use std::io::Cursor;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use rtc_sdp::SessionDescription;
 use rtc_sdp::description::common::{Address, ConnectionInformation};
@@ -136,6 +136,167 @@ pub fn keep_relayable(desc: &mut SessionDescription, relayable: &[&str]) -> Resu
     Ok(kept_streams)
 }
 
+/// A stream's direction attribute (RFC 3264 §5.1), as its writer states it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Sends and receives.
+    #[default]
+    SendRecv,
+    /// Sends only (puts the other side on hold).
+    SendOnly,
+    /// Receives only.
+    RecvOnly,
+    /// Neither.
+    Inactive,
+}
+
+impl Direction {
+    /// The writer wants to receive media.
+    pub fn receives(self) -> bool {
+        matches!(self, Direction::SendRecv | Direction::RecvOnly)
+    }
+
+    /// The writer will send media.
+    pub fn sends(self) -> bool {
+        matches!(self, Direction::SendRecv | Direction::SendOnly)
+    }
+
+    fn from_key(key: &str) -> Option<Direction> {
+        match key {
+            "sendrecv" => Some(Direction::SendRecv),
+            "sendonly" => Some(Direction::SendOnly),
+            "recvonly" => Some(Direction::RecvOnly),
+            "inactive" => Some(Direction::Inactive),
+            _ => None,
+        }
+    }
+}
+
+/// A payload format of a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Format {
+    /// Payload type number.
+    pub pt: u8,
+    /// Encoding name (`PCMU`, `telephone-event`, …), as written.
+    pub name: String,
+    /// RTP clock rate.
+    pub rate: u32,
+}
+
+impl Format {
+    fn same_codec(&self, other: &Format) -> bool {
+        self.name.eq_ignore_ascii_case(&other.name) && self.rate == other.rate
+    }
+
+    /// An RFC 4733 event format.
+    pub fn is_event(&self) -> bool {
+        self.name.eq_ignore_ascii_case("telephone-event")
+    }
+}
+
+/// What a description says about its first active audio stream: where its
+/// writer receives and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamInfo {
+    /// RTP address (`c=` and the `m=` port); `None` for `c=0.0.0.0`/`::`
+    /// (an old PBX's hold, RFC 3264 §8.4) or an unusable address.
+    pub rtp: Option<SocketAddr>,
+    /// RTCP address: `a=rtcp`, else the RTP port + 1 (RFC 3605).
+    pub rtcp: Option<SocketAddr>,
+    /// `a=rtcp-mux`: RTCP on the RTP port (RFC 5761).
+    pub rtcp_mux: bool,
+    /// Direction (media level, else session level); `c=0.0.0.0` counts as
+    /// `inactive` toward its writer (it cannot receive).
+    pub direction: Direction,
+    /// Payload formats in `m=` order.
+    pub formats: Vec<Format>,
+}
+
+impl StreamInfo {
+    /// Clock rate of the first voice format (timestamps of the stream).
+    pub fn clock_rate(&self) -> u32 {
+        self.formats.iter().find(|f| !f.is_event()).map_or(8000, |f| f.rate)
+    }
+
+    /// The stream puts the call on hold (not both directions flowing).
+    pub fn is_hold(&self) -> bool {
+        self.direction != Direction::SendRecv || self.rtp.is_none()
+    }
+
+    /// Whether RFC 4733 events are among its formats.
+    pub fn has_events(&self) -> bool {
+        self.formats.iter().any(Format::is_event)
+    }
+}
+
+/// The first active audio stream of `desc`, if any.
+pub fn stream_info(desc: &SessionDescription) -> Option<StreamInfo> {
+    let m = desc.media_descriptions.iter().find(|m| m.media_name.media == "audio" && m.media_name.port.value != 0)?;
+    let c = m.connection_information.as_ref().or(desc.connection_information.as_ref());
+    let ip: Option<IpAddr> = c.and_then(|c| c.address.as_ref()).and_then(|a| {
+        // `c=IN IP4 224.2.1.1/127` carries a TTL: the address is before it.
+        a.address.split('/').next().and_then(|x| x.parse().ok())
+    });
+    let port = u16::try_from(m.media_name.port.value).ok().filter(|p| *p != 0);
+    let rtp = match (ip, port) {
+        (Some(ip), Some(port)) if !ip.is_unspecified() => Some(SocketAddr::new(ip, port)),
+        _ => None,
+    };
+    let rtcp_mux = m.has_attribute("rtcp-mux");
+    let rtcp = match m.attribute("rtcp").flatten() {
+        Some(v) => {
+            let mut it = v.split_whitespace();
+            let p = it.next().and_then(|p| p.parse::<u16>().ok());
+            let addr = it.nth(2).and_then(|a| a.parse::<IpAddr>().ok()).or(rtp.map(|r| r.ip()));
+            match (p, addr) {
+                (Some(p), Some(a)) if !a.is_unspecified() && p != 0 => Some(SocketAddr::new(a, p)),
+                _ => None,
+            }
+        }
+        None => rtp.and_then(|r| r.port().checked_add(1).map(|p| SocketAddr::new(r.ip(), p))),
+    };
+    let direction = m
+        .attributes
+        .iter()
+        .find_map(|a| Direction::from_key(&a.key))
+        .or_else(|| desc.attributes.iter().find_map(|a| Direction::from_key(&a.key)))
+        .unwrap_or_default();
+    let direction = if rtp.is_none() && ip.is_some_and(|i| i.is_unspecified()) { Direction::Inactive } else { direction };
+    let codecs = m.codecs();
+    let formats = m
+        .media_name
+        .formats
+        .iter()
+        .filter_map(|f| f.parse::<u8>().ok())
+        .map(|pt| match codecs.get(&pt).filter(|c| !c.name.is_empty()) {
+            Some(c) => Format { pt, name: c.name.clone(), rate: if c.clock_rate == 0 { 8000 } else { c.clock_rate } },
+            None => Format { pt, name: static_name(pt).unwrap_or("").to_owned(), rate: 8000 },
+        })
+        .collect();
+    Some(StreamInfo { rtp, rtcp, rtcp_mux, direction, formats })
+}
+
+/// Where packets of payload type `pt` sent by a side that numbers formats
+/// as `from` go in the numbering of `to` (same encoding name and rate);
+/// types with no counterpart keep their number. Indexed by the 7-bit PT.
+pub fn payload_map(from: &[Format], to: &[Format]) -> [u8; 128] {
+    let mut map: [u8; 128] = std::array::from_fn(|i| u8::try_from(i).unwrap_or(0));
+    for f in from {
+        if let Some(t) = to.iter().find(|t| t.same_codec(f))
+            && f.pt < 128
+        {
+            map[usize::from(f.pt)] = t.pt & 0x7f;
+        }
+    }
+    map
+}
+
+/// Increments the `o=` session version (a changed description, RFC 3264 §8).
+pub fn bump_version(desc: &mut SessionDescription) {
+    desc.origin.session_version = desc.origin.session_version.wrapping_add(1);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,5 +391,50 @@ a=rtpmap:101 telephone-event/8000\n";
         assert_eq!((err.status(), err.token()), (488, "no-common-codec"));
         // Telephone-event alone keeps no stream alive.
         assert!(text(&desc).contains("m=audio 0 RTP/AVP 101\n"));
+    }
+
+    #[test]
+    fn stream_info_reads_addresses_mux_direction_and_formats() {
+        let d = parse(&body(CISCO_LF)).unwrap();
+        let i = stream_info(&d).unwrap();
+        assert_eq!(i.rtp, Some("10.1.1.20:24580".parse().unwrap()));
+        assert_eq!(i.rtcp, Some("10.1.1.20:24581".parse().unwrap()));
+        assert!(!i.rtcp_mux);
+        assert_eq!(i.direction, Direction::SendRecv);
+        assert_eq!(
+            i.formats.iter().map(|f| (f.pt, f.name.as_str(), f.rate)).collect::<Vec<_>>(),
+            [(0, "PCMU", 8000), (8, "PCMA", 8000), (101, "telephone-event", 8000)]
+        );
+        assert!(i.has_events() && !i.is_hold());
+
+        let v6 = "v=0\no=- 1 2 IN IP6 2001:db8::1\ns=-\nc=IN IP6 2001:db8::1\nt=0 0\na=sendonly\n\
+m=audio 5004 RTP/AVP 111 0\na=rtpmap:111 opus/48000/2\na=rtcp:5010 IN IP6 2001:db8::9\na=rtcp-mux\n";
+        let i = stream_info(&parse(&body(v6)).unwrap()).unwrap();
+        assert_eq!(i.rtp, Some("[2001:db8::1]:5004".parse().unwrap()));
+        assert_eq!(i.rtcp, Some("[2001:db8::9]:5010".parse().unwrap()));
+        assert!(i.rtcp_mux);
+        assert_eq!(i.direction, Direction::SendOnly, "session-level direction applies");
+        assert_eq!(i.clock_rate(), 48000);
+        assert!(i.is_hold());
+
+        // An old PBX's hold: c=0.0.0.0 (RFC 2543).
+        let old = "v=0\no=pbx 5 6 IN IP4 192.0.2.1\ns=-\nc=IN IP4 0.0.0.0\nt=0 0\nm=audio 4000 RTP/AVP 0\n";
+        let i = stream_info(&parse(&body(old)).unwrap()).unwrap();
+        assert_eq!((i.rtp, i.direction), (None, Direction::Inactive));
+        assert!(i.is_hold());
+        // Only rejected streams: nothing to relay.
+        let none = "v=0\no=- 1 1 IN IP4 192.0.2.1\ns=-\nc=IN IP4 192.0.2.1\nt=0 0\nm=audio 0 RTP/AVP 0\n";
+        assert_eq!(stream_info(&parse(&body(none)).unwrap()), None);
+    }
+
+    #[test]
+    fn payload_types_map_by_name_and_rate() {
+        let f = |pt, name: &str, rate| Format { pt, name: name.into(), rate };
+        let pbx = [f(0, "PCMU", 8000), f(101, "telephone-event", 8000)];
+        let phone = [f(0, "PCMU", 8000), f(96, "telephone-event", 8000), f(97, "telephone-event", 48000)];
+        let m = payload_map(&pbx, &phone);
+        assert_eq!((m[0], m[101], m[8], m[96]), (0, 96, 8, 96));
+        let back = payload_map(&phone, &pbx);
+        assert_eq!((back[96], back[97], back[0]), (101, 97, 0), "no 48 kHz events on the PBX side: unchanged");
     }
 }
