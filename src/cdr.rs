@@ -445,6 +445,7 @@ mod tests {
             outcome: "admitted".into(),
             sip_status: None,
             reason: None,
+            media: None,
         }
     }
 

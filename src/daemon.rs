@@ -93,8 +93,21 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     let cdr_shutdown = CancellationToken::new();
     let (cdr, cdr_task) = CdrWriter::start(store.clone(), cdr_shutdown.clone());
     let trunks = TrunkTable::new(&loaded.trunks);
-    let node =
-        Node::start(node_config(&loaded), store.clone(), cache, trunks, cdr, transports, inbound_rx, shutdown.clone())?;
+    let mut config = node_config(&loaded);
+    if loaded.media.anchor {
+        let m = &loaded.media;
+        config.media = Some(crate::media::engine::MediaEngine::start(m.clone())?);
+        info!(
+            ports = format!("{}-{}", m.port_min, m.port_max),
+            threads = m.threads,
+            public_v4 = ?m.public_v4,
+            public_v6 = ?m.public_v6,
+            "media relay started"
+        );
+    } else {
+        info!("media not anchored ([media] anchor = false): SDP passes unchanged");
+    }
+    let node = Node::start(config, store.clone(), cache, trunks, cdr, transports, inbound_rx, shutdown.clone())?;
 
     systemd::ready("serving");
     info!("ready");
@@ -211,5 +224,6 @@ fn node_config(loaded: &Loaded) -> NodeConfig {
         max_calls: c.sip.max_calls,
         ignore_unknown_trunks: c.sip.unknown_trunk == crate::config::UnknownTrunk::Ignore,
         answers: loaded.answers,
+        media: None,
     }
 }

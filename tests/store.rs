@@ -391,6 +391,7 @@ async fn call_records_round_trip(store: Store) {
         outcome: "refused".into(),
         sip_status: Some(486),
         reason: Some("channels-busy".into()),
+        media: None,
     };
     store.call_records_insert(&[rec("a", "p1", 100), rec("b", "p2", 200), rec("c", "p1", 300)]).await.expect("insert");
     let all = store.call_records(None, None, 10).await.expect("q");

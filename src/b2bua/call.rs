@@ -1135,9 +1135,12 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
         self.phase = Phase::Ending;
         self.timers = [None; TIMERS];
         self.set_timer(Timer::Linger, Some(now + self.config.t1 * 64));
+        // Every leg, given a body or not: the session may hold ports for
+        // legs still waiting for theirs (closing is idempotent).
         for i in 0..self.legs.len() {
             let id = self.legs[i].id;
-            self.close_media(id);
+            self.legs[i].has_media = false;
+            self.media.close_leg(id);
         }
         // Requests still being relayed get their final answer now, so no
         // server transaction is left waiting for one.

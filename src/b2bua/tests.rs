@@ -101,6 +101,7 @@ fn record() -> CallRecord {
         outcome: "admitted".into(),
         sip_status: None,
         reason: None,
+        media: None,
     }
 }
 

@@ -216,7 +216,11 @@ fn parse_media(config: &Config, path: &Path, sources: &SourceMap, errors: &mut C
     };
     (out.public_v4, out.public_v6) = addrs(&m.public_address, "public_address", errors);
     if out.public_v4.is_some_and(|a| a.is_unspecified()) || out.public_v6.is_some_and(|a| a.is_unspecified()) {
-        errors.push(sources.key_error(path, "public_address", "[media] public_address must be a reachable address, not 0.0.0.0 or ::"));
+        errors.push(sources.key_error(
+            path,
+            "public_address",
+            "[media] public_address must be a reachable address, not 0.0.0.0 or ::",
+        ));
     }
     let (b4, b6) = addrs(&m.bind_address, "bind_address", errors);
     out.bind_v4 = b4.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);

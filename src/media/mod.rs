@@ -1,9 +1,11 @@
-//! Media anchored on trunkgate (issue 8), built up in sans-IO pieces:
-//! the port pool ([`ports`]), the RTP relay's core ([`relay`]) and SDP
-//! anchoring ([`sdp`]). Next: their socket driver, and the
-//! [`MediaSession`](crate::b2bua::MediaSession) implementation that joins
-//! them to the call machine.
+//! Media anchored on trunkgate: every call's RTP and RTCP flow through the
+//! node. Sans-IO pieces — the port pool ([`ports`]), the relay's core
+//! ([`relay`]), SDP anchoring ([`sdp`]) — a socket driver ([`engine`]) and
+//! the [`MediaSession`](crate::b2bua::MediaSession) that joins them to the
+//! call machine ([`session`]).
 
+pub mod engine;
 pub mod ports;
 pub mod relay;
 pub mod sdp;
+pub mod session;

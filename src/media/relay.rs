@@ -237,6 +237,15 @@ impl RelaySession {
         m.mux = mux;
     }
 
+    /// Side `side` has a new peer (another fork answered): nothing of the
+    /// old one is kept but our numbering toward it (which continues).
+    pub fn reset_side(&mut self, side: Side) {
+        let i = side.index();
+        self.peers[i] = Peer::default();
+        self.media[i] = SideMedia::default();
+        self.recv[i] = Receive::default();
+    }
+
     /// Whether `side`'s peer wants media now (its SDP's direction).
     pub fn set_receives(&mut self, side: Side, receives: bool) {
         self.media[side.index()].receives = receives;
@@ -358,11 +367,8 @@ impl RelaySession {
         let ours_toward_sender = self.out[i].ssrc;
         rewrite_rtcp(packet, toward.ssrc, toward.ts_offset, ours_toward_sender, reported);
         let dest = &self.media[o];
-        let (to, via) = if dest.mux {
-            (self.peers[o].destination(), Port::Rtp)
-        } else {
-            (dest.rtcp.destination(), Port::Rtcp)
-        };
+        let (to, via) =
+            if dest.mux { (self.peers[o].destination(), Port::Rtp) } else { (dest.rtcp.destination(), Port::Rtcp) };
         match to {
             Some(to) => Verdict::Forward { to, via },
             None => Verdict::NoDestination,

@@ -262,7 +262,8 @@ pub fn stream_info(desc: &SessionDescription) -> Option<StreamInfo> {
         .find_map(|a| Direction::from_key(&a.key))
         .or_else(|| desc.attributes.iter().find_map(|a| Direction::from_key(&a.key)))
         .unwrap_or_default();
-    let direction = if rtp.is_none() && ip.is_some_and(|i| i.is_unspecified()) { Direction::Inactive } else { direction };
+    let direction =
+        if rtp.is_none() && ip.is_some_and(|i| i.is_unspecified()) { Direction::Inactive } else { direction };
     let codecs = m.codecs();
     let formats = m
         .media_name

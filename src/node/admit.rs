@@ -75,6 +75,7 @@ pub(crate) async fn admit(ctx: Arc<Shared>, input: AdmitInput) -> AdmissionResul
         outcome: String::new(),
         sip_status: None,
         reason: None,
+        media: None,
     };
 
     // Rows 2-5 on the cached snapshot, and row 7's verdict held back until

@@ -20,6 +20,7 @@ use crate::admission::Reason;
 use crate::b2bua::call::{CallConfig, Ids};
 use crate::b2bua::{Call, Command, InboundCall, LegId, Passthrough, Peer, ReqId};
 use crate::config::{RingStrategy, Transport};
+use crate::media::session::RelayMedia;
 use crate::sip::dialog::Dialog;
 use crate::sip::message::{HeaderName, Method, Request, Response};
 use crate::sip::transaction::{Reliability, TsxKey};
@@ -94,6 +95,9 @@ pub(crate) struct Calls {
     fork_invites: HashMap<TsxKey, (Request, Target)>,
     /// The Via of each fork's INVITE: its CANCEL repeats it (§9.1).
     invite_vias: HashMap<(CallNo, LegId), String>,
+    /// Anchored calls' media figures, and their lease (live figures go
+    /// there).
+    media: HashMap<CallNo, (Arc<crate::media::engine::Figures>, String)>,
     /// Each call's next wake-up.
     timers: BTreeSet<(Instant, CallNo)>,
     deadlines: HashMap<CallNo, Instant>,
@@ -190,11 +194,29 @@ impl Shard {
                     .collect();
                 let config = self.call_config();
                 let a_call_id = invite.headers().call_id().unwrap_or("").to_owned();
+                self.calls.next += 1;
+                let no = self.calls.next;
+                let media: Box<dyn crate::b2bua::MediaSession> = match &self.ctx.config.media {
+                    Some(engine) => {
+                        let replies = self.replies.clone();
+                        let events: crate::media::engine::EventSink = Box::new(move |ev| match ev {
+                            crate::media::engine::MediaEvent::Timeout => {
+                                // The relay thread must not block: a full
+                                // queue retries at the next check.
+                                let _ = replies.try_send(super::ShardMsg::MediaTimeout(no));
+                            }
+                        });
+                        let relay = RelayMedia::new(engine, events);
+                        self.calls.media.insert(no, (relay.figures_handle(), lease_id.clone()));
+                        Box::new(relay)
+                    }
+                    None => Box::new(Passthrough),
+                };
                 let call = Call::inbound(
                     now,
                     config,
                     self.call_ids(),
-                    Box::new(Passthrough),
+                    media,
                     InboundCall {
                         invite,
                         tsx: key.clone(),
@@ -208,8 +230,6 @@ impl Shard {
                         record,
                     },
                 );
-                self.calls.next += 1;
-                let no = self.calls.next;
                 self.ctx.active_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.calls.calls.insert(no, call);
                 self.calls.by_call_id.insert(a_call_id, no);
@@ -245,7 +265,12 @@ impl Shard {
                     self.ctx.active_calls.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                     self.release_lease(&lease_id, portal.as_deref());
                 }
-                Command::Record(record) => self.finish_record(*record),
+                Command::Record(mut record) => {
+                    if let Some((figures, _)) = self.calls.media.get(&no) {
+                        record.media = serde_json::to_string(&RelayMedia::figures(figures)).ok();
+                    }
+                    self.finish_record(*record);
+                }
             }
         }
         let Some(call) = self.calls.calls.get(&no) else { return };
@@ -262,6 +287,7 @@ impl Shard {
             for leg in call.legs() {
                 self.calls.invite_vias.remove(&(no, leg.id()));
             }
+            self.calls.media.remove(&no);
             debug!(call = no, "call dropped");
         } else if let Some(at) = call.poll_timeout() {
             self.calls.deadlines.insert(no, at);
@@ -409,6 +435,27 @@ impl Shard {
             self.run_call(no, now);
         }
         self.drain(now);
+    }
+
+    /// A call's media stopped.
+    pub(super) fn handle_media_timeout(&mut self, no: CallNo, now: Instant) {
+        if let Some(call) = self.calls.calls.get_mut(&no) {
+            call.handle_media_timeout(now);
+            self.run_call(no, now);
+        }
+    }
+
+    /// Writes the live media figures of answered calls to their leases.
+    pub(super) fn publish_media_figures(&self) {
+        for (no, (figures, lease)) in &self.calls.media {
+            let answered = self.calls.calls.get(no).is_some_and(|c| c.phase() == crate::b2bua::call::Phase::Answered);
+            if !answered {
+                continue;
+            }
+            if let Ok(media) = serde_json::to_string(&RelayMedia::figures(figures)) {
+                let _ = self.ctx.lease_ops.send(crate::store::LeaseOp::Media { call_id: lease.clone(), media });
+            }
+        }
     }
 
     /// Call timers that are due.

@@ -71,6 +71,9 @@ pub struct NodeConfig {
     pub ignore_unknown_trunks: bool,
     /// The SIP answer to each refusal reason (`[admission.answers]`).
     pub answers: crate::admission::RefusalAnswers,
+    /// The RTP relay (`None`: `[media] anchor = false`, SDP passes
+    /// unchanged).
+    pub media: Option<Arc<crate::media::engine::MediaEngine>>,
 }
 
 /// What the shards and the handler tasks share.
@@ -140,7 +143,12 @@ pub(crate) enum ShardMsg {
     Reply { key: TsxKey, response: Response },
     /// The admission of an INVITE.
     Admission(Box<calls::AdmissionResult>),
+    /// A call's media stopped (from its relay thread).
+    MediaTimeout(calls::CallNo),
 }
+
+/// Seconds between the live media figures written to each call's lease.
+const MEDIA_FIGURES_EVERY: u64 = 5;
 
 /// What a transaction (re)sends: the bytes and where to.
 #[derive(Debug, Clone)]
@@ -261,6 +269,7 @@ impl Shard {
         shutdown: CancellationToken,
     ) {
         let mut expire_tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        let mut ticks: u64 = 0;
         loop {
             let deadline = [self.layer.poll_timeout(), self.calls.next_deadline()]
                 .into_iter()
@@ -290,17 +299,24 @@ impl Shard {
                 Some(m) = replies.recv() => match m {
                     ShardMsg::Reply { key, response } => self.respond(key, response, crate::clock::instant()),
                     ShardMsg::Admission(result) => self.handle_admission(*result, crate::clock::instant()),
+                    ShardMsg::MediaTimeout(no) => self.handle_media_timeout(no, crate::clock::instant()),
                 },
                 _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
                     let now = crate::clock::instant();
                     self.layer.handle_timeout(now);
                     self.handle_call_timers(now);
                 }
-                // The location table is shared: one core sweeps it.
-                _ = expire_tick.tick(), if self.shard == 0 => {
-                    let now = unix_now();
-                    if let Ok(mut l) = self.ctx.location.lock() {
-                        l.expire(now);
+                _ = expire_tick.tick() => {
+                    // The location table is shared: one core sweeps it.
+                    if self.shard == 0 {
+                        let now = unix_now();
+                        if let Ok(mut l) = self.ctx.location.lock() {
+                            l.expire(now);
+                        }
+                    }
+                    ticks += 1;
+                    if ticks.is_multiple_of(MEDIA_FIGURES_EVERY) {
+                        self.publish_media_figures();
                     }
                 }
             }
@@ -567,6 +583,7 @@ impl Shard {
                 outcome: crate::cdr::Outcome::Refused.as_str().into(),
                 sip_status: Some(i64::from(status)),
                 reason: Some(crate::admission::Reason::UnknownTrunk.as_str().to_owned()),
+                media: None,
             });
             return;
         };
@@ -691,7 +708,7 @@ async fn write_leases(store: Store, mut rx: mpsc::UnboundedReceiver<crate::store
                 .iter()
                 .filter_map(|op| match op {
                     LeaseOp::Release { call_id } => Some(call_id.clone()),
-                    LeaseOp::Take { .. } => None,
+                    LeaseOp::Take { .. } | LeaseOp::Media { .. } => None,
                 })
                 .collect();
             store.release_calls(&ids).await.map(|_| ())

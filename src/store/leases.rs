@@ -85,6 +85,13 @@ pub enum LeaseOp {
         /// Lease id.
         call_id: String,
     },
+    /// A call's live media figures (JSON).
+    Media {
+        /// Lease id.
+        call_id: String,
+        /// The figures.
+        media: String,
+    },
 }
 
 /// `call_leases`: a call in progress somewhere in the fleet.
@@ -103,6 +110,10 @@ pub struct LeaseRow {
     /// in JSON output).
     #[serde(serialize_with = "super::rows::rfc3339")]
     pub expires_at: i64,
+    /// Live media figures of an anchored call (JSON object in JSON output).
+    #[sqlx(default)]
+    #[serde(serialize_with = "super::rows::json_text")]
+    pub media: Option<String>,
 }
 
 impl LeaseRow {
@@ -273,6 +284,13 @@ impl Store {
                     LeaseOp::Release { call_id } => {
                         sqlx::query("DELETE FROM call_leases WHERE call_id = $1").bind(call_id).execute(&mut *tx).await?;
                     }
+                    LeaseOp::Media { call_id, media } => {
+                        sqlx::query("UPDATE call_leases SET media = $2 WHERE call_id = $1")
+                            .bind(call_id)
+                            .bind(media)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
                 }
             }
             // Activity: once per portal per batch.
@@ -363,7 +381,7 @@ impl Store {
     pub async fn calls_in_progress(&self, node: Option<&str>, now: DateTime<Utc>) -> Result<Vec<LeaseRow>, StoreError> {
         let rows = with_pool!(self, pool => {
             sqlx::query_as(
-                "SELECT call_id, portal_id, node_id, acquired_at, expires_at FROM call_leases
+                "SELECT call_id, portal_id, node_id, acquired_at, expires_at, media FROM call_leases
                  WHERE ($1 IS NULL OR node_id = $1) AND expires_at > $2 ORDER BY acquired_at, call_id",
             )
             .bind(node)

@@ -837,8 +837,8 @@ impl Store {
             for r in records {
                 sqlx::query(
                     "INSERT INTO call_records (call_id, node_id, portal_id, trunk, direction, caller, callee, target_user,
-                       started_at, answered_at, ended_at, outcome, sip_status, reason)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                       started_at, answered_at, ended_at, outcome, sip_status, reason, media)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
                 )
                 .bind(&r.call_id)
                 .bind(&r.node_id)
@@ -854,6 +854,7 @@ impl Store {
                 .bind(&r.outcome)
                 .bind(r.sip_status)
                 .bind(&r.reason)
+                .bind(&r.media)
                 .execute(&mut *tx)
                 .await?;
             }

@@ -194,6 +194,17 @@ pub struct CallRecord {
     pub sip_status: Option<i64>,
     /// Reason token of a refusal.
     pub reason: Option<String>,
+    /// Final media figures of an anchored call (JSON object in JSON output).
+    #[sqlx(default)]
+    #[serde(serialize_with = "json_text")]
+    pub media: Option<String>,
+}
+
+/// A stored JSON text as the JSON it holds (`null` when absent or not JSON).
+pub(super) fn json_text<S: serde::Serializer>(text: &Option<String>, serializer: S) -> Result<S::Ok, S::Error> {
+    use serde::Serialize;
+    let v: Option<serde_json::Value> = text.as_deref().and_then(|t| serde_json::from_str(t).ok());
+    v.serialize(serializer)
 }
 
 /// Stored Unix seconds as RFC 3339 (`2026-01-31T00:00:00Z`), the way every

@@ -1,0 +1,814 @@
+//! The relay's driver: a few threads, each owning the sockets of its share
+//! of the calls, waiting on them with one epoll and moving packets with
+//! batched `recvmmsg`/`sendmmsg` (through `nix`). No task per call, no
+//! async runtime: a packet in is a [`RelaySession`] call and a packet out,
+//! on the thread that owns both sockets.
+//!
+//! Calls talk to their thread through [`StreamHandle`] (control messages
+//! and an eventfd to wake it); the thread talks back through the stream's
+//! event callback (media timeout) and its [`Figures`] (atomics it alone
+//! writes, read by anyone). Port pairs come from the engine's pools and go
+//! back only after their sockets are closed, so a port is never handed out
+//! while still bound.
+
+use std::collections::HashMap;
+use std::io::{IoSlice, IoSliceMut};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrLike, SockaddrStorage, recvmmsg, sendmmsg};
+use tracing::{debug, warn};
+
+use super::ports::{PortPair, PortPool};
+use super::relay::{DirectionStats, Port, RelaySession, Side, Verdict, is_rtcp};
+use crate::b2bua::MediaError;
+use crate::config::MediaSettings;
+
+/// Packets taken per `recvmmsg`.
+const BATCH: usize = 32;
+/// Largest datagram relayed (RTP over UDP never comes close to it).
+const MTU: usize = 2048;
+/// The eventfd's epoll token (socket tokens are slab indexes).
+const WAKE: u64 = u64::MAX;
+/// How often timeouts are checked.
+const TICK: Duration = Duration::from_millis(500);
+
+/// Something a stream tells its call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaEvent {
+    /// A side sent no RTP and no RTCP for the timeout.
+    Timeout,
+}
+
+/// The callback a stream reports through (it runs on a relay thread:
+/// hand the event over, do not block).
+pub type EventSink = Box<dyn FnMut(MediaEvent) + Send>;
+
+/// Address families.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// IPv4.
+    V4,
+    /// IPv6.
+    V6,
+}
+
+impl Family {
+    /// The family of `ip`.
+    pub fn of(ip: IpAddr) -> Family {
+        if ip.is_ipv4() { Family::V4 } else { Family::V6 }
+    }
+}
+
+/// One direction's figures, shared: written by the relay thread alone
+/// (plain stores), read by the call and the node.
+#[derive(Debug, Default)]
+struct SideFigures {
+    packets: AtomicU64,
+    bytes: AtomicU64,
+    lost: AtomicU64,
+    jitter: AtomicU64,
+    stray: AtomicU64,
+    rtcp: AtomicU64,
+    held: AtomicU64,
+    sent_packets: AtomicU64,
+    sent_bytes: AtomicU64,
+}
+
+/// A stream's live figures, per side (A: the trunk leg; B: the other).
+#[derive(Debug, Default)]
+pub struct Figures {
+    sides: [SideFigures; 2],
+    clock_rate: AtomicU64,
+}
+
+/// What one leg sent and received, as reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct LegFigures {
+    /// RTP packets received from the leg and relayed or dropped by rule.
+    pub rx_packets: u64,
+    /// Their bytes.
+    pub rx_bytes: u64,
+    /// Sequence numbers never received from the leg.
+    pub rx_lost: u64,
+    /// Interarrival jitter of the leg's packets, milliseconds.
+    pub rx_jitter_ms: f64,
+    /// Packets from strangers on the leg's ports, dropped.
+    pub rx_stray: u64,
+    /// RTCP packets received from the leg.
+    pub rx_rtcp: u64,
+    /// RTP and RTCP packets sent to the leg.
+    pub tx_packets: u64,
+    /// Their bytes.
+    pub tx_bytes: u64,
+    /// Packets not sent to the leg because it was on hold.
+    pub tx_held: u64,
+}
+
+impl Figures {
+    /// The figures of side `side`'s leg.
+    pub fn leg(&self, side: Side) -> LegFigures {
+        let (me, other) = match side {
+            Side::A => (&self.sides[0], &self.sides[1]),
+            Side::B => (&self.sides[1], &self.sides[0]),
+        };
+        let rate = self.clock_rate.load(Ordering::Relaxed).max(1);
+        let jitter = me.jitter.load(Ordering::Relaxed);
+        LegFigures {
+            rx_packets: me.packets.load(Ordering::Relaxed),
+            rx_bytes: me.bytes.load(Ordering::Relaxed),
+            rx_lost: me.lost.load(Ordering::Relaxed),
+            rx_jitter_ms: (jitter as f64 * 1000.0 / rate as f64 * 100.0).round() / 100.0,
+            rx_stray: me.stray.load(Ordering::Relaxed),
+            rx_rtcp: me.rtcp.load(Ordering::Relaxed),
+            tx_packets: me.sent_packets.load(Ordering::Relaxed),
+            tx_bytes: me.sent_bytes.load(Ordering::Relaxed),
+            tx_held: other.held.load(Ordering::Relaxed),
+        }
+    }
+
+    fn publish(&self, side: Side, st: &DirectionStats) {
+        let f = &self.sides[match side {
+            Side::A => 0,
+            Side::B => 1,
+        }];
+        f.packets.store(st.packets, Ordering::Relaxed);
+        f.bytes.store(st.bytes, Ordering::Relaxed);
+        f.lost.store(st.lost, Ordering::Relaxed);
+        f.jitter.store(u64::from(st.jitter), Ordering::Relaxed);
+        f.stray.store(st.stray, Ordering::Relaxed);
+        f.rtcp.store(st.rtcp_packets, Ordering::Relaxed);
+        f.held.store(st.held, Ordering::Relaxed);
+    }
+
+    fn sent(&self, side: Side, packets: u64, bytes: u64) {
+        let f = &self.sides[match side {
+            Side::A => 0,
+            Side::B => 1,
+        }];
+        f.sent_packets.store(packets, Ordering::Relaxed);
+        f.sent_bytes.store(bytes, Ordering::Relaxed);
+    }
+}
+
+/// A side's settings from one offer/answer.
+#[derive(Debug, Clone, Copy)]
+pub struct SideUpdate {
+    /// Where its peer receives RTP.
+    pub rtp: Option<SocketAddr>,
+    /// Where it receives RTCP.
+    pub rtcp: Option<SocketAddr>,
+    /// RTCP on the RTP port.
+    pub mux: bool,
+    /// It wants media.
+    pub receives: bool,
+    /// Its payload types in the other side's numbering.
+    pub pt_map: [u8; 128],
+}
+
+enum Control {
+    Open {
+        id: u64,
+        events: EventSink,
+        figures: Arc<Figures>,
+    },
+    AddLeg {
+        id: u64,
+        slot: u16,
+        pair: PortPair,
+        family: Family,
+        rtp: UdpSocket,
+        rtcp: UdpSocket,
+    },
+    /// Which leg is side B (side A is leg 0); a new one starts afresh.
+    Connect {
+        id: u64,
+        slot: u16,
+    },
+    Update {
+        id: u64,
+        slot: u16,
+        update: SideUpdate,
+    },
+    /// Stream-wide: clock rate, hold, and whether timeouts are armed.
+    Session {
+        id: u64,
+        clock_rate: u32,
+        held: bool,
+        armed: bool,
+    },
+    CloseLeg {
+        id: u64,
+        slot: u16,
+    },
+    Close {
+        id: u64,
+    },
+}
+
+struct Pools {
+    v4: PortPool,
+    v6: PortPool,
+}
+
+impl Pools {
+    fn of(&mut self, f: Family) -> &mut PortPool {
+        match f {
+            Family::V4 => &mut self.v4,
+            Family::V6 => &mut self.v6,
+        }
+    }
+}
+
+struct Worker {
+    tx: mpsc::Sender<Control>,
+    wake: Arc<EventFd>,
+}
+
+/// The node's RTP relay: port pools and relay threads.
+pub struct MediaEngine {
+    settings: MediaSettings,
+    pools: Arc<Mutex<Pools>>,
+    workers: Vec<Worker>,
+    next_worker: AtomicUsize,
+    next_stream: AtomicU64,
+    ports_in_use: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for MediaEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MediaEngine").field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
+impl MediaEngine {
+    /// Starts the relay threads.
+    pub fn start(settings: MediaSettings) -> std::io::Result<Arc<MediaEngine>> {
+        let pool = || PortPool::new(settings.port_min, settings.port_max).map_err(std::io::Error::other);
+        let pools = Arc::new(Mutex::new(Pools { v4: pool()?, v6: pool()? }));
+        let ports_in_use = Arc::new(AtomicUsize::new(0));
+        let mut workers = Vec::new();
+        for n in 0..settings.threads.max(1) {
+            let (tx, rx) = mpsc::channel();
+            let wake = Arc::new(EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?);
+            let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+            epoll.add(wake.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, WAKE))?;
+            let thread = RelayThread {
+                epoll,
+                wake: wake.clone(),
+                rx,
+                streams: HashMap::new(),
+                sockets: Vec::new(),
+                free_tokens: Vec::new(),
+                pools: pools.clone(),
+                ports_in_use: ports_in_use.clone(),
+                timeout: settings.timeout,
+                hold_timeout: settings.hold_timeout,
+            };
+            std::thread::Builder::new().name(format!("media-{n}")).spawn(move || thread.run())?;
+            workers.push(Worker { tx, wake });
+        }
+        Ok(Arc::new(MediaEngine {
+            settings,
+            pools,
+            workers,
+            next_worker: AtomicUsize::new(0),
+            next_stream: AtomicU64::new(1),
+            ports_in_use,
+        }))
+    }
+
+    /// The settings it runs with.
+    pub fn settings(&self) -> &MediaSettings {
+        &self.settings
+    }
+
+    /// Port pairs bound now (all families).
+    pub fn ports_in_use(&self) -> usize {
+        self.ports_in_use.load(Ordering::Relaxed)
+    }
+
+    /// A new stream on the next thread; `events` hears its timeouts.
+    pub fn open(self: &Arc<Self>, events: EventSink) -> StreamHandle {
+        let worker = self.next_worker.fetch_add(1, Ordering::Relaxed) % self.workers.len().max(1);
+        let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        let figures = Arc::new(Figures::default());
+        let h = StreamHandle { engine: self.clone(), worker, id, figures: figures.clone(), closed: false };
+        h.send(Control::Open { id, events, figures });
+        h
+    }
+
+    /// Takes a pair of `family` and binds its two sockets, trying further
+    /// pairs when one is taken by another program. `PortsExhausted` when
+    /// none is left.
+    fn bind_pair(&self, family: Family) -> Result<(PortPair, UdpSocket, UdpSocket), MediaError> {
+        let ip: IpAddr = match family {
+            Family::V4 => self.settings.bind_v4.into(),
+            Family::V6 => self.settings.bind_v6.into(),
+        };
+        let mut pools = self.pools.lock().map_err(|_| MediaError::PortsExhausted)?;
+        let pool = pools.of(family);
+        let mut busy = Vec::new();
+        let mut result = Err(MediaError::PortsExhausted);
+        // A handful of attempts: ports another program holds are skipped
+        // (and go to the back of the queue).
+        for _ in 0..32 {
+            let Ok(pair) = pool.take() else { break };
+            match (bind(ip, pair.rtp), bind(ip, pair.rtcp())) {
+                (Ok(a), Ok(b)) => {
+                    result = Ok((pair, a, b));
+                    break;
+                }
+                _ => busy.push(pair),
+            }
+        }
+        for p in busy {
+            pool.give_back(p);
+        }
+        if result.is_ok() {
+            self.ports_in_use.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
+fn bind(ip: IpAddr, port: u16) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let domain = if ip.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+    let s = Socket::new(domain, Type::DGRAM.cloexec(), Some(Protocol::UDP))?;
+    if ip.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&SocketAddr::new(ip, port).into())?;
+    Ok(s.into())
+}
+
+/// A call's stream on its relay thread. Dropping it closes the stream (its
+/// sockets closed, its ports back in the pool).
+pub struct StreamHandle {
+    engine: Arc<MediaEngine>,
+    worker: usize,
+    id: u64,
+    figures: Arc<Figures>,
+    closed: bool,
+}
+
+impl std::fmt::Debug for StreamHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamHandle").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl StreamHandle {
+    fn send(&self, c: Control) {
+        let Some(w) = self.engine.workers.get(self.worker) else { return };
+        if w.tx.send(c).is_ok() {
+            let _ = w.wake.write(1);
+        }
+    }
+
+    /// Binds a port pair of `family` for leg `slot` and hands it to the
+    /// relay thread.
+    pub fn add_leg(&self, slot: u16, family: Family) -> Result<PortPair, MediaError> {
+        let (pair, rtp, rtcp) = self.engine.bind_pair(family)?;
+        self.send(Control::AddLeg { id: self.id, slot, pair, family, rtp, rtcp });
+        Ok(pair)
+    }
+
+    /// Leg `slot` is side B from now on.
+    pub fn connect(&self, slot: u16) {
+        self.send(Control::Connect { id: self.id, slot });
+    }
+
+    /// Leg `slot`'s settings from its latest description.
+    pub fn update(&self, slot: u16, update: SideUpdate) {
+        self.send(Control::Update { id: self.id, slot, update });
+    }
+
+    /// Stream-wide settings.
+    pub fn session(&self, clock_rate: u32, held: bool, armed: bool) {
+        self.send(Control::Session { id: self.id, clock_rate, held, armed });
+    }
+
+    /// Leg `slot` is gone: its sockets close, its ports go back.
+    pub fn close_leg(&self, slot: u16) {
+        self.send(Control::CloseLeg { id: self.id, slot });
+    }
+
+    /// The live figures.
+    pub fn figures(&self) -> &Arc<Figures> {
+        &self.figures
+    }
+}
+
+impl Drop for StreamHandle {
+    fn drop(&mut self) {
+        if !self.closed {
+            self.closed = true;
+            self.send(Control::Close { id: self.id });
+        }
+    }
+}
+
+// ------------------------------------------------------------ the thread
+
+struct LegSockets {
+    pair: PortPair,
+    family: Family,
+    rtp: UdpSocket,
+    rtcp: UdpSocket,
+    tokens: [u64; 2],
+    sent: (u64, u64),
+}
+
+struct Stream {
+    relay: RelaySession,
+    legs: HashMap<u16, LegSockets>,
+    /// The leg that is side B.
+    b: Option<u16>,
+    events: EventSink,
+    figures: Arc<Figures>,
+    held: bool,
+    /// Since when timeouts count (None: not armed).
+    armed: Option<Instant>,
+    timed_out: bool,
+}
+
+impl Stream {
+    fn side_of(&self, slot: u16) -> Option<Side> {
+        if slot == 0 {
+            Some(Side::A)
+        } else if self.b == Some(slot) {
+            Some(Side::B)
+        } else {
+            None
+        }
+    }
+
+    fn slot_of(&self, side: Side) -> Option<u16> {
+        match side {
+            Side::A => Some(0),
+            Side::B => self.b,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SockRef {
+    stream: u64,
+    slot: u16,
+    port: Port,
+}
+
+struct RelayThread {
+    epoll: Epoll,
+    wake: Arc<EventFd>,
+    rx: mpsc::Receiver<Control>,
+    streams: HashMap<u64, Stream>,
+    sockets: Vec<Option<SockRef>>,
+    free_tokens: Vec<u64>,
+    pools: Arc<Mutex<Pools>>,
+    ports_in_use: Arc<AtomicUsize>,
+    timeout: Option<Duration>,
+    hold_timeout: Option<Duration>,
+}
+
+/// One packet to send: from which socket, to where, which buffer.
+struct Out {
+    fd: i32,
+    to: SockaddrStorage,
+    buf: usize,
+    len: usize,
+    side: Side,
+}
+
+impl RelayThread {
+    fn run(mut self) {
+        let mut events = vec![EpollEvent::empty(); 256];
+        let mut bufs = vec![[0u8; MTU]; BATCH];
+        // Made here and kept: they hold raw pointers, so they never leave
+        // this thread.
+        let mut rx_headers: MultiHeaders<SockaddrStorage> = MultiHeaders::preallocate(BATCH, None);
+        let mut tx_headers: MultiHeaders<SockaddrStorage> = MultiHeaders::preallocate(BATCH, None);
+        let mut next_tick = crate::clock::instant() + TICK;
+        loop {
+            let now = crate::clock::instant();
+            let wait = next_tick.saturating_duration_since(now);
+            let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
+            let n = match self.epoll.wait(&mut events, EpollTimeout::from(ms)) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => 0,
+                Err(e) => {
+                    warn!(error = %e, "media thread: epoll failed");
+                    std::thread::sleep(Duration::from_millis(10));
+                    0
+                }
+            };
+            for ev in &events[..n] {
+                let token = ev.data();
+                if token == WAKE {
+                    let _ = self.wake.read();
+                    if !self.control() {
+                        return;
+                    }
+                } else {
+                    self.readable(token, &mut bufs, &mut rx_headers, &mut tx_headers);
+                }
+            }
+            let now = crate::clock::instant();
+            if now >= next_tick {
+                self.tick(now);
+                next_tick = now + TICK;
+            }
+        }
+    }
+
+    /// Runs queued control messages; false once the engine is gone.
+    fn control(&mut self) -> bool {
+        loop {
+            match self.rx.try_recv() {
+                Ok(c) => self.apply(c),
+                Err(mpsc::TryRecvError::Empty) => return true,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    let ids: Vec<u64> = self.streams.keys().copied().collect();
+                    for id in ids {
+                        self.close(id);
+                    }
+                    return false;
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, c: Control) {
+        let now = crate::clock::instant();
+        match c {
+            Control::Open { id, events, figures } => {
+                let ssrcs = [random_u32(), random_u32()];
+                figures.clock_rate.store(8000, Ordering::Relaxed);
+                self.streams.insert(
+                    id,
+                    Stream {
+                        relay: RelaySession::new(now, ssrcs, 8000),
+                        legs: HashMap::new(),
+                        b: None,
+                        events,
+                        figures,
+                        held: false,
+                        armed: None,
+                        timed_out: false,
+                    },
+                );
+            }
+            Control::AddLeg { id, slot, pair, family, rtp, rtcp } => {
+                if !self.streams.contains_key(&id) {
+                    self.give_back(family, pair);
+                    return;
+                }
+                let t_rtp = self.register(&rtp, SockRef { stream: id, slot, port: Port::Rtp });
+                let t_rtcp = self.register(&rtcp, SockRef { stream: id, slot, port: Port::Rtcp });
+                let leg = LegSockets { pair, family, rtp, rtcp, tokens: [t_rtp, t_rtcp], sent: (0, 0) };
+                let old = self.streams.get_mut(&id).and_then(|s| s.legs.insert(slot, leg));
+                if let Some(old) = old {
+                    self.drop_leg(old);
+                }
+            }
+            Control::Connect { id, slot } => {
+                let Some(s) = self.streams.get_mut(&id) else { return };
+                if s.b != Some(slot) {
+                    s.b = Some(slot);
+                    s.relay.reset_side(Side::B);
+                }
+            }
+            Control::Update { id, slot, update } => {
+                let Some(s) = self.streams.get_mut(&id) else { return };
+                let Some(side) = s.side_of(slot) else { return };
+                s.relay.expect(side, update.rtp);
+                s.relay.expect_rtcp(side, update.rtcp, update.mux);
+                s.relay.set_receives(side, update.receives);
+                s.relay.set_payload_map(side, update.pt_map);
+            }
+            Control::Session { id, clock_rate, held, armed } => {
+                let Some(s) = self.streams.get_mut(&id) else { return };
+                s.relay.set_clock_rate(clock_rate);
+                s.figures.clock_rate.store(u64::from(clock_rate.max(1)), Ordering::Relaxed);
+                s.held = held;
+                // Re-arming restarts the count: a new offer/answer gives
+                // the peers a fresh chance to start sending.
+                s.armed = armed.then_some(now);
+                s.timed_out = false;
+            }
+            Control::CloseLeg { id, slot } => {
+                let leg = self.streams.get_mut(&id).and_then(|s| {
+                    if s.b == Some(slot) {
+                        s.b = None;
+                    }
+                    s.legs.remove(&slot)
+                });
+                if let Some(leg) = leg {
+                    self.drop_leg(leg);
+                }
+            }
+            Control::Close { id } => self.close(id),
+        }
+    }
+
+    fn close(&mut self, id: u64) {
+        if let Some(s) = self.streams.remove(&id) {
+            for (_, leg) in s.legs {
+                self.drop_leg(leg);
+            }
+        }
+    }
+
+    fn register(&mut self, sock: &UdpSocket, r: SockRef) -> u64 {
+        let token = match self.free_tokens.pop() {
+            Some(t) => t,
+            None => {
+                self.sockets.push(None);
+                (self.sockets.len() - 1) as u64
+            }
+        };
+        if let Some(slot) = usize::try_from(token).ok().and_then(|i| self.sockets.get_mut(i)) {
+            *slot = Some(r);
+        }
+        if let Err(e) = self.epoll.add(sock.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, token)) {
+            warn!(error = %e, "media socket not watched");
+        }
+        token
+    }
+
+    /// Closes a leg's sockets, then gives its pair back.
+    fn drop_leg(&mut self, leg: LegSockets) {
+        for t in leg.tokens {
+            if let Some(slot) = usize::try_from(t).ok().and_then(|i| self.sockets.get_mut(i)) {
+                *slot = None;
+                self.free_tokens.push(t);
+            }
+        }
+        let _ = self.epoll.delete(leg.rtp.as_fd());
+        let _ = self.epoll.delete(leg.rtcp.as_fd());
+        let (family, pair) = (leg.family, leg.pair);
+        drop(leg);
+        self.give_back(family, pair);
+        self.ports_in_use.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn give_back(&self, family: Family, pair: PortPair) {
+        if let Ok(mut p) = self.pools.lock() {
+            p.of(family).give_back(pair);
+        }
+    }
+
+    /// A socket has packets: take a batch, relay each, send the batch.
+    fn readable(
+        &mut self,
+        token: u64,
+        bufs: &mut [[u8; MTU]],
+        rx_headers: &mut MultiHeaders<SockaddrStorage>,
+        tx_headers: &mut MultiHeaders<SockaddrStorage>,
+    ) {
+        let Some(Some(r)) = usize::try_from(token).ok().and_then(|i| self.sockets.get(i)).copied() else { return };
+        let Some(s) = self.streams.get_mut(&r.stream) else { return };
+        let Some(leg) = s.legs.get(&r.slot) else { return };
+        let fd = match r.port {
+            Port::Rtp => leg.rtp.as_raw_fd(),
+            Port::Rtcp => leg.rtcp.as_raw_fd(),
+        };
+        let mut meta: [(usize, Option<SocketAddr>); BATCH] = [(0, None); BATCH];
+        let received = receive_batch(fd, rx_headers, bufs, &mut meta);
+        if received == 0 {
+            return;
+        }
+        let now = crate::clock::instant();
+        let side = s.side_of(r.slot);
+        let mut outs: Vec<Out> = Vec::with_capacity(received);
+        for (i, (len, from)) in meta[..received].iter().enumerate() {
+            let (Some(side), Some(from)) = (side, from) else { continue };
+            let pkt = &mut bufs[i][..*len];
+            let verdict = if r.port == Port::Rtcp || is_rtcp(pkt) {
+                s.relay.handle_rtcp(now, side, *from, pkt)
+            } else {
+                s.relay.handle_rtp(now, side, *from, pkt)
+            };
+            let Verdict::Forward { to, via } = verdict else { continue };
+            let other = side.other();
+            let Some(dest) = s.slot_of(other).and_then(|slot| s.legs.get(&slot)) else { continue };
+            let fd = match via {
+                Port::Rtp => dest.rtp.as_raw_fd(),
+                Port::Rtcp => dest.rtcp.as_raw_fd(),
+            };
+            outs.push(Out { fd, to: SockaddrStorage::from(to), buf: i, len: *len, side: other });
+        }
+        if let Some(side) = side {
+            s.figures.publish(side, &s.relay.stats(side));
+        }
+        // Consecutive packets leaving one socket go in one sendmmsg.
+        let mut start = 0;
+        while start < outs.len() {
+            let fd = outs[start].fd;
+            let end = outs[start..].iter().position(|o| o.fd != fd).map_or(outs.len(), |p| start + p);
+            let group = &outs[start..end];
+            let sent = send_batch(fd, tx_headers, bufs, group);
+            for o in &group[..sent] {
+                if let Some(leg) = s.slot_of(o.side).and_then(|slot| s.legs.get_mut(&slot)) {
+                    leg.sent.0 += 1;
+                    leg.sent.1 += o.len as u64;
+                    s.figures.sent(o.side, leg.sent.0, leg.sent.1);
+                }
+            }
+            start = end;
+        }
+    }
+
+    /// Media timeouts.
+    fn tick(&mut self, now: Instant) {
+        for s in self.streams.values_mut() {
+            let Some(armed) = s.armed else { continue };
+            if s.timed_out || s.b.is_none() {
+                continue;
+            }
+            let Some(limit) = (if s.held { self.hold_timeout } else { self.timeout }) else { continue };
+            let silent = [Side::A, Side::B].into_iter().any(|side| {
+                let last = s.relay.last_packet(side).map_or(armed, |l| l.max(armed));
+                now.saturating_duration_since(last) >= limit
+            });
+            if silent {
+                debug!("media timeout");
+                s.timed_out = true;
+                (s.events)(MediaEvent::Timeout);
+            }
+        }
+    }
+}
+
+/// `recvmmsg` into `bufs`; fills `meta` with (length, source); returns the
+/// count (0 on EAGAIN or error).
+fn receive_batch(
+    fd: i32,
+    headers: &mut MultiHeaders<SockaddrStorage>,
+    bufs: &mut [[u8; MTU]],
+    meta: &mut [(usize, Option<SocketAddr>); BATCH],
+) -> usize {
+    let mut n = 0;
+    // An ICMP error from an earlier send surfaces here once: read again.
+    for _ in 0..2 {
+        let mut it = bufs.iter_mut();
+        let mut iovs: [[IoSliceMut<'_>; 1]; BATCH] =
+            std::array::from_fn(|_| [IoSliceMut::new(it.next().map_or(&mut [][..], |b| &mut b[..]))]);
+        match recvmmsg(fd, headers, iovs.iter_mut(), MsgFlags::MSG_DONTWAIT, None) {
+            Ok(results) => {
+                for (i, m) in results.enumerate() {
+                    if i < BATCH {
+                        meta[i] = (m.bytes, m.address.and_then(|a| to_std(&a)));
+                        n = i + 1;
+                    }
+                }
+                break;
+            }
+            Err(nix::errno::Errno::ECONNREFUSED) => continue,
+            Err(_) => break,
+        }
+    }
+    n
+}
+
+/// `sendmmsg` of `group` (all from one socket); returns how many left.
+/// Sends that fail (a vanished peer) are counted as sent: UDP is lossy
+/// anyway, and retrying would only delay the rest.
+fn send_batch(fd: i32, headers: &mut MultiHeaders<SockaddrStorage>, bufs: &[[u8; MTU]], group: &[Out]) -> usize {
+    let group = &group[..group.len().min(BATCH)];
+    let iovs: Vec<[IoSlice<'_>; 1]> = group.iter().map(|o| [IoSlice::new(&bufs[o.buf][..o.len])]).collect();
+    let addrs: Vec<Option<SockaddrStorage>> = group.iter().map(|o| Some(o.to)).collect();
+    match sendmmsg(fd, headers, iovs.iter(), &addrs, [], MsgFlags::MSG_DONTWAIT) {
+        Ok(r) => r.count(),
+        Err(_) => 0,
+    }
+}
+
+fn to_std(a: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = a.as_sockaddr_in() {
+        return Some(SocketAddr::from((v4.ip(), v4.port())));
+    }
+    let v6 = a.as_sockaddr_in6()?;
+    let ip = v6.ip();
+    // A v4-mapped source on a v6 socket is the v4 peer.
+    Some(match ip.to_ipv4_mapped() {
+        Some(v4) => SocketAddr::from((v4, v6.port())),
+        None => SocketAddr::from((ip, v6.port())),
+    })
+    .filter(|_| a.family().is_some())
+}
+
+fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    let _ = getrandom::fill(&mut b);
+    u32::from_le_bytes(b)
+}
