@@ -679,6 +679,7 @@ fn seed_everything(env: &Env) {
                 outcome: "answered".into(),
                 sip_status: Some(200),
                 reason: None,
+                media: None,
             }])
             .await
             .expect("record");

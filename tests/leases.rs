@@ -400,6 +400,7 @@ fn record(i: usize) -> CallRecord {
         outcome: "admitted".into(),
         sip_status: None,
         reason: None,
+        media: None,
     }
 }
 
