@@ -293,6 +293,48 @@ pub fn payload_map(from: &[Format], to: &[Format]) -> [u8; 128] {
     map
 }
 
+/// Renumbers the payload types of the first active audio stream of an
+/// answer to those the offerer used for the same codecs (RFC 3264 §6.1:
+/// the answer should keep the offer's numbers), rewriting `m=` and the
+/// `a=rtpmap`/`a=fmtp`/`a=rtcp-fb` lines. The relay then maps between the
+/// two legs' numbers. Types whose new number another format already holds
+/// are left alone.
+pub fn renumber_like(desc: &mut SessionDescription, offer: &[Format]) {
+    let Some(info) = stream_info(desc) else { return };
+    let Some(m) =
+        desc.media_descriptions.iter_mut().find(|m| m.media_name.media == "audio" && m.media_name.port.value != 0)
+    else {
+        return;
+    };
+    let mut map: Vec<(String, String)> = Vec::new();
+    for f in &info.formats {
+        let Some(o) = offer.iter().find(|o| o.same_codec(f)) else { continue };
+        let taken = info.formats.iter().any(|g| g.pt == o.pt && !g.same_codec(f));
+        if o.pt != f.pt && !taken {
+            map.push((f.pt.to_string(), o.pt.to_string()));
+        }
+    }
+    if map.is_empty() {
+        return;
+    }
+    let new = |pt: &str| map.iter().find(|(a, _)| a == pt).map(|(_, b)| b.clone());
+    for f in &mut m.media_name.formats {
+        if let Some(n) = new(f) {
+            *f = n;
+        }
+    }
+    for a in &mut m.attributes {
+        if !matches!(a.key.as_str(), "rtpmap" | "fmtp" | "rtcp-fb") {
+            continue;
+        }
+        let Some(v) = a.value.as_mut() else { continue };
+        let (pt, rest) = v.split_once(' ').unwrap_or((v.as_str(), ""));
+        if let Some(n) = new(pt) {
+            *v = if rest.is_empty() { n } else { format!("{n} {rest}") };
+        }
+    }
+}
+
 /// Increments the `o=` session version (a changed description, RFC 3264 §8).
 pub fn bump_version(desc: &mut SessionDescription) {
     desc.origin.session_version = desc.origin.session_version.wrapping_add(1);
@@ -437,5 +479,15 @@ m=audio 5004 RTP/AVP 111 0\na=rtpmap:111 opus/48000/2\na=rtcp:5010 IN IP6 2001:d
         assert_eq!((m[0], m[101], m[8], m[96]), (0, 96, 8, 96));
         let back = payload_map(&phone, &pbx);
         assert_eq!((back[96], back[97], back[0]), (101, 97, 0), "no 48 kHz events on the PBX side: unchanged");
+    }
+
+    #[test]
+    fn an_answer_takes_the_offers_payload_numbers() {
+        let answer = "v=0\no=- 1 1 IN IP4 192.0.2.5\ns=-\nc=IN IP4 192.0.2.5\nt=0 0\n\
+m=audio 5000 RTP/AVP 8 96\na=rtpmap:8 PCMA/8000\na=rtpmap:96 telephone-event/8000\na=fmtp:96 0-16\n";
+        let mut desc = parse(&body(answer)).unwrap();
+        let f = |pt, name: &str| Format { pt, name: name.into(), rate: 8000 };
+        renumber_like(&mut desc, &[f(8, "PCMA"), f(101, "telephone-event")]);
+        assert_eq!(text(&desc), answer.replace("8 96", "8 101").replace(":96 ", ":101 "));
     }
 }

@@ -211,9 +211,13 @@ impl MediaSession for RelayMedia {
     }
 
     fn answer(&mut self, from: LegId, to: LegId, answer: &Body) -> Result<Body, MediaError> {
-        let desc = sdp::parse(answer)?;
+        let mut desc = sdp::parse(answer)?;
         let info = sdp::stream_info(&desc);
         self.ensure_pair(from)?;
+        // Toward the offerer, in the offerer's numbers.
+        if let Some(offer) = self.legs.get(&to).and_then(|l| l.theirs.as_ref()) {
+            sdp::renumber_like(&mut desc, &offer.formats.clone());
+        }
         let body = self.anchored_for(to, desc)?;
         if let Some(l) = self.legs.get_mut(&from) {
             l.theirs = info;

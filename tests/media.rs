@@ -1,0 +1,276 @@
+//! Media anchored on trunkgate, end to end: the real daemon relays the RTP
+//! of calls between sipp as the PBX (playing Debian's G.711 and RFC 4733
+//! captures) and a phone whose media socket is the test's own, so every
+//! byte that arrives can be checked. Ports come from a range of the test's
+//! own, so which pair each leg gets is known: the pool hands pairs out in
+//! order (the PBX leg first, then the phone's).
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use common::calls::{PBX_IP, exactly_n_records, leases, pbx, wait_calls};
+use common::daemon::{Daemon, SippChild, free_port_on, sipp_start};
+
+const CAPTURES: &str = "/usr/share/sip-tester";
+
+fn trunk(media: &str) -> String {
+    format!(
+        "[media]\npublic_address = [\"127.0.0.1\"]\n{media}\n\
+         [[trunk]]\nname = \"acme-pbx\"\nportal = \"acme\"\nsources = [\"127.0.0.2/32\"]\n\
+         [[trunk.route]]\nnumber = \"+15550001\"\nusers = [\"alice\"]\nring_timeout_s = 5\n"
+    )
+}
+
+/// A port range of 8 pairs nobody else uses now: even start, probed free.
+fn port_range() -> (u16, u16) {
+    loop {
+        let p = free_port_on("127.0.0.1") & !1;
+        let free = (p..p + 16).all(|q| UdpSocket::bind(("0.0.0.0", q)).is_ok());
+        if free {
+            return (p, p + 15);
+        }
+    }
+}
+
+fn prepared(media: &str) -> Daemon {
+    let d = Daemon::prepare(&trunk(media));
+    d.seed_portal("acme", "acme.example.com", &[("alice", "alice-secret-1")]);
+    d
+}
+
+fn set_contact(d: &Daemon, port: u16) {
+    let contact = format!("sip:alice@127.0.0.1:{port}");
+    d.cli(&["user", "set-contact", "--portal", "acme", "--username", "alice", "--contact", &contact]);
+}
+
+/// The phone: sipp answering with SDP that points at `rtp` (a socket of
+/// the test).
+fn phone(d: &Daemon, scenario: &str, rtp: u16) -> SippChild {
+    let s = sipp_start(Path::new(scenario), None, "127.0.0.1", 0, &["-m", "1", "-key", "rtp", &rtp.to_string()]);
+    set_contact(d, s.port);
+    s
+}
+
+/// RTP packets of a capture (Ethernet, IPv4, UDP), in order.
+fn capture(name: &str) -> Vec<Vec<u8>> {
+    let d = std::fs::read(Path::new(CAPTURES).join(name)).unwrap_or_else(|e| panic!("{name}: {e} (sip-tester)"));
+    let mut out = Vec::new();
+    let mut at = 24;
+    while at + 16 <= d.len() {
+        let incl = u32::from_le_bytes([d[at + 8], d[at + 9], d[at + 10], d[at + 11]]) as usize;
+        let frame = &d[at + 16..at + 16 + incl];
+        let ip = &frame[14..];
+        let ihl = usize::from(ip[0] & 0x0f) * 4;
+        out.push(ip[ihl + 8..].to_vec());
+        at += 16 + incl;
+    }
+    out
+}
+
+fn seq(p: &[u8]) -> u16 {
+    u16::from_be_bytes([p[2], p[3]])
+}
+fn ts(p: &[u8]) -> u32 {
+    u32::from_be_bytes([p[4], p[5], p[6], p[7]])
+}
+fn ssrc(p: &[u8]) -> u32 {
+    u32::from_be_bytes([p[8], p[9], p[10], p[11]])
+}
+
+fn rtp_packet(seq: u16, ts: u32, ssrc: u32) -> Vec<u8> {
+    let mut p = vec![0x80, 8];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&ts.to_be_bytes());
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    p.extend_from_slice(&[0xd5; 160]);
+    p
+}
+
+/// Receives on `sock` until `quiet` passes without a packet (or `max`).
+fn receive_all(sock: &UdpSocket, quiet: Duration, max: Duration) -> Vec<(SocketAddr, Vec<u8>)> {
+    sock.set_read_timeout(Some(quiet)).expect("timeout");
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 2048];
+    while start.elapsed() < max {
+        match sock.recv_from(&mut buf) {
+            Ok((n, from)) => got.push((from, buf[..n].to_vec())),
+            Err(_) if got.is_empty() => {}
+            Err(_) => break,
+        }
+    }
+    got
+}
+
+fn figure(rec: &Value, leg: &str, name: &str) -> u64 {
+    rec["media"][leg][name].as_u64().unwrap_or_else(|| panic!("media.{leg}.{name} in {rec}"))
+}
+
+/// The PBX's audio and digit reach the phone through trunkgate's port,
+/// byte for byte, as one continuous stream (one SSRC, consecutive
+/// sequence numbers across the two captures' sources) with the digit's
+/// payload type renumbered 101 → 96 as the phone asked; the phone's audio
+/// reaches the PBX; a stranger's packets to the same port are counted and
+/// dropped; the record has the exact figures; the ports close after BYE.
+#[test]
+fn pbx_audio_and_digits_reach_the_phone_through_trunkgate_and_back() {
+    let (min, max) = port_range();
+    let mut d = prepared(&format!("port_min = {min}\nport_max = {max}\n"));
+    d.start();
+    let phone_rtp = UdpSocket::bind("127.0.0.1:0").expect("phone rtp");
+    let stranger = UdpSocket::bind("127.0.0.1:0").expect("stranger");
+    let user = phone(&d, "user_answer_media.xml", phone_rtp.local_addr().expect("addr").port());
+    let mp = free_port_on(PBX_IP).to_string();
+    let call = pbx(
+        &d,
+        Path::new("pbx_call_media.xml"),
+        "+15550001",
+        &[
+            "-mp",
+            &mp,
+            "-d",
+            "1500",
+            "-key",
+            "audio",
+            &format!("{CAPTURES}/g711a.pcap"),
+            "-key",
+            "dtmf",
+            &format!("{CAPTURES}/dtmf_2833_1.pcap"),
+        ],
+    );
+
+    // What the PBX plays arrives here; the first packet tells trunkgate's
+    // port toward the phone (symmetric RTP: it sends from where it listens).
+    phone_rtp.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut buf = [0u8; 2048];
+    let (n, relay) = match phone_rtp.recv_from(&mut buf) {
+        Ok(r) => r,
+        Err(e) => {
+            let (_, out) = call.wait();
+            let (_, uout) = user.wait();
+            panic!("no audio reached the phone ({e}):\nPBX:\n{out}\nphone:\n{uout}\ndaemon:\n{}", d.log_text());
+        }
+    };
+    let first = buf[..n].to_vec();
+    assert_eq!(relay, format!("127.0.0.1:{}", min + 2).parse().unwrap(), "the phone leg's pair is the second");
+    // The phone talks back (50 packets, 20 ms apart) while a stranger sends
+    // to the same port.
+    for i in 0..50u16 {
+        phone_rtp.send_to(&rtp_packet(1000 + i, 160 * u32::from(i), 0xfeed), relay).expect("send");
+        if i < 20 {
+            stranger.send_to(&rtp_packet(i, 0, 0xbad), relay).expect("send");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut got = vec![(relay, first)];
+    got.extend(receive_all(&phone_rtp, Duration::from_secs(2), Duration::from_secs(15)));
+    let (ok, out) = call.wait();
+    assert!(ok, "PBX side:\n{out}");
+    let (ok, uout) = user.wait();
+    assert!(ok, "phone side:\n{uout}");
+
+    let audio = capture("g711a.pcap");
+    let digit = capture("dtmf_2833_1.pcap");
+    assert_eq!(got.len(), audio.len() + digit.len(), "every packet the PBX sent arrived, once");
+    assert!(got.iter().all(|(from, _)| *from == relay), "all from trunkgate's port");
+    let sent: Vec<&Vec<u8>> = audio.iter().chain(digit.iter()).collect();
+    let ours = ssrc(&got[0].1);
+    for (i, ((_, p), orig)) in got.iter().zip(&sent).enumerate() {
+        assert_eq!(&p[12..], &orig[12..], "packet {i}: payload unchanged");
+        assert_eq!(ssrc(p), ours, "packet {i}: one SSRC toward the phone");
+        if i < audio.len() {
+            assert_eq!(p[1] & 0x7f, 8, "PCMA keeps its type");
+        } else {
+            assert_eq!(p[1] & 0x7f, 96, "telephone-event renumbered to the phone's 96");
+            assert_eq!(p[1] & 0x80, orig[1] & 0x80, "marker kept");
+        }
+    }
+    // Sequence numbers continue from the audio into the digit (another
+    // source in the PBX): consecutive, as the captures' own steps were.
+    let last_audio = &got[audio.len() - 1].1;
+    let first_digit = &got[audio.len()].1;
+    assert_eq!(seq(first_digit), seq(last_audio).wrapping_add(1), "no jump at the source change");
+    assert!(ts(first_digit).wrapping_sub(ts(last_audio)) < 8000 * 2, "timestamps continue within the gap");
+    for w in got[audio.len()..].windows(2) {
+        let step = seq(&w[1].1).wrapping_sub(seq(&w[0].1));
+        let orig_step = seq(sent[audio.len() + 1]).wrapping_sub(seq(sent[audio.len()]));
+        assert!(step <= 1 && orig_step <= 1, "digit packets keep their steps");
+    }
+
+    let rec = &exactly_n_records(&mut d, 1)[0];
+    assert_eq!(rec["outcome"], "completed", "{rec}");
+    let total = (audio.len() + digit.len()) as u64;
+    assert_eq!(figure(rec, "pbx", "rx_packets"), total, "{rec}");
+    assert_eq!(figure(rec, "user", "tx_packets"), total, "{rec}");
+    assert_eq!(figure(rec, "user", "rx_packets"), 50, "{rec}");
+    assert_eq!(figure(rec, "user", "rx_stray"), 20, "the stranger's packets: counted, dropped: {rec}");
+    assert_eq!(figure(rec, "pbx", "tx_packets"), 50, "only the phone's packets reached the PBX: {rec}");
+    assert_eq!(figure(rec, "pbx", "rx_lost"), 0, "{rec}");
+    // The pairs are closed: the ports can be bound again.
+    for port in min..min + 4 {
+        common::retry_until(5, &format!("port {port} closed after the call"), || {
+            UdpSocket::bind(("0.0.0.0", port)).map(drop).map_err(|e| e.to_string())
+        });
+    }
+}
+
+/// A full pool refuses the next call with 503 `media-ports-exhausted`
+/// before anything rings, and loses nothing: once the call holding the
+/// ports ends, the next call gets them.
+#[test]
+fn a_full_port_pool_answers_503_and_every_pair_comes_back() {
+    let (min, _) = port_range();
+    // Two pairs: exactly one call (PBX leg + phone leg).
+    let mut d = prepared(&format!("port_min = {min}\nport_max = {}\n", min + 3));
+    d.start();
+    let rtp = UdpSocket::bind("127.0.0.1:0").expect("rtp");
+    let port = rtp.local_addr().expect("addr").port();
+    let user = phone(&d, "user_answer_media.xml", port);
+    let first = pbx(&d, Path::new("pbx_call.xml"), "+15550001", &["-d", "3000"]);
+    wait_calls(&d, "the first call up", |l| l.len() == 1);
+    let (ok, out) = pbx(&d, Path::new("pbx_call_refused_media.xml"), "+15550001", &[]).wait();
+    assert!(ok, "the second call is refused with 503:\n{out}");
+    let (ok, out) = first.wait();
+    assert!(ok, "{out}");
+    assert!(user.wait().0);
+    // The ports are back: a third call gets them.
+    let user = phone(&d, "user_answer_media.xml", port);
+    let (ok, out) = pbx(&d, Path::new("pbx_call.xml"), "+15550001", &["-d", "200"]).wait();
+    assert!(ok, "the third call completes:\n{out}");
+    assert!(user.wait().0);
+    let recs = exactly_n_records(&mut d, 3);
+    let refusal = recs.iter().find(|r| r["sip_status"] == 503).unwrap_or_else(|| panic!("{recs:#?}"));
+    assert_eq!(refusal["reason"], "media-ports-exhausted", "{refusal}");
+    assert_eq!(recs.iter().filter(|r| r["outcome"] == "completed").count(), 2, "{recs:#?}");
+}
+
+/// A leg that sends nothing ends the call: BYE on both legs at the media
+/// timeout, reason `media-timeout`, channel released.
+#[test]
+fn silent_media_ends_the_call_with_media_timeout() {
+    let (min, max) = port_range();
+    let mut d = prepared(&format!("port_min = {min}\nport_max = {max}\ntimeout_s = 2\nhold_timeout_s = 2\n"));
+    d.start();
+    let rtp = UdpSocket::bind("127.0.0.1:0").expect("rtp");
+    let user = phone(&d, "user_answer_media.xml", rtp.local_addr().expect("addr").port());
+    let started = Instant::now();
+    // The PBX would hold the call for 30 s and sends no RTP; it must get
+    // trunkgate's BYE instead (the scenario accepts it).
+    let call = pbx(&d, Path::new("pbx_call_wait_bye.xml"), "+15550001", &[]);
+    wait_calls(&d, "the call up", |l| l.len() == 1);
+    let (ok, out) = call.wait();
+    assert!(ok, "the PBX got a BYE:\n{out}");
+    let (ok, uout) = user.wait();
+    assert!(ok, "the phone got a BYE:\n{uout}");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(20), "ended by the media timeout, not the scenario's: {took:?}");
+    assert!(leases(&d).is_empty());
+    let rec = &exactly_n_records(&mut d, 1)[0];
+    assert_eq!(rec["reason"], "media-timeout", "{rec}");
+    assert_eq!(figure(rec, "pbx", "rx_packets"), 0, "{rec}");
+}
