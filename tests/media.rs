@@ -9,7 +9,7 @@ mod common;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -94,7 +94,7 @@ fn rtp_packet(seq: u16, ts: u32, ssrc: u32) -> Vec<u8> {
 /// Receives on `sock` until `quiet` passes without a packet (or `max`).
 fn receive_all(sock: &UdpSocket, quiet: Duration, max: Duration) -> Vec<(SocketAddr, Vec<u8>)> {
     sock.set_read_timeout(Some(quiet)).expect("timeout");
-    let start = Instant::now();
+    let start = common::wall_now();
     let mut got = Vec::new();
     let mut buf = [0u8; 2048];
     while start.elapsed() < max {
@@ -258,7 +258,7 @@ fn silent_media_ends_the_call_with_media_timeout() {
     d.start();
     let rtp = UdpSocket::bind("127.0.0.1:0").expect("rtp");
     let user = phone(&d, "user_answer_media.xml", rtp.local_addr().expect("addr").port());
-    let started = Instant::now();
+    let started = common::wall_now();
     // The PBX would hold the call for 30 s and sends no RTP; it must get
     // trunkgate's BYE instead (the scenario accepts it).
     let call = pbx(&d, Path::new("pbx_call_wait_bye.xml"), "+15550001", &[]);
