@@ -274,3 +274,39 @@ fn silent_media_ends_the_call_with_media_timeout() {
     assert_eq!(rec["reason"], "media-timeout", "{rec}");
     assert_eq!(figure(rec, "pbx", "rx_packets"), 0, "{rec}");
 }
+
+/// Hold (RFC 6337): the PBX's re-INVITE with `a=sendonly` reaches the
+/// phone as trunkgate's own offer, the phone's `recvonly` comes back, and
+/// from then on the phone's packets do not reach the PBX (counted as held).
+/// The call's live figures show in `trunkgate calls --json` meanwhile.
+#[test]
+fn hold_stops_the_held_direction_and_live_figures_show_in_calls() {
+    let (min, max) = port_range();
+    let mut d = prepared(&format!("port_min = {min}\nport_max = {max}\n"));
+    d.start();
+    let phone_rtp = UdpSocket::bind("127.0.0.1:0").expect("phone rtp");
+    let user = phone(&d, "user_answer_media_hold.xml", phone_rtp.local_addr().expect("addr").port());
+    let call = pbx(&d, Path::new("pbx_call_hold.xml"), "+15550001", &["-d", "7000"]);
+    wait_calls(&d, "the call up", |l| l.len() == 1);
+    // The re-INVITE goes 500 ms after the ACK; give it time to complete.
+    std::thread::sleep(Duration::from_millis(1500));
+    let relay: SocketAddr = format!("127.0.0.1:{}", min + 2).parse().expect("addr");
+    for i in 0..30u16 {
+        phone_rtp.send_to(&rtp_packet(i, 160 * u32::from(i), 0xfeed), relay).expect("send");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Live figures reach the lease within the publication interval (5 s).
+    common::retry_until(12, "live media figures in calls --json", || {
+        let l = leases(&d);
+        let held = l.first().map(|c| (c["media"]["user"]["rx_packets"].as_u64(), c["media"]["pbx"]["tx_held"].as_u64()));
+        if held == Some((Some(30), Some(30))) { Ok(()) } else { Err(format!("{l:?}")) }
+    });
+    let (ok, out) = call.wait();
+    assert!(ok, "PBX side:\n{out}");
+    let (ok, uout) = user.wait();
+    assert!(ok, "phone side:\n{uout}");
+    let rec = &exactly_n_records(&mut d, 1)[0];
+    assert_eq!(figure(rec, "user", "rx_packets"), 30, "{rec}");
+    assert_eq!(figure(rec, "pbx", "tx_packets"), 0, "nothing reached the PBX on hold: {rec}");
+    assert_eq!(figure(rec, "pbx", "tx_held"), 30, "{rec}");
+}
