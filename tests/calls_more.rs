@@ -228,7 +228,10 @@ fn call_over_ipv6() {
     assert!(ok, "PBX side:\n{out}");
     let (ok, uout) = user.wait();
     assert!(ok, "phone side:\n{uout}");
-    assert!(uout.contains("c=IN IP6 ::1"), "the PBX's IPv6 SDP reached the phone:\n{uout}");
+    assert!(
+        uout.contains("o=trunkgate ") && uout.contains("c=IN IP6 ::1"),
+        "trunkgate's IPv6 SDP reached the phone:\n{uout}"
+    );
     let rec = &exactly_n_records(&mut d, 1)[0];
     assert_eq!(rec["outcome"], "completed", "{rec}");
 }

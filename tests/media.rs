@@ -19,8 +19,9 @@ use common::daemon::{Daemon, SippChild, free_port_on, sipp_start};
 const CAPTURES: &str = "/usr/share/sip-tester";
 
 fn trunk(media: &str) -> String {
+    let public = if media.contains("public_address") { "" } else { "public_address = [\"127.0.0.1\"]\n" };
     format!(
-        "[media]\npublic_address = [\"127.0.0.1\"]\n{media}\n\
+        "[media]\n{public}{media}\n\
          [[trunk]]\nname = \"acme-pbx\"\nportal = \"acme\"\nsources = [\"127.0.0.2/32\"]\n\
          [[trunk.route]]\nnumber = \"+15550001\"\nusers = [\"alice\"]\nring_timeout_s = 5\n"
     )
@@ -298,7 +299,8 @@ fn hold_stops_the_held_direction_and_live_figures_show_in_calls() {
     // Live figures reach the lease within the publication interval (5 s).
     common::retry_until(12, "live media figures in calls --json", || {
         let l = leases(&d);
-        let held = l.first().map(|c| (c["media"]["user"]["rx_packets"].as_u64(), c["media"]["pbx"]["tx_held"].as_u64()));
+        let held =
+            l.first().map(|c| (c["media"]["user"]["rx_packets"].as_u64(), c["media"]["pbx"]["tx_held"].as_u64()));
         if held == Some((Some(30), Some(30))) { Ok(()) } else { Err(format!("{l:?}")) }
     });
     let (ok, out) = call.wait();
@@ -309,4 +311,64 @@ fn hold_stops_the_held_direction_and_live_figures_show_in_calls() {
     assert_eq!(figure(rec, "user", "rx_packets"), 30, "{rec}");
     assert_eq!(figure(rec, "pbx", "tx_packets"), 0, "nothing reached the PBX on hold: {rec}");
     assert_eq!(figure(rec, "pbx", "tx_held"), 30, "{rec}");
+}
+
+/// Legs of different address families: an IPv4 PBX and an IPv6 phone.
+/// Each gets SDP with trunkgate's address of its own family, and packets
+/// cross between the families both ways, byte for byte.
+#[test]
+fn an_ipv4_pbx_and_an_ipv6_phone_talk_through_trunkgate() {
+    let (min, max) = port_range();
+    let d0 = prepared(&format!("public_address = [\"127.0.0.1\", \"::1\"]\nport_min = {min}\nport_max = {max}\n"));
+    let text = std::fs::read_to_string(&d0.config).expect("config");
+    let text = text.replace(
+        "listen = [\"udp://127.0.0.1:0\"",
+        // The IPv4 listener last: the test's PBX calls the last one logged.
+        "listen = [\"udp://[::1]:0\", \"udp://127.0.0.1:0\"",
+    );
+    std::fs::write(&d0.config, text).expect("write");
+    let mut d = d0;
+    d.start();
+    let pbx_rtp = UdpSocket::bind((PBX_IP, 0)).expect("pbx rtp");
+    let phone_rtp = UdpSocket::bind("[::1]:0").expect("phone rtp (IPv6 loopback)");
+    let user = sipp_start(
+        Path::new("user_answer_media6.xml"),
+        None,
+        "::1",
+        0,
+        &["-m", "1", "-key", "rtp", &phone_rtp.local_addr().expect("addr").port().to_string()],
+    );
+    let contact = format!("sip:alice@[::1]:{}", user.port);
+    d.cli(&["user", "set-contact", "--portal", "acme", "--username", "alice", "--contact", &contact]);
+    let call = pbx(
+        &d,
+        Path::new("pbx_call_rtp.xml"),
+        "+15550001",
+        &["-d", "2500", "-key", "rtp", &pbx_rtp.local_addr().expect("addr").port().to_string()],
+    );
+    if common::retry_until_ok(10, || leases(&d).len() == 1).is_err() {
+        let (_, out) = call.wait();
+        let (_, uout) = user.wait();
+        panic!("the call did not come up:\nPBX:\n{out}\nphone:\n{uout}\ndaemon:\n{}", d.log_text());
+    }
+    // The pools are per family: each leg has the first pair of its own.
+    let toward_pbx: SocketAddr = format!("127.0.0.1:{min}").parse().expect("addr");
+    let toward_phone: SocketAddr = format!("[::1]:{min}").parse().expect("addr");
+    for i in 0..10u16 {
+        pbx_rtp.send_to(&rtp_packet(i, 160 * u32::from(i), 0x4444), toward_pbx).expect("send v4");
+        phone_rtp.send_to(&rtp_packet(500 + i, 160 * u32::from(i), 0x6666), toward_phone).expect("send v6");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let at_phone = receive_all(&phone_rtp, Duration::from_millis(500), Duration::from_secs(3));
+    let at_pbx = receive_all(&pbx_rtp, Duration::from_millis(500), Duration::from_secs(3));
+    assert_eq!(at_phone.len(), 10, "the PBX's packets reached the IPv6 phone");
+    assert_eq!(at_pbx.len(), 10, "the phone's packets reached the IPv4 PBX");
+    assert!(at_phone.iter().all(|(from, p)| *from == toward_phone && p[12..] == [0xd5; 160]));
+    assert!(at_pbx.iter().all(|(from, p)| *from == toward_pbx && p[12..] == [0xd5; 160]));
+    let (ok, out) = call.wait();
+    assert!(ok, "PBX side:\n{out}");
+    let (ok, uout) = user.wait();
+    assert!(ok, "phone side:\n{uout}");
+    let rec = &exactly_n_records(&mut d, 1)[0];
+    assert_eq!((figure(rec, "pbx", "tx_packets"), figure(rec, "user", "tx_packets")), (10, 10), "{rec}");
 }

@@ -75,6 +75,20 @@ pub fn retry_until<T>(secs: u64, what: &str, mut attempt: impl FnMut() -> Result
     }
 }
 
+/// Polls `ok` for at most `secs` seconds: `Err(())` when it never held (the
+/// caller gathers what explains the failure).
+#[allow(dead_code)]
+pub fn retry_until_ok(secs: u64, mut ok: impl FnMut() -> bool) -> Result<(), ()> {
+    let deadline = wall_now() + std::time::Duration::from_secs(secs);
+    while wall_now() < deadline {
+        if ok() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Err(())
+}
+
 pub mod calls;
 pub mod daemon;
 
