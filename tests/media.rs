@@ -372,3 +372,65 @@ fn an_ipv4_pbx_and_an_ipv6_phone_talk_through_trunkgate() {
     let rec = &exactly_n_records(&mut d, 1)[0];
     assert_eq!((figure(rec, "pbx", "tx_packets"), figure(rec, "user", "tx_packets")), (10, 10), "{rec}");
 }
+
+/// The PBX's RFC 4733 packet stream.
+fn digit_packets(event: u8, seq0: u16, ts: u32) -> Vec<Vec<u8>> {
+    (0..4u16)
+        .map(|n| {
+            let mut p = vec![0x80, if n == 0 { 0x80 | 101 } else { 101 }];
+            p.extend_from_slice(&(seq0 + n).to_be_bytes());
+            p.extend_from_slice(&ts.to_be_bytes());
+            p.extend_from_slice(&0x4444u32.to_be_bytes());
+            let dur: u16 = if n == 0 { 160 } else { 1600 };
+            p.extend_from_slice(&[event, if n == 0 { 10 } else { 0x80 | 10 }]);
+            p.extend_from_slice(&dur.to_be_bytes());
+            p
+        })
+        .collect()
+}
+
+/// A phone without telephone-event: the PBX's RFC 4733 digit reaches it
+/// as SIP INFO (`application/dtmf-relay`, once, not as RTP), and its INFO
+/// digit reaches the PBX as RFC 4733 packets in the PBX's payload type.
+#[test]
+fn digits_cross_between_rfc4733_and_sip_info() {
+    let (min, max) = port_range();
+    let mut d = prepared(&format!("port_min = {min}\nport_max = {max}\n"));
+    d.start();
+    let pbx_rtp = UdpSocket::bind((PBX_IP, 0)).expect("pbx rtp");
+    let phone_rtp = UdpSocket::bind("127.0.0.1:0").expect("phone rtp");
+    let user = phone(&d, "user_answer_dtmf_info.xml", phone_rtp.local_addr().expect("addr").port());
+    let call = pbx(
+        &d,
+        Path::new("pbx_call_rtp.xml"),
+        "+15550001",
+        &["-d", "2500", "-key", "rtp", &pbx_rtp.local_addr().expect("addr").port().to_string()],
+    );
+    wait_calls(&d, "the call up", |l| l.len() == 1);
+    let relay: SocketAddr = format!("127.0.0.1:{min}").parse().expect("addr");
+    // Voice, then digit 1 (start, three ends), then voice.
+    pbx_rtp.send_to(&rtp_packet(10, 0, 0x4444), relay).expect("send");
+    for p in digit_packets(1, 11, 160) {
+        pbx_rtp.send_to(&p, relay).expect("send");
+    }
+    pbx_rtp.send_to(&rtp_packet(15, 1920, 0x4444), relay).expect("send");
+    // The phone's INFO 5 comes back as RFC 4733 at the PBX.
+    let at_pbx = receive_all(&pbx_rtp, Duration::from_millis(800), Duration::from_secs(5));
+    let at_phone = receive_all(&phone_rtp, Duration::from_millis(300), Duration::from_secs(2));
+    let (ok, out) = call.wait();
+    assert!(ok, "PBX side:\n{out}");
+    let (ok, uout) = user.wait();
+    assert!(ok, "phone side (INFO Signal=1 expected):\n{uout}");
+    assert_eq!(at_phone.len(), 2, "the two voice packets only, no event packets: {at_phone:?}");
+    assert!(at_phone.iter().all(|(_, p)| p[1] & 0x7f == 8));
+    assert_eq!(at_pbx.len(), 4, "start and three ends of digit 5: {at_pbx:?}");
+    for (n, (from, p)) in at_pbx.iter().enumerate() {
+        assert_eq!(*from, relay);
+        assert_eq!(p[1] & 0x7f, 101, "the PBX's telephone-event type");
+        assert_eq!(p[12], 5, "digit 5");
+        assert_eq!(p[13] & 0x80 != 0, n > 0, "E bit on the ends");
+    }
+    assert_eq!(u16::from_be_bytes([at_pbx[3].1[14], at_pbx[3].1[15]]), 1600, "200 ms at 8 kHz");
+    let rec = &exactly_n_records(&mut d, 1)[0];
+    assert_eq!(rec["outcome"], "completed", "{rec}");
+}

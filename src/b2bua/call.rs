@@ -604,6 +604,38 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
         }
     }
 
+    /// Leg `from` sent an RFC 4733 digit the other leg takes no events
+    /// for: it goes there as SIP INFO (`application/dtmf-relay`).
+    pub fn handle_dtmf(&mut self, _now: Instant, from: LegId, digit: char, duration_ms: u32) {
+        if self.phase != Phase::Answered {
+            return;
+        }
+        let Some(to) = self.other_leg(from) else { return };
+        let idx = leg_index(to);
+        let peer = self.legs[idx].peer;
+        let Some(d) = self.legs[idx].dialog.as_mut() else { return };
+        let body = format!("Signal={digit}\r\nDuration={duration_ms}\r\n");
+        let Ok(info) = d.request(Method::Info).body("application/dtmf-relay", bytes::Bytes::from(body)).build() else {
+            return;
+        };
+        debug!(leg = to.0, %digit, "digit as INFO");
+        let id = self.new_req(Outstanding::Ending);
+        self.commands.push_back(Command::Request { id, leg: to, peer, request: info });
+    }
+
+    /// An INFO carrying a digit (`application/dtmf-relay`) from `from`: sent
+    /// on as RFC 4733 events if the other leg takes them.
+    fn dtmf_as_rtp(&mut self, from: LegId, req: &Request) -> bool {
+        let Some(body) = body_of_request(req) else { return false };
+        let ct = body.content_type.split(';').next().unwrap_or("").trim();
+        if !ct.eq_ignore_ascii_case("application/dtmf-relay") {
+            return false;
+        }
+        let Some((digit, duration)) = parse_dtmf_relay(&body.bytes) else { return false };
+        let Some(to) = self.other_leg(from) else { return false };
+        self.media.send_dtmf(to, digit, duration)
+    }
+
     /// A request (not ACK, not CANCEL) inside one of the call's dialogs,
     /// on server transaction `tsx`.
     pub fn handle_request(&mut self, now: Instant, tsx: S, req: &Request) {
@@ -642,6 +674,9 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
                 let mut r = Response::from_request(req, 200, "OK");
                 let _ = r.headers_mut().push(HeaderName::Allow, ALLOW);
                 self.commands.push_back(Command::Respond { tsx, response: r });
+            }
+            Method::Info if self.phase == Phase::Answered && self.dtmf_as_rtp(leg, req) => {
+                self.commands.push_back(Command::Respond { tsx, response: Response::from_request(req, 200, "OK") });
             }
             Method::Invite | Method::Update | Method::Info if self.phase == Phase::Answered => {
                 self.relay_request(leg, tsx, req);
@@ -1418,6 +1453,33 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
         let started = self.record.as_ref().map_or(0, |r| r.started_at);
         started + i64::try_from(now.saturating_duration_since(self.created).as_secs()).unwrap_or(0)
     }
+}
+
+/// `Signal=5` / `Duration=160` of an `application/dtmf-relay` body (the
+/// de facto format of SIP INFO digits): the digit and milliseconds (250
+/// when absent). Signals 10 and 11 are `*` and `#`.
+pub fn parse_dtmf_relay(body: &[u8]) -> Option<(char, u32)> {
+    let text = std::str::from_utf8(body).ok()?;
+    let mut digit = None;
+    let mut duration = 250;
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once('=') else { continue };
+        let v = v.trim();
+        match k.trim().to_ascii_lowercase().as_str() {
+            "signal" => {
+                digit = match v {
+                    "10" => Some('*'),
+                    "11" => Some('#'),
+                    _ if v.len() == 1 => v.chars().next().filter(|c| c.is_ascii_digit() || "*#ABCDabcd".contains(*c)),
+                    _ => None,
+                }
+                .map(|c| c.to_ascii_uppercase());
+            }
+            "duration" => duration = v.parse().ok().filter(|d: &u32| (1..=10_000).contains(d)).unwrap_or(250),
+            _ => {}
+        }
+    }
+    digit.map(|d| (d, duration))
 }
 
 fn leg_index(id: LegId) -> usize {

@@ -90,6 +90,13 @@ pub trait MediaSession: Send {
     /// [`offer`](Self::offer)): what to answer leg `to`.
     fn answer(&mut self, from: LegId, to: LegId, answer: &Body) -> Result<Body, MediaError>;
 
+    /// A digit that came as SIP INFO from the other leg: send it to leg
+    /// `to` as RFC 4733 events if that leg takes them (true), else leave
+    /// it to the call to relay the INFO (false).
+    fn send_dtmf(&mut self, _to: LegId, _digit: char, _duration_ms: u32) -> bool {
+        false
+    }
+
     /// Leg `leg` is gone (a fork that lost, or the call's end): free what it
     /// holds. Called once per leg that was given a body.
     fn close_leg(&mut self, leg: LegId);

@@ -885,3 +885,15 @@ fn hang_up_during_a_relayed_reinvite_answers_it_and_still_acks_its_2xx() {
     assert_eq!(World::acks(&out).len(), 1);
     assert!(World::responses(&out, tsx).is_empty());
 }
+
+#[test]
+fn dtmf_relay_bodies_parse_signal_and_duration() {
+    use super::call::parse_dtmf_relay;
+    assert_eq!(parse_dtmf_relay(b"Signal=5\r\nDuration=160\r\n"), Some(('5', 160)));
+    assert_eq!(parse_dtmf_relay(b"Signal= 11\nDuration= 80\n"), Some(('#', 80)));
+    assert_eq!(parse_dtmf_relay(b"signal=*\r\n"), Some(('*', 250)), "duration defaults");
+    assert_eq!(parse_dtmf_relay(b"Signal=d\r\nDuration=999999\r\n"), Some(('D', 250)), "absurd durations ignored");
+    assert_eq!(parse_dtmf_relay(b"Signal=12\r\n"), None);
+    assert_eq!(parse_dtmf_relay(b"Duration=100\r\n"), None);
+    assert_eq!(parse_dtmf_relay(b"\xff\xfe"), None);
+}

@@ -44,6 +44,16 @@ const TICK: Duration = Duration::from_millis(500);
 pub enum MediaEvent {
     /// A side sent no RTP and no RTCP for the timeout.
     Timeout,
+    /// Leg `slot` sent an RFC 4733 digit the other leg cannot take as
+    /// RTP: carry it as SIP INFO.
+    Dtmf {
+        /// The leg it came from.
+        slot: u16,
+        /// The digit.
+        digit: char,
+        /// Its length, milliseconds.
+        duration_ms: u32,
+    },
 }
 
 /// The callback a stream reports through (it runs on a relay thread:
@@ -170,6 +180,11 @@ pub struct SideUpdate {
     pub receives: bool,
     /// Its payload types in the other side's numbering.
     pub pt_map: [u8; 128],
+    /// Payload types that are RFC 4733 events when it sends them.
+    pub events_in: [Option<u8>; 2],
+    /// The payload type it takes events with (`None`: none, digits go to
+    /// it as SIP INFO).
+    pub events_out: Option<u8>,
 }
 
 enum Control {
@@ -209,6 +224,13 @@ enum Control {
     },
     Close {
         id: u64,
+    },
+    /// A digit (from SIP INFO) as RFC 4733 packets to leg `slot`.
+    Dtmf {
+        id: u64,
+        slot: u16,
+        digit: char,
+        duration_ms: u32,
     },
 }
 
@@ -395,6 +417,11 @@ impl StreamHandle {
     /// Stream-wide settings.
     pub fn session(&self, clock_rate: u32, held: bool, armed: bool) {
         self.send(Control::Session { id: self.id, clock_rate, held, armed });
+    }
+
+    /// Sends `digit` to leg `slot` as RFC 4733 packets.
+    pub fn send_dtmf(&self, slot: u16, digit: char, duration_ms: u32) {
+        self.send(Control::Dtmf { id: self.id, slot, digit, duration_ms });
     }
 
     /// Leg `slot` is gone: its sockets close, its ports go back.
@@ -594,6 +621,7 @@ impl RelayThread {
                 s.relay.expect_rtcp(side, update.rtcp, update.mux);
                 s.relay.set_receives(side, update.receives);
                 s.relay.set_payload_map(side, update.pt_map);
+                s.relay.set_events(side, update.events_in, update.events_out);
             }
             Control::Session { id, clock_rate, held, armed } => {
                 let Some(s) = self.streams.get_mut(&id) else { return };
@@ -617,6 +645,20 @@ impl RelayThread {
                 }
             }
             Control::Close { id } => self.close(id),
+            Control::Dtmf { id, slot, digit, duration_ms } => {
+                let Some(s) = self.streams.get_mut(&id) else { return };
+                let Some(side) = s.side_of(slot) else { return };
+                let Some(to) = s.relay.destination(side) else { return };
+                let packets = s.relay.dtmf_packets(now, side, digit, duration_ms);
+                let Some(leg) = s.legs.get_mut(&slot) else { return };
+                for p in packets {
+                    if leg.rtp.send_to(&p, to).is_ok() {
+                        leg.sent.0 += 1;
+                        leg.sent.1 += p.len() as u64;
+                    }
+                }
+                s.figures.sent(side, leg.sent.0, leg.sent.1);
+            }
         }
     }
 
@@ -698,6 +740,10 @@ impl RelayThread {
             } else {
                 s.relay.handle_rtp(now, side, *from, pkt)
             };
+            if let Verdict::Dtmf { digit, duration_ms } = verdict {
+                (s.events)(MediaEvent::Dtmf { slot: r.slot, digit, duration_ms });
+                continue;
+            }
             let Verdict::Forward { to, via } = verdict else { continue };
             let other = side.other();
             let Some(dest) = s.slot_of(other).and_then(|slot| s.legs.get(&slot)) else { continue };

@@ -76,6 +76,17 @@ pub enum Verdict {
     Stray,
     /// Not RTP (too short, wrong version): dropped.
     Malformed,
+    /// The end of an RFC 4733 digit from this side, toward a side that
+    /// takes no telephone-event: carry it in signalling (SIP INFO).
+    Dtmf {
+        /// `0`-`9`, `*`, `#`, `A`-`D`.
+        digit: char,
+        /// Its length, milliseconds.
+        duration_ms: u32,
+    },
+    /// An RFC 4733 packet whose digit was already reported (its start,
+    /// updates, retransmitted end): dropped.
+    DtmfPart,
 }
 
 /// Figures of one direction (packets that arrived on one side).
@@ -142,6 +153,12 @@ struct SideMedia {
     receives: bool,
     /// Payload types it sends, in the other side's numbering.
     pt_map: [u8; 128],
+    /// Payload types that are RFC 4733 events when this side sends them.
+    events_in: [Option<u8>; 2],
+    /// The type of events sent to this side (`None`: it takes none).
+    events_out: Option<u8>,
+    /// RTP timestamp of the last digit reported from this side.
+    last_digit: Option<u32>,
 }
 
 impl Default for SideMedia {
@@ -151,6 +168,9 @@ impl Default for SideMedia {
             mux: false,
             receives: true,
             pt_map: std::array::from_fn(|i| u8::try_from(i).unwrap_or(0)),
+            events_in: [None; 2],
+            events_out: None,
+            last_digit: None,
         }
     }
 }
@@ -257,6 +277,49 @@ impl RelaySession {
         self.media[side.index()].pt_map = map;
     }
 
+    /// RFC 4733 payload types: those that are events when `side` sends
+    /// them, and the one it receives events with (`None`: digits toward it
+    /// go as SIP INFO, see [`Verdict::Dtmf`]).
+    pub fn set_events(&mut self, side: Side, events_in: [Option<u8>; 2], events_out: Option<u8>) {
+        let m = &mut self.media[side.index()];
+        m.events_in = events_in;
+        m.events_out = events_out;
+    }
+
+    /// RFC 4733 packets of `digit` toward `side` (a digit that came as SIP
+    /// INFO from the other leg): start, then the end three times (§2.5.1.4),
+    /// all at once with the digit's final duration, in our numbering toward
+    /// `side`. Empty when `side` takes no events or the digit is unknown.
+    pub fn dtmf_packets(&mut self, now: Instant, side: Side, digit: char, duration_ms: u32) -> Vec<Vec<u8>> {
+        let i = side.index();
+        let (Some(pt), Some(event)) = (self.media[i].events_out, event_code(digit)) else { return Vec::new() };
+        let rate = self.clock_rate;
+        let out = &mut self.out[i];
+        let ts = match out.last_sent {
+            Some(at) => out.last_ts.wrapping_add(ticks(now.saturating_duration_since(at), rate).max(1)),
+            None => ticks(now.saturating_duration_since(self.epoch), rate),
+        };
+        let duration =
+            u16::try_from(u64::from(duration_ms.clamp(40, 8000)) * u64::from(rate) / 1000).unwrap_or(u16::MAX);
+        let mut packets = Vec::with_capacity(4);
+        for (n, end) in [false, true, true, true].into_iter().enumerate() {
+            let seq = out.last_seq.wrapping_add(1);
+            out.last_seq = seq;
+            let mut p = vec![0x80, if n == 0 { 0x80 | pt } else { pt }];
+            p.extend_from_slice(&seq.to_be_bytes());
+            p.extend_from_slice(&ts.to_be_bytes());
+            p.extend_from_slice(&out.ssrc.to_be_bytes());
+            // Event, E bit and volume (10 dBm0 down), duration.
+            let d = if end { duration } else { duration.min(u16::try_from(rate / 50).unwrap_or(160)) };
+            p.extend_from_slice(&[event, if end { 0x80 | 10 } else { 10 }]);
+            p.extend_from_slice(&d.to_be_bytes());
+            packets.push(p);
+        }
+        out.last_ts = ts;
+        out.last_sent = Some(now);
+        packets
+    }
+
     /// The RTP clock rate (timestamp units per second) of the stream.
     pub fn set_clock_rate(&mut self, rate: u32) {
         self.clock_rate = rate.max(1);
@@ -300,8 +363,14 @@ impl RelaySession {
         let ts = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
         let ssrc = u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
         self.account(i, now, seq, ts, ssrc, packet.len());
-        // Toward the other side.
+        // A digit toward a side that takes no events: reported once (at its
+        // first end packet), never relayed.
+        let pt = packet[1] & 0x7f;
         let o = side.other().index();
+        if self.media[i].events_in.contains(&Some(pt)) && self.media[o].events_out.is_none() {
+            return self.digit_from(i, ts, packet);
+        }
+        // Toward the other side.
         let to = self.peers[o].destination();
         let out = &mut self.out[o];
         if out.source != Some(ssrc) {
@@ -375,6 +444,19 @@ impl RelaySession {
         }
     }
 
+    fn digit_from(&mut self, i: usize, ts: u32, packet: &[u8]) -> Verdict {
+        let Some(ev) = packet.get(RTP_HEADER..RTP_HEADER + 4) else { return Verdict::Malformed };
+        let end = ev[1] & 0x80 != 0;
+        let m = &mut self.media[i];
+        if !end || m.last_digit == Some(ts) {
+            return Verdict::DtmfPart;
+        }
+        let Some(digit) = digit_of(ev[0]) else { return Verdict::DtmfPart };
+        m.last_digit = Some(ts);
+        let duration = u32::from(u16::from_be_bytes([ev[2], ev[3]]));
+        Verdict::Dtmf { digit, duration_ms: duration * 1000 / self.clock_rate.max(1) }
+    }
+
     fn account(&mut self, i: usize, now: Instant, seq: u16, ts: u32, ssrc: u32, len: usize) {
         let st = &mut self.stats[i];
         st.packets += 1;
@@ -395,6 +477,28 @@ impl RelaySession {
             r.jitter16 = r.jitter16 + d - ((r.jitter16 + 8) >> 4);
         }
         r.transit = Some(transit);
+    }
+}
+
+/// RFC 4733 §3.2 event code of a DTMF digit.
+pub fn event_code(digit: char) -> Option<u8> {
+    match digit.to_ascii_uppercase() {
+        d @ '0'..='9' => Some(d as u8 - b'0'),
+        '*' => Some(10),
+        '#' => Some(11),
+        d @ 'A'..='D' => Some(d as u8 - b'A' + 12),
+        _ => None,
+    }
+}
+
+/// The DTMF digit of an RFC 4733 event code.
+pub fn digit_of(code: u8) -> Option<char> {
+    match code {
+        0..=9 => Some(char::from(b'0' + code)),
+        10 => Some('*'),
+        11 => Some('#'),
+        12..=15 => Some(char::from(b'A' + code - 12)),
+        _ => None,
     }
 }
 
@@ -660,5 +764,49 @@ mod tests {
         // ...while its own packets still reach the PBX.
         let mut p = rtp(1, 160, 9);
         assert!(matches!(s.handle_rtp(t0, Side::B, addr(PHONE), &mut p), Verdict::Forward { .. }));
+    }
+
+    #[test]
+    fn digits_toward_a_side_without_events_are_reported_once_and_made_for_one_with() {
+        let (t0, mut s) = session();
+        // The PBX sends events as 101; the phone takes none.
+        s.set_events(Side::A, [Some(101), None], Some(101));
+        let ev = |e: u8, end: bool, dur: u16, seq: u16| {
+            let mut p = rtp(seq, 8000, 7);
+            p.truncate(12);
+            p[1] = 101;
+            p.extend_from_slice(&[e, if end { 0x8a } else { 0x0a }]);
+            p.extend_from_slice(&dur.to_be_bytes());
+            p
+        };
+        let got: Vec<Verdict> = [ev(5, false, 160, 1), ev(5, true, 800, 2), ev(5, true, 800, 3), ev(5, true, 800, 4)]
+            .into_iter()
+            .map(|mut p| s.handle_rtp(t0, Side::A, addr(PBX), &mut p))
+            .collect();
+        assert_eq!(
+            got,
+            [Verdict::DtmfPart, Verdict::Dtmf { digit: '5', duration_ms: 100 }, Verdict::DtmfPart, Verdict::DtmfPart]
+        );
+        // Voice still flows.
+        let mut p = rtp(5, 8160, 7);
+        assert!(matches!(s.handle_rtp(t0, Side::A, addr(PBX), &mut p), Verdict::Forward { .. }));
+        // A digit from INFO toward the PBX: start + three ends, our SSRC,
+        // consecutive sequence numbers after what we sent it.
+        s.set_events(Side::B, [None, None], None);
+        let mut p = rtp(700, 16000, 9);
+        s.handle_rtp(t0, Side::B, addr(PHONE), &mut p);
+        let (seq0, _, our_ssrc) = fields(&p);
+        let made = s.dtmf_packets(t0 + Duration::from_millis(20), Side::A, '#', 250);
+        assert_eq!(made.len(), 4);
+        for (n, m) in made.iter().enumerate() {
+            let (seq, _, ssrc) = fields(m);
+            assert_eq!((seq, ssrc), (seq0.wrapping_add(1 + n as u16), our_ssrc));
+            assert_eq!(m[1] & 0x7f, 101);
+            assert_eq!(m[12], 11, "# is event 11");
+            assert_eq!(m[13] & 0x80 != 0, n > 0, "E bit on the ends");
+        }
+        assert_eq!(made[0][1] & 0x80, 0x80, "marker on the start");
+        assert_eq!(u16::from_be_bytes([made[3][14], made[3][15]]), 2000, "250 ms at 8 kHz");
+        assert!(s.dtmf_packets(t0, Side::B, '1', 100).is_empty(), "the phone takes no events");
     }
 }

@@ -335,6 +335,37 @@ pub fn renumber_like(desc: &mut SessionDescription, offer: &[Format]) {
     }
 }
 
+/// Adds `telephone-event/<rate>` as payload type `pt` (with `0-16`) to the
+/// first active audio stream, unless it has events already.
+pub fn add_events(desc: &mut SessionDescription, pt: u8) {
+    let Some(info) = stream_info(desc) else { return };
+    if info.has_events() || info.formats.iter().any(|f| f.pt == pt) {
+        return;
+    }
+    let rate = info.clock_rate();
+    let Some(m) =
+        desc.media_descriptions.iter_mut().find(|m| m.media_name.media == "audio" && m.media_name.port.value != 0)
+    else {
+        return;
+    };
+    m.media_name.formats.push(pt.to_string());
+    // Before the direction and other stream-wide attributes is where
+    // stacks look for rtpmaps, but anywhere is valid: append.
+    m.attributes.push(rtc_sdp::description::common::Attribute {
+        key: "rtpmap".into(),
+        value: Some(format!("{pt} telephone-event/{rate}")),
+    });
+    m.attributes
+        .push(rtc_sdp::description::common::Attribute { key: "fmtp".into(), value: Some(format!("{pt} 0-16")) });
+}
+
+/// A dynamic payload type no format of the first audio stream uses
+/// (101 when free, the usual choice for telephone-event).
+pub fn free_dynamic_pt(desc: &SessionDescription) -> u8 {
+    let used: Vec<u8> = stream_info(desc).map(|i| i.formats.iter().map(|f| f.pt).collect()).unwrap_or_default();
+    std::iter::once(101).chain(96..=127).find(|p| !used.contains(p)).unwrap_or(101)
+}
+
 /// Increments the `o=` session version (a changed description, RFC 3264 §8).
 pub fn bump_version(desc: &mut SessionDescription) {
     desc.origin.session_version = desc.origin.session_version.wrapping_add(1);
@@ -489,5 +520,22 @@ m=audio 5000 RTP/AVP 8 96\na=rtpmap:8 PCMA/8000\na=rtpmap:96 telephone-event/800
         let f = |pt, name: &str| Format { pt, name: name.into(), rate: 8000 };
         renumber_like(&mut desc, &[f(8, "PCMA"), f(101, "telephone-event")]);
         assert_eq!(text(&desc), answer.replace("8 96", "8 101").replace(":96 ", ":101 "));
+    }
+
+    #[test]
+    fn events_are_added_with_a_free_type_at_the_streams_rate() {
+        let sdp = "v=0\no=- 1 1 IN IP4 192.0.2.1\ns=-\nc=IN IP4 192.0.2.1\nt=0 0\nm=audio 4000 RTP/AVP 8 101\n\
+a=rtpmap:101 iLBC/8000\n";
+        let mut desc = parse(&body(sdp)).unwrap();
+        let pt = free_dynamic_pt(&desc);
+        assert_eq!(pt, 96, "101 is taken");
+        add_events(&mut desc, pt);
+        assert_eq!(
+            text(&desc),
+            format!("{}a=rtpmap:96 telephone-event/8000\na=fmtp:96 0-16\n", sdp.replace("8 101", "8 101 96"))
+        );
+        let before = text(&desc);
+        add_events(&mut desc, 97);
+        assert_eq!(text(&desc), before, "events once only");
     }
 }

@@ -128,6 +128,9 @@ impl RelayMedia {
         from.extend(theirs.formats.iter().cloned());
         let to = other.and_then(|o| self.legs.get(&o)).and_then(|o| o.theirs.as_ref()).map(|i| i.formats.clone());
         let pt_map = sdp::payload_map(&from, to.as_deref().unwrap_or(&[]));
+        let event = |f: &[sdp::Format]| f.iter().find(|f| f.is_event()).map(|f| f.pt);
+        let events_in = [event(&theirs.formats), me.ours.as_ref().and_then(|(_, i)| event(&i.formats))];
+        let events_out = event(&theirs.formats);
         self.stream.update(
             leg.0,
             SideUpdate {
@@ -136,6 +139,8 @@ impl RelayMedia {
                 mux: theirs.rtcp_mux,
                 receives: theirs.direction.receives() && theirs.rtp.is_some(),
                 pt_map,
+                events_in,
+                events_out,
             },
         );
     }
@@ -185,6 +190,11 @@ impl MediaSession for RelayMedia {
         let mut desc = sdp::parse(offer)?;
         let info = sdp::stream_info(&desc).ok_or(MediaError::NoCommonCodec)?;
         sdp::keep_relayable(&mut desc, sdp::RELAYABLE)?;
+        // Events are offered whatever the offerer said: a leg that takes
+        // them sends its digits as RTP, which trunkgate turns into SIP INFO
+        // toward a leg that does not.
+        let pt = sdp::free_dynamic_pt(&desc);
+        sdp::add_events(&mut desc, pt);
         // Both ends get their pair now: a full pool refuses the call before
         // anything rings.
         self.ensure_pair(from)?;
@@ -217,6 +227,16 @@ impl MediaSession for RelayMedia {
         // Toward the offerer, in the offerer's numbers.
         if let Some(offer) = self.legs.get(&to).and_then(|l| l.theirs.as_ref()) {
             sdp::renumber_like(&mut desc, &offer.formats.clone());
+            // Events in our answer exactly when the offerer offered them:
+            // digits of a leg without them come as SIP INFO and go on as
+            // RTP, and the other way round.
+            match offer.formats.iter().find(|f| f.is_event()) {
+                Some(ev) => sdp::add_events(&mut desc, ev.pt),
+                None => {
+                    let voice: Vec<&str> = sdp::RELAYABLE.iter().copied().filter(|c| *c != "telephone-event").collect();
+                    let _ = sdp::keep_relayable(&mut desc, &voice);
+                }
+            }
         }
         let body = self.anchored_for(to, desc)?;
         if let Some(l) = self.legs.get_mut(&from) {
@@ -237,6 +257,17 @@ impl MediaSession for RelayMedia {
         }
         if self.b == Some(leg) {
             self.b = None;
+        }
+    }
+
+    fn send_dtmf(&mut self, to: LegId, digit: char, duration_ms: u32) -> bool {
+        let takes_events = self.legs.get(&to).and_then(|l| l.theirs.as_ref()).is_some_and(StreamInfo::has_events);
+        let on_a_side = to == LegId::ORIGIN || self.b == Some(to);
+        if takes_events && on_a_side && crate::media::relay::event_code(digit).is_some() {
+            self.stream.send_dtmf(to.0, digit, duration_ms);
+            true
+        } else {
+            false
         }
     }
 

@@ -205,6 +205,10 @@ impl Shard {
                                 // queue retries at the next check.
                                 let _ = replies.try_send(super::ShardMsg::MediaTimeout(no));
                             }
+                            crate::media::engine::MediaEvent::Dtmf { slot, digit, duration_ms } => {
+                                let _ =
+                                    replies.try_send(super::ShardMsg::MediaDtmf(no, LegId(slot), digit, duration_ms));
+                            }
                         });
                         let relay = RelayMedia::new(engine, events);
                         self.calls.media.insert(no, (relay.figures_handle(), lease_id.clone()));
@@ -441,6 +445,14 @@ impl Shard {
     pub(super) fn handle_media_timeout(&mut self, no: CallNo, now: Instant) {
         if let Some(call) = self.calls.calls.get_mut(&no) {
             call.handle_media_timeout(now);
+            self.run_call(no, now);
+        }
+    }
+
+    /// A leg's RFC 4733 digit for a leg that takes none.
+    pub(super) fn handle_media_dtmf(&mut self, no: CallNo, from: LegId, digit: char, duration_ms: u32, now: Instant) {
+        if let Some(call) = self.calls.calls.get_mut(&no) {
+            call.handle_dtmf(now, from, digit, duration_ms);
             self.run_call(no, now);
         }
     }
