@@ -95,6 +95,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     let trunks = TrunkTable::new(&loaded.trunks);
     let mut config = node_config(&loaded);
     if loaded.media.anchor {
+        raise_open_files_limit();
         let m = &loaded.media;
         config.media = Some(crate::media::engine::MediaEngine::start(m.clone())?);
         info!(
@@ -190,6 +191,20 @@ fn spawn_signal_listener(token: CancellationToken) -> std::io::Result<()> {
         token.cancel();
     });
     Ok(())
+}
+
+/// Media takes four sockets per call: the soft open-files limit (often
+/// 1024) goes up to the hard one, as servers of many sockets do.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => info!(from = soft, to = hard, "open files limit raised"),
+            Err(e) => warn!(error = %e, "open files limit not raised"),
+        }
+    }
 }
 
 /// The node's settings from the configuration.

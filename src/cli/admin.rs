@@ -110,6 +110,22 @@ async fn check_config(loaded: &Loaded) -> Result<(), Failure> {
     for l in &loaded.listen {
         println!("  listen: {l}");
     }
+    let m = &loaded.media;
+    if m.anchor {
+        let public = [m.public_v4.map(|a| a.to_string()), m.public_v6.map(|a| a.to_string())]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>();
+        let public = if public.is_empty() { "the SIP address toward each peer".to_owned() } else { public.join(", ") };
+        println!(
+            "  media: anchored, ports {}-{} ({} calls), SDP address {public}",
+            m.port_min,
+            m.port_max,
+            (usize::from(m.port_max - m.port_min) + 1) / 4
+        );
+    } else {
+        println!("  media: not anchored (SDP passes unchanged)");
+    }
     let portals = store.portals().await?;
     for t in &loaded.trunks {
         let p = t.trunk.portal.get_ref();

@@ -272,3 +272,27 @@ fn auth_and_registrar_settings_are_checked() {
     assert_eq!(l.config.auth.algorithms.iter().map(|a| a.get_ref().as_str()).collect::<Vec<_>>(), ["MD5"]);
     assert_eq!(l.config.registrar.min_expires_s, 60);
 }
+
+#[test]
+fn media_section_resolves_addresses_and_points_at_bad_values() {
+    let l = load_text("[media]\npublic_address = [\"203.0.113.7\", \"2001:db8::7\"]\nport_min = 20000\nport_max = 20099\ntimeout_s = 0\n")
+        .expect("valid");
+    assert_eq!(l.media.public_v4, Some("203.0.113.7".parse().unwrap()));
+    assert_eq!(l.media.public_v6, Some("2001:db8::7".parse().unwrap()));
+    assert_eq!((l.media.port_min, l.media.port_max, l.media.timeout), (20000, 20099, None));
+    assert_eq!(l.media.bind_v4, std::net::Ipv4Addr::UNSPECIFIED);
+    assert!(l.media.anchor && l.media.threads >= 1);
+
+    let err = load_text("[media]\npublic_address = [\"203.0.113.7\", \"198.51.100.1\"]\n").expect_err("two v4");
+    assert!(err.0[0].message.contains("at most one address per family"), "{err}");
+    assert_eq!((err.0[0].location.line, err.0[0].location.column), (2, 34), "{err}");
+    let err = load_text("[media]\nbind_address = [\"nowhere\"]\n").expect_err("no IP");
+    assert!(err.0[0].message.contains("`nowhere` is no IP address"), "{err}");
+    let err = load_text("[media]\nport_min = 30000\nport_max = 20000\n").expect_err("range");
+    assert!(err.0[0].message.contains("below port_max"), "{err}");
+    assert_eq!(err.0[0].location.line, 3, "{err}");
+    let err = load_text("[media]\npublic_address = [\"0.0.0.0\"]\n").expect_err("unspecified");
+    assert!(err.0[0].message.contains("reachable"), "{err}");
+    let err = load_text("[media]\ntimeout_s = 60\nhold_timeout_s = 30\n").expect_err("hold shorter");
+    assert!(err.0[0].message.contains("hold_timeout_s"), "{err}");
+}
