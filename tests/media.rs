@@ -434,3 +434,65 @@ fn digits_cross_between_rfc4733_and_sip_info() {
     let rec = &exactly_n_records(&mut d, 1)[0];
     assert_eq!(rec["outcome"], "completed", "{rec}");
 }
+
+/// A real phone: baresip, registered, answers; the PBX plays the G.711
+/// capture. The INVITE baresip gets points at trunkgate's port (not the
+/// PBX's), baresip decodes real (non-silent) audio from it, and the
+/// record shows every packet of each side relayed to the other.
+#[test]
+fn baresip_hears_the_pbx_through_trunkgate_and_talks_back() {
+    use common::baresip::{Baresip, CALL_ESTABLISHED, CALL_TERMINATED};
+    let (min, max) = port_range();
+    let mut d = prepared(&format!("port_min = {min}\nport_max = {max}\n"));
+    d.start();
+    let phone = Baresip::start("alice", "acme.example.com", "alice-secret-1", d.udp);
+    phone.wait_registered();
+    let mp = free_port_on(PBX_IP).to_string();
+    let (ok, out) = pbx(
+        &d,
+        Path::new("pbx_call_media.xml"),
+        "+15550001",
+        &[
+            "-mp",
+            &mp,
+            "-d",
+            "500",
+            "-key",
+            "audio",
+            &format!("{CAPTURES}/g711a.pcap"),
+            "-key",
+            "dtmf",
+            &format!("{CAPTURES}/dtmf_2833_1.pcap"),
+        ],
+    )
+    .wait();
+    assert!(ok, "PBX side:\n{out}");
+    let invite = phone.wait_sip(&["INVITE sip:alice"]);
+    assert!(invite.contains("o=trunkgate "), "{invite}");
+    assert!(invite.contains(&format!("m=audio {} RTP/AVP", min + 2)), "the phone leg's pair: {invite}");
+    assert!(
+        !invite.contains(&format!("m=audio {mp} ")) && !invite.contains("127.0.0.2"),
+        "nothing of the PBX: {invite}"
+    );
+    phone.wait_for(&[CALL_ESTABLISHED]);
+    phone.wait_for(&[CALL_TERMINATED]);
+    let rec = &exactly_n_records(&mut d, 1)[0];
+    assert_eq!(rec["outcome"], "completed", "{rec}");
+    let from_pbx = figure(rec, "pbx", "rx_packets");
+    assert_eq!(from_pbx, 236 + 10, "the capture and the digit: {rec}");
+    // baresip takes telephone-event? Either way every voice packet reached it.
+    assert!(figure(rec, "user", "tx_packets") >= 236, "{rec}");
+    let from_phone = figure(rec, "user", "rx_packets");
+    assert!(from_phone > 100, "baresip's audio (50 packets/s for ~8 s): {rec}");
+    assert_eq!(figure(rec, "pbx", "tx_packets"), from_phone, "every packet of the phone reached the PBX: {rec}");
+    // What baresip decoded is the PBX's speech, not silence.
+    let dec = phone
+        .recordings()
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains("-dec"))
+        .unwrap_or_else(|| panic!("a decoded recording: {:?}", phone.recordings()));
+    let pcm = std::fs::read(&dec).expect("recording");
+    let loud =
+        pcm[44.min(pcm.len())..].chunks_exact(2).filter(|s| i16::from_le_bytes([s[0], s[1]]).abs() > 500).count();
+    assert!(loud > 8000, "{loud} loud samples in {}", dec.display());
+}

@@ -89,6 +89,7 @@ struct SideFigures {
     held: AtomicU64,
     sent_packets: AtomicU64,
     sent_bytes: AtomicU64,
+    sent_rtcp: AtomicU64,
 }
 
 /// A stream's live figures, per side (A: the trunk leg; B: the other).
@@ -113,10 +114,12 @@ pub struct LegFigures {
     pub rx_stray: u64,
     /// RTCP packets received from the leg.
     pub rx_rtcp: u64,
-    /// RTP and RTCP packets sent to the leg.
+    /// RTP packets sent to the leg.
     pub tx_packets: u64,
     /// Their bytes.
     pub tx_bytes: u64,
+    /// RTCP packets sent to the leg.
+    pub tx_rtcp: u64,
     /// Packets not sent to the leg because it was on hold.
     pub tx_held: u64,
 }
@@ -139,6 +142,7 @@ impl Figures {
             rx_rtcp: me.rtcp.load(Ordering::Relaxed),
             tx_packets: me.sent_packets.load(Ordering::Relaxed),
             tx_bytes: me.sent_bytes.load(Ordering::Relaxed),
+            tx_rtcp: me.sent_rtcp.load(Ordering::Relaxed),
             tx_held: other.held.load(Ordering::Relaxed),
         }
     }
@@ -157,13 +161,14 @@ impl Figures {
         f.held.store(st.held, Ordering::Relaxed);
     }
 
-    fn sent(&self, side: Side, packets: u64, bytes: u64) {
+    fn sent(&self, side: Side, sent: &Sent) {
         let f = &self.sides[match side {
             Side::A => 0,
             Side::B => 1,
         }];
-        f.sent_packets.store(packets, Ordering::Relaxed);
-        f.sent_bytes.store(bytes, Ordering::Relaxed);
+        f.sent_packets.store(sent.packets, Ordering::Relaxed);
+        f.sent_bytes.store(sent.bytes, Ordering::Relaxed);
+        f.sent_rtcp.store(sent.rtcp, Ordering::Relaxed);
     }
 }
 
@@ -452,7 +457,26 @@ struct LegSockets {
     rtp: UdpSocket,
     rtcp: UdpSocket,
     tokens: [u64; 2],
-    sent: (u64, u64),
+    sent: Sent,
+}
+
+/// What a leg was sent.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sent {
+    packets: u64,
+    bytes: u64,
+    rtcp: u64,
+}
+
+impl Sent {
+    fn add(&mut self, len: usize, rtcp: bool) {
+        if rtcp {
+            self.rtcp += 1;
+        } else {
+            self.packets += 1;
+            self.bytes += len as u64;
+        }
+    }
 }
 
 struct Stream {
@@ -514,6 +538,7 @@ struct Out {
     buf: usize,
     len: usize,
     side: Side,
+    rtcp: bool,
 }
 
 impl RelayThread {
@@ -601,7 +626,7 @@ impl RelayThread {
                 }
                 let t_rtp = self.register(&rtp, SockRef { stream: id, slot, port: Port::Rtp });
                 let t_rtcp = self.register(&rtcp, SockRef { stream: id, slot, port: Port::Rtcp });
-                let leg = LegSockets { pair, family, rtp, rtcp, tokens: [t_rtp, t_rtcp], sent: (0, 0) };
+                let leg = LegSockets { pair, family, rtp, rtcp, tokens: [t_rtp, t_rtcp], sent: Sent::default() };
                 let old = self.streams.get_mut(&id).and_then(|s| s.legs.insert(slot, leg));
                 if let Some(old) = old {
                     self.drop_leg(old);
@@ -653,11 +678,10 @@ impl RelayThread {
                 let Some(leg) = s.legs.get_mut(&slot) else { return };
                 for p in packets {
                     if leg.rtp.send_to(&p, to).is_ok() {
-                        leg.sent.0 += 1;
-                        leg.sent.1 += p.len() as u64;
+                        leg.sent.add(p.len(), false);
                     }
                 }
-                s.figures.sent(side, leg.sent.0, leg.sent.1);
+                s.figures.sent(side, &leg.sent);
             }
         }
     }
@@ -735,7 +759,8 @@ impl RelayThread {
         for (i, (len, from)) in meta[..received].iter().enumerate() {
             let (Some(side), Some(from)) = (side, from) else { continue };
             let pkt = &mut bufs[i][..*len];
-            let verdict = if r.port == Port::Rtcp || is_rtcp(pkt) {
+            let rtcp = r.port == Port::Rtcp || is_rtcp(pkt);
+            let verdict = if rtcp {
                 s.relay.handle_rtcp(now, side, *from, pkt)
             } else {
                 s.relay.handle_rtp(now, side, *from, pkt)
@@ -751,7 +776,7 @@ impl RelayThread {
                 Port::Rtp => dest.rtp.as_raw_fd(),
                 Port::Rtcp => dest.rtcp.as_raw_fd(),
             };
-            outs.push(Out { fd, to: SockaddrStorage::from(to), buf: i, len: *len, side: other });
+            outs.push(Out { fd, to: SockaddrStorage::from(to), buf: i, len: *len, side: other, rtcp });
         }
         if let Some(side) = side {
             s.figures.publish(side, &s.relay.stats(side));
@@ -765,9 +790,8 @@ impl RelayThread {
             let sent = send_batch(fd, tx_headers, bufs, group);
             for o in &group[..sent] {
                 if let Some(leg) = s.slot_of(o.side).and_then(|slot| s.legs.get_mut(&slot)) {
-                    leg.sent.0 += 1;
-                    leg.sent.1 += o.len as u64;
-                    s.figures.sent(o.side, leg.sent.0, leg.sent.1);
+                    leg.sent.add(o.len, o.rtcp);
+                    s.figures.sent(o.side, &leg.sent);
                 }
             }
             start = end;
