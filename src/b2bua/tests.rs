@@ -62,11 +62,17 @@ fn with_body(head: String, body: Option<&str>) -> String {
 
 /// The PBX's INVITE.
 fn pbx_invite(sdp: Option<&str>) -> Request {
+    pbx_invite_with("", sdp)
+}
+
+/// The PBX's INVITE with `extra` header lines (each ending in CRLF).
+fn pbx_invite_with(extra: &str, sdp: Option<&str>) -> Request {
     parse_req(&with_body(
-        "INVITE sip:+15550001@203.0.113.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKpbx1\r\n\
+        format!(
+            "INVITE sip:+15550001@203.0.113.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKpbx1\r\n\
 Max-Forwards: 70\r\nFrom: \"Bob\" <sip:+15551234@192.0.2.10>;tag=pbx\r\nTo: <sip:+15550001@203.0.113.1>\r\n\
-Call-ID: a1@pbx\r\nCSeq: 1 INVITE\r\nContact: <sip:pbx@192.0.2.10:5060>\r\n"
-            .to_owned(),
+Call-ID: a1@pbx\r\nCSeq: 1 INVITE\r\nContact: <sip:pbx@192.0.2.10:5060>\r\n{extra}"
+        ),
         sdp,
     ))
 }
@@ -128,15 +134,31 @@ struct World {
 
 impl World {
     fn new(strategy: RingStrategy, groups: Vec<Vec<ForkTarget>>, sdp: Option<&str>) -> World {
+        World::with(strategy, groups, pbx_invite(sdp), Box::new(Passthrough))
+    }
+
+    /// A call from `invite` whose SDP crosses `media`.
+    fn with(
+        strategy: RingStrategy,
+        groups: Vec<Vec<ForkTarget>>,
+        invite: Request,
+        media: Box<dyn MediaSession>,
+    ) -> World {
         let t0 = crate::clock::instant();
-        let config = CallConfig { warning_host: Arc::from("tg.test"), t1: T1, t2: Duration::from_secs(4) };
+        let config = CallConfig {
+            warning_host: Arc::from("tg.test"),
+            t1: T1,
+            t2: Duration::from_secs(4),
+            session_expires: session_timer::DEFAULT_SESSION_EXPIRES,
+            min_se: session_timer::DEFAULT_MIN_SE,
+        };
         let call = Call::inbound(
             t0,
             config,
             Arc::new(CountingIds::default()),
-            Box::new(Passthrough),
+            media,
             InboundCall {
-                invite: pbx_invite(sdp),
+                invite,
                 tsx: 1,
                 peer: peer("192.0.2.10:5060"),
                 groups,

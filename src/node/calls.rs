@@ -127,6 +127,10 @@ impl Shard {
                 warning_host: Arc::from(ctx.config.warning_host.as_str()),
                 t1: ctx.config.timers.t1,
                 t2: ctx.config.timers.t2,
+                // TODO(config): `session_expires` and `min_se` from the
+                // node's configuration once it has keys for them.
+                session_expires: crate::b2bua::session_timer::DEFAULT_SESSION_EXPIRES,
+                min_se: crate::b2bua::session_timer::DEFAULT_MIN_SE,
             })
             .clone()
     }
