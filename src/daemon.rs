@@ -239,6 +239,8 @@ fn node_config(loaded: &Loaded) -> NodeConfig {
         max_calls: c.sip.max_calls,
         ignore_unknown_trunks: c.sip.unknown_trunk == crate::config::UnknownTrunk::Ignore,
         answers: loaded.answers,
+        session_expires: Duration::from_secs(c.sip.session_expires_s),
+        min_se: Duration::from_secs(c.sip.min_se_s),
         media: None,
     }
 }

@@ -24,6 +24,11 @@
 //! the transport and transaction layers).
 //!
 //! Every SDP body crosses the call through the call's [`MediaSession`].
+//!
+//! Each leg runs its own RFC 4028 session timer ([`SessionTimer`]): we
+//! refresh the legs we are the refresher of, end the call when a peer that
+//! should refresh stops, and answer a peer's refresh ourselves when the
+//! session it describes is unchanged, without troubling the other leg.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -32,6 +37,7 @@ use std::time::{Duration, Instant};
 use tracing::debug;
 
 use super::media::{Body, MediaSession};
+use super::session_timer::{self, Negotiated, Refresher, SdpOrigin, SessionTimer};
 use crate::cdr::Outcome;
 use crate::config::{RingStrategy, Transport};
 use crate::sip::dialog::{Dialog, Uas2xx, Uas2xxEvent};
@@ -44,6 +50,18 @@ pub const NODE_STOPPED: &str = "node-stopped";
 
 /// Record reason of calls ended because a leg's media stopped.
 pub const MEDIA_TIMEOUT: &str = "media-timeout";
+
+/// Record reason of calls refused because the PBX asked for a session
+/// interval below our Min-SE (422).
+pub const SESSION_INTERVAL_TOO_SMALL: &str = "session-interval-too-small";
+
+/// Record reason of calls ended because a leg whose peer refreshes the
+/// session was not refreshed in time (RFC 4028 §10).
+pub const SESSION_EXPIRED: &str = "session-expired";
+
+/// Record reason of calls ended because our refresh of a leg failed (408,
+/// 481, or no success before the session expired).
+pub const SESSION_TIMER_FAILED: &str = "session-timer-failed";
 
 /// Methods every leg may send us.
 pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE";
@@ -125,6 +143,14 @@ pub struct CallConfig {
     pub t1: Duration,
     /// RFC 3261 T2 (2xx retransmission cap).
     pub t2: Duration,
+    /// RFC 4028: the session interval we ask for on the legs we place and
+    /// offer the PBX when it asks for none (default
+    /// [`session_timer::DEFAULT_SESSION_EXPIRES`], 1800 s).
+    pub session_expires: Duration,
+    /// RFC 4028: the smallest session interval we accept; a request asking
+    /// for less gets 422 with this as Min-SE (default
+    /// [`session_timer::DEFAULT_MIN_SE`], 90 s, the RFC's floor).
+    pub min_se: Duration,
 }
 
 /// An admitted inbound call: what the machine starts from.
@@ -270,6 +296,23 @@ pub struct Leg<S> {
     last_ack: Option<(u32, Option<Body>)>,
     /// The media session was given a body for this leg.
     has_media: bool,
+    /// RFC 4028: the leg's session timer, when it has one.
+    session: Option<SessionTimer>,
+    /// The smallest interval the peer accepts: ours, or what its 422 said.
+    min_se: Duration,
+    /// The peer's Allow lists UPDATE: our refreshes need no SDP.
+    allows_update: bool,
+    /// UAC: the INVITE was sent again after a 422 (once only).
+    retried_422: bool,
+    /// The `o=` of the last session description the leg sent us and we
+    /// took: an offer repeating it is a refresh.
+    remote_origin: Option<SdpOrigin>,
+    /// The last session description we sent the leg and it took (what a
+    /// refresh re-offers when the media session keeps none).
+    sent_sdp: Option<Body>,
+    /// Our 2xx to the leg's offerless refresh offered a description of our
+    /// own: the answer in its ACK stays on this leg.
+    local_offer: bool,
 }
 
 impl<S> Leg<S> {
@@ -316,6 +359,8 @@ enum Outstanding<S> {
     Ending,
     /// An in-dialog request relayed from another leg.
     Relay(Box<Relay<S>>),
+    /// Our session refresh (RFC 4028) on a leg.
+    Refresh(Refresh),
 }
 
 /// The call's requests in flight: a handful at most, so a list (no hashing,
@@ -326,6 +371,10 @@ struct InFlight<S>(Vec<(ReqId, Outstanding<S>)>);
 impl<S> InFlight<S> {
     fn get(&self, id: &ReqId) -> Option<&Outstanding<S>> {
         self.0.iter().find(|(k, _)| k == id).map(|(_, o)| o)
+    }
+
+    fn get_mut(&mut self, id: &ReqId) -> Option<&mut Outstanding<S>> {
+        self.0.iter_mut().find(|(k, _)| k == id).map(|(_, o)| o)
     }
 
     fn remove(&mut self, id: &ReqId) -> Option<Outstanding<S>> {
@@ -353,6 +402,25 @@ struct Relay<S> {
     seq: u32,
     /// It carried an offer.
     offer: bool,
+    /// The originator's session timer, for our 2xx (INVITE and UPDATE).
+    session: Option<Negotiated>,
+    /// The session description we sent `to` (taken once answered).
+    sent: Option<Body>,
+}
+
+/// A session refresh of ours in flight.
+#[derive(Debug, Clone, Copy)]
+struct Refresh {
+    leg: LegId,
+    /// Its CSeq number (the ACK of a re-INVITE's 2xx repeats it).
+    seq: u32,
+    /// A re-INVITE (else an UPDATE).
+    invite: bool,
+    /// It offered a session description.
+    offered: bool,
+    /// A re-INVITE answered 2xx, kept until its transaction ends so that a
+    /// retransmitted 2xx (our ACK was lost) is ACKed again.
+    answered: bool,
 }
 
 /// Where the call is.
@@ -366,7 +434,8 @@ pub enum Phase {
     Ending,
 }
 
-/// The call's own timers; the 2xx retransmissions are per leg.
+/// The call's own timers; the 2xx retransmissions and the session timers
+/// are per leg.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Timer {
     Ring,
@@ -393,6 +462,8 @@ pub struct Call<S> {
     /// When the call was made, and the record's clock then.
     created: Instant,
     best_failure: u16,
+    /// The PBX leg's session timer, as our 2xx will set it.
+    origin_session: Option<Negotiated>,
     /// The media session's reason when it refused a fork (its token names
     /// the caller's answer: `media-ports-exhausted`, `no-common-codec`).
     media_failure: Option<(u16, &'static str)>,
@@ -417,6 +488,10 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
         let mut media = media;
         media.add_leg(LegId::ORIGIN, peer.target.addr, peer.local);
         let local_tag = ids.tag();
+        let session = session_timer::negotiate_uas(invite.headers(), None, config.session_expires, config.min_se);
+        let remote_origin = body_of_request(&invite).as_ref().and_then(SdpOrigin::of);
+        let allows_update = session_timer::allows_update(invite.headers()).unwrap_or(false);
+        let min_se = config.min_se;
         let origin = Leg {
             id: LegId::ORIGIN,
             role: Role::Uas,
@@ -438,6 +513,13 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
             held_ack: None,
             last_ack: None,
             has_media: false,
+            session: None,
+            min_se,
+            allows_update,
+            retried_422: false,
+            remote_origin,
+            sent_sdp: None,
+            local_offer: false,
         };
         let mut queue: VecDeque<Vec<ForkTarget>> = groups.into();
         let first: Vec<ForkTarget> = match strategy {
@@ -459,12 +541,21 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
             record: Some(record),
             created: now,
             best_failure: 0,
+            origin_session: session.ok().flatten(),
             media_failure: None,
             timers: [None; TIMERS],
             requests: InFlight(Vec::new()),
             next_req: 0,
             commands: VecDeque::new(),
         };
+        if let Err(too_small) = session {
+            // RFC 4028 §9: refused before anything rings.
+            debug!(min_se = too_small.min_se.as_secs(), "session interval too small");
+            let mut r = c.unanswered_response(422, Some(SESSION_INTERVAL_TOO_SMALL));
+            let _ = r.headers_mut().push(HeaderName::MinSe, too_small.min_se.as_secs().to_string());
+            c.end_unanswered_with(now, r, Outcome::Failed, Some(SESSION_INTERVAL_TOO_SMALL));
+            return c;
+        }
         // 100 Trying at once: ringing may take a while.
         let trying = Response::from_request(&c.legs[0].invite, 100, "Trying");
         c.commands.push_back(Command::Respond { tsx, response: trying });
@@ -488,7 +579,8 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let legs = self.legs.iter().filter_map(|l| l.uas_2xx.as_ref().map(|(r, _)| r.poll_timeout()));
-        self.timers.iter().flatten().copied().chain(legs).min()
+        let sessions = self.legs.iter().filter_map(|l| l.session.as_ref().and_then(SessionTimer::poll_timeout));
+        self.timers.iter().flatten().copied().chain(legs).chain(sessions).min()
     }
 
     /// Ended, and nothing of ours is in flight any more: drop it.
@@ -498,6 +590,7 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
         // still waiting for its final answer (CANCEL racing a 200) does.
         let waiting = self.requests.values().any(|o| match o {
             Outstanding::Invite(leg) => self.leg(*leg).is_some_and(|l| l.dialog.is_none()),
+            Outstanding::Refresh(r) => !r.answered,
             Outstanding::Ending | Outstanding::Relay(_) => true,
         });
         self.phase == Phase::Ending && (!waiting || self.timers[Timer::Linger as usize].is_none())
@@ -538,6 +631,7 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
                 }
             }
             Outstanding::Relay(_) => self.relay_response(now, id, resp),
+            Outstanding::Refresh(_) => self.refresh_response(now, id, resp),
         }
     }
 
@@ -560,6 +654,8 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
                     Response::from_request(&r.request, status, crate::sip::message::status::reason_phrase(status));
                 self.commands.push_back(Command::Respond { tsx: r.tsx, response: resp });
             }
+            Outstanding::Refresh(r) if !r.answered => self.refresh_failed(now, r, status, None),
+            Outstanding::Refresh(_) => {}
         }
     }
 
@@ -678,9 +774,10 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
             Method::Info if self.phase == Phase::Answered && self.dtmf_as_rtp(leg, req) => {
                 self.commands.push_back(Command::Respond { tsx, response: Response::from_request(req, 200, "OK") });
             }
-            Method::Invite | Method::Update | Method::Info if self.phase == Phase::Answered => {
-                self.relay_request(leg, tsx, req);
+            Method::Invite | Method::Update if self.phase == Phase::Answered => {
+                self.handle_session_request(now, leg, tsx, req);
             }
+            Method::Info if self.phase == Phase::Answered => self.relay_request(leg, tsx, req, None),
             Method::Invite | Method::Update | Method::Info => {
                 let r = Response::from_request(req, 481, "Call/Transaction Does Not Exist");
                 self.commands.push_back(Command::Respond { tsx, response: r });
@@ -706,6 +803,27 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
         if let Some(d) = self.legs[idx].dialog.as_mut() {
             let _ = d.accept_request(req);
         }
+        if std::mem::take(&mut self.legs[idx].local_offer) {
+            // The answer to the description we offered ourselves in our 2xx
+            // to the leg's offerless refresh: the media session learns it.
+            // What it would make of it for the other leg is not sent: should
+            // the leg have changed its session in this answer, the other leg
+            // is not re-negotiated (a known limit: a refresh is not meant to
+            // change anything, and an answer cannot be refused).
+            self.legs[idx].oa = OfferAnswer::Stable;
+            match body_of_request(req).filter(Body::is_sdp) {
+                Some(answer) => {
+                    if let Some(other) = self.other_leg(leg)
+                        && let Err(e) = self.media.answer(leg, other, &answer)
+                    {
+                        debug!(leg = leg.0, error = %e, "answer to our refresh offer not usable");
+                    }
+                    self.heard(leg, &answer);
+                }
+                None => debug!(leg = leg.0, "ACK without the answer to our offer"),
+            }
+            return;
+        }
         // We offered in our 2xx: the ACK carries the answer, which the
         // other leg's held ACK is waiting for.
         if let OfferAnswer::OfferSent(Placement::Response) = self.legs[idx].oa {
@@ -714,7 +832,10 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
             let answer = body_of_request(req).filter(Body::is_sdp);
             let body = match answer {
                 Some(a) => match self.media.answer(leg, other, &a) {
-                    Ok(b) => Some(b),
+                    Ok(b) => {
+                        self.heard(leg, &a);
+                        Some(b)
+                    }
                     Err(e) => {
                         debug!(error = %e, "answer in ACK not usable: hanging up");
                         self.send_held_ack(other, None);
@@ -769,6 +890,9 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
             debug!("maximum call duration reached");
             self.hang_up(now, Outcome::MaxDuration, None);
         }
+        if self.phase == Phase::Answered {
+            self.session_timeouts(now);
+        }
         if self.due(Timer::Linger, now) {
             self.set_timer(Timer::Linger, None);
         }
@@ -821,8 +945,14 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
             .header(HeaderName::CSeq, "1 INVITE")
             .header(HeaderName::Contact, t.peer.contact())
             .header(HeaderName::Allow, ALLOW)
+            .header(HeaderName::Supported, "timer")
+            // RFC 4028 §7.1: this leg's own session timer, whatever the
+            // PBX asked for on its leg.
+            .header(HeaderName::SessionExpires, self.config.session_expires.as_secs().to_string())
+            .header(HeaderName::MinSe, self.config.min_se.as_secs().to_string())
             .header(HeaderName::UserAgent, crate::sip::PRODUCT);
         let has_offer = body.as_ref().is_some_and(Body::is_sdp);
+        let sent_sdp = body.clone().filter(Body::is_sdp);
         if let Some(body) = body {
             b = b.body(&body.content_type, body.bytes);
         }
@@ -849,6 +979,13 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
             held_ack: None,
             last_ack: None,
             has_media: has_offer,
+            session: None,
+            min_se: self.config.min_se,
+            allows_update: false,
+            retried_422: false,
+            remote_origin: None,
+            sent_sdp,
+            local_offer: false,
         });
         self.commands.push_back(Command::Route { call_id });
         self.commands.push_back(Command::Request { id: req, leg: id, peer: t.peer, request: invite });
@@ -860,12 +997,51 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
             100 => {}
             101..=199 => self.fork_provisional(leg, resp),
             200..=299 => self.fork_answered(now, leg, resp),
+            422 if self.retry_after_422(leg, resp) => {}
             _ => {
                 if self.leg(leg).is_some_and(|l| matches!(l.state, LegState::Calling | LegState::Early)) {
                     self.fork_failed(now, leg, status);
                 }
             }
         }
+    }
+
+    /// RFC 4028 §7.1: a phone that finds our session interval too short
+    /// says its Min-SE in a 422; the INVITE goes again, once, on that leg
+    /// asking for that much (new CSeq, same Call-ID and From tag), while
+    /// the other forks ring on. A second 422, or one without a Min-SE above
+    /// what we asked, fails the fork like any other final answer.
+    fn retry_after_422(&mut self, leg: LegId, resp: &Response) -> bool {
+        if self.phase != Phase::Ringing {
+            return false;
+        }
+        let Some(min) = session_timer::min_se(resp.headers()) else { return false };
+        let interval = self.config.session_expires.max(min);
+        let Some(l) = self.legs.get_mut(leg_index(leg)) else { return false };
+        let asked = session_timer::session_expires(l.invite.headers()).map(|se| se.delta);
+        if l.retried_422 || !matches!(l.state, LegState::Calling | LegState::Early) || asked >= Some(min) {
+            return false;
+        }
+        let Ok(seq) = l.invite.headers().cseq().map(|c| c.seq.wrapping_add(1)) else { return false };
+        let mut invite = l.invite.clone();
+        let h = invite.headers_mut();
+        let set = h
+            .set(HeaderName::CSeq, format!("{seq} INVITE"))
+            .and_then(|()| h.set(HeaderName::SessionExpires, interval.as_secs().to_string()))
+            .and_then(|()| h.set(HeaderName::MinSe, min.as_secs().to_string()));
+        if set.is_err() {
+            return false;
+        }
+        debug!(leg = leg.0, min_se = min.as_secs(), "422: INVITE sent again");
+        l.invite = invite.clone();
+        l.retried_422 = true;
+        l.min_se = min;
+        l.state = LegState::Calling;
+        l.early.clear();
+        let peer = l.peer;
+        let id = self.new_req(Outstanding::Invite(leg));
+        self.commands.push_back(Command::Request { id, leg, peer, request: invite });
+        true
     }
 
     fn fork_provisional(&mut self, leg: LegId, resp: &Response) {
@@ -951,6 +1127,17 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
         l.dialog = Some(dialog);
         l.early.clear();
         l.state = LegState::Up;
+        l.retried_422 = false;
+        if let Some(update) = session_timer::allows_update(resp.headers()) {
+            l.allows_update = update;
+        }
+        // RFC 4028 §7.2: the phone's 2xx sets this leg's timer; without
+        // Session-Expires the leg has none.
+        l.session = session_timer::from_uac_response(resp.headers(), l.min_se)
+            .map(|(interval, refresher)| SessionTimer::start(now, interval, refresher));
+        if let Some(o) = body_of_response(resp).as_ref().and_then(SdpOrigin::of) {
+            l.remote_origin = Some(o);
+        }
         let user = l.user.clone();
         // Offer/answer: our INVITE offered, so this 2xx answers; or it was
         // offerless, so this 2xx offers and the answer comes in the PBX's ACK.
@@ -1005,11 +1192,16 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
         let _ = h.push(HeaderName::Allow, ALLOW);
         // Here, not in the driver: the retransmissions repeat it byte for byte.
         let _ = h.push(HeaderName::Server, crate::sip::PRODUCT);
+        push_session_headers(h, self.origin_session.as_ref());
+        let sent_sdp = body.clone().filter(Body::is_sdp);
         if let Some(b) = body {
             set_response_body(&mut r, b);
         }
+        let session = self.origin_session.map(|n| SessionTimer::start(now, n.interval, n.refresher));
         let origin = &mut self.legs[0];
         origin.state = LegState::Up;
+        origin.session = session;
+        origin.sent_sdp = sent_sdp;
         origin.oa = if offer_to_origin { OfferAnswer::OfferSent(Placement::Response) } else { OfferAnswer::Stable };
         let peer = origin.peer;
         let mut d = Dialog::uas(&origin.invite, &origin.local_tag, || origin_fallback(&peer));
@@ -1115,6 +1307,13 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
 
     /// Ends a call never answered: final response to the PBX, CANCEL forks.
     fn end_unanswered(&mut self, now: Instant, status: u16, outcome: Outcome, reason: Option<&'static str>) {
+        let r = self.unanswered_response(status, reason);
+        self.end_unanswered_with(now, r, outcome, reason);
+    }
+
+    /// The final answer to the PBX's INVITE of a call never answered, with
+    /// its `Warning: 399` when a reason is known.
+    fn unanswered_response(&self, status: u16, reason: Option<&'static str>) -> Response {
         let mut r = self.origin_response(status, crate::sip::message::status::reason_phrase(status));
         if let Some(reason) = reason {
             let detail = match reason {
@@ -1122,12 +1321,19 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
                 "media-ports-exhausted" => "no media ports free",
                 "no-common-codec" => "no codec in common",
                 MEDIA_TIMEOUT => "no media",
+                SESSION_INTERVAL_TOO_SMALL => "session interval too small",
                 _ => "no user answered",
             };
             let _ = r
                 .headers_mut()
                 .push(HeaderName::Warning, format!("399 {} \"{reason}: {detail}\"", self.config.warning_host));
         }
+        r
+    }
+
+    /// [`Self::end_unanswered`] with the final response `r` made already.
+    fn end_unanswered_with(&mut self, now: Instant, r: Response, outcome: Outcome, reason: Option<&'static str>) {
+        let status = r.status();
         if let Some(tsx) = self.legs[0].tsx.take() {
             self.commands.push_back(Command::Respond { tsx, response: r });
         }
@@ -1169,6 +1375,9 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
     fn finish(&mut self, now: Instant, outcome: Outcome, status: u16, reason: Option<&'static str>) {
         self.phase = Phase::Ending;
         self.timers = [None; TIMERS];
+        for l in &mut self.legs {
+            l.session = None;
+        }
         self.set_timer(Timer::Linger, Some(now + self.config.t1 * 64));
         // Every leg, given a body or not: the session may hold ports for
         // legs still waiting for theirs (closing is idempotent).
@@ -1204,7 +1413,133 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
 
     // ----------------------------------------------- in-dialog relaying
 
-    fn relay_request(&mut self, from: LegId, tsx: S, req: &Request) {
+    /// A re-INVITE or UPDATE from `leg`: 422 when it asks for a session
+    /// interval below our Min-SE, 491 when another offer is in progress,
+    /// answered here when it only refreshes the session, else relayed to
+    /// the other leg.
+    fn handle_session_request(&mut self, now: Instant, leg: LegId, tsx: S, req: &Request) {
+        let idx = leg_index(leg);
+        if let Some(update) = session_timer::allows_update(req.headers()) {
+            self.legs[idx].allows_update = update;
+        }
+        let current = self.legs[idx].session;
+        let session = match session_timer::negotiate_uas(
+            req.headers(),
+            current.as_ref(),
+            self.config.session_expires,
+            self.config.min_se,
+        ) {
+            Ok(s) => s,
+            Err(too_small) => {
+                let mut r = Response::from_request(req, 422, crate::sip::message::status::reason_phrase(422));
+                let _ = r.headers_mut().push(HeaderName::MinSe, too_small.min_se.as_secs().to_string());
+                self.commands.push_back(Command::Respond { tsx, response: r });
+                return;
+            }
+        };
+        let body = body_of_request(req);
+        let negotiating = *req.method() == Method::Invite || body.as_ref().is_some_and(Body::is_sdp);
+        if negotiating && self.negotiation_in_progress() {
+            let mut r = Response::from_request(req, 491, "Request Pending");
+            let _ = r.headers_mut().push(HeaderName::RetryAfter, "1");
+            self.commands.push_back(Command::Respond { tsx, response: r });
+            return;
+        }
+        match self.local_answer(leg, req.method(), body.as_ref()) {
+            Some(answer) => self.answer_refresh(now, leg, tsx, req, session, answer),
+            None => self.relay_request(leg, tsx, req, session),
+        }
+    }
+
+    /// Whether a re-INVITE or UPDATE from `leg` with `body` only refreshes
+    /// the session, and what it is answered with here:
+    ///
+    /// - an UPDATE without body: a 2xx without body;
+    /// - a re-INVITE without body: a 2xx offering the description the media
+    ///   session last gave the leg (its answer comes in the ACK);
+    /// - an offer whose `o=` session id and version are those of the last
+    ///   description the leg sent us (RFC 3264 §8: nothing changed): a 2xx
+    ///   answering with the description the media session last gave it.
+    ///
+    /// `None` (relay it) for a changed session, a body that is no SDP, or
+    /// when the media session keeps no description of its own
+    /// ([`Passthrough`](super::media::Passthrough)): then only the other
+    /// leg can answer.
+    fn local_answer(&self, leg: LegId, method: &Method, body: Option<&Body>) -> Option<LocalAnswer> {
+        match body {
+            None if *method == Method::Update => Some(LocalAnswer::Empty),
+            None => self.media.local_description(leg).map(LocalAnswer::Offer),
+            Some(b) if b.is_sdp() => {
+                let origin = SdpOrigin::of(b)?;
+                if self.leg(leg)?.remote_origin.as_ref() != Some(&origin) {
+                    return None;
+                }
+                self.media.local_description(leg).map(LocalAnswer::Answer)
+            }
+            Some(_) => None,
+        }
+    }
+
+    /// Answers a refresh from `leg` ourselves (RFC 4028 §9): 2xx with the
+    /// leg's session timer, nothing relayed to the other leg.
+    fn answer_refresh(
+        &mut self,
+        now: Instant,
+        leg: LegId,
+        tsx: S,
+        req: &Request,
+        session: Option<Negotiated>,
+        answer: LocalAnswer,
+    ) {
+        debug!(leg = leg.0, method = req.method().as_str(), "session refresh answered");
+        let idx = leg_index(leg);
+        let invite = *req.method() == Method::Invite;
+        let mut r = Response::from_request(req, 200, "OK");
+        let h = r.headers_mut();
+        let _ = h.push(HeaderName::Contact, self.legs[idx].peer.contact());
+        if invite {
+            let _ = h.push(HeaderName::Allow, ALLOW);
+        }
+        let _ = h.push(HeaderName::Server, crate::sip::PRODUCT);
+        push_session_headers(h, session.as_ref());
+        let l = &mut self.legs[idx];
+        match answer {
+            LocalAnswer::Empty => {}
+            LocalAnswer::Answer(b) => {
+                l.sent_sdp = Some(b.clone());
+                set_response_body(&mut r, b);
+            }
+            LocalAnswer::Offer(b) => {
+                l.oa = OfferAnswer::OfferSent(Placement::Response);
+                l.local_offer = true;
+                l.sent_sdp = Some(b.clone());
+                set_response_body(&mut r, b);
+            }
+        }
+        l.session = session.map(|n| SessionTimer::start(now, n.interval, n.refresher));
+        if invite {
+            let seq = req.headers().cseq().map(|c| c.seq).unwrap_or(0);
+            l.uas_2xx = Some((Uas2xx::new(now, seq, self.config.t1, self.config.t2), r.clone()));
+        }
+        self.commands.push_back(Command::Respond { tsx, response: r });
+    }
+
+    /// An offer or an INVITE is in progress somewhere in the call: another
+    /// one gets 491 (glare, §14.1; RFC 3311 §5.2), and a re-INVITE refresh
+    /// of ours waits. A 2xx still waiting for its ACK does not count when
+    /// its offer/answer is complete (the phone may re-INVITE a moment
+    /// before the PBX's ACK arrives).
+    fn negotiation_in_progress(&self) -> bool {
+        self.requests.values().any(|o| match o {
+            Outstanding::Relay(r) => r.offer || *r.request.method() == Method::Invite,
+            Outstanding::Refresh(r) => r.invite && !r.answered,
+            Outstanding::Invite(_) | Outstanding::Ending => false,
+        }) || self.legs.iter().any(|l| l.held_ack.is_some() || l.oa != OfferAnswer::Stable)
+    }
+
+    /// Relays an in-dialog request from `from` to the other leg; `session`
+    /// is the originator's session timer as our 2xx will set it.
+    fn relay_request(&mut self, from: LegId, tsx: S, req: &Request, session: Option<Negotiated>) {
         let Some(to) = self.other_leg(from) else {
             let r = Response::from_request(req, 481, "Call/Transaction Does Not Exist");
             self.commands.push_back(Command::Respond { tsx, response: r });
@@ -1212,21 +1547,6 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
         };
         let body = body_of_request(req);
         let offer = body.as_ref().is_some_and(Body::is_sdp) && matches!(req.method(), Method::Invite | Method::Update);
-        let negotiating = *req.method() == Method::Invite || offer;
-        // Glare (§14.1): one offer at a time across the call; an INVITE
-        // while another is in progress gets 491 too. A 2xx still waiting
-        // for its ACK does not count when its offer/answer is complete
-        // (the phone may re-INVITE a moment before the PBX's ACK arrives).
-        let busy = self.requests.values().any(|o| match o {
-            Outstanding::Relay(r) => r.offer || *r.request.method() == Method::Invite,
-            _ => false,
-        }) || self.legs.iter().any(|l| l.held_ack.is_some() || l.oa != OfferAnswer::Stable);
-        if negotiating && busy {
-            let mut r = Response::from_request(req, 491, "Request Pending");
-            let _ = r.headers_mut().push(HeaderName::RetryAfter, "1");
-            self.commands.push_back(Command::Respond { tsx, response: r });
-            return;
-        }
         let body = match body {
             Some(b) if offer => match self.media.offer(from, to, &b) {
                 Ok(t) => Some(t),
@@ -1243,12 +1563,20 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
             other => other,
         };
         let to_idx = leg_index(to);
-        let peer = self.legs[to_idx].peer;
-        let Some(d) = self.legs[to_idx].dialog.as_mut() else { return };
+        let l = &mut self.legs[to_idx];
+        let (peer, to_session, to_min_se) = (l.peer, l.session, l.min_se);
+        let Some(d) = l.dialog.as_mut() else { return };
         let mut b = d.request(req.method().clone());
         let seq = d.local_seq();
         if matches!(req.method(), Method::Invite | Method::Update) {
-            b = b.header(HeaderName::Contact, peer.contact());
+            b = b.header(HeaderName::Contact, peer.contact()).header(HeaderName::Supported, "timer");
+            // A re-INVITE or UPDATE refreshes the far leg's session too:
+            // it carries that leg's own timer (RFC 4028 §7.4).
+            if let Some(st) = to_session {
+                b = b
+                    .header(HeaderName::SessionExpires, st.request_value())
+                    .header(HeaderName::MinSe, to_min_se.as_secs().to_string());
+            }
         }
         // Headers that describe the body or the INFO package (RFC 6086)
         // travel with it; everything else is per leg.
@@ -1259,6 +1587,7 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
                 }
             }
         }
+        let sent = body.clone().filter(|b| offer && b.is_sdp());
         if let Some(body) = body {
             b = b.body(&body.content_type, body.bytes);
         }
@@ -1267,7 +1596,8 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
             self.legs[leg_index(from)].oa = OfferAnswer::OfferReceived(placement_of(req.method()));
             self.legs[to_idx].oa = OfferAnswer::OfferSent(placement_of(req.method()));
         }
-        let id = self.new_req(Outstanding::Relay(Box::new(Relay { from, to, tsx, request: req.clone(), seq, offer })));
+        let relay = Relay { from, to, tsx, request: req.clone(), seq, offer, session, sent };
+        let id = self.new_req(Outstanding::Relay(Box::new(relay)));
         self.commands.push_back(Command::Request { id, leg: to, peer, request: out });
     }
 
@@ -1287,8 +1617,9 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
             }
             return;
         };
-        let Relay { from, to, tsx, request, seq, offer } = *relay;
+        let Relay { from, to, tsx, request, seq, offer, session, sent } = *relay;
         let invite = *request.method() == Method::Invite;
+        let session_request = matches!(request.method(), Method::Invite | Method::Update);
         if self.phase == Phase::Ending {
             // The call ended meanwhile (its originator got 487 or 481): a
             // 2xx is still ACKed, so the far side stops retransmitting it.
@@ -1298,16 +1629,37 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
             return;
         }
         let to_idx = leg_index(to);
+        let from_idx = leg_index(from);
         let mut body = body_of_response(resp);
         let mut offer_back = false;
+        let (mut status, mut reason) = (status, resp.reason_lossy().into_owned());
+        let mut retry_soon = false;
         if (200..300).contains(&status) {
-            if let Some(d) = self.legs[to_idx].dialog.as_mut() {
+            let l = &mut self.legs[to_idx];
+            if let Some(d) = l.dialog.as_mut() {
                 d.handle_refresh_response(resp);
+            }
+            if session_request {
+                if let Some(update) = session_timer::allows_update(resp.headers()) {
+                    l.allows_update = update;
+                }
+                // The far leg's timer as its 2xx sets it (RFC 4028 §7.2).
+                l.session = session_timer::from_uac_response(resp.headers(), l.min_se)
+                    .map(|(interval, refresher)| SessionTimer::start(now, interval, refresher));
+            }
+            if offer {
+                if let Some(o) = body_of_request(&request).as_ref().and_then(SdpOrigin::of) {
+                    self.legs[from_idx].remote_origin = Some(o);
+                }
+                if let Some(s) = sent {
+                    self.legs[to_idx].sent_sdp = Some(s);
+                }
             }
             match body.take() {
                 Some(b) if b.is_sdp() && offer => {
                     self.legs[to_idx].oa = OfferAnswer::Stable;
-                    self.legs[leg_index(from)].oa = OfferAnswer::Stable;
+                    self.legs[from_idx].oa = OfferAnswer::Stable;
+                    self.heard(to, &b);
                     match self.media.answer(to, from, &b) {
                         Ok(t) => body = Some(t),
                         Err(e) => debug!(error = %e, "answer not carried"),
@@ -1317,6 +1669,7 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
                     // An offerless re-INVITE: the 2xx offers, the ACK answers.
                     match self.media.offer(to, from, &b) {
                         Ok(t) => {
+                            self.heard(to, &b);
                             self.legs[to_idx].oa = OfferAnswer::OfferReceived(Placement::Response);
                             body = Some(t);
                             offer_back = true;
@@ -1333,21 +1686,49 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
                     self.send_ack(to, seq, None);
                 }
             }
-        } else if offer {
-            // A failed offer leaves the previous session in force.
-            self.rollback_offer(from, to);
+        } else {
+            if offer {
+                // A failed offer leaves the previous session in force.
+                self.rollback_offer(from, to);
+            }
+            if status == 422 && session_request {
+                // The far leg finds its own interval too short: raised for
+                // the next attempt. The originator, whose interval suited
+                // us, is told to try again shortly: a 422 (and its Min-SE)
+                // would speak of a timer it knows nothing of.
+                let l = &mut self.legs[to_idx];
+                if let Some(min) = session_timer::min_se(resp.headers()) {
+                    l.min_se = l.min_se.max(min);
+                    if let Some(st) = l.session.as_mut() {
+                        st.interval = st.interval.max(min);
+                    }
+                }
+                status = 500;
+                reason = crate::sip::message::status::reason_phrase(500).to_owned();
+                retry_soon = true;
+            }
         }
-        let mut r = Response::from_request(&request, status, &resp.reason_lossy());
-        let from_idx = leg_index(from);
+        let mut r = Response::from_request(&request, status, &reason);
         let from_peer = self.legs[from_idx].peer;
-        if (200..300).contains(&status) {
-            let _ = r.headers_mut().push(HeaderName::Contact, from_peer.contact());
-            let _ = r.headers_mut().push(HeaderName::Server, crate::sip::PRODUCT);
+        let ok = (200..300).contains(&status);
+        if ok {
+            let h = r.headers_mut();
+            let _ = h.push(HeaderName::Contact, from_peer.contact());
+            let _ = h.push(HeaderName::Server, crate::sip::PRODUCT);
+            if session_request {
+                push_session_headers(h, session.as_ref());
+                self.legs[from_idx].session = session.map(|n| SessionTimer::start(now, n.interval, n.refresher));
+            }
+        } else if retry_soon {
+            let _ = r.headers_mut().push(HeaderName::RetryAfter, "1");
         }
         if let Some(b) = body {
+            if ok && b.is_sdp() {
+                self.legs[from_idx].sent_sdp = Some(b.clone());
+            }
             set_response_body(&mut r, b);
         }
-        if (200..300).contains(&status) && invite {
+        if ok && invite {
             let reseq = request.headers().cseq().map(|c| c.seq).unwrap_or(0);
             if offer_back {
                 self.legs[from_idx].oa = OfferAnswer::OfferSent(Placement::Response);
@@ -1365,6 +1746,207 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
         }
     }
 
+    // ------------------------------------------------ session timers
+
+    /// The legs' session deadlines (RFC 4028 §10): a session whose peer
+    /// should refresh it and did not, or that our refreshes could not keep,
+    /// ends the call; a refresh of ours that is due goes out.
+    fn session_timeouts(&mut self, now: Instant) {
+        for i in 0..self.legs.len() {
+            let Some(st) = self.legs[i].session else { continue };
+            if st.expiry().is_some_and(|at| at <= now) {
+                let reason = if st.refresher == Refresher::Peer { SESSION_EXPIRED } else { SESSION_TIMER_FAILED };
+                debug!(leg = i, reason, "session not refreshed: hanging up");
+                self.hang_up(now, Outcome::Failed, Some(reason));
+                return;
+            }
+            if st.refresh_at().is_some_and(|at| at <= now) {
+                let leg = self.legs[i].id;
+                self.send_refresh(now, leg);
+            }
+        }
+    }
+
+    /// Sends our session refresh on `leg` (RFC 4028 §7.4). An UPDATE
+    /// without body when the peer allows UPDATE: it needs no SDP and cannot
+    /// collide with an offer. Otherwise a re-INVITE offering the
+    /// description the leg already has, unchanged (same `o=` version: the
+    /// peer sees no change and answers with its own, so nothing needs the
+    /// other leg): the media session's when it keeps one, else the last one
+    /// we sent the leg. An offerless re-INVITE would make the peer offer in
+    /// its 2xx, and only the other leg could answer that; it is sent only
+    /// to a leg that never got a description from us. Never relayed.
+    fn send_refresh(&mut self, now: Instant, leg: LegId) {
+        let idx = leg_index(leg);
+        let update = self.legs[idx].allows_update;
+        if !update && self.negotiation_in_progress() {
+            // An INVITE or offer is in progress: it refreshes the legs it
+            // crosses when it succeeds; ours waits a little.
+            let at = now + self.retry_delay(leg);
+            if let Some(st) = self.legs[idx].session.as_mut() {
+                st.retry_at(at);
+            }
+            return;
+        }
+        let body =
+            if update { None } else { self.media.local_description(leg).or_else(|| self.legs[idx].sent_sdp.clone()) };
+        let l = &mut self.legs[idx];
+        let Some(st) = l.session.as_mut() else { return };
+        st.refresh_sent();
+        let se = st.request_value();
+        let (peer, min_se) = (l.peer, l.min_se);
+        let Some(d) = l.dialog.as_mut() else { return };
+        let method = if update { Method::Update } else { Method::Invite };
+        let mut b = d
+            .request(method)
+            .header(HeaderName::Contact, peer.contact())
+            .header(HeaderName::Supported, "timer")
+            .header(HeaderName::SessionExpires, se)
+            .header(HeaderName::MinSe, min_se.as_secs().to_string());
+        let seq = d.local_seq();
+        if !update {
+            b = b.header(HeaderName::Allow, ALLOW);
+        }
+        let offered = body.is_some();
+        if let Some(body) = body {
+            b = b.body(&body.content_type, body.bytes);
+        }
+        let Ok(request) = b.build() else { return };
+        if offered {
+            l.oa = OfferAnswer::OfferSent(Placement::Invite);
+        }
+        debug!(leg = leg.0, method = request.method().as_str(), "session refresh");
+        let refresh = Refresh { leg, seq, invite: !update, offered, answered: false };
+        let id = self.new_req(Outstanding::Refresh(refresh));
+        self.commands.push_back(Command::Request { id, leg, peer, request });
+    }
+
+    /// The final answer to our refresh: a 2xx restarts the leg's timer as
+    /// it says; nothing reaches the other leg.
+    fn refresh_response(&mut self, now: Instant, id: ReqId, resp: &Response) {
+        let status = resp.status();
+        let ok = (200..300).contains(&status);
+        if status < 200 {
+            return;
+        }
+        let Some(Outstanding::Refresh(kept)) = self.requests.get_mut(&id) else { return };
+        let r = *kept;
+        if r.answered {
+            // A retransmitted 2xx: our ACK was lost.
+            if ok {
+                self.send_ack(r.leg, r.seq, None);
+            }
+            return;
+        }
+        if r.invite && ok {
+            kept.answered = true;
+        } else {
+            self.requests.remove(&id);
+        }
+        if !ok {
+            self.refresh_failed(now, r, status, Some(resp));
+            return;
+        }
+        if r.invite {
+            self.send_ack(r.leg, r.seq, None);
+        }
+        if self.phase != Phase::Answered {
+            return;
+        }
+        let idx = leg_index(r.leg);
+        let l = &mut self.legs[idx];
+        if r.offered {
+            l.oa = OfferAnswer::Stable;
+        }
+        if let Some(d) = l.dialog.as_mut() {
+            d.handle_refresh_response(resp);
+        }
+        if let Some(update) = session_timer::allows_update(resp.headers()) {
+            l.allows_update = update;
+        }
+        l.retried_422 = false;
+        l.session = session_timer::from_uac_response(resp.headers(), l.min_se)
+            .map(|(interval, refresher)| SessionTimer::start(now, interval, refresher));
+        match body_of_response(resp).filter(Body::is_sdp) {
+            Some(answer) if r.offered => {
+                // Normally the leg's session as it was. The media session
+                // learns it; what it would make of it for the other leg is
+                // not sent (a refresh never re-negotiates the other leg, so
+                // a leg that changes its session here changes it alone).
+                if let Some(other) = self.other_leg(r.leg)
+                    && let Err(e) = self.media.answer(r.leg, other, &answer)
+                {
+                    debug!(leg = r.leg.0, error = %e, "answer to our refresh not usable");
+                }
+                self.heard(r.leg, &answer);
+            }
+            Some(_) => debug!(leg = r.leg.0, "offer in the 2xx of our offerless refresh left unanswered"),
+            None => {}
+        }
+    }
+
+    /// Our refresh on a leg failed with `status` (or without an answer:
+    /// 408 for a timeout, 503 for a transport error). 408 and 481 mean the
+    /// dialog is gone (RFC 4028 §10): the call ends. A 422 is answered by
+    /// asking for the peer's Min-SE, once; a 405 or 501 to an UPDATE turns
+    /// the next refresh into a re-INVITE. Anything else leaves the session
+    /// as it was, and the refresh is tried again before it expires.
+    fn refresh_failed(&mut self, now: Instant, r: Refresh, status: u16, resp: Option<&Response>) {
+        let idx = leg_index(r.leg);
+        if r.offered {
+            self.legs[idx].oa = OfferAnswer::Stable;
+        }
+        if self.phase != Phase::Answered {
+            return;
+        }
+        debug!(leg = r.leg.0, status, "session refresh failed");
+        if matches!(status, 408 | 481) {
+            self.hang_up(now, Outcome::Failed, Some(SESSION_TIMER_FAILED));
+            return;
+        }
+        let min = resp.and_then(|resp| session_timer::min_se(resp.headers()));
+        let retry_delay = self.retry_delay(r.leg);
+        let l = &mut self.legs[idx];
+        let Some(st) = l.session.as_mut() else { return };
+        match status {
+            422 if !l.retried_422 && min.is_some_and(|m| m > st.interval) => {
+                let min = min.unwrap_or(st.interval);
+                l.retried_422 = true;
+                l.min_se = min;
+                st.interval = min;
+                self.send_refresh(now, r.leg);
+            }
+            405 | 501 if !r.invite => {
+                l.allows_update = false;
+                self.send_refresh(now, r.leg);
+            }
+            491 => st.retry_at(now + retry_delay),
+            _ => {
+                // Half the time left, so a few attempts fit before expiry.
+                let left = st.expiry().map_or(Duration::ZERO, |e| e.saturating_duration_since(now));
+                st.retry_at(now + retry_delay.max(left / 2));
+            }
+        }
+    }
+
+    /// How long a refresh waits after glare (§14.1): the owner of the
+    /// Call-ID (us, on the legs we placed) waits 2.1 to 4 s, the other 0 to
+    /// 2 s; a fixed point of each range keeps the machine deterministic.
+    fn retry_delay(&self, leg: LegId) -> Duration {
+        match self.leg(leg).map(|l| l.role) {
+            Some(Role::Uac) => Duration::from_secs(3),
+            _ => Duration::from_secs(1),
+        }
+    }
+
+    /// Leg `leg` sent us `body`, and it was taken: an offer repeating its
+    /// `o=` is a refresh.
+    fn heard(&mut self, leg: LegId, body: &Body) {
+        if let (Some(o), Some(l)) = (SdpOrigin::of(body), self.legs.get_mut(leg_index(leg))) {
+            l.remote_origin = Some(o);
+        }
+    }
+
     // ------------------------------------------------------------ helpers
 
     /// ACK a 2xx on UAC leg `leg` (CSeq `seq`), with `body` if any.
@@ -1377,6 +1959,9 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
             b = b.body(&body.content_type, body.bytes.clone());
         }
         let Ok(ack) = b.build() else { return };
+        if let Some(sdp) = body.as_ref().filter(|b| b.is_sdp()) {
+            l.sent_sdp = Some(sdp.clone());
+        }
         l.last_ack = Some((seq, body));
         let peer = l.peer;
         self.commands.push_back(Command::Ack { peer, request: ack });
@@ -1523,6 +2108,30 @@ fn body_of_request(r: &Request) -> Option<Body> {
 
 fn body_of_response(r: &Response) -> Option<Body> {
     body_of(r.headers(), r.body())
+}
+
+/// What a refresh answered here carries.
+#[derive(Debug)]
+enum LocalAnswer {
+    /// No body (an UPDATE without offer).
+    Empty,
+    /// The answer to the leg's unchanged offer.
+    Answer(Body),
+    /// Our offer, answered in the ACK (an offerless re-INVITE).
+    Offer(Body),
+}
+
+/// The RFC 4028 headers of a 2xx of ours to a re-INVITE or UPDATE (or the
+/// PBX's INVITE): we support timers; the leg's timer when it has one, and
+/// `Require: timer` when the request said it supports them (§9).
+fn push_session_headers(h: &mut crate::sip::message::Headers, session: Option<&Negotiated>) {
+    let _ = h.push(HeaderName::Supported, "timer");
+    if let Some(n) = session {
+        let _ = h.push(HeaderName::SessionExpires, n.response_value());
+        if n.require {
+            let _ = h.push(HeaderName::Require, "timer");
+        }
+    }
 }
 
 fn set_response_body(r: &mut Response, b: Body) {

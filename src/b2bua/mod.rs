@@ -4,6 +4,7 @@
 
 pub mod call;
 pub mod media;
+pub mod session_timer;
 mod trunks;
 
 #[cfg(test)]

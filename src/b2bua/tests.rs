@@ -62,11 +62,17 @@ fn with_body(head: String, body: Option<&str>) -> String {
 
 /// The PBX's INVITE.
 fn pbx_invite(sdp: Option<&str>) -> Request {
+    pbx_invite_with("", sdp)
+}
+
+/// The PBX's INVITE with `extra` header lines (each ending in CRLF).
+fn pbx_invite_with(extra: &str, sdp: Option<&str>) -> Request {
     parse_req(&with_body(
-        "INVITE sip:+15550001@203.0.113.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKpbx1\r\n\
+        format!(
+            "INVITE sip:+15550001@203.0.113.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKpbx1\r\n\
 Max-Forwards: 70\r\nFrom: \"Bob\" <sip:+15551234@192.0.2.10>;tag=pbx\r\nTo: <sip:+15550001@203.0.113.1>\r\n\
-Call-ID: a1@pbx\r\nCSeq: 1 INVITE\r\nContact: <sip:pbx@192.0.2.10:5060>\r\n"
-            .to_owned(),
+Call-ID: a1@pbx\r\nCSeq: 1 INVITE\r\nContact: <sip:pbx@192.0.2.10:5060>\r\n{extra}"
+        ),
         sdp,
     ))
 }
@@ -129,15 +135,31 @@ struct World {
 
 impl World {
     fn new(strategy: RingStrategy, groups: Vec<Vec<ForkTarget>>, sdp: Option<&str>) -> World {
+        World::with(strategy, groups, pbx_invite(sdp), Box::new(Passthrough))
+    }
+
+    /// A call from `invite` whose SDP crosses `media`.
+    fn with(
+        strategy: RingStrategy,
+        groups: Vec<Vec<ForkTarget>>,
+        invite: Request,
+        media: Box<dyn MediaSession>,
+    ) -> World {
         let t0 = crate::clock::instant();
-        let config = CallConfig { warning_host: Arc::from("tg.test"), t1: T1, t2: Duration::from_secs(4) };
+        let config = CallConfig {
+            warning_host: Arc::from("tg.test"),
+            t1: T1,
+            t2: Duration::from_secs(4),
+            session_expires: session_timer::DEFAULT_SESSION_EXPIRES,
+            min_se: session_timer::DEFAULT_MIN_SE,
+        };
         let call = Call::inbound(
             t0,
             config,
             Arc::new(CountingIds::default()),
-            Box::new(Passthrough),
+            media,
             InboundCall {
-                invite: pbx_invite(sdp),
+                invite,
                 tsx: 1,
                 peer: peer("192.0.2.10:5060"),
                 groups,
@@ -896,4 +918,536 @@ fn dtmf_relay_bodies_parse_signal_and_duration() {
     assert_eq!(parse_dtmf_relay(b"Signal=12\r\n"), None);
     assert_eq!(parse_dtmf_relay(b"Duration=100\r\n"), None);
     assert_eq!(parse_dtmf_relay(b"\xff\xfe"), None);
+}
+
+// ------------------------------------------------ RFC 4028 session timers
+
+/// The description an anchoring media session gives every leg.
+const TG_SDP: &str =
+    "v=0\r\no=trunkgate 7 7 IN IP4 203.0.113.1\r\ns=-\r\nc=IN IP4 203.0.113.1\r\nt=0 0\r\nm=audio 30000 RTP/AVP 0\r\n";
+
+fn sdp(s: &str) -> Body {
+    Body { content_type: "application/sdp".into(), bytes: bytes::Bytes::from(s.to_owned()) }
+}
+
+/// A media session that anchors the media as the relay will: every leg
+/// gets [`TG_SDP`], so it has a description of its own per leg. It logs
+/// what crosses it.
+#[derive(Default, Clone)]
+struct Anchored(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Anchored {
+    fn log(&self) -> Vec<String> {
+        self.0.lock().expect("log").clone()
+    }
+}
+
+impl MediaSession for Anchored {
+    fn local_description(&self, _leg: LegId) -> Option<Body> {
+        Some(sdp(TG_SDP))
+    }
+    fn offer(&mut self, from: LegId, to: LegId, offer: &Body) -> Result<Body, MediaError> {
+        self.0.lock().expect("log").push(format!("offer {}->{}: {}", from.0, to.0, body_str(&offer.bytes)));
+        Ok(sdp(TG_SDP))
+    }
+    fn answer(&mut self, from: LegId, to: LegId, answer: &Body) -> Result<Body, MediaError> {
+        self.0.lock().expect("log").push(format!("answer {}->{}: {}", from.0, to.0, body_str(&answer.bytes)));
+        Ok(sdp(TG_SDP))
+    }
+    fn close_leg(&mut self, _leg: LegId) {}
+}
+
+/// The value of header `name`, if any.
+fn hdr(h: &crate::sip::message::Headers, name: &str) -> Option<String> {
+    h.get(&HeaderName::new(name).expect("name")).and_then(|v| v.value_str()).map(str::to_owned)
+}
+
+fn with_headers<M>(mut m: M, headers: &[(&str, &str)], get: fn(&mut M) -> &mut crate::sip::message::Headers) -> M {
+    for (n, v) in headers {
+        get(&mut m).push(HeaderName::new(n).expect("name"), v).expect("value");
+    }
+    m
+}
+
+fn req_with(r: Request, headers: &[(&str, &str)]) -> Request {
+    with_headers(r, headers, Request::headers_mut)
+}
+
+fn resp_with(r: Response, headers: &[(&str, &str)]) -> Response {
+    with_headers(r, headers, Response::headers_mut)
+}
+
+/// A call whose PBX INVITE (early offer) carries `pbx` header lines, rung
+/// to alice who answers with `phone` headers, the PBX's ACK in: the start
+/// of every session timer test.
+fn answered_with(pbx: &str, phone: &[(&str, &str)], media: Box<dyn MediaSession>) -> (World, Vec<Out>) {
+    let mut w =
+        World::with(RingStrategy::RingAll, vec![vec![fork("alice", 1)]], pbx_invite_with(pbx, Some(PBX_SDP)), media);
+    let (_, id, _, invite) = World::requests(&w.take()).remove(0);
+    let ok = resp_with(reply(&invite, 200, "ph1", Some(PHONE_SDP), "sip:alice@198.51.100.1:5060"), phone);
+    w.respond(id, &ok);
+    let out = w.take();
+    w.ack(&pbx_in_dialog(&w, "ACK", 1, None));
+    (w, out)
+}
+
+/// Nothing at all went to the PBX: no response, no request, no ACK.
+fn assert_pbx_untouched(out: &[Out]) {
+    for o in out {
+        match &o.cmd {
+            Command::Respond { .. } | Command::Retransmit { .. } => panic!("the PBX got {o:?}"),
+            Command::Request { leg, .. } => assert_ne!(*leg, LegId::ORIGIN, "{o:?}"),
+            Command::Ack { peer, .. } => assert_ne!(peer.target.addr, addr("192.0.2.10:5060"), "{o:?}"),
+            _ => {}
+        }
+    }
+}
+
+const S: fn(u64) -> Duration = Duration::from_secs;
+const ALLOW_UPDATE: (&str, &str) = ("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE");
+const WE_REFRESH_1800: (&str, &str) = ("Session-Expires", "1800;refresher=uac");
+
+#[test]
+fn too_small_session_interval_on_the_invite_gets_422_before_anything_rings() {
+    let invite = pbx_invite_with("Supported: timer\r\nSession-Expires: 89\r\n", Some(PBX_SDP));
+    let mut w = World::with(RingStrategy::RingAll, vec![vec![fork("alice", 1)]], invite, Box::new(Passthrough));
+    let out = w.take();
+    let r = World::responses(&out, 1);
+    assert_eq!(status_of(&r), [422], "no 100 Trying, no ringing: {out:?}");
+    assert_eq!(r[0].reason_lossy(), "Session Interval Too Small");
+    assert_eq!(hdr(r[0].headers(), "Min-SE").as_deref(), Some("90"));
+    assert_eq!(
+        hdr(r[0].headers(), "Warning").as_deref(),
+        Some("399 tg.test \"session-interval-too-small: session interval too small\"")
+    );
+    assert!(World::requests(&out).is_empty(), "no fork rang");
+    let rec = assert_one_end(&out, "failed");
+    assert_eq!((rec.sip_status, rec.reason.as_deref()), (Some(422), Some("session-interval-too-small")));
+    assert!(w.call.is_finished());
+    // Nothing more, ever: no second record, no second release.
+    w.call.handle_cancel(w.now);
+    w.call.handle_shutdown(w.now);
+    w.collect();
+    w.advance(S(3600));
+    assert!(w.take().is_empty());
+    // Exactly Min-SE is accepted: the call rings.
+    let invite = pbx_invite_with("Supported: timer\r\nSession-Expires: 90\r\n", Some(PBX_SDP));
+    let mut w = World::with(RingStrategy::RingAll, vec![vec![fork("alice", 1)]], invite, Box::new(Passthrough));
+    let out = w.take();
+    assert_eq!(status_of(&World::responses(&out, 1)), [100]);
+    assert_eq!(World::requests(&out).len(), 1);
+}
+
+#[test]
+fn too_small_session_interval_on_a_reinvite_gets_422_and_is_not_relayed() {
+    let (mut w, ..) = answered(true);
+    w.take();
+    let changed = PBX_SDP.replace("o=pbx 1 1", "o=pbx 1 2");
+    let reinvite = req_with(pbx_in_dialog(&w, "INVITE", 2, Some(&changed)), &[("Session-Expires", "60")]);
+    let tsx = w.request(&reinvite);
+    let out = w.take();
+    let r = World::responses(&out, tsx);
+    assert_eq!(status_of(&r), [422]);
+    assert_eq!(hdr(r[0].headers(), "Min-SE").as_deref(), Some("90"));
+    assert!(World::requests(&out).is_empty(), "the phone sees nothing");
+    assert_eq!(w.call.phase(), Phase::Answered);
+    assert!(w.call.legs().iter().all(|l| l.offer_answer() == OfferAnswer::Stable));
+    // The same change asking for enough is relayed.
+    let reinvite = req_with(pbx_in_dialog(&w, "INVITE", 3, Some(&changed)), &[("Session-Expires", "90")]);
+    w.request(&reinvite);
+    let reqs = World::requests(&w.take());
+    assert_eq!((reqs.len(), reqs[0].2), (1, LegId(1)));
+}
+
+#[test]
+fn our_2xx_to_the_pbx_carries_its_leg_timer_and_our_invite_asks_for_ours() {
+    // (PBX headers, Session-Expires of our 2xx, Require of our 2xx)
+    let cases = [
+        ("Supported: timer\r\nSession-Expires: 1800;refresher=uac\r\n", Some("1800;refresher=uac"), Some("timer")),
+        ("Supported: timer\r\nSession-Expires: 600\r\n", Some("600;refresher=uas"), Some("timer")),
+        ("Session-Expires: 600;refresher=uac\r\n", Some("600;refresher=uac"), Some("timer")),
+        ("Session-Expires: 600;refresher=uas\r\n", Some("600;refresher=uas"), None),
+        ("Supported: timer\r\nSession-Expires: 7200\r\n", Some("1800;refresher=uas"), Some("timer")),
+        ("Supported: timer\r\n", Some("1800;refresher=uas"), Some("timer")),
+        ("", None, None),
+    ];
+    for (pbx, se, require) in cases {
+        let mut w = World::with(
+            RingStrategy::RingAll,
+            vec![vec![fork("alice", 1)]],
+            pbx_invite_with(pbx, Some(PBX_SDP)),
+            Box::new(Passthrough),
+        );
+        let (_, id, _, invite) = World::requests(&w.take()).remove(0);
+        let h = invite.headers();
+        assert_eq!(
+            (hdr(h, "Session-Expires"), hdr(h, "Min-SE"), hdr(h, "Supported")),
+            (Some("1800".into()), Some("90".into()), Some("timer".into())),
+            "the phone leg asks for our own interval whatever the PBX said ({pbx:?})"
+        );
+        w.respond(id, &reply(&invite, 200, "ph1", Some(PHONE_SDP), "sip:alice@198.51.100.1:5060"));
+        let ok = World::responses(&w.take(), 1).pop().expect("200");
+        assert_eq!(ok.status(), 200);
+        let h = ok.headers();
+        assert_eq!(hdr(h, "Session-Expires").as_deref(), se, "{pbx:?}");
+        assert_eq!(hdr(h, "Require").as_deref(), require, "{pbx:?}");
+        assert_eq!(hdr(h, "Supported").as_deref(), Some("timer"));
+    }
+}
+
+#[test]
+fn we_refresh_the_phone_leg_with_update_at_half_its_interval() {
+    let (mut w, _) = answered_with("", &[WE_REFRESH_1800, ALLOW_UPDATE, ("Require", "timer")], Box::new(Passthrough));
+    w.take();
+    assert_eq!(w.call.poll_timeout(), Some(w.t0 + S(900)));
+    assert!(w.step());
+    let out = w.take();
+    let reqs = World::requests(&out);
+    assert_eq!(reqs.len(), 1, "{out:?}");
+    let (at, id, leg, upd) = reqs[0].clone();
+    assert_eq!((at, leg, upd.method().as_str()), (S(900), LegId(1), "UPDATE"));
+    assert_eq!(upd.uri().as_str(), "sip:alice@198.51.100.1:5060");
+    assert_eq!(upd.headers().cseq().unwrap().seq, 2);
+    assert!(upd.body().is_empty(), "an UPDATE refresh needs no SDP");
+    let h = upd.headers();
+    assert_eq!(hdr(h, "Session-Expires").as_deref(), Some("1800;refresher=uac"));
+    assert_eq!(hdr(h, "Min-SE").as_deref(), Some("90"));
+    assert_eq!(hdr(h, "Supported").as_deref(), Some("timer"));
+    assert_pbx_untouched(&out);
+    // Its 2xx restarts the timer: the next refresh at 900 + 900 s.
+    let tag = upd.headers().to().unwrap().tag().unwrap().to_owned();
+    w.respond(id, &resp_with(reply(&upd, 200, &tag, None, "sip:alice@198.51.100.1:5060"), &[WE_REFRESH_1800]));
+    assert!(w.take().is_empty(), "nothing relayed, nothing ACKed");
+    assert_eq!(w.call.poll_timeout(), Some(w.t0 + S(1800)));
+    assert!(w.step());
+    let out = w.take();
+    let reqs = World::requests(&out);
+    assert_eq!(
+        reqs.iter().map(|r| (r.0, r.2, r.3.headers().cseq().unwrap().seq)).collect::<Vec<_>>(),
+        [(S(1800), LegId(1), 3)]
+    );
+    assert_pbx_untouched(&out);
+    assert_eq!(w.call.phase(), Phase::Answered);
+}
+
+/// Alice does not allow UPDATE: we refresh her leg with a re-INVITE
+/// offering `offered` (the description she already has).
+fn reinvite_refresh(media: Box<dyn MediaSession>, offered: &str) {
+    let (mut w, _) = answered_with("", &[WE_REFRESH_1800], media);
+    w.take();
+    assert!(w.step());
+    let out = w.take();
+    let reqs = World::requests(&out);
+    assert_eq!(reqs.len(), 1, "{out:?}");
+    let (at, id, leg, inv) = reqs[0].clone();
+    assert_eq!((at, leg, inv.method().as_str()), (S(900), LegId(1), "INVITE"));
+    assert_eq!(inv.headers().cseq().unwrap().seq, 2);
+    assert_eq!(body_str(inv.body()), offered, "the same description, same version");
+    assert_eq!(hdr(inv.headers(), "Session-Expires").as_deref(), Some("1800;refresher=uac"));
+    assert_pbx_untouched(&out);
+    assert_eq!(w.call.legs()[1].offer_answer(), OfferAnswer::OfferSent(Placement::Invite));
+    // Her 2xx (her session unchanged) is ACKed on her leg only.
+    let tag = inv.headers().to().unwrap().tag().unwrap().to_owned();
+    let ok = resp_with(reply(&inv, 200, &tag, Some(PHONE_SDP), "sip:alice@198.51.100.1:5060"), &[WE_REFRESH_1800]);
+    w.respond(id, &ok);
+    let out = w.take();
+    let acks = World::acks(&out);
+    assert_eq!(acks.len(), 1);
+    assert_eq!(acks[0].0.target.addr, addr("198.51.100.1:5060"));
+    assert_eq!(acks[0].1.headers().cseq().unwrap().seq, 2);
+    assert!(acks[0].1.body().is_empty());
+    assert_pbx_untouched(&out);
+    assert!(w.call.legs().iter().all(|l| l.offer_answer() == OfferAnswer::Stable));
+    // Our ACK was lost: her retransmitted 2xx is ACKed again.
+    w.respond(id, &ok);
+    let out = w.take();
+    assert_eq!(World::acks(&out).len(), 1);
+    assert_pbx_untouched(&out);
+    assert_eq!(w.call.poll_timeout(), Some(w.t0 + S(1800)));
+}
+
+#[test]
+fn we_refresh_a_phone_without_update_by_reinvite_with_the_media_sessions_description() {
+    reinvite_refresh(Box::new(Anchored::default()), TG_SDP);
+}
+
+#[test]
+fn we_refresh_a_phone_without_update_by_reinvite_with_the_description_it_has_in_passthrough() {
+    // Passthrough keeps no description: the one we last sent her (the
+    // PBX's) is offered again.
+    reinvite_refresh(Box::new(Passthrough), PBX_SDP);
+}
+
+#[test]
+fn we_refresh_the_pbx_leg_when_it_leaves_refreshing_to_us() {
+    let pbx = "Supported: timer\r\nSession-Expires: 600\r\nAllow: INVITE, ACK, BYE, CANCEL, UPDATE\r\n";
+    let (mut w, _) = answered_with(pbx, &[], Box::new(Passthrough));
+    w.take();
+    assert!(w.step());
+    let out = w.take();
+    let reqs = World::requests(&out);
+    assert_eq!(reqs.len(), 1, "{out:?}");
+    let (at, _, leg, upd) = &reqs[0];
+    assert_eq!((*at, *leg, upd.method().as_str()), (S(300), LegId(0), "UPDATE"));
+    assert_eq!(upd.uri().as_str(), "sip:pbx@192.0.2.10:5060");
+    assert_eq!(hdr(upd.headers(), "Session-Expires").as_deref(), Some("600;refresher=uac"));
+    assert_eq!(upd.headers().to().unwrap().tag(), Some("pbx"));
+}
+
+/// Our refresh of alice's leg fails with `status` (`None`: no answer at
+/// all, the transaction timed out).
+fn failed_refresh_ends_the_call(status: Option<u16>) {
+    let (mut w, _) = answered_with("", &[WE_REFRESH_1800, ALLOW_UPDATE], Box::new(Passthrough));
+    w.take();
+    assert!(w.step());
+    let (_, id, _, upd) = World::requests(&w.take()).remove(0);
+    match status {
+        Some(s) => w.respond(id, &reply(&upd, s, "ph1", None, "")),
+        None => {
+            w.call.handle_request_failed(w.now, id, 408);
+            w.collect();
+        }
+    }
+    let out = w.take();
+    let byes: Vec<_> = World::requests(&out).iter().map(|r| (r.0, r.2, r.3.method().as_str().to_owned())).collect();
+    assert_eq!(byes, [(S(900), LegId(0), "BYE".into()), (S(900), LegId(1), "BYE".into())]);
+    let rec = assert_one_end(&out, "failed");
+    assert_eq!(rec.reason.as_deref(), Some("session-timer-failed"));
+    assert_eq!(rec.ended_at, Some(1_000_000 + 900));
+}
+
+#[test]
+fn refresh_answered_481_ends_the_call_with_session_timer_failed() {
+    failed_refresh_ends_the_call(Some(481));
+}
+
+#[test]
+fn refresh_answered_408_ends_the_call_with_session_timer_failed() {
+    failed_refresh_ends_the_call(Some(408));
+}
+
+#[test]
+fn refresh_that_times_out_ends_the_call_with_session_timer_failed() {
+    failed_refresh_ends_the_call(None);
+}
+
+#[test]
+fn refresh_glare_is_retried_and_an_update_refused_becomes_a_reinvite() {
+    let (mut w, _) = answered_with("", &[WE_REFRESH_1800, ALLOW_UPDATE], Box::new(Passthrough));
+    w.take();
+    assert!(w.step());
+    let (_, id, _, upd) = World::requests(&w.take()).remove(0);
+    // 491: again 3 s later (we own her leg's Call-ID, §14.1), the call up.
+    w.respond(id, &reply(&upd, 491, "ph1", None, ""));
+    assert!(w.take().is_empty());
+    assert_eq!(w.call.poll_timeout(), Some(w.t0 + S(903)));
+    assert!(w.step());
+    let (at, id, _, upd) = World::requests(&w.take()).remove(0);
+    assert_eq!((at, upd.method().as_str(), upd.headers().cseq().unwrap().seq), (S(903), "UPDATE", 3));
+    // She claimed UPDATE but does not implement it: a re-INVITE at once.
+    w.respond(id, &reply(&upd, 501, "ph1", None, ""));
+    let reqs = World::requests(&w.take());
+    assert_eq!(
+        reqs.iter().map(|r| (r.0, r.3.method().as_str().to_owned())).collect::<Vec<_>>(),
+        [(S(903), "INVITE".to_owned())]
+    );
+    assert_eq!(body_str(reqs[0].3.body()), PBX_SDP);
+    assert_eq!(w.call.phase(), Phase::Answered);
+}
+
+#[test]
+fn a_pbx_that_stops_refreshing_is_hung_up_at_the_rfc_4028_deadline() {
+    let pbx = "Supported: timer\r\nSession-Expires: 120;refresher=uac\r\n";
+    let (mut w, out) = answered_with(pbx, &[], Box::new(Passthrough));
+    let ok = World::responses(&out, 1).pop().expect("200");
+    assert_eq!(hdr(ok.headers(), "Session-Expires").as_deref(), Some("120;refresher=uac"));
+    w.take();
+    // 120 − min(32, 120/3) = 88 s after the answer.
+    assert_eq!(w.call.poll_timeout(), Some(w.t0 + S(88)));
+    // The PBX refreshes at 60 s with an UPDATE: answered here.
+    w.advance(S(60));
+    assert!(w.take().is_empty(), "nothing before its refresh");
+    let upd = req_with(
+        pbx_in_dialog(&w, "UPDATE", 2, None),
+        &[("Supported", "timer"), ("Session-Expires", "120;refresher=uac")],
+    );
+    let tsx = w.request(&upd);
+    let out = w.take();
+    let r = World::responses(&out, tsx);
+    assert_eq!(status_of(&r), [200]);
+    assert_eq!(hdr(r[0].headers(), "Session-Expires").as_deref(), Some("120;refresher=uac"));
+    assert_eq!(hdr(r[0].headers(), "Require").as_deref(), Some("timer"));
+    assert!(r[0].body().is_empty());
+    assert!(World::requests(&out).is_empty(), "a refresh is not relayed to the phone");
+    // Then nothing: BYE on both legs at 60 + 88 s, not a moment before.
+    assert_eq!(w.call.poll_timeout(), Some(w.t0 + S(148)));
+    w.advance(S(88) - Duration::from_millis(1));
+    assert!(w.take().is_empty());
+    assert!(w.step());
+    let out = w.take();
+    let byes: Vec<_> = World::requests(&out).iter().map(|r| (r.0, r.2, r.3.method().as_str().to_owned())).collect();
+    assert_eq!(byes, [(S(148), LegId(0), "BYE".into()), (S(148), LegId(1), "BYE".into())]);
+    let rec = assert_one_end(&out, "failed");
+    assert_eq!(rec.reason.as_deref(), Some("session-expired"));
+}
+
+#[test]
+fn pbx_refresh_reinvite_with_unchanged_origin_is_answered_here_and_a_change_is_relayed() {
+    let media = Anchored::default();
+    let pbx = "Supported: timer\r\nSession-Expires: 1800;refresher=uac\r\n";
+    let (mut w, _) = answered_with(pbx, &[], Box::new(media.clone()));
+    w.take();
+    let before = media.log().len();
+    // Same o= session id and version as its INVITE: a refresh.
+    let refresh = req_with(pbx_in_dialog(&w, "INVITE", 2, Some(PBX_SDP)), &[("Session-Expires", "1800;refresher=uac")]);
+    w.advance(S(600));
+    let tsx = w.request(&refresh);
+    let out = w.take();
+    let r = World::responses(&out, tsx);
+    assert_eq!(status_of(&r), [200]);
+    assert_eq!(body_str(r[0].body()), TG_SDP, "answered with the media session's description of the leg");
+    assert_eq!(hdr(r[0].headers(), "Session-Expires").as_deref(), Some("1800;refresher=uac"));
+    assert!(World::requests(&out).is_empty() && World::acks(&out).is_empty(), "the phone sees nothing: {out:?}");
+    assert_eq!(media.log().len(), before, "no offer crossed the media session");
+    // Our 2xx is retransmitted until its ACK.
+    w.advance(T1);
+    assert_eq!(w.take().iter().filter(|o| matches!(o.cmd, Command::Retransmit { .. })).count(), 1);
+    w.ack(&pbx_in_dialog(&w, "ACK", 2, None));
+    // The refresh restarted the PBX leg's timer: expiry 1768 s after it.
+    assert_eq!(w.call.poll_timeout(), Some(w.t0 + S(600) + S(1768)));
+    // A changed session (new o= version) is relayed to the phone.
+    let hold = PBX_SDP.replace("o=pbx 1 1", "o=pbx 1 2").replace("t=0 0\r\n", "t=0 0\r\na=sendonly\r\n");
+    let tsx = w.request(&pbx_in_dialog(&w, "INVITE", 3, Some(&hold)));
+    let out = w.take();
+    assert!(World::responses(&out, tsx).is_empty());
+    let reqs = World::requests(&out);
+    assert_eq!((reqs.len(), reqs[0].2, reqs[0].3.method().as_str()), (1, LegId(1), "INVITE"));
+    assert_eq!(media.log().last().map(String::as_str), Some(format!("offer 0->1: {hold}").as_str()));
+}
+
+#[test]
+fn offerless_reinvite_from_the_pbx_is_answered_with_our_description() {
+    let media = Anchored::default();
+    let (mut w, _) = answered_with("", &[], Box::new(media.clone()));
+    w.take();
+    let tsx = w.request(&pbx_in_dialog(&w, "INVITE", 2, None));
+    let out = w.take();
+    let r = World::responses(&out, tsx);
+    assert_eq!(status_of(&r), [200]);
+    assert_eq!(body_str(r[0].body()), TG_SDP, "our offer in the 2xx");
+    assert!(World::requests(&out).is_empty(), "not relayed: {out:?}");
+    assert_eq!(w.call.legs()[0].offer_answer(), OfferAnswer::OfferSent(Placement::Response));
+    // The answer in the ACK goes through the media session; the phone's
+    // leg is not disturbed.
+    w.ack(&pbx_in_dialog(&w, "ACK", 2, Some(PBX_SDP)));
+    let out = w.take();
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(media.log().last().map(String::as_str), Some(format!("answer 0->1: {PBX_SDP}").as_str()));
+    assert!(w.call.legs().iter().all(|l| l.offer_answer() == OfferAnswer::Stable));
+    // Passthrough keeps no description: the same request is relayed.
+    let (mut w, ..) = answered(true);
+    w.take();
+    w.request(&pbx_in_dialog(&w, "INVITE", 2, None));
+    assert_eq!(World::requests(&w.take()).len(), 1);
+}
+
+#[test]
+fn update_without_body_from_the_phone_is_answered_here_even_in_passthrough() {
+    let (mut w, ..) = answered(true);
+    w.take();
+    let tsx = w.request(&phone_in_dialog(&w, LegId(1), "UPDATE", 2, None));
+    let out = w.take();
+    assert_eq!(status_of(&World::responses(&out, tsx)), [200]);
+    assert!(World::requests(&out).is_empty(), "not relayed to the PBX");
+}
+
+#[test]
+fn phone_422_is_retried_once_with_its_min_se() {
+    let mut w = World::new(RingStrategy::RingAll, vec![vec![fork("alice", 1)]], Some(PBX_SDP));
+    let (_, id, _, invite) = World::requests(&w.take()).remove(0);
+    w.respond(id, &resp_with(reply(&invite, 422, "ph1", None, ""), &[("Min-SE", "3600")]));
+    let out = w.take();
+    assert!(World::responses(&out, 1).is_empty(), "the PBX is not told");
+    let reqs = World::requests(&out);
+    assert_eq!(reqs.len(), 1);
+    let (_, id, leg, again) = reqs[0].clone();
+    assert_eq!((leg, again.method().as_str()), (LegId(1), "INVITE"));
+    let (h, h0) = (again.headers(), invite.headers());
+    assert_eq!(h.cseq().unwrap().seq, 2);
+    assert_eq!(h.call_id().unwrap(), h0.call_id().unwrap());
+    assert_eq!(h.from().unwrap().tag(), h0.from().unwrap().tag());
+    assert_eq!(hdr(h, "Session-Expires").as_deref(), Some("3600"));
+    assert_eq!(hdr(h, "Min-SE").as_deref(), Some("3600"));
+    assert_eq!(body_str(again.body()), PBX_SDP);
+    // A second 422 fails the fork: nobody else rings, the PBX gets 480.
+    w.respond(id, &resp_with(reply(&again, 422, "ph1", None, ""), &[("Min-SE", "7200")]));
+    let out = w.take();
+    assert!(World::requests(&out).is_empty());
+    assert_eq!(status_of(&World::responses(&out, 1)), [480]);
+    assert_one_end(&out, "unavailable");
+}
+
+#[test]
+fn phone_answering_the_retried_invite_answers_the_call() {
+    let mut w = World::new(RingStrategy::RingAll, vec![vec![fork("alice", 1)]], Some(PBX_SDP));
+    let (_, id, _, invite) = World::requests(&w.take()).remove(0);
+    w.respond(id, &resp_with(reply(&invite, 422, "ph1", None, ""), &[("Min-SE", "3600")]));
+    let (_, id, _, again) = World::requests(&w.take()).remove(0);
+    let ok = resp_with(
+        reply(&again, 200, "ph1", Some(PHONE_SDP), "sip:alice@198.51.100.1:5060"),
+        &[("Session-Expires", "3600;refresher=uac")],
+    );
+    w.respond(id, &ok);
+    let out = w.take();
+    assert_eq!(status_of(&World::responses(&out, 1)), [200]);
+    let acks = World::acks(&out);
+    assert_eq!(acks[0].1.headers().cseq().unwrap().seq, 2, "the ACK names the INVITE that was answered");
+    w.ack(&pbx_in_dialog(&w, "ACK", 1, None));
+    assert_eq!(w.call.poll_timeout(), Some(w.t0 + S(1800)), "we refresh at half her 3600 s");
+}
+
+/// The PBX (with `pbx` headers) re-INVITEs with a changed session at
+/// 60 s; alice answers with her timer. Returns the PBX's 2xx.
+fn relayed_reinvite_at_60s(w: &mut World, pbx: &[(&str, &str)]) -> (Request, Response) {
+    w.advance(S(60));
+    let hold = PBX_SDP.replace("o=pbx 1 1", "o=pbx 1 2").replace("t=0 0\r\n", "t=0 0\r\na=sendonly\r\n");
+    let tsx = w.request(&req_with(pbx_in_dialog(w, "INVITE", 2, Some(&hold)), pbx));
+    let (_, id, leg, fwd) = World::requests(&w.take()).remove(0);
+    assert_eq!(leg, LegId(1));
+    let tag = fwd.headers().to().unwrap().tag().unwrap().to_owned();
+    let ok = resp_with(reply(&fwd, 200, &tag, Some(PHONE_SDP), "sip:alice@198.51.100.1:5060"), &[WE_REFRESH_1800]);
+    w.respond(id, &ok);
+    let r = World::responses(&w.take(), tsx).pop().expect("2xx");
+    assert_eq!(r.status(), 200);
+    w.ack(&pbx_in_dialog(w, "ACK", 2, None));
+    (fwd, r)
+}
+
+#[test]
+fn relayed_reinvite_carries_each_legs_own_timer() {
+    let pbx = "Supported: timer\r\nSession-Expires: 120;refresher=uac\r\n";
+    let (mut w, _) = answered_with(pbx, &[WE_REFRESH_1800, ALLOW_UPDATE], Box::new(Passthrough));
+    w.take();
+    let (fwd, ok) =
+        relayed_reinvite_at_60s(&mut w, &[("Supported", "timer"), ("Session-Expires", "120;refresher=uac")]);
+    // The phone's leg gets its own interval, not the PBX's.
+    let h = fwd.headers();
+    assert_eq!(
+        (hdr(h, "Session-Expires"), hdr(h, "Min-SE"), hdr(h, "Supported")),
+        (Some("1800;refresher=uac".into()), Some("90".into()), Some("timer".into()))
+    );
+    // The PBX's 2xx its own.
+    assert_eq!(hdr(ok.headers(), "Session-Expires").as_deref(), Some("120;refresher=uac"));
+    assert_eq!(hdr(ok.headers(), "Require").as_deref(), Some("timer"));
+    // It refreshed the PBX's leg: its expiry is 60 + 88 s.
+    assert_eq!(w.call.poll_timeout(), Some(w.t0 + S(148)));
+}
+
+#[test]
+fn relayed_reinvite_refreshes_the_far_leg_too() {
+    let (mut w, _) = answered_with("", &[WE_REFRESH_1800, ALLOW_UPDATE], Box::new(Passthrough));
+    w.take();
+    relayed_reinvite_at_60s(&mut w, &[]);
+    // Alice's 2xx restarted her leg's timer: our refresh at 60 + 900 s.
+    assert_eq!(w.call.poll_timeout(), Some(w.t0 + S(960)));
 }

@@ -360,6 +360,21 @@ pub struct SipConfig {
     /// Call-IDs that hash to it; 0 means one per CPU. Default: 0.
     #[serde(default)]
     pub cores: usize,
+    /// RFC 4028 session interval asked of each leg, seconds: a leg whose
+    /// dialog is not refreshed within it is hung up. Default: 1800.
+    #[serde(default = "default_session_expires_s")]
+    pub session_expires_s: u64,
+    /// Shortest session interval accepted (`422` with `Min-SE` below it),
+    /// seconds; at least 90 (RFC 4028). Default: 90.
+    #[serde(default = "default_min_se_s")]
+    pub min_se_s: u64,
+}
+
+fn default_session_expires_s() -> u64 {
+    1800
+}
+fn default_min_se_s() -> u64 {
+    90
 }
 
 /// Answer to INVITEs from unknown sources.
@@ -491,6 +506,8 @@ impl Default for SipConfig {
             max_calls: default_max_calls(),
             unknown_trunk: UnknownTrunk::default(),
             cores: 0,
+            session_expires_s: default_session_expires_s(),
+            min_se_s: default_min_se_s(),
         }
     }
 }
@@ -901,6 +918,15 @@ fn validate(config: &Config, trunks: &[LoadedTrunk], main: &Path, sources: &Sour
     }
     if sip.t2_ms < sip.t1_ms || sip.t2_ms > 600_000 {
         errors.push(sources.key_error(main, "t2_ms", "[sip] t2_ms must be at least t1_ms and at most 600000"));
+    }
+    if sip.min_se_s < 90 || sip.min_se_s > 86_400 {
+        errors.push(sources.key_error(main, "min_se_s", "[sip] min_se_s must be between 90 and 86400 (RFC 4028)"));
+    } else if sip.session_expires_s < sip.min_se_s || sip.session_expires_s > 86_400 {
+        errors.push(sources.key_error(
+            main,
+            "session_expires_s",
+            "[sip] session_expires_s must be at least min_se_s and at most 86400",
+        ));
     }
     if sip.t4_ms == 0 || sip.t4_ms > 600_000 {
         errors.push(sources.key_error(main, "t4_ms", "[sip] t4_ms must be between 1 and 600000"));

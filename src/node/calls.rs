@@ -131,6 +131,8 @@ impl Shard {
                 warning_host: Arc::from(ctx.config.warning_host.as_str()),
                 t1: ctx.config.timers.t1,
                 t2: ctx.config.timers.t2,
+                session_expires: ctx.config.session_expires,
+                min_se: ctx.config.min_se,
             })
             .clone()
     }

@@ -71,6 +71,10 @@ pub struct NodeConfig {
     pub ignore_unknown_trunks: bool,
     /// The SIP answer to each refusal reason (`[admission.answers]`).
     pub answers: crate::admission::RefusalAnswers,
+    /// RFC 4028 session interval asked of each leg.
+    pub session_expires: std::time::Duration,
+    /// Shortest session interval accepted.
+    pub min_se: std::time::Duration,
     /// The RTP relay (`None`: `[media] anchor = false`, SDP passes
     /// unchanged).
     pub media: Option<Arc<crate::media::engine::MediaEngine>>,
@@ -189,7 +193,12 @@ impl Node {
         let auth = Authenticator::with_random_secret(config.digest.clone()).map_err(std::io::Error::other)?;
         let mut prefix = [0u8; 8];
         getrandom::fill(&mut prefix).map_err(std::io::Error::other)?;
-        let check = CheckConfig { warn_agent: Some(config.warning_host.clone()), ..CheckConfig::default() };
+        // `timer`: calls run RFC 4028 session timers, so a PBX may require them.
+        let check = CheckConfig {
+            warn_agent: Some(config.warning_host.clone()),
+            supported: vec!["timer".to_owned()],
+            ..CheckConfig::default()
+        };
         let (lease_tx, lease_rx) = mpsc::unbounded_channel();
         tokio::spawn(write_leases(store.clone(), lease_rx));
         let ctx = Arc::new(Shared {

@@ -75,6 +75,7 @@ pub mod status {
             416 => "Unsupported URI Scheme",
             420 => "Bad Extension",
             421 => "Extension Required",
+            422 => "Session Interval Too Small",
             423 => "Interval Too Brief",
             480 => "Temporarily Unavailable",
             481 => "Call/Transaction Does Not Exist",
