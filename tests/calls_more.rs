@@ -152,10 +152,12 @@ fn each_call_attempt_is_recorded_exactly_once() {
     assert_eq!(outcomes, expected, "{records:#?}");
 }
 
-/// INFO and UPDATE are relayed both ways: the PBX's INFO (DTMF) and UPDATE
-/// offer reach the phone with their Content-Type and body, the phone's
-/// answer comes back in the 200; the phone's INFO and UPDATE reach the PBX
-/// the same way. (Each sipp side checks what arrives with `ereg check_it`.)
+/// INFO and UPDATE are relayed both ways: the PBX's INFO (a DTMF digit, to
+/// a phone without telephone-event) and UPDATE offer reach the phone with
+/// their Content-Type and body, the phone's answer comes back in the 200;
+/// the phone's INFO (a video fast-update request) and UPDATE reach the PBX
+/// the same way. (A digit INFO from the phone would reach this PBX as RFC
+/// 4733: tests/media.rs.) Each sipp side checks what arrives with `ereg`.
 #[test]
 fn info_and_update_are_relayed_both_ways() {
     completed_call("user_answer_info_update.xml", "pbx_call_info_update.xml", "200");
