@@ -363,18 +363,29 @@ fn an_ipv4_pbx_and_an_ipv6_phone_talk_through_trunkgate() {
         phone_rtp.send_to(&rtp_packet(500 + i, 160 * u32::from(i), 0x6666), toward_phone).expect("send v6");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // And a digit from the phone, in its numbering (telephone-event 96).
+    let mut digit = digit_packets(7, 600, 1600);
+    for p in &mut digit {
+        p[1] = (p[1] & 0x80) | 96;
+        phone_rtp.send_to(p, toward_phone).expect("send v6");
+    }
     let at_phone = receive_all(&phone_rtp, Duration::from_millis(500), Duration::from_secs(3));
     let at_pbx = receive_all(&pbx_rtp, Duration::from_millis(500), Duration::from_secs(3));
     assert_eq!(at_phone.len(), 10, "the PBX's packets reached the IPv6 phone");
-    assert_eq!(at_pbx.len(), 10, "the phone's packets reached the IPv4 PBX");
+    assert_eq!(at_pbx.len(), 14, "the phone's packets and digit reached the IPv4 PBX");
     assert!(at_phone.iter().all(|(from, p)| *from == toward_phone && p[12..] == [0xd5; 160]));
-    assert!(at_pbx.iter().all(|(from, p)| *from == toward_pbx && p[12..] == [0xd5; 160]));
+    assert!(at_pbx[..10].iter().all(|(from, p)| *from == toward_pbx && p[12..] == [0xd5; 160]));
+    for ((from, p), sent) in at_pbx[10..].iter().zip(&digit) {
+        assert_eq!(*from, toward_pbx);
+        assert_eq!(p[1] & 0x7f, 101, "the PBX's telephone-event number");
+        assert_eq!(p[12..], sent[12..], "the event itself unchanged");
+    }
     let (ok, out) = call.wait();
     assert!(ok, "PBX side:\n{out}");
     let (ok, uout) = user.wait();
     assert!(ok, "phone side:\n{uout}");
     let rec = &exactly_n_records(&mut d, 1)[0];
-    assert_eq!((figure(rec, "pbx", "tx_packets"), figure(rec, "user", "tx_packets")), (10, 10), "{rec}");
+    assert_eq!((figure(rec, "pbx", "tx_packets"), figure(rec, "user", "tx_packets")), (14, 10), "{rec}");
 }
 
 /// The PBX's RFC 4733 packet stream.
@@ -489,6 +500,10 @@ fn baresip_hears_the_pbx_through_trunkgate_and_talks_back() {
     let from_phone = figure(rec, "user", "rx_packets");
     assert!(from_phone > 100, "baresip's audio (50 packets/s for ~8 s): {rec}");
     assert_eq!(figure(rec, "pbx", "tx_packets"), from_phone, "every packet of the phone reached the PBX: {rec}");
+    // baresip sends RTCP (on its own port): relayed to the PBX's RTCP port.
+    let rtcp = figure(rec, "user", "rx_rtcp");
+    assert!(rtcp > 0, "baresip's RTCP: {rec}");
+    assert_eq!(figure(rec, "pbx", "tx_rtcp"), rtcp, "{rec}");
     // What baresip decoded is the PBX's speech, not silence.
     let dec = phone
         .recordings()
@@ -499,4 +514,21 @@ fn baresip_hears_the_pbx_through_trunkgate_and_talks_back() {
     let loud =
         pcm[44.min(pcm.len())..].chunks_exact(2).filter(|s| i16::from_le_bytes([s[0], s[1]]).abs() > 500).count();
     assert!(loud > 8000, "{loud} loud samples in {}", dec.display());
+}
+
+/// An offer with no codec the relay can carry is answered 488 with
+/// `Warning: 399 … no-common-codec` before any phone rings, and recorded.
+#[test]
+fn no_common_codec_is_488_before_anything_rings() {
+    let (min, max) = port_range();
+    let mut d = prepared(&format!("port_min = {min}\nport_max = {max}\n"));
+    d.start();
+    let rtp = UdpSocket::bind("127.0.0.1:0").expect("rtp");
+    // A phone that would answer: it must never be rung.
+    let _user = phone(&d, "user_answer_media.xml", rtp.local_addr().expect("addr").port());
+    let (ok, out) = pbx(&d, Path::new("pbx_call_no_common_codec.xml"), "+15550001", &[]).wait();
+    assert!(ok, "488 with its Warning:\n{out}");
+    let rec = &exactly_n_records(&mut d, 1)[0];
+    assert_eq!((rec["sip_status"].as_u64(), rec["reason"].as_str()), (Some(488), Some("no-common-codec")), "{rec}");
+    assert!(rec["target_user"].is_null(), "nobody answered: {rec}");
 }
