@@ -621,7 +621,10 @@ impl RelayThread {
             }
             Control::AddLeg { id, slot, pair, family, rtp, rtcp } => {
                 if !self.streams.contains_key(&id) {
+                    // The call's media closed before its sockets arrived.
+                    drop((rtp, rtcp));
                     self.give_back(family, pair);
+                    self.ports_in_use.fetch_sub(1, Ordering::Relaxed);
                     return;
                 }
                 let t_rtp = self.register(&rtp, SockRef { stream: id, slot, port: Port::Rtp });
@@ -874,7 +877,6 @@ fn to_std(a: &SockaddrStorage) -> Option<SocketAddr> {
         Some(v4) => SocketAddr::from((v4, v6.port())),
         None => SocketAddr::from((ip, v6.port())),
     })
-    .filter(|_| a.family().is_some())
 }
 
 fn random_u32() -> u32 {
