@@ -297,6 +297,7 @@ impl MediaEngine {
                 ports_in_use: ports_in_use.clone(),
                 timeout: settings.timeout,
                 hold_timeout: settings.hold_timeout,
+                outs: Vec::with_capacity(BATCH),
             };
             std::thread::Builder::new().name(format!("media-{n}")).spawn(move || thread.run())?;
             workers.push(Worker { tx, wake });
@@ -529,6 +530,8 @@ struct RelayThread {
     ports_in_use: Arc<AtomicUsize>,
     timeout: Option<Duration>,
     hold_timeout: Option<Duration>,
+    /// The current batch's packets to send (kept: no allocation per batch).
+    outs: Vec<Out>,
 }
 
 /// One packet to send: from which socket, to where, which buffer.
@@ -758,7 +761,8 @@ impl RelayThread {
         }
         let now = crate::clock::instant();
         let side = s.side_of(r.slot);
-        let mut outs: Vec<Out> = Vec::with_capacity(received);
+        let outs = &mut self.outs;
+        outs.clear();
         for (i, (len, from)) in meta[..received].iter().enumerate() {
             let (Some(side), Some(from)) = (side, from) else { continue };
             let pkt = &mut bufs[i][..*len];
@@ -857,10 +861,13 @@ fn receive_batch(
 /// Sends that fail (a vanished peer) are counted as sent: UDP is lossy
 /// anyway, and retrying would only delay the rest.
 fn send_batch(fd: i32, headers: &mut MultiHeaders<SockaddrStorage>, bufs: &[[u8; MTU]], group: &[Out]) -> usize {
-    let group = &group[..group.len().min(BATCH)];
-    let iovs: Vec<[IoSlice<'_>; 1]> = group.iter().map(|o| [IoSlice::new(&bufs[o.buf][..o.len])]).collect();
-    let addrs: Vec<Option<SockaddrStorage>> = group.iter().map(|o| Some(o.to)).collect();
-    match sendmmsg(fd, headers, iovs.iter(), &addrs, [], MsgFlags::MSG_DONTWAIT) {
+    let n = group.len().min(BATCH);
+    // On the stack: no allocation per batch.
+    let iovs: [[IoSlice<'_>; 1]; BATCH] = std::array::from_fn(|k| {
+        [IoSlice::new(group.get(k).filter(|_| k < n).map_or(&[][..], |o| &bufs[o.buf][..o.len]))]
+    });
+    let addrs: [Option<SockaddrStorage>; BATCH] = std::array::from_fn(|k| group.get(k).map(|o| o.to));
+    match sendmmsg(fd, headers, iovs[..n].iter(), &addrs[..n], [], MsgFlags::MSG_DONTWAIT) {
         Ok(r) => r.count(),
         Err(_) => 0,
     }
