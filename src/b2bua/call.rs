@@ -805,17 +805,15 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
         }
         if std::mem::take(&mut self.legs[idx].local_offer) {
             // The answer to the description we offered ourselves in our 2xx
-            // to the leg's offerless refresh: the media session learns it.
-            // What it would make of it for the other leg is not sent: should
+            // to the leg's offerless refresh: the media session learns it
+            // for that leg alone. Should
             // the leg have changed its session in this answer, the other leg
             // is not re-negotiated (a known limit: a refresh is not meant to
             // change anything, and an answer cannot be refused).
             self.legs[idx].oa = OfferAnswer::Stable;
             match body_of_request(req).filter(Body::is_sdp) {
                 Some(answer) => {
-                    if let Some(other) = self.other_leg(leg)
-                        && let Err(e) = self.media.answer(leg, other, &answer)
-                    {
+                    if let Err(e) = self.media.refreshed(leg, &answer) {
                         debug!(leg = leg.0, error = %e, "answer to our refresh offer not usable");
                     }
                     self.heard(leg, &answer);
@@ -1870,12 +1868,10 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
         match body_of_response(resp).filter(Body::is_sdp) {
             Some(answer) if r.offered => {
                 // Normally the leg's session as it was. The media session
-                // learns it; what it would make of it for the other leg is
-                // not sent (a refresh never re-negotiates the other leg, so
-                // a leg that changes its session here changes it alone).
-                if let Some(other) = self.other_leg(r.leg)
-                    && let Err(e) = self.media.answer(r.leg, other, &answer)
-                {
+                // learns it for that leg alone (a refresh never re-negotiates
+                // the other leg, so a leg that changes its session here
+                // changes it alone).
+                if let Err(e) = self.media.refreshed(r.leg, &answer) {
                     debug!(leg = r.leg.0, error = %e, "answer to our refresh not usable");
                 }
                 self.heard(r.leg, &answer);

@@ -90,6 +90,14 @@ pub trait MediaSession: Send {
     /// [`offer`](Self::offer)): what to answer leg `to`.
     fn answer(&mut self, from: LegId, to: LegId, answer: &Body) -> Result<Body, MediaError>;
 
+    /// Leg `leg` answered an offer we made it from
+    /// [`local_description`](Self::local_description) (a session refresh):
+    /// its settings change on its own side only; nothing goes to the other
+    /// leg.
+    fn refreshed(&mut self, _leg: LegId, _answer: &Body) -> Result<(), MediaError> {
+        Ok(())
+    }
+
     /// A digit that came as SIP INFO from the other leg: send it to leg
     /// `to` as RFC 4733 events if that leg takes them (true), else leave
     /// it to the call to relay the INFO (false).

@@ -260,6 +260,17 @@ impl MediaSession for RelayMedia {
         }
     }
 
+    fn refreshed(&mut self, leg: LegId, answer: &Body) -> Result<(), MediaError> {
+        let desc = sdp::parse(answer)?;
+        if let Some(l) = self.legs.get_mut(&leg) {
+            l.theirs = sdp::stream_info(&desc);
+        }
+        // A new offer/answer: the leg may latch again (a NAT rebinding).
+        self.push(leg);
+        self.push_session();
+        Ok(())
+    }
+
     fn send_dtmf(&mut self, to: LegId, digit: char, duration_ms: u32) -> bool {
         let takes_events = self.legs.get(&to).and_then(|l| l.theirs.as_ref()).is_some_and(StreamInfo::has_events);
         let on_a_side = to == LegId::ORIGIN || self.b == Some(to);
@@ -273,5 +284,101 @@ impl MediaSession for RelayMedia {
 
     fn local_description(&self, leg: LegId) -> Option<Body> {
         self.legs.get(&leg).and_then(|l| l.ours.as_ref()).map(|(b, _)| b.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MediaSettings;
+
+    fn body(s: &str) -> Body {
+        Body { content_type: "application/sdp".into(), bytes: bytes::Bytes::from(s.replace('\n', "\r\n")) }
+    }
+
+    fn text(b: &Body) -> String {
+        String::from_utf8(b.bytes.to_vec()).expect("utf-8").replace("\r\n", "\n")
+    }
+
+    /// A real engine on loopback with a range of its own.
+    fn new_engine() -> (Arc<MediaEngine>, u16) {
+        loop {
+            let mut r = [0u8; 2];
+            getrandom::fill(&mut r).expect("random");
+            let min = (40_000 + u16::from_le_bytes(r) % 10_000) & !1;
+            if (min..min + 8).all(|p| std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()) {
+                let settings = MediaSettings {
+                    public_v4: Some("192.0.2.1".parse().expect("ip")),
+                    bind_v4: "127.0.0.1".parse().expect("ip"),
+                    port_min: min,
+                    port_max: min + 7,
+                    threads: 1,
+                    ..MediaSettings::default()
+                };
+                return (MediaEngine::start(settings).expect("engine"), min);
+            }
+        }
+    }
+
+    const PBX: &str = "v=0\no=pbx 7 7 IN IP4 10.0.0.5\ns=call\nc=IN IP4 10.0.0.5\nt=0 0\n\
+m=audio 4000 RTP/AVP 18 8 101\na=rtpmap:18 G729/8000\na=rtpmap:8 PCMA/8000\na=rtpmap:101 telephone-event/8000\n\
+a=fmtp:101 0-16\na=sendrecv\n";
+    const PHONE: &str = "v=0\no=phone 3 3 IN IP4 198.51.100.9\ns=-\nc=IN IP4 198.51.100.9\nt=0 0\n\
+m=audio 5000 RTP/AVP 8 96\na=rtpmap:8 PCMA/8000\na=rtpmap:96 telephone-event/8000\na=sendrecv\n";
+
+    #[test]
+    fn each_leg_gets_our_address_its_own_pair_and_numbers_it_knows() {
+        let (engine, min) = new_engine();
+        let mut m = RelayMedia::new(&engine, Box::new(|_| {}));
+        let sip = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        m.add_leg(LegId::ORIGIN, "10.0.0.5:5060".parse().expect("addr"), sip(5060));
+        m.add_leg(LegId(1), "198.51.100.9:5060".parse().expect("addr"), sip(5060));
+        let to_phone = text(&m.offer(LegId::ORIGIN, LegId(1), &body(PBX)).expect("offer"));
+        // G.729 cannot be relayed; the PBX's leg took the first pair, the
+        // phone's the second; nothing of the PBX's origin line is left.
+        let phone_port = min + 2;
+        assert!(to_phone.starts_with("v=0\no=trunkgate "), "{to_phone}");
+        assert!(!to_phone.contains("10.0.0.5") && !to_phone.contains("o=pbx"), "{to_phone}");
+        assert!(
+            to_phone.contains(&format!("c=IN IP4 192.0.2.1\nt=0 0\nm=audio {phone_port} RTP/AVP 8 101\n")),
+            "{to_phone}"
+        );
+        assert_eq!(engine.ports_in_use(), 2);
+        let to_pbx = text(&m.answer(LegId(1), LegId::ORIGIN, &body(PHONE)).expect("answer"));
+        // In the PBX's numbers (101, not the phone's 96), on the PBX's pair.
+        assert!(to_pbx.contains(&format!("m=audio {min} RTP/AVP 8 101\n")), "{to_pbx}");
+        assert!(to_pbx.contains("a=rtpmap:101 telephone-event/8000\n") && !to_pbx.contains(":96 "), "{to_pbx}");
+        assert_eq!(m.local_description(LegId::ORIGIN).map(|b| text(&b)), Some(to_pbx.clone()));
+        // A refresh answer from the phone changes nothing we gave the PBX.
+        m.refreshed(LegId(1), &body(PHONE)).expect("refreshed");
+        assert_eq!(m.local_description(LegId::ORIGIN).map(|b| text(&b)), Some(to_pbx));
+        // A full pool: a third leg's offer fails and leaks nothing.
+        let (full_engine, _) = new_engine();
+        let mut a = RelayMedia::new(&full_engine, Box::new(|_| {}));
+        let mut b = RelayMedia::new(&full_engine, Box::new(|_| {}));
+        for s in [&mut a, &mut b] {
+            for leg in [0, 1] {
+                s.add_leg(LegId(leg), "10.0.0.5:5060".parse().expect("addr"), sip(5060));
+            }
+        }
+        a.offer(LegId::ORIGIN, LegId(1), &body(PBX)).expect("two pairs");
+        b.offer(LegId::ORIGIN, LegId(1), &body(PBX)).expect("four pairs: the range is full");
+        let mut c = RelayMedia::new(&full_engine, Box::new(|_| {}));
+        c.add_leg(LegId::ORIGIN, "10.0.0.5:5060".parse().expect("addr"), sip(5060));
+        c.add_leg(LegId(1), "10.0.0.6:5060".parse().expect("addr"), sip(5060));
+        assert_eq!(c.offer(LegId::ORIGIN, LegId(1), &body(PBX)), Err(MediaError::PortsExhausted));
+        drop((a, b, c));
+        crate::media::session::tests::wait_until(|| full_engine.ports_in_use() == 0);
+    }
+
+    /// The relay thread closes and gives back asynchronously.
+    pub(super) fn wait_until(ok: impl Fn() -> bool) {
+        for _ in 0..200 {
+            if ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("condition never held");
     }
 }
