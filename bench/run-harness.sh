@@ -35,6 +35,10 @@ max_connections = ${DB_MAX_CONNECTIONS:-4}
 [sip]
 listen = ["udp://127.0.0.1:5060"]
 max_calls = 100000
+# Signalling only, like the Kamailio reference (which relays no media):
+# media anchoring is measured by bench/run-media.sh against rtpengine.
+[media]
+anchor = false
 [[trunk]]
 name = "bench-sbc"
 portal = "*"
