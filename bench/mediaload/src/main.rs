@@ -105,6 +105,10 @@ struct Args {
     /// Also append each step's JSON line to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Packets later than this (ms) are also reported as `late` (a phone's
+    /// jitter buffer would drop them); `loss_with_late_pct` counts them lost.
+    #[arg(long, default_value_t = 50.0)]
+    late_ms: f64,
     /// A step is clean below this loss (percent).
     #[arg(long, default_value_t = 0.1)]
     max_loss: f64,
@@ -180,6 +184,8 @@ struct StepResult {
     packets_received: u64,
     packets_lost: i64,
     loss_pct: f64,
+    packets_late: u64,
+    loss_with_late_pct: f64,
     latency_ms_p50: f64,
     latency_ms_p99: f64,
     latency_ms_max: f64,
@@ -426,10 +432,11 @@ impl Bench {
             self.st.n_up, self.st.n_failed
         );
 
-        // Settle, then the window (starting a little ahead so that every
-        // worker has it before the first packet it measures).
-        self.pump(clock::mono_ns() + secs(self.args.settle));
-        let lead = 100 * MS;
+        // Settle, then the window. The workers learn the window when the
+        // settling starts: a worker starved for a while (a busy box) must
+        // still know it before it sends the first packet that counts, or
+        // packets would be received in the window without being sent in it.
+        let lead = secs(self.args.settle).max(100 * MS);
         let window_ns = secs(self.args.window);
         let start_rt = clock::real_ns() + lead;
         let start_mono = clock::mono_ns() + lead;
@@ -530,8 +537,12 @@ impl Bench {
             _ => "mixed",
         };
         let generator_limited = rep.skipped > 0 || rep.rx_drops > 0 || rep.send_errors > 0;
+        // The load offered must be the load asked for: slots the generator
+        // skipped count against a step as lost packets do.
+        let offered = rep.skipped as f64 * 100.0 <= rep.sent as f64 * self.args.max_loss;
         let clean = calls_up == u64::from(target)
             && rep.sent > 0
+            && offered
             && loss_pct < self.args.max_loss
             && media_path == "relayed"
             && rep.misrouted == 0;
@@ -565,6 +576,12 @@ impl Bench {
             packets_received: rep.received,
             packets_lost: lost,
             loss_pct,
+            packets_late: rep.late,
+            loss_with_late_pct: if rep.sent == 0 {
+                100.0
+            } else {
+                (lost + rep.late as i64) as f64 * 100.0 / rep.sent as f64
+            },
             latency_ms_p50: ms(rep.latency_us.quantile(0.5)),
             latency_ms_p99: ms(rep.latency_us.quantile(0.99)),
             latency_ms_max: ms(rep.latency_us.max()),
@@ -630,10 +647,11 @@ fn opt(v: Option<f64>, prec: usize) -> String {
 fn print_table(results: &[StepResult], max_loss: f64) {
     println!();
     println!(
-        "{:>6} {:>6} {:>8} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>8} {:>8} {:>7} {:>7} {:<8} flags",
+        "{:>6} {:>6} {:>8} {:>8} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>8} {:>8} {:>7} {:>7} {:<8} flags",
         "calls",
         "up",
         "loss%",
+        "+late%",
         "lat p50",
         "lat p99",
         "lat max",
@@ -661,10 +679,11 @@ fn print_table(results: &[StepResult], max_loss: f64) {
             flags.push("busy-box");
         }
         println!(
-            "{:>6} {:>6} {:>8.4} {:>8.2}m {:>8.2}m {:>8.2}m {:>8.2} {:>8} {:>7} {:>8} {:>8} {:>7.1} {:>7} {:<8} {}",
+            "{:>6} {:>6} {:>8.4} {:>8.4} {:>8.2}m {:>8.2}m {:>8.2}m {:>8.2} {:>8} {:>7} {:>8} {:>8} {:>7.1} {:>7} {:<8} {}",
             r.target_calls,
             r.calls_up,
             r.loss_pct,
+            r.loss_with_late_pct,
             r.latency_ms_p50,
             r.latency_ms_p99,
             r.latency_ms_max,
@@ -729,7 +748,7 @@ fn main() {
             _ => fail("RTP socket address"),
         };
         let (tx, rx) = mpsc::channel();
-        let worker = match Worker::new(id, args.workers, args.batch, shared, rx) {
+        let worker = match Worker::new(id, args.workers, args.batch, (args.late_ms * 1000.0) as u64, shared, rx) {
             Ok(w) => w,
             Err(e) => fail(&format!("worker: {e}")),
         };

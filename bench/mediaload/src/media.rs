@@ -156,6 +156,9 @@ pub struct Report {
     pub stale: u64,
     /// Ours but for a call or direction this endpoint does not receive.
     pub misrouted: u64,
+    /// Of the received, later than the late threshold (a phone's jitter
+    /// buffer would have dropped them).
+    pub late: u64,
     /// Second copies.
     pub duplicates: u64,
     /// Arrived after a later packet of the same stream.
@@ -186,6 +189,7 @@ impl Report {
         self.calls += o.calls;
         self.sent += o.sent;
         self.received += o.received;
+        self.late += o.late;
         self.send_errors += o.send_errors;
         self.skipped += o.skipped;
         self.malformed += o.malformed;
@@ -247,6 +251,7 @@ struct OwnSock {
 pub struct Worker {
     id: u32,
     workers: u32,
+    late_us: u64,
     epoll: Epoll,
     shared: [UdpSocket; 2],
     own: Vec<Option<OwnSock>>,
@@ -272,6 +277,7 @@ impl Worker {
         id: u32,
         workers: u32,
         batch_size: usize,
+        late_us: u64,
         shared: [UdpSocket; 2],
         rx: Receiver<Cmd>,
     ) -> std::io::Result<Worker> {
@@ -282,6 +288,7 @@ impl Worker {
         Ok(Worker {
             id,
             workers: workers.max(1),
+            late_us,
             epoll,
             shared,
             own: Vec::new(),
@@ -367,6 +374,13 @@ impl Worker {
                 }
             }
             Cmd::Report(reply) => {
+                // What already arrived counts, however late this thread runs.
+                let mut ready = Vec::new();
+                if self.epoll.ready(&mut ready).is_ok() {
+                    for token in ready {
+                        self.drain(token);
+                    }
+                }
                 let _ = reply.send(self.snapshot());
             }
             Cmd::Clear => self.clear(),
@@ -600,7 +614,11 @@ impl Worker {
             r.in_window += 1;
             r.peak = r.peak.max(r.jitter);
             self.report.received += 1;
-            self.report.latency_us.record(arrival.saturating_sub(st.sent_ns) / 1000);
+            let latency_us = arrival.saturating_sub(st.sent_ns) / 1000;
+            if latency_us > self.late_us {
+                self.report.late += 1;
+            }
+            self.report.latency_us.record(latency_us);
         }
     }
 
@@ -647,7 +665,7 @@ mod tests {
         let shared = [bind(), bind()];
         let addrs = [shared[0].local_addr().expect("addr"), shared[1].local_addr().expect("addr")];
         let (tx, rx) = mpsc::channel();
-        let worker = Worker::new(0, 1, 8, shared, rx).expect("worker");
+        let worker = Worker::new(0, 1, 8, 50_000, shared, rx).expect("worker");
         let join = std::thread::spawn(move || worker.run());
         tx.send(Cmd::Step(1)).expect("send");
         for call in 0..2 {
