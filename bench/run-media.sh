@@ -9,6 +9,7 @@
 #   STEPS=500,1000 WINDOW=10 bench/run-media.sh # a short run
 #   ABA=1 bench/run-media.sh                    # rtpengine, trunkgate, rtpengine
 #   RUNS="trunkgate" bench/run-media.sh         # one relay only
+#   RUNS="baseline" bench/run-media.sh          # no relay: the generator alone
 #
 # What it sets up:
 #   - rtpengine in the foreground, userspace only (--table=-1), on
@@ -204,12 +205,19 @@ TOML
     cleanup
 }
 
+run_baseline() {
+    local n=$1
+    log "run $n: baseline (no relay: each side sends to the other)"
+    "$ML" --mode direct --label "run$n baseline (no relay)" "${COMMON[@]}" | tee "$OUT_DIR/run$n-baseline.txt"
+}
+
 n=0
 for r in $RUNS; do
     n=$((n + 1))
     case $r in
         rtpengine) run_rtpengine "$n" ;;
         trunkgate) run_trunkgate "$n" ;;
+        baseline) run_baseline "$n" ;;
         *) echo "unknown run: $r" >&2; exit 2 ;;
     esac
 done

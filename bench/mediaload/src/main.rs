@@ -8,7 +8,9 @@
 //! - `--mode rtpengine`: calls set up through rtpengine's ng protocol
 //!   ([`ng`]);
 //! - `--mode sip`: calls set up over SIP through trunkgate, the generator
-//!   being the PBX and the phone ([`sip`]).
+//!   being the PBX and the phone ([`sip`]);
+//! - `--mode direct`: no relay, each side sends to the other ([`direct`]):
+//!   the generator's own cost and ceiling on this box.
 //!
 //! Per step: calls are set up at `--cps` to the step's concurrency, media
 //! flows for `--settle` seconds, then for the measured `--window`; the
@@ -23,6 +25,7 @@
 
 mod bencode;
 mod clock;
+mod direct;
 mod hist;
 mod media;
 mod net;
@@ -56,6 +59,8 @@ enum Mode {
     Rtpengine,
     /// trunkgate, calls set up over SIP UDP.
     Sip,
+    /// No relay: the generator's baseline.
+    Direct,
 }
 
 /// Media relay load generator: concurrent G.711 calls through rtpengine
@@ -540,15 +545,17 @@ impl Bench {
         // The load offered must be the load asked for: slots the generator
         // skipped count against a step as lost packets do.
         let offered = rep.skipped as f64 * 100.0 <= rep.sent as f64 * self.args.max_loss;
+        let path_ok = media_path == "relayed" || self.args.mode == Mode::Direct;
         let clean = calls_up == u64::from(target)
             && rep.sent > 0
             && offered
             && loss_pct < self.args.max_loss
-            && media_path == "relayed"
+            && path_ok
             && rep.misrouted == 0;
         let mode = match self.args.mode {
             Mode::Rtpengine => "rtpengine",
             Mode::Sip => "sip",
+            Mode::Direct => "direct",
         };
         let sockets = match self.args.sockets {
             SocketMode::Shared => "shared",
@@ -722,6 +729,7 @@ fn main() {
             Ok(e) => Box::new(e),
             Err(e) => fail(&format!("ng socket: {e}")),
         },
+        Mode::Direct => Box::new(direct::Direct::default()),
         Mode::Sip => {
             let cfg = sip::SipConfig {
                 target: args.sip_target,

@@ -33,7 +33,10 @@
 //! # What is measured (for packets *sent* inside the window)
 //!
 //! - loss: packets sent minus packets received (duplicates not counted);
-//! - latency: kernel receive timestamp minus the send time in the payload;
+//! - latency: kernel receive timestamp minus the send time in the payload
+//!   (taken once per `sendmmsg` batch: the last packets of a batch carry up
+//!   to a batch's worth of the generator's own sending time, tens of µs);
+//! - late: received, but later than `--late-ms` (counted apart, not lost);
 //! - jitter: RFC 3550 A.8 per stream, on the RTP timestamp (what a phone
 //!   sees, generator scheduling included), and the same estimator on the
 //!   payload's actual send time (`path`: what the path alone adds);
