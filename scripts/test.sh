@@ -83,7 +83,7 @@ export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 log "rustfmt"
 cargo fmt --all --check
 log "clippy"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 log "dependency policy: one crypto provider (ring), no aws-lc-rs"
 if cargo tree --locked -e normal -i aws-lc-rs >/dev/null 2>&1; then
     echo "aws-lc-rs is in the dependency graph: two rustls providers panic at run time" >&2
@@ -96,9 +96,11 @@ if cargo nextest --version >/dev/null 2>&1; then
     # nextest does not run doctests: run them first so the last summary
     # printed is the whole suite's.
     cargo test --locked --doc
+    cargo test --locked -p mediaload
     cargo nextest run --locked --no-fail-fast
 else
     # Doctests first, so the last summary printed is a real suite's.
     cargo test --locked --doc
+    cargo test --locked -p mediaload
     cargo test --locked --no-fail-fast --lib --bins --tests
 fi
