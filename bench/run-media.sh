@@ -31,11 +31,10 @@
 # (the generator reports skipped slots) and the step says nothing about
 # the relay.
 #
-# MEDIA_SECTION defaults to 0: today's daemon rejects an unknown `[media]`
-# table (deny_unknown_fields) and passes SDP through unchanged, so its
-# calls' media flows generator to generator and the generator reports
-# `media_path: direct` (such steps are never "clean"). Set MEDIA_SECTION=1
-# (and make it the default) once media anchoring has landed.
+# MEDIA_SECTION=1 (the default) writes the `[media]` section below (ports
+# 10000-29999, MEDIA_THREADS relay threads); with 0 the daemon's defaults
+# apply. A step whose media flowed generator to generator (`media_path:
+# direct`, e.g. with `[media] anchor = false`) is never "clean".
 #
 # Variables: STEPS CPS WINDOW SETTLE COOLDOWN WORKERS SOCKETS (shared|per-call)
 # MAX_LOSS STOP_AFTER_FAILURE=1 RUNS ABA MEDIA_SECTION MEDIA_THREADS
@@ -57,7 +56,7 @@ SOCKETS=${SOCKETS:-shared}
 MAX_LOSS=${MAX_LOSS:-0.1}
 LATE_MS=${LATE_MS:-50}
 GEN_NICE=${GEN_NICE:--10}
-MEDIA_SECTION=${MEDIA_SECTION:-0}
+MEDIA_SECTION=${MEDIA_SECTION:-1}
 MEDIA_THREADS=${MEDIA_THREADS:-2}
 NG_PORT=${NG_PORT:-22222}
 RTPE_PORT_MIN=${RTPE_PORT_MIN:-10000}
