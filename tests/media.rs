@@ -532,3 +532,41 @@ fn no_common_codec_is_488_before_anything_rings() {
     assert_eq!((rec["sip_status"].as_u64(), rec["reason"].as_str()), (Some(488), Some("no-common-codec")), "{rec}");
     assert!(rec["target_user"].is_null(), "nobody answered: {rec}");
 }
+
+/// An offerless re-INVITE from the PBX (a session refresh) is answered by
+/// trunkgate from the current session: its 200 carries the description the
+/// PBX already has, the phone sees nothing (its scenario would fail on a
+/// re-INVITE), and media keeps flowing both ways afterwards.
+#[test]
+fn offerless_reinvite_is_answered_from_the_current_session() {
+    let (min, max) = port_range();
+    let mut d = prepared(&format!("port_min = {min}\nport_max = {max}\n"));
+    d.start();
+    let pbx_rtp = UdpSocket::bind((PBX_IP, 0)).expect("pbx rtp");
+    let phone_rtp = UdpSocket::bind("127.0.0.1:0").expect("phone rtp");
+    let user = phone(&d, "user_answer_media.xml", phone_rtp.local_addr().expect("addr").port());
+    let call = pbx(
+        &d,
+        Path::new("pbx_call_offerless_reinvite.xml"),
+        "+15550001",
+        &["-d", "2000", "-key", "rtp", &pbx_rtp.local_addr().expect("addr").port().to_string()],
+    );
+    wait_calls(&d, "the call up", |l| l.len() == 1);
+    // After the refresh (300 ms after the ACK).
+    std::thread::sleep(Duration::from_millis(800));
+    let toward_pbx: SocketAddr = format!("127.0.0.1:{min}").parse().expect("addr");
+    let toward_phone: SocketAddr = format!("127.0.0.1:{}", min + 2).parse().expect("addr");
+    for i in 0..10u16 {
+        pbx_rtp.send_to(&rtp_packet(i, 160 * u32::from(i), 1), toward_pbx).expect("send");
+        phone_rtp.send_to(&rtp_packet(i, 160 * u32::from(i), 2), toward_phone).expect("send");
+    }
+    let at_phone = receive_all(&phone_rtp, Duration::from_millis(500), Duration::from_secs(3));
+    let at_pbx = receive_all(&pbx_rtp, Duration::from_millis(500), Duration::from_secs(3));
+    assert_eq!((at_phone.len(), at_pbx.len()), (10, 10), "media flows after the refresh");
+    let (ok, out) = call.wait();
+    assert!(ok, "PBX side (200 with our description):\n{out}");
+    let (ok, uout) = user.wait();
+    assert!(ok, "phone side (no re-INVITE reached it):\n{uout}");
+    let rec = &exactly_n_records(&mut d, 1)[0];
+    assert_eq!(rec["outcome"], "completed", "{rec}");
+}
