@@ -192,6 +192,8 @@ pub struct SideUpdate {
     /// The payload type it takes events with (`None`: none, digits go to
     /// it as SIP INFO).
     pub events_out: Option<u8>,
+    /// Clock rates of the events it sends and takes.
+    pub event_rates: (u32, u32),
 }
 
 enum Control {
@@ -666,6 +668,7 @@ impl RelayThread {
                 s.relay.set_receives(side, update.receives);
                 s.relay.set_payload_map(side, update.pt_map);
                 s.relay.set_events(side, update.events_in, update.events_out);
+                s.relay.set_event_rates(side, update.event_rates.0, update.event_rates.1);
             }
             Control::Session { id, clock_rate, held, armed } => {
                 let Some(s) = self.streams.get_mut(&id) else { return };

@@ -159,6 +159,9 @@ struct SideMedia {
     events_out: Option<u8>,
     /// RTP timestamp of the last digit reported from this side.
     last_digit: Option<u32>,
+    /// Clock rate of the events it sends and of those it takes (8000, or
+    /// 48000 beside Opus).
+    event_rates: (u32, u32),
 }
 
 impl Default for SideMedia {
@@ -171,6 +174,7 @@ impl Default for SideMedia {
             events_in: [None; 2],
             events_out: None,
             last_digit: None,
+            event_rates: (8000, 8000),
         }
     }
 }
@@ -286,6 +290,13 @@ impl RelaySession {
         m.events_out = events_out;
     }
 
+    /// The clock rates of the events `side` sends and takes
+    /// (`telephone-event/8000` or `/48000`): an event from a side sending
+    /// at one rate to a side taking the other has its duration re-timed.
+    pub fn set_event_rates(&mut self, side: Side, sends: u32, takes: u32) {
+        self.media[side.index()].event_rates = (sends.max(1), takes.max(1));
+    }
+
     /// RFC 4733 packets of `digit` toward `side` (a digit that came as SIP
     /// INFO from the other leg): start, then the end three times (§2.5.1.4),
     /// all at once with the digit's final duration, in our numbering toward
@@ -367,8 +378,16 @@ impl RelaySession {
         // first end packet), never relayed.
         let pt = packet[1] & 0x7f;
         let o = side.other().index();
-        if self.media[i].events_in.contains(&Some(pt)) && self.media[o].events_out.is_none() {
+        let event = self.media[i].events_in.contains(&Some(pt));
+        if event && self.media[o].events_out.is_none() {
             return self.digit_from(i, ts, packet);
+        }
+        let (from_rate, to_rate) = (self.media[i].event_rates.0, self.media[o].event_rates.1);
+        if event && from_rate != to_rate && packet.len() >= RTP_HEADER + 4 {
+            // RFC 4733 durations count the event's clock: re-timed.
+            let d = u64::from(u16::from_be_bytes([packet[14], packet[15]]));
+            let d = u16::try_from(d * u64::from(to_rate) / u64::from(from_rate)).unwrap_or(u16::MAX);
+            packet[14..16].copy_from_slice(&d.to_be_bytes());
         }
         // Toward the other side.
         let to = self.peers[o].destination();
@@ -808,5 +827,35 @@ mod tests {
         assert_eq!(made[0][1] & 0x80, 0x80, "marker on the start");
         assert_eq!(u16::from_be_bytes([made[3][14], made[3][15]]), 2000, "250 ms at 8 kHz");
         assert!(s.dtmf_packets(t0, Side::B, '1', 100).is_empty(), "the phone takes no events");
+    }
+
+    #[test]
+    fn events_are_re_timed_between_8_and_48_khz() {
+        let (t0, mut s) = session();
+        // The PBX sends telephone-event/8000 as 101; the phone (an Opus
+        // leg) takes telephone-event/48000 as 110.
+        let mut map: [u8; 128] = std::array::from_fn(|i| i as u8);
+        map[101] = 110;
+        s.set_payload_map(Side::A, map);
+        s.set_events(Side::A, [Some(101), None], Some(101));
+        s.set_events(Side::B, [Some(110), None], Some(110));
+        s.set_event_rates(Side::A, 8000, 8000);
+        s.set_event_rates(Side::B, 48000, 48000);
+        let mut p = rtp(1, 8000, 7);
+        p.truncate(12);
+        p[1] = 0x80 | 101;
+        p.extend_from_slice(&[5, 0x8a, 0x03, 0x20]); // digit 5, end, 800 (100 ms at 8 kHz)
+        assert!(matches!(s.handle_rtp(t0, Side::A, addr(PBX), &mut p), Verdict::Forward { .. }));
+        assert_eq!(p[1], 0x80 | 110);
+        assert_eq!(u16::from_be_bytes([p[14], p[15]]), 4800, "100 ms at 48 kHz");
+        assert_eq!(&p[12..14], &[5, 0x8a], "event and flags untouched");
+        // Back: 48 kHz durations to 8 kHz.
+        let mut q = rtp(1, 48000, 9);
+        q.truncate(12);
+        q[1] = 110;
+        q.extend_from_slice(&[1, 0x0a, 0x12, 0xc0]); // 4800
+        s.set_payload_map(Side::B, std::array::from_fn(|i| if i == 110 { 101 } else { i as u8 }));
+        assert!(matches!(s.handle_rtp(t0, Side::B, addr(PHONE), &mut q), Verdict::Forward { .. }));
+        assert_eq!((q[1], u16::from_be_bytes([q[14], q[15]])), (101, 800));
     }
 }

@@ -127,10 +127,20 @@ impl RelayMedia {
         let mut from: Vec<sdp::Format> = me.ours.as_ref().map(|(_, i)| i.formats.clone()).unwrap_or_default();
         from.extend(theirs.formats.iter().cloned());
         let to = other.and_then(|o| self.legs.get(&o)).and_then(|o| o.theirs.as_ref()).map(|i| i.formats.clone());
-        let pt_map = sdp::payload_map(&from, to.as_deref().unwrap_or(&[]));
-        let event = |f: &[sdp::Format]| f.iter().find(|f| f.is_event()).map(|f| f.pt);
-        let events_in = [event(&theirs.formats), me.ours.as_ref().and_then(|(_, i)| event(&i.formats))];
-        let events_out = event(&theirs.formats);
+        let mut pt_map = sdp::payload_map(&from, to.as_deref().unwrap_or(&[]));
+        let event = |f: &[sdp::Format]| f.iter().find(|f| f.is_event()).map(|f| (f.pt, f.rate));
+        let mine = event(&theirs.formats);
+        let events_in = [mine.map(|e| e.0), me.ours.as_ref().and_then(|(_, i)| event(&i.formats)).map(|e| e.0)];
+        let events_out = mine.map(|e| e.0);
+        // Events map to the other leg's events whatever their clock rates
+        // (8 kHz against 48 kHz beside Opus): the relay re-times them.
+        if let Some((other_pt, _)) = to.as_deref().and_then(event) {
+            for pt in events_in.into_iter().flatten() {
+                pt_map[usize::from(pt & 0x7f)] = other_pt;
+            }
+        }
+        let rate = mine.map_or(8000, |e| e.1);
+        let event_rates = (rate, rate);
         self.stream.update(
             leg.0,
             SideUpdate {
@@ -141,6 +151,7 @@ impl RelayMedia {
                 pt_map,
                 events_in,
                 events_out,
+                event_rates,
             },
         );
     }
