@@ -37,7 +37,7 @@
 # direct`, e.g. with `[media] anchor = false`) is never "clean".
 #
 # Variables: STEPS CPS WINDOW SETTLE COOLDOWN WORKERS SOCKETS (shared|per-call)
-# MAX_LOSS STOP_AFTER_FAILURE=1 RUNS ABA MEDIA_SECTION MEDIA_THREADS
+# MAX_LOSS STOP_AFTER_FAILURE=1 RUNS ABA MEDIA_SECTION MEDIA_THREADS MEDIA_IO_URING
 # GEN_NICE RTPE_THREADS (default: rtpengine's own) RTPE_LOG_LEVEL
 # NG_PORT SIP_PORT PBX_PORT PHONE_PORT OUT_DIR.
 # Results: $OUT_DIR (default bench/results/media-<time>/, git-ignored):
@@ -170,6 +170,7 @@ port_max = 29999
 timeout_s = 60
 hold_timeout_s = 3600
 threads = $MEDIA_THREADS
+io_uring = ${MEDIA_IO_URING:-true}
 TOML
 )
     fi

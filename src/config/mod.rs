@@ -104,6 +104,11 @@ pub struct MediaSection {
     /// Relay threads; 0 means one per CPU. Default: 0.
     #[serde(default)]
     pub threads: usize,
+    /// Send each relay thread's packets of a wake-up, across all its
+    /// sockets, in one io_uring submission (else one `sendmmsg` per
+    /// socket); unavailable io_uring falls back by itself. Default: true.
+    #[serde(default = "default_true")]
+    pub io_uring: bool,
 }
 
 impl Default for MediaSection {
@@ -117,6 +122,7 @@ impl Default for MediaSection {
             timeout_s: default_media_timeout_s(),
             hold_timeout_s: default_hold_timeout_s(),
             threads: 0,
+            io_uring: true,
         }
     }
 }
@@ -160,6 +166,8 @@ pub struct MediaSettings {
     pub hold_timeout: Option<std::time::Duration>,
     /// Relay threads (resolved: at least 1).
     pub threads: usize,
+    /// Batch sends across sockets with io_uring when available.
+    pub io_uring: bool,
 }
 
 impl Default for MediaSettings {
@@ -175,6 +183,7 @@ impl Default for MediaSettings {
             timeout: Some(std::time::Duration::from_secs(default_media_timeout_s())),
             hold_timeout: Some(std::time::Duration::from_secs(default_hold_timeout_s())),
             threads: 1,
+            io_uring: true,
         }
     }
 }
@@ -183,6 +192,7 @@ fn parse_media(config: &Config, path: &Path, sources: &SourceMap, errors: &mut C
     let m = &config.media;
     let mut out = MediaSettings {
         anchor: m.anchor,
+        io_uring: m.io_uring,
         port_min: m.port_min,
         port_max: m.port_max,
         timeout: (m.timeout_s > 0).then(|| std::time::Duration::from_secs(m.timeout_s)),

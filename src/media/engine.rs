@@ -302,6 +302,8 @@ impl MediaEngine {
                 timeout: settings.timeout,
                 hold_timeout: settings.hold_timeout,
                 outs: Vec::with_capacity(BATCH),
+                send_ring: None,
+                use_io_uring: settings.io_uring,
             };
             std::thread::Builder::new().name(format!("media-{n}")).spawn(move || thread.run())?;
             workers.push(Worker { tx, wake });
@@ -536,6 +538,103 @@ struct RelayThread {
     hold_timeout: Option<Duration>,
     /// The current batch's packets to send (kept: no allocation per batch).
     outs: Vec<Out>,
+    /// Sends of a whole wake-up in one submission (None: no io_uring).
+    send_ring: Option<SendRing>,
+    use_io_uring: bool,
+}
+
+/// Packets queued during one wake-up of a relay thread, from any of its
+/// sockets, sent with one `io_uring_enter`: the sends that `sendmmsg` can
+/// only batch per socket (and every leg sends from its own port) are
+/// batched across sockets here. Buffers and addresses live in the ring
+/// until their completions are reaped.
+struct SendRing {
+    ring: io_uring::IoUring,
+    bufs: Vec<[u8; MTU]>,
+    addrs: Vec<SockaddrStorage>,
+    /// Per queued packet: its socket, length, stream, side and kind.
+    queued: Vec<(i32, usize, u64, Side, bool)>,
+}
+
+/// Packets a send ring holds before it must be flushed.
+const SEND_RING: usize = 256;
+
+impl SendRing {
+    fn new() -> std::io::Result<SendRing> {
+        let ring = io_uring::IoUring::new(u32::try_from(SEND_RING).unwrap_or(256))?;
+        Ok(SendRing {
+            ring,
+            bufs: vec![[0u8; MTU]; SEND_RING],
+            addrs: Vec::with_capacity(SEND_RING),
+            queued: Vec::with_capacity(SEND_RING),
+        })
+    }
+
+    fn room(&self) -> usize {
+        SEND_RING - self.queued.len()
+    }
+
+    fn push(&mut self, o: &Out, data: &[u8], stream: u64) {
+        let i = self.queued.len();
+        if i >= SEND_RING {
+            return;
+        }
+        self.bufs[i][..data.len()].copy_from_slice(data);
+        self.addrs.push(o.to);
+        self.queued.push((o.fd, data.len(), stream, o.side, o.rtcp));
+    }
+
+    /// Submits every queued send, waits for their completions, and calls
+    /// `sent` for each that left.
+    fn flush(&mut self, mut sent: impl FnMut(u64, Side, usize, bool)) {
+        use nix::sys::socket::SockaddrLike;
+        let n = self.queued.len();
+        if n == 0 {
+            return;
+        }
+        {
+            let mut sq = self.ring.submission();
+            for (i, &(fd, len, ..)) in self.queued.iter().enumerate() {
+                let addr = &self.addrs[i];
+                let e = io_uring::opcode::Send::new(io_uring::types::Fd(fd), self.bufs[i].as_ptr(), len as u32)
+                    .dest_addr(addr.as_ptr())
+                    .dest_addr_len(addr.len())
+                    .build()
+                    .user_data(i as u64);
+                // SAFETY: the buffer and the address stay in `self` until
+                // this flush has reaped every completion below.
+                if unsafe { sq.push(&e) }.is_err() {
+                    break;
+                }
+            }
+        }
+        let mut done = 0;
+        let mut failures = 0;
+        while done < n {
+            if let Err(e) = self.ring.submit_and_wait(n - done) {
+                // Interrupted: wait again. Anything else (the ring is
+                // broken): give up this batch; the packets are lost as on
+                // a full socket buffer.
+                failures += 1;
+                if e.kind() != std::io::ErrorKind::Interrupted || failures > 3 {
+                    warn!(error = %e, "media sends not submitted");
+                    break;
+                }
+                continue;
+            }
+            for cqe in self.ring.completion() {
+                done += 1;
+                if cqe.result() >= 0
+                    && let Some(&(_, len, stream, side, rtcp)) =
+                        usize::try_from(cqe.user_data()).ok().and_then(|i| self.queued.get(i))
+                {
+                    sent(stream, side, len, rtcp);
+                }
+            }
+        }
+        self.queued.clear();
+        self.addrs.clear();
+    }
 }
 
 /// One packet to send: from which socket, to where, which buffer.
@@ -557,6 +656,14 @@ impl RelayThread {
         let mut rx_headers: MultiHeaders<SockaddrStorage> = MultiHeaders::preallocate(BATCH, None);
         let mut tx_headers: MultiHeaders<SockaddrStorage> = MultiHeaders::preallocate(BATCH, None);
         let mut next_tick = crate::clock::instant() + TICK;
+        self.send_ring = match self.use_io_uring.then(SendRing::new) {
+            Some(Ok(r)) => Some(r),
+            Some(Err(e)) => {
+                warn!(error = %e, "no io_uring: media packets leave by sendmmsg per socket");
+                None
+            }
+            None => None,
+        };
         loop {
             let now = crate::clock::instant();
             let wait = next_tick.saturating_duration_since(now);
@@ -582,6 +689,7 @@ impl RelayThread {
                     self.readable(token, &mut bufs, &mut rx_headers, &mut tx_headers);
                 }
             }
+            self.flush_sends();
             let now = crate::clock::instant();
             if now >= next_tick {
                 self.tick(now);
@@ -764,6 +872,9 @@ impl RelayThread {
         tx_headers: &mut MultiHeaders<SockaddrStorage>,
     ) {
         let Some(Some(r)) = usize::try_from(token).ok().and_then(|i| self.sockets.get(i)).copied() else { return };
+        if self.send_ring.as_ref().is_some_and(|ring| ring.room() < BATCH) {
+            self.flush_sends();
+        }
         let Some(s) = self.streams.get_mut(&r.stream) else { return };
         let Some(leg) = s.legs.get(&r.slot) else { return };
         let fd = match r.port {
@@ -804,7 +915,15 @@ impl RelayThread {
         if let Some(side) = side {
             s.figures.publish(side, &s.relay.stats(side));
         }
-        // Consecutive packets leaving one socket go in one sendmmsg.
+        // With io_uring: queued, and sent with every other socket's packets
+        // of this wake-up in one submission (see `SendRing`).
+        if let Some(ring) = self.send_ring.as_mut() {
+            for o in outs.iter() {
+                ring.push(o, &bufs[o.buf][..o.len], r.stream);
+            }
+            return;
+        }
+        // Else consecutive packets leaving one socket go in one sendmmsg.
         let mut start = 0;
         while start < outs.len() {
             let fd = outs[start].fd;
@@ -819,6 +938,19 @@ impl RelayThread {
             }
             start = end;
         }
+    }
+
+    /// Sends what the wake-up queued (io_uring), then counts what left.
+    fn flush_sends(&mut self) {
+        let Some(ring) = self.send_ring.as_mut() else { return };
+        let streams = &mut self.streams;
+        ring.flush(|stream, side, len, rtcp| {
+            let Some(s) = streams.get_mut(&stream) else { return };
+            if let Some(leg) = s.slot_of(side).and_then(|slot| s.legs.get_mut(&slot)) {
+                leg.sent.add(len, rtcp);
+                s.figures.sent(side, &leg.sent);
+            }
+        });
     }
 
     /// Media timeouts.
