@@ -170,7 +170,7 @@ port_max = 29999
 timeout_s = 60
 hold_timeout_s = 3600
 threads = $MEDIA_THREADS
-io_uring = ${MEDIA_IO_URING:-true}
+io_uring = ${MEDIA_IO_URING:-false}
 TOML
 )
     fi

@@ -319,11 +319,15 @@ fn hold_stops_the_held_direction_and_live_figures_show_in_calls() {
 
 /// Legs of different address families: an IPv4 PBX and an IPv6 phone.
 /// Each gets SDP with trunkgate's address of its own family, and packets
-/// cross between the families both ways, byte for byte.
+/// cross between the families both ways, byte for byte (sent through
+/// io_uring here).
 #[test]
 fn an_ipv4_pbx_and_an_ipv6_phone_talk_through_trunkgate() {
     let (min, max) = port_range();
-    let d0 = prepared(&format!("public_address = [\"127.0.0.1\", \"::1\"]\nport_min = {min}\nport_max = {max}\n"));
+    // With io_uring sends (the other tests use the default sendmmsg path).
+    let d0 = prepared(&format!(
+        "public_address = [\"127.0.0.1\", \"::1\"]\nport_min = {min}\nport_max = {max}\nio_uring = true\n"
+    ));
     let text = std::fs::read_to_string(&d0.config).expect("config");
     let text = text.replace(
         "listen = [\"udp://127.0.0.1:0\"",

@@ -106,8 +106,10 @@ pub struct MediaSection {
     pub threads: usize,
     /// Send each relay thread's packets of a wake-up, across all its
     /// sockets, in one io_uring submission (else one `sendmmsg` per
-    /// socket); unavailable io_uring falls back by itself. Default: true.
-    #[serde(default = "default_true")]
+    /// socket); unavailable io_uring falls back by itself. Experimental:
+    /// less CPU per packet, but more latency near saturation (see
+    /// bench/RESULTS.md). Default: false.
+    #[serde(default)]
     pub io_uring: bool,
 }
 
@@ -122,7 +124,7 @@ impl Default for MediaSection {
             timeout_s: default_media_timeout_s(),
             hold_timeout_s: default_hold_timeout_s(),
             threads: 0,
-            io_uring: true,
+            io_uring: false,
         }
     }
 }
@@ -183,7 +185,7 @@ impl Default for MediaSettings {
             timeout: Some(std::time::Duration::from_secs(default_media_timeout_s())),
             hold_timeout: Some(std::time::Duration::from_secs(default_hold_timeout_s())),
             threads: 1,
-            io_uring: true,
+            io_uring: false,
         }
     }
 }
