@@ -388,6 +388,7 @@ fn an_ipv4_pbx_and_an_ipv6_phone_talk_through_trunkgate() {
     assert!(ok, "PBX side:\n{out}");
     let (ok, uout) = user.wait();
     assert!(ok, "phone side:\n{uout}");
+    assert!(!d.log_text().contains("no io_uring"), "the io_uring path ran:\n{}", d.log_text());
     let rec = &exactly_n_records(&mut d, 1)[0];
     assert_eq!((figure(rec, "pbx", "tx_packets"), figure(rec, "user", "tx_packets")), (14, 10), "{rec}");
 }
