@@ -300,6 +300,15 @@ pub fn sipp_start(scenario: &Path, remote: Option<SocketAddr>, local_ip: &str, p
         .stderr(Stdio::piped());
     let child =
         cmd.spawn().unwrap_or_else(|e| panic!("sipp must be installed (scripts/test.sh installs sip-tester): {e}"));
+    // Ready once it holds its port: a request sent before would meet a
+    // closed port (ICMP unreachable) and fail the call for nothing.
+    let addr = SocketAddr::new(local_ip.parse().expect("sipp address"), port);
+    for _ in 0..200 {
+        if std::net::UdpSocket::bind(addr).is_err() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     SippChild { child: Some(child), dir, port }
 }
 
