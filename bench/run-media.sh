@@ -46,7 +46,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
-STEPS=${STEPS:-500,1000,2000,3000,4000}
+STEPS=${STEPS:-500,1000,1250,1500,2000}
 CPS=${CPS:-200}
 WINDOW=${WINDOW:-20}
 SETTLE=${SETTLE:-3}
