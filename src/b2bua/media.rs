@@ -4,8 +4,9 @@
 //! it). The call machine never edits SDP itself.
 //!
 //! [`Passthrough`] hands bodies over unchanged: the two peers exchange
-//! media directly. The RTP relay and the WebRTC termination will be other
-//! implementations of the same trait.
+//! media directly (`[media] anchor = false`, and the call machine's tests).
+//! The RTP relay is [`crate::media::session::RelayMedia`]; the WebRTC
+//! termination will be another implementation of the same trait.
 
 use bytes::Bytes;
 

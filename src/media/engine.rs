@@ -129,10 +129,7 @@ pub struct LegFigures {
 impl Figures {
     /// The figures of side `side`'s leg.
     pub fn leg(&self, side: Side) -> LegFigures {
-        let (me, other) = match side {
-            Side::A => (&self.sides[0], &self.sides[1]),
-            Side::B => (&self.sides[1], &self.sides[0]),
-        };
+        let (me, other) = (&self.sides[side.index()], &self.sides[side.other().index()]);
         let rate = self.clock_rate.load(Ordering::Relaxed).max(1);
         let jitter = me.jitter.load(Ordering::Relaxed);
         LegFigures {
@@ -150,10 +147,7 @@ impl Figures {
     }
 
     fn publish(&self, side: Side, st: &DirectionStats) {
-        let f = &self.sides[match side {
-            Side::A => 0,
-            Side::B => 1,
-        }];
+        let f = &self.sides[side.index()];
         f.packets.store(st.packets, Ordering::Relaxed);
         f.bytes.store(st.bytes, Ordering::Relaxed);
         f.lost.store(st.lost, Ordering::Relaxed);
@@ -164,10 +158,7 @@ impl Figures {
     }
 
     fn sent(&self, side: Side, sent: &Sent) {
-        let f = &self.sides[match side {
-            Side::A => 0,
-            Side::B => 1,
-        }];
+        let f = &self.sides[side.index()];
         f.sent_packets.store(sent.packets, Ordering::Relaxed);
         f.sent_bytes.store(sent.bytes, Ordering::Relaxed);
         f.sent_rtcp.store(sent.rtcp, Ordering::Relaxed);

@@ -32,7 +32,8 @@ pub enum Side {
 }
 
 impl Side {
-    fn index(self) -> usize {
+    /// 0 for A, 1 for B (arrays of per-side state).
+    pub fn index(self) -> usize {
         match self {
             Side::A => 0,
             Side::B => 1,
