@@ -67,6 +67,8 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         max_message_bytes: sip.max_message_bytes,
         max_tcp_connections: sip.max_tcp_connections,
         tcp_idle_timeout: Duration::from_secs(sip.tcp_idle_timeout_s),
+        ws_ping_interval: Duration::from_secs(sip.ws_ping_interval_s.max(1)),
+        tls: loaded.tls.clone(),
         ..TransportConfig::default()
     };
     // One SIP core per CPU: messages are spread by Call-ID.

@@ -39,7 +39,7 @@ use tracing::debug;
 use super::media::{Body, MediaSession};
 use super::session_timer::{self, Negotiated, Refresher, SdpOrigin, SessionTimer};
 use crate::cdr::Outcome;
-use crate::config::{RingStrategy, Transport};
+use crate::config::RingStrategy;
 use crate::sip::dialog::{Dialog, Uas2xx, Uas2xxEvent};
 use crate::sip::message::{HeaderName, Method, Request, Response, Uri};
 use crate::store::CallRecord;
@@ -50,6 +50,8 @@ pub const NODE_STOPPED: &str = "node-stopped";
 
 /// Record reason of calls ended because a leg's media stopped.
 pub const MEDIA_TIMEOUT: &str = "media-timeout";
+/// Reason of a call whose browser's WebSocket closed while it was up.
+pub const BROWSER_GONE: &str = "browser-gone";
 
 /// Record reason of calls refused because the PBX asked for a session
 /// interval below our Min-SE (422).
@@ -109,8 +111,7 @@ pub struct Peer {
 impl Peer {
     /// Our Contact toward this peer.
     pub fn contact(&self) -> String {
-        let t = if self.target.transport == Transport::Tcp { ";transport=tcp" } else { "" };
-        format!("<sip:trunkgate@{}{t}>", self.local)
+        format!("<sip:trunkgate@{}{}>", self.local, self.target.transport.uri_param())
     }
 }
 
@@ -343,6 +344,10 @@ impl<S> Leg<S> {
     /// The confirmed dialog, once there is one.
     pub fn dialog(&self) -> Option<&Dialog> {
         self.dialog.as_ref()
+    }
+    /// Where its messages go.
+    pub fn peer(&self) -> Peer {
+        self.peer
     }
     /// The Call-ID of the leg.
     pub fn call_id(&self) -> &str {
@@ -697,6 +702,33 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
             }
             Phase::Ringing => self.end_unanswered(now, 408, Outcome::Failed, Some(MEDIA_TIMEOUT)),
             Phase::Ending => {}
+        }
+    }
+
+    /// Leg `leg`'s connection closed for good (a browser's WebSocket):
+    /// nothing can reach it any more. Ringing, it is a fork that failed
+    /// (`480`; no CANCEL can be sent); answered, the call ends with BYE on
+    /// the other legs and reason `browser-gone`, so the PBX's channel is
+    /// released at once rather than at the media timeout.
+    pub fn handle_leg_gone(&mut self, now: Instant, leg: LegId) {
+        let Some(l) = self.leg(leg) else { return };
+        if l.role != Role::Uac {
+            return;
+        }
+        match (self.phase, l.state) {
+            (Phase::Ringing, LegState::Calling | LegState::Early) => {
+                debug!(leg = leg.0, "fork's connection closed");
+                self.fork_failed(now, leg, 480);
+            }
+            (Phase::Answered, LegState::Up) => {
+                debug!(leg = leg.0, "answered leg's connection closed: hanging up");
+                if let Some(l) = self.leg_mut(leg) {
+                    l.state = LegState::Ended;
+                    l.uas_2xx = None;
+                }
+                self.hang_up(now, Outcome::Completed, Some(BROWSER_GONE));
+            }
+            _ => {}
         }
     }
 

@@ -11,6 +11,7 @@ mod error;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -64,9 +65,25 @@ pub struct Config {
     /// Media anchoring: the RTP relay's addresses, ports and timeouts.
     #[serde(default)]
     pub media: MediaSection,
+    /// TLS of the `wss://` listeners (and the softphone page).
+    #[serde(default)]
+    pub tls: Option<TlsSection>,
     /// Trunks defined inline; more may come from `trunks_dir`.
     #[serde(default)]
     pub trunk: Vec<TrunkConfig>,
+}
+
+/// `[tls]`: the certificate of `wss://` listeners, which browsers check
+/// (the softphone page and SIP over secure WebSocket share it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM file with the certificate chain, leaf first (e.g. Let's
+    /// Encrypt's `fullchain.pem`). Relative to the folder of this file.
+    pub certificate: Spanned<PathBuf>,
+    /// PEM file with the certificate's private key (PKCS#8, PKCS#1 or
+    /// SEC1). Relative to the folder of this file.
+    pub private_key: Spanned<PathBuf>,
 }
 
 /// `[media]`: every call's media flows through trunkgate's RTP relay.
@@ -380,6 +397,15 @@ pub struct SipConfig {
     /// seconds; at least 90 (RFC 4028). Default: 90.
     #[serde(default = "default_min_se_s")]
     pub min_se_s: u64,
+    /// WebSocket connections are pinged at this interval, seconds, and
+    /// closed after two intervals without a frame from the browser (its
+    /// registrations and calls end with it). Default: 30.
+    #[serde(default = "default_ws_ping_interval_s")]
+    pub ws_ping_interval_s: u64,
+}
+
+fn default_ws_ping_interval_s() -> u64 {
+    30
 }
 
 fn default_session_expires_s() -> u64 {
@@ -520,6 +546,7 @@ impl Default for SipConfig {
             cores: 0,
             session_expires_s: default_session_expires_s(),
             min_se_s: default_min_se_s(),
+            ws_ping_interval_s: default_ws_ping_interval_s(),
         }
     }
 }
@@ -748,6 +775,8 @@ pub struct Loaded {
     pub answers: RefusalAnswers,
     /// `[media]`, resolved.
     pub media: MediaSettings,
+    /// `[tls]`, loaded: the server configuration of `wss://` listeners.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Overrides that come from the environment or the command line.
@@ -816,6 +845,7 @@ pub fn load(path: &Path, overrides: &Overrides) -> Result<Loaded, ConfigErrors> 
     let listen = parse_listen(&config, path, &sources, &mut errors);
     let answers = parse_answers(&config, path, &sources, &mut errors);
     let media = parse_media(&config, path, &sources, &mut errors);
+    let tls = parse_tls(&config, path, &sources, &mut errors);
     parse_sources(&mut trunks, &sources, &mut errors);
     validate(&config, &trunks, path, &sources, &mut errors);
 
@@ -847,7 +877,18 @@ pub fn load(path: &Path, overrides: &Overrides) -> Result<Loaded, ConfigErrors> 
     }
 
     if errors.is_empty() {
-        Ok(Loaded { path: path.to_owned(), config, trunks, node_id, state_dir, database_url, listen, answers, media })
+        Ok(Loaded {
+            path: path.to_owned(),
+            config,
+            trunks,
+            node_id,
+            state_dir,
+            database_url,
+            listen,
+            answers,
+            media,
+            tls,
+        })
     } else {
         Err(errors)
     }
@@ -873,6 +914,44 @@ fn parse_listen(config: &Config, main: &Path, sources: &SourceMap, errors: &mut 
         }
     }
     out
+}
+
+/// Loads `[tls]` when given; `wss://` listeners need it.
+fn parse_tls(
+    config: &Config,
+    main: &Path,
+    sources: &SourceMap,
+    errors: &mut ConfigErrors,
+) -> Option<Arc<rustls::ServerConfig>> {
+    let Some(tls) = &config.tls else {
+        let wss = |s: &Spanned<String>| {
+            s.get_ref().parse::<ListenAddr>().ok().filter(|l| l.transport == crate::transport::Transport::Wss)
+        };
+        if let Some((l, spanned)) = config.sip.listen.iter().find_map(|s| wss(s).map(|l| (l, s))) {
+            errors.push(sources.error(
+                main,
+                spanned.span(),
+                format!("listen address `{l}` needs a certificate: add [tls] certificate and private_key"),
+            ));
+        }
+        return None;
+    };
+    let base = main.parent().unwrap_or(Path::new("."));
+    let cert = base.join(tls.certificate.get_ref());
+    let key = base.join(tls.private_key.get_ref());
+    for (path, spanned) in [(&cert, &tls.certificate), (&key, &tls.private_key)] {
+        if let Err(e) = std::fs::metadata(path) {
+            errors.push(sources.error(main, spanned.span(), format!("{}: {e}", path.display())));
+            return None;
+        }
+    }
+    match crate::transport::tls_config(&cert, &key) {
+        Ok(c) => Some(Arc::new(c)),
+        Err(e) => {
+            errors.push(sources.error(main, tls.certificate.span(), format!("[tls]: {e}")));
+            None
+        }
+    }
 }
 
 fn parse_answers(config: &Config, main: &Path, sources: &SourceMap, errors: &mut ConfigErrors) -> RefusalAnswers {
@@ -917,6 +996,13 @@ fn validate(config: &Config, trunks: &[LoadedTrunk], main: &Path, sources: &Sour
     let sip = &config.sip;
     if sip.listen.is_empty() {
         errors.push(sources.key_error(main, "listen", "[sip] listen must name at least one socket"));
+    }
+    if !(1..=3600).contains(&sip.ws_ping_interval_s) {
+        errors.push(sources.key_error(
+            main,
+            "ws_ping_interval_s",
+            "[sip] ws_ping_interval_s must be between 1 and 3600",
+        ));
     }
     if !(1024..=1024 * 1024).contains(&sip.max_message_bytes) {
         errors.push(sources.key_error(

@@ -296,3 +296,40 @@ fn media_section_resolves_addresses_and_points_at_bad_values() {
     let err = load_text("[media]\ntimeout_s = 60\nhold_timeout_s = 30\n").expect_err("hold shorter");
     assert!(err.0[0].message.contains("hold_timeout_s"), "{err}");
 }
+
+#[test]
+fn wss_needs_tls_and_tls_files_are_checked_with_their_line() {
+    let err = load_text("[sip]\nlisten = [\"udp://127.0.0.1:5060\", \"wss://0.0.0.0:8443\"]\n").expect_err("no [tls]");
+    let text = err.to_string();
+    assert!(
+        text.contains("trunkgate.toml:2:") && text.contains("wss://0.0.0.0:8443") && text.contains("[tls]"),
+        "{text}"
+    );
+
+    let err = load_text(
+        "[sip]\nlisten = [\"wss://0.0.0.0:8443\"]\n[tls]\ncertificate = \"missing.pem\"\nprivate_key = \"key.pem\"\n",
+    )
+    .expect_err("missing certificate");
+    let text = err.to_string();
+    assert!(text.contains("trunkgate.toml:4:") && text.contains("missing.pem"), "{text}");
+
+    // A file that holds no certificate is named, at the certificate's line.
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(dir.path(), "cert.pem", "not a certificate\n");
+    write(dir.path(), "key.pem", "not a key\n");
+    let p = write(
+        dir.path(),
+        "trunkgate.toml",
+        "[sip]\nlisten = [\"wss://0.0.0.0:8443\"]\n[tls]\ncertificate = \"cert.pem\"\nprivate_key = \"key.pem\"\n",
+    );
+    let text = load(&p, &Overrides::default()).expect_err("bad pem").to_string();
+    assert!(
+        text.contains("trunkgate.toml:4:") && text.contains("cert.pem") && text.contains("no certificate"),
+        "{text}"
+    );
+
+    let err = load_text("[sip]\nlisten = [\"ws://127.0.0.1:8080\"]\nws_ping_interval_s = 0\n").expect_err("ping 0");
+    assert!(err.to_string().contains("ws_ping_interval_s"), "{err}");
+    let ok = load_text("[sip]\nlisten = [\"ws://127.0.0.1:8080\"]\n").expect("ws needs no certificate");
+    assert_eq!(ok.listen[0].transport, crate::transport::Transport::Ws);
+}

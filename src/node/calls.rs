@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::{Outgoing, Shard};
 use crate::admission::Reason;
@@ -443,6 +443,58 @@ impl Shard {
         self.drain(now);
     }
 
+    /// A connection closed (a browser's WebSocket): the bindings made over
+    /// it go (shard 0: the location table is shared), and every leg of this
+    /// shard's calls that lived on it is gone.
+    pub(super) fn handle_connection_closed(&mut self, closed: crate::transport::Closed, now: Instant) {
+        if !closed.transport.is_websocket() {
+            return;
+        }
+        if self.shard == 0 {
+            let source = crate::registrar::Source { transport: closed.transport, addr: closed.remote };
+            let gone = self.ctx.location.lock().map(|mut l| l.remove_source(source)).unwrap_or(0);
+            if gone > 0 {
+                info!(remote = %closed.remote, bindings = gone, "websocket closed: its registrations removed");
+            }
+        }
+        self.legs_gone(now, |t| t.transport == closed.transport && t.addr == closed.remote);
+    }
+
+    /// Some closings were missed (the notice queue overflowed): whatever
+    /// lives on a WebSocket that is no longer open is gone.
+    pub(super) fn sweep_closed_connections(&mut self, now: Instant) {
+        let transports = self.transports.clone();
+        let open = |t: &Target| !t.transport.is_websocket() || transports.is_open(t.transport, t.addr);
+        if self.shard == 0 {
+            let gone = self
+                .ctx
+                .location
+                .lock()
+                .map(|mut l| l.retain_sources(|s| open(&Target { transport: s.transport, addr: s.addr, conn: None })))
+                .unwrap_or(0);
+            if gone > 0 {
+                info!(bindings = gone, "registrations of closed websockets removed");
+            }
+        }
+        self.legs_gone(now, |t| !open(t));
+    }
+
+    /// Tells each call which of its legs can no longer be reached.
+    fn legs_gone(&mut self, now: Instant, gone: impl Fn(&Target) -> bool) {
+        let hits: Vec<(CallNo, LegId)> = self
+            .calls
+            .calls
+            .iter()
+            .flat_map(|(no, call)| call.legs().iter().filter(|l| gone(&l.peer().target)).map(move |l| (*no, l.id())))
+            .collect();
+        for (no, leg) in hits {
+            if let Some(call) = self.calls.calls.get_mut(&no) {
+                call.handle_leg_gone(now, leg);
+            }
+            self.run_call(no, now);
+        }
+    }
+
     /// A call's media stopped.
     pub(super) fn handle_media_timeout(&mut self, no: CallNo, now: Instant) {
         if let Some(call) = self.calls.calls.get_mut(&no) {
@@ -517,8 +569,7 @@ fn new_branch(ctx: &super::Shared) -> String {
 
 /// Our Via for a request sent to `peer`.
 fn via_header(peer: &Peer, branch: &str) -> String {
-    let proto = if peer.target.transport == Transport::Tcp { "TCP" } else { "UDP" };
-    format!("SIP/2.0/{proto} {};branch={branch};rport", peer.local)
+    format!("SIP/2.0/{} {};branch={branch};rport", peer.target.transport.via_token(), peer.local)
 }
 
 /// The ACK of a non-2xx final response (§17.1.1.3).

@@ -281,6 +281,7 @@ impl Shard {
     ) {
         let mut expire_tick = tokio::time::interval(std::time::Duration::from_secs(1));
         let mut ticks: u64 = 0;
+        let mut closed = self.transports.closed();
         loop {
             let deadline = [self.layer.poll_timeout(), self.calls.next_deadline()]
                 .into_iter()
@@ -306,6 +307,15 @@ impl Shard {
                         }
                     }
                     None => return,
+                },
+                c = closed.recv() => match c {
+                    Ok(c) => self.handle_connection_closed(c, crate::clock::instant()),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        warn!(missed, "connection-closed notices overflowed: sweeping");
+                        self.sweep_closed_connections(crate::clock::instant());
+                    }
+                    // The transports outlive the cores: not reached.
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => closed = self.transports.closed(),
                 },
                 Some(m) = replies.recv() => match m {
                     ShardMsg::Reply { key, response } => self.respond(key, response, crate::clock::instant()),
@@ -449,6 +459,9 @@ impl Shard {
             Transport::Tcp => {
                 Target { transport, addr: SocketAddr::new(remote.ip(), stamp.sent_by_port.unwrap_or(5060)), conn }
             }
+            // RFC 7118 §5: back over the connection the request came on;
+            // its Via sent-by is a made-up `.invalid` host.
+            Transport::Ws | Transport::Wss => Target { transport, addr: remote, conn },
         };
         let reliability = if transport == Transport::Udp { Reliability::Unreliable } else { Reliability::Reliable };
         // `unknown_trunk = "ignore"`: an out-of-dialog INVITE from an address

@@ -290,6 +290,26 @@ impl Location {
         }
     }
 
+    /// Drops every binding learned over `source` (a WebSocket that closed:
+    /// RFC 7118 §5, its contacts cannot be reached any more); returns how
+    /// many went.
+    pub fn remove_source(&mut self, source: Source) -> usize {
+        self.retain_sources(|s| *s != source)
+    }
+
+    /// Keeps only the bindings whose source passes `keep`; returns how many
+    /// went.
+    pub fn retain_sources(&mut self, keep: impl Fn(&Source) -> bool) -> usize {
+        let mut gone = 0;
+        self.bindings.retain(|_, list| {
+            let before = list.len();
+            list.retain(|b| keep(&b.source));
+            gone += before - list.len();
+            !list.is_empty()
+        });
+        gone
+    }
+
     /// Removes every binding of a portal (blocked or deleted).
     pub fn remove_portal(&mut self, portal: &PortalId) {
         self.bindings.retain(|aor, _| &aor.portal != portal);

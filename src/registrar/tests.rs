@@ -142,3 +142,26 @@ fn registered_users_counts_users_not_devices() {
     assert_eq!(l.registered_users(&acme, None, NOW), 0);
     assert_eq!(l.len(), 1);
 }
+
+#[test]
+fn a_closed_websocket_takes_only_its_own_bindings() {
+    let mut l = Location::new(RegistrarConfig::default());
+    let ws = |port| Source { transport: Transport::Wss, addr: SocketAddr::from(([198, 51, 100, 7], port)) };
+    let a = aor("alice");
+    let r1 = update(vec![contact("sip:x1@a.invalid;transport=ws", None)]);
+    let r2 = update(vec![contact("sip:x2@b.invalid;transport=ws", None)]);
+    let via = |action, source, call_id| RegisterRequest { action, header_expires: None, call_id, cseq: 1, source };
+    l.apply(&a, &via(&r1, ws(40001), "tab1"), NOW).expect("first tab");
+    l.apply(&a, &via(&r2, ws(40002), "tab2"), NOW).expect("second tab");
+    l.apply(&aor("bob"), &req(&update(vec![contact("sip:bob@192.0.2.50", None)]), None, "b", 1), NOW).expect("bob");
+    // Same address, other transport: not the closed connection.
+    assert_eq!(l.remove_source(Source { transport: Transport::Tcp, addr: ws(40001).addr }), 0);
+    assert_eq!(l.remove_source(ws(40001)), 1);
+    let left = l.lookup(&a, NOW);
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].contact, "sip:x2@b.invalid;transport=ws");
+    assert_eq!(l.lookup(&aor("bob"), NOW).len(), 1, "other users untouched");
+    assert_eq!(l.remove_source(ws(40002)), 1);
+    assert!(l.lookup(&a, NOW).is_empty());
+    assert_eq!(l.len(), 1);
+}

@@ -1,5 +1,5 @@
 //! Transport protocols and listener addresses (`udp://127.0.0.1:5060`,
-//! `tcp://[::1]:5060`). The configuration parses `[sip] listen` into
+//! `tcp://[::1]:5060`, `wss://0.0.0.0:8443`). The configuration parses `[sip] listen` into
 //! [`ListenAddr`]s (and re-exports both types); the transports bind them.
 
 use std::fmt;
@@ -15,6 +15,11 @@ pub enum Transport {
     Udp,
     /// SIP over TCP.
     Tcp,
+    /// SIP over WebSocket (RFC 7118), plain HTTP: for a browser behind a
+    /// TLS-terminating proxy, or tests.
+    Ws,
+    /// SIP over secure WebSocket (RFC 7118): browsers.
+    Wss,
 }
 
 impl Transport {
@@ -23,7 +28,35 @@ impl Transport {
         match self {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
+            Transport::Ws => "ws",
+            Transport::Wss => "wss",
         }
+    }
+
+    /// The transport token of a Via header (`SIP/2.0/WSS`).
+    pub fn via_token(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+            Transport::Ws => "WS",
+            Transport::Wss => "WSS",
+        }
+    }
+
+    /// The `transport=` URI parameter for a Contact (none for UDP).
+    pub fn uri_param(self) -> &'static str {
+        match self {
+            Transport::Udp => "",
+            Transport::Tcp => ";transport=tcp",
+            Transport::Ws => ";transport=ws",
+            Transport::Wss => ";transport=wss",
+        }
+    }
+
+    /// SIP over WebSocket: a browser's connection, which only the browser
+    /// can open (no request can reach it once it is gone).
+    pub fn is_websocket(self) -> bool {
+        matches!(self, Transport::Ws | Transport::Wss)
     }
 }
 
@@ -51,10 +84,18 @@ impl FromStr for ListenAddr {
         let transport = match scheme.to_ascii_lowercase().as_str() {
             "udp" => Transport::Udp,
             "tcp" => Transport::Tcp,
-            "tls" | "ws" | "wss" => {
-                return Err(format!("listen address `{s}`: transport `{scheme}` is not supported yet (udp, tcp)"));
+            "ws" => Transport::Ws,
+            "wss" => Transport::Wss,
+            "tls" => {
+                return Err(format!(
+                    "listen address `{s}`: transport `{scheme}` is not supported yet (udp, tcp, ws, wss)"
+                ));
             }
-            _ => return Err(format!("listen address `{s}`: unknown transport `{scheme}` (expected udp or tcp)")),
+            _ => {
+                return Err(format!(
+                    "listen address `{s}`: unknown transport `{scheme}` (expected udp, tcp, ws or wss)"
+                ));
+            }
         };
         let addr = rest
             .parse::<SocketAddr>()

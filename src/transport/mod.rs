@@ -1,4 +1,4 @@
-//! SIP transports: UDP and TCP sockets driven by tokio.
+//! SIP transports: UDP, TCP and WebSocket (`ws.rs`) sockets driven by tokio.
 //!
 //! Receive tasks parse what arrives (datagram parsing and stream framing
 //! run on whichever worker thread holds the socket, not in the SIP core)
@@ -7,12 +7,13 @@
 //! socket buffer is packet loss, which SIP retransmission covers), TCP
 //! queues to the connection's writer task.
 //!
-//! TLS and WebSocket transports will sit beside these behind the same
-//! [`Target`] / [`Transports::send`] interface.
+//! SIP over TLS will sit beside these behind the same [`Target`] /
+//! [`Transports::send`] interface.
 
 mod listen;
 mod tcp;
 mod udp;
+mod ws;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,6 +26,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use listen::{ListenAddr, Transport};
+pub use ws::tls_config;
 
 use crate::sip::message::{Message, ParseError};
 use crate::sip::shard::shard_for_call_id;
@@ -68,8 +70,19 @@ impl Inbound {
     }
 }
 
+/// A connection that closed (WebSocket): whatever was bound to it is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closed {
+    /// Its transport.
+    pub transport: Transport,
+    /// The peer's address.
+    pub remote: SocketAddr,
+    /// The connection.
+    pub conn: ConnId,
+}
+
 /// Settings of the transports.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TransportConfig {
     /// Largest message accepted.
     pub max_message_bytes: usize,
@@ -81,6 +94,22 @@ pub struct TransportConfig {
     pub tcp_connect_timeout: Duration,
     /// Messages queued per TCP connection before it is considered stuck and closed.
     pub tcp_send_queue: usize,
+    /// A WebSocket is pinged at this interval and closed after two
+    /// intervals without a frame from the peer.
+    pub ws_ping_interval: Duration,
+    /// TLS of `wss://` listeners (required when there is one).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl std::fmt::Debug for TransportConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransportConfig")
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("max_tcp_connections", &self.max_tcp_connections)
+            .field("ws_ping_interval", &self.ws_ping_interval)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for TransportConfig {
@@ -91,6 +120,8 @@ impl Default for TransportConfig {
             tcp_idle_timeout: Duration::from_secs(600),
             tcp_connect_timeout: Duration::from_secs(5),
             tcp_send_queue: 1024,
+            ws_ping_interval: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -123,6 +154,13 @@ pub enum SendError {
     /// Too many connections are open to open another.
     #[error("tcp connection limit reached")]
     ConnectionLimit,
+    /// The peer's connection is closed and cannot be opened from here (a
+    /// browser's WebSocket).
+    #[error("no open connection to {addr}")]
+    NoConnection {
+        /// Destination.
+        addr: SocketAddr,
+    },
 }
 
 /// A bound socket, as reported to the operator and the tests.
@@ -152,6 +190,11 @@ pub(crate) struct Shared {
     inbound: Vec<mpsc::Sender<Inbound>>,
     udp: Vec<(SocketAddr, Arc<tokio::net::UdpSocket>)>,
     conns: Mutex<ConnTable>,
+    /// WebSocket connections (kept apart: a browser's address may equal a
+    /// TCP peer's).
+    ws_conns: Mutex<ConnTable>,
+    /// Connections that closed (WebSocket), for the registrar and calls.
+    closed: tokio::sync::broadcast::Sender<Closed>,
     next_conn: AtomicU64,
     tcp_permits: Arc<tokio::sync::Semaphore>,
     shutdown: CancellationToken,
@@ -188,6 +231,7 @@ impl Transports {
         }
         let mut udp = Vec::new();
         let mut tcp = Vec::new();
+        let mut ws = Vec::new();
         let mut bound = Vec::new();
         for l in listen {
             match l.transport {
@@ -203,6 +247,19 @@ impl Transports {
                     bound.push(Bound { transport: Transport::Tcp, addr });
                     tcp.push((addr, listener));
                 }
+                Transport::Ws | Transport::Wss => {
+                    let tls = match (l.transport, &config.tls) {
+                        (Transport::Wss, Some(c)) => Some(tokio_rustls::TlsAcceptor::from(c.clone())),
+                        (Transport::Wss, None) => {
+                            return Err(std::io::Error::other(format!("{l}: wss needs a TLS certificate ([tls])")));
+                        }
+                        _ => None,
+                    };
+                    let listener = tcp::bind(l.addr)?;
+                    let addr = listener.local_addr()?;
+                    bound.push(Bound { transport: l.transport, addr });
+                    ws.push((l.transport, addr, listener, tls));
+                }
             }
         }
         let shared = Arc::new(Shared {
@@ -211,6 +268,8 @@ impl Transports {
             inbound,
             udp: udp.clone(),
             conns: Mutex::new(ConnTable::default()),
+            ws_conns: Mutex::new(ConnTable::default()),
+            closed: tokio::sync::broadcast::channel(4096).0,
             next_conn: AtomicU64::new(1),
             shutdown,
             tcp_local: tcp.first().map(|(a, _)| *a),
@@ -220,6 +279,9 @@ impl Transports {
         }
         for (addr, listener) in tcp {
             tokio::spawn(tcp::accept_loop(shared.clone(), addr, listener));
+        }
+        for (transport, addr, listener, tls) in ws {
+            tokio::spawn(ws::accept_loop(shared.clone(), transport, addr, listener, tls));
         }
         Ok(Self { shared, bound: Arc::new(bound) })
     }
@@ -241,6 +303,23 @@ impl Transports {
         match target.transport {
             Transport::Udp => udp::send(&self.shared, target.addr, &data),
             Transport::Tcp => tcp::send(&self.shared, target, data),
+            Transport::Ws | Transport::Wss => ws::send(&self.shared, target, data),
+        }
+    }
+
+    /// Connections that close from now on (WebSocket): a lagging receiver
+    /// misses some and should check [`Self::is_open`] for what it holds.
+    pub fn closed(&self) -> tokio::sync::broadcast::Receiver<Closed> {
+        self.shared.closed.subscribe()
+    }
+
+    /// Whether a WebSocket connection to `remote` is open.
+    pub fn is_open(&self, transport: Transport, remote: SocketAddr) -> bool {
+        match transport {
+            Transport::Ws | Transport::Wss => {
+                self.shared.ws_conns.lock().map(|t| t.by_remote.contains_key(&remote)).unwrap_or(false)
+            }
+            Transport::Udp | Transport::Tcp => true,
         }
     }
 }

@@ -17,6 +17,9 @@ pub struct Daemon {
     child: Option<Child>,
     pub udp: SocketAddr,
     pub tcp: SocketAddr,
+    /// The `ws://` and `wss://` listeners, when the config has them.
+    pub ws: Option<SocketAddr>,
+    pub wss: Option<SocketAddr>,
     log: Arc<(Mutex<Vec<String>>, Condvar)>,
 }
 
@@ -49,6 +52,8 @@ impl Daemon {
             child: None,
             udp: "0.0.0.0:0".parse().expect("addr"),
             tcp: "0.0.0.0:0".parse().expect("addr"),
+            ws: None,
+            wss: None,
             log: Arc::new((Mutex::new(Vec::new()), Condvar::new())),
         }
     }
@@ -142,6 +147,8 @@ impl Daemon {
                     match v["transport"].as_str() {
                         Some("udp") => self.udp = addr,
                         Some("tcp") => self.tcp = addr,
+                        Some("ws") => self.ws = Some(addr),
+                        Some("wss") => self.wss = Some(addr),
                         _ => {}
                     }
                 }

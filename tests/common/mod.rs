@@ -99,3 +99,4 @@ pub fn wall_now() -> std::time::Instant {
     std::time::Instant::now()
 }
 pub mod baresip;
+pub mod ws;
