@@ -31,11 +31,27 @@ have sipp || need_pkgs+=(sip-tester)
 have baresip || need_pkgs+=(baresip)
 have systemd-analyze || need_pkgs+=(systemd)
 have cc || need_pkgs+=(gcc)
+have openssl || need_pkgs+=(openssl)
+# The browser tests: Debian's Chromium driven by playwright-core (npm).
+[ -x /usr/bin/chromium ] || need_pkgs+=(chromium)
+have node || need_pkgs+=(nodejs)
+have npm || need_pkgs+=(npm)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     log "installing: ${need_pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive
     $SUDO apt-get update -qq
     $SUDO apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}"
+fi
+
+# --- Node packages ------------------------------------------------------------------
+log "npm: the browser tests' driver, and the softphone page rebuilt from source"
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+(cd web/softphone && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build >/dev/null && npm test --silent)
+# The page embedded in the binary must be what its source builds to.
+if ! git diff --quiet -- web/softphone/dist 2>/dev/null; then
+    echo "web/softphone/dist is not what web/softphone/src builds to: run npm run build there and commit dist" >&2
+    git diff --stat -- web/softphone/dist >&2
+    exit 1
 fi
 
 # --- PostgreSQL ------------------------------------------------------------------
@@ -84,7 +100,7 @@ log "rustfmt"
 cargo fmt --all --check
 log "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-log "dependency policy: one crypto provider (ring), no aws-lc-rs"
+log "dependency policy: no aws-lc-rs (rustls on ring; DTLS on RustCrypto, decision 0005)"
 if cargo tree --locked -e normal -i aws-lc-rs >/dev/null 2>&1; then
     echo "aws-lc-rs is in the dependency graph: two rustls providers panic at run time" >&2
     cargo tree --locked -e normal -i aws-lc-rs >&2

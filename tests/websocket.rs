@@ -13,29 +13,9 @@ use common::ws::{WsPhone, header, https_get, self_signed, ws_connect};
 
 const ALICE: (&str, &str) = ("alice", "alice-secret-1");
 
-/// A daemon with a `wss://` listener on a self-signed certificate, relaying
-/// SDP unchanged (this file is about signalling; media has its own tests).
+/// This file is about signalling; media has its own tests.
 fn wss_daemon(ping_s: u64) -> (Daemon, std::path::PathBuf) {
-    let certs = tempfile::tempdir().expect("tempdir").keep();
-    let (cert, key) = self_signed(&certs);
-    let config = format!(
-        "ws_ping_interval_s = {ping_s}\n[tls]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n[media]\nanchor = false\n\
-         [[trunk]]\nname = \"acme-pbx\"\nportal = \"acme\"\nsources = [\"127.0.0.2/32\"]\n\
-         [[trunk.route]]\nnumber = \"+15550001\"\nusers = [\"alice\"]\nring_timeout_s = 8\n",
-        cert.display(),
-        key.display()
-    );
-    let mut d = Daemon::prepare(&config);
-    // The [sip] table of the prepared config gets the wss listener.
-    let text = std::fs::read_to_string(&d.config).expect("config");
-    let text = text.replace(
-        "listen = [\"udp://127.0.0.1:0\", \"tcp://127.0.0.1:0\"]",
-        "listen = [\"udp://127.0.0.1:0\", \"tcp://127.0.0.1:0\", \"wss://127.0.0.1:0\"]",
-    );
-    std::fs::write(&d.config, text).expect("config");
-    d.seed_portal("acme", "acme.example.com", &[ALICE]);
-    d.start();
-    (d, cert)
+    common::ws::wss_daemon(&format!("ws_ping_interval_s = {ping_s}"), "[media]\nanchor = false")
 }
 
 fn registered_phone(d: &Daemon, cert: &std::path::Path) -> WsPhone {

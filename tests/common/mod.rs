@@ -100,3 +100,4 @@ pub fn wall_now() -> std::time::Instant {
 }
 pub mod baresip;
 pub mod ws;
+pub mod browser;

@@ -243,3 +243,29 @@ fn md5_hex(s: &str) -> String {
     use md5::Digest;
     md5::Md5::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// A daemon with a `wss://` listener on a self-signed certificate, portal
+/// `acme` (acme.example.com, user alice) and a trunk from 127.0.0.2 whose
+/// +15550001 rings alice; `sip` goes into `[sip]`, `tail` after it.
+/// Returns the daemon (started) and the certificate to trust.
+pub fn wss_daemon(sip: &str, tail: &str) -> (super::daemon::Daemon, std::path::PathBuf) {
+    let certs = tempfile::tempdir().expect("tempdir").keep();
+    let (cert, key) = self_signed(&certs);
+    let config = format!(
+        "{sip}\n[tls]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n{tail}\n\
+         [[trunk]]\nname = \"acme-pbx\"\nportal = \"acme\"\nsources = [\"127.0.0.2/32\"]\n\
+         [[trunk.route]]\nnumber = \"+15550001\"\nusers = [\"alice\"]\nring_timeout_s = 8\n",
+        cert.display(),
+        key.display()
+    );
+    let mut d = super::daemon::Daemon::prepare(&config);
+    let text = std::fs::read_to_string(&d.config).expect("config");
+    let text = text.replace(
+        "listen = [\"udp://127.0.0.1:0\", \"tcp://127.0.0.1:0\"]",
+        "listen = [\"udp://127.0.0.1:0\", \"tcp://127.0.0.1:0\", \"wss://127.0.0.1:0\"]",
+    );
+    std::fs::write(&d.config, text).expect("config");
+    d.seed_portal("acme", "acme.example.com", &[("alice", "alice-secret-1")]);
+    d.start();
+    (d, cert)
+}
