@@ -9,7 +9,7 @@ mod common;
 
 use common::calls::{exactly_n_records, leases, pbx, wait_calls, wait_cdr};
 use common::daemon::{Daemon, pbx_refused_scenario, scenarios};
-use common::ws::{WsPhone, header, https_get, self_signed, ws_connect};
+use common::ws::{WsPhone, header, https_get, ws_connect};
 
 const ALICE: (&str, &str) = ("alice", "alice-secret-1");
 

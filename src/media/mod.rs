@@ -9,3 +9,4 @@ pub mod ports;
 pub mod relay;
 pub mod sdp;
 pub mod session;
+pub mod webrtc;

@@ -99,5 +99,5 @@ pub fn wall_now() -> std::time::Instant {
     std::time::Instant::now()
 }
 pub mod baresip;
-pub mod ws;
 pub mod browser;
+pub mod ws;

@@ -1,3 +1,4 @@
+#![allow(deprecated)] // generic-array 0.14 through aes-gcm 0.10: upstream's choice, kept as published
 //! RustCrypto implementation of cryptographic functions.
 //! DTLS via dimpl with RustCrypto as crypto backend.
 

@@ -1,0 +1,394 @@
+//! The browser leg: ICE-lite, DTLS-SRTP, RTP both ways without transcoding
+//! (decision 0005: str0m, sans-IO, RTP mode). Nothing of str0m leaves this
+//! module: the relay thread sees datagrams in and out, plain RTP packets in
+//! and out, and a few events.
+//!
+//! Every browser leg of a node shares one UDP port per address family: a
+//! datagram belongs to the leg its 5-tuple was learned for, else to the leg
+//! whose ICE username fragment its STUN request names ([`stun_ufrag`]);
+//! each leg's ufrag is ours, random, and the routing key. ICE-lite learns
+//! the browser's address from its checks, so Chromium's mDNS `.local`
+//! candidates never need resolving.
+//!
+//! Toward the browser the RTP header fields are ours (the relay keeps them
+//! continuous across PBX source changes), the SSRC is the one str0m
+//! announced for the leg, stable for its life, and the rollover counter
+//! follows our sequence numbers. No media goes toward the browser before
+//! DTLS completes (`connected`).
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::config::DtlsCert;
+use str0m::format::{Codec, FormatParams};
+use str0m::media::{Direction, Frequency, MediaKind, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::RtpWrite;
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
+
+/// The node's DTLS certificate (ECDSA P-256, self-signed; browsers check
+/// its fingerprint from the SDP, not a chain).
+#[derive(Clone)]
+pub struct NodeCert(DtlsCert);
+
+impl std::fmt::Debug for NodeCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeCert(..)")
+    }
+}
+
+impl NodeCert {
+    /// A fresh certificate (made once per node start).
+    pub fn generate() -> Result<NodeCert, String> {
+        let ck = rcgen::generate_simple_self_signed(vec!["trunkgate".into()]).map_err(|e| e.to_string())?;
+        Ok(NodeCert(DtlsCert { certificate: ck.cert.der().to_vec(), private_key: ck.signing_key.serialize_der() }))
+    }
+}
+
+/// A voice codec the leg may offer: G.711 only (no transcoding; Opus
+/// would need it, since PBXs do not speak it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Voice {
+    /// PCMU, payload type 0.
+    Pcmu,
+    /// PCMA, payload type 8.
+    Pcma,
+}
+
+/// What the leg tells the relay thread.
+#[derive(Debug, PartialEq)]
+pub enum BrowserOutput {
+    /// A datagram for the shared socket.
+    Transmit {
+        /// The browser's address.
+        to: SocketAddr,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// ICE and DTLS are done: media may flow (the browser's address).
+    Connected(SocketAddr),
+    /// An RTP packet from the browser, decrypted, as it came (header and
+    /// payload; the relay rewrites what it must).
+    Rtp(Vec<u8>),
+    /// The browser is gone (ICE disconnected, or DTLS failed).
+    Gone,
+}
+
+/// One browser's media.
+pub struct BrowserLeg {
+    rtc: Rtc,
+    ufrag: String,
+    /// Our candidate's address (public address, shared port): what the
+    /// browser sends to.
+    local: SocketAddr,
+    mid: Option<Mid>,
+    pending: Option<SdpPendingOffer>,
+    connected: bool,
+    gone: bool,
+    remote: Option<SocketAddr>,
+    next_timeout: Option<Instant>,
+    /// The extended sequence number of the last packet toward the browser.
+    tx_seq: Option<u64>,
+    /// Outputs made by a write, for the next poll.
+    queued: Vec<BrowserOutput>,
+}
+
+impl std::fmt::Debug for BrowserLeg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrowserLeg")
+            .field("ufrag", &self.ufrag)
+            .field("connected", &self.connected)
+            .field("remote", &self.remote)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Payload type of telephone-event/8000 when the PBX's offer named none.
+pub const DEFAULT_EVENT_PT: u8 = 101;
+
+impl BrowserLeg {
+    /// A leg answering on `local` (our public address and the shared port),
+    /// G.711 in `voices` order and telephone-event/8000 as `event_pt`.
+    pub fn new(now: Instant, cert: &NodeCert, local: SocketAddr, voices: &[Voice], event_pt: u8) -> BrowserLeg {
+        let ufrag = random_token(8);
+        let pass = random_token(24);
+        let mut cfg = RtcConfig::new().clear_codecs().set_rtp_mode(true).set_dtls_cert(cert.0.clone());
+        let codecs = cfg.codec_config();
+        for v in voices {
+            match v {
+                Voice::Pcmu => codecs.enable_pcmu(true, false),
+                Voice::Pcma => codecs.enable_pcma(true, false),
+            }
+        }
+        codecs.add_config(event_pt.into(), None, Codec::Tele, Frequency::EIGHT_KHZ, None, FormatParams::default());
+        let mut rtc =
+            cfg.set_ice_lite(true).set_local_ice_credentials(str0m::IceCreds { ufrag: ufrag.clone(), pass }).build(now);
+        if let Ok(c) = Candidate::host(local, "udp") {
+            rtc.add_local_candidate(c);
+        }
+        BrowserLeg {
+            rtc,
+            ufrag,
+            local,
+            mid: None,
+            pending: None,
+            connected: false,
+            gone: false,
+            remote: None,
+            next_timeout: Some(now),
+            tx_seq: None,
+            queued: Vec::new(),
+        }
+    }
+
+    /// The leg's ICE username fragment: its routing key on the shared port.
+    pub fn ufrag(&self) -> &str {
+        &self.ufrag
+    }
+
+    /// Whether ICE and DTLS are done.
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    /// Our offer toward the browser (one audio section; `direction` as
+    /// the PBX asked: hold offers `sendonly`). `None` when nothing changed
+    /// since the last offer/answer (a refresh needs no new one).
+    pub fn create_offer(&mut self, direction: MediaDirection) -> Option<String> {
+        let mut api = self.rtc.sdp_api();
+        match self.mid {
+            None => self.mid = Some(api.add_media(MediaKind::Audio, direction.into(), None, None, None)),
+            Some(mid) => api.set_direction(mid, direction.into()),
+        }
+        let (offer, pending) = api.apply()?;
+        self.pending = Some(pending);
+        Some(offer.to_sdp_string())
+    }
+
+    /// The browser's answer to our offer.
+    pub fn accept_answer(&mut self, sdp: &str) -> Result<(), String> {
+        let pending = self.pending.take().ok_or("no offer of ours is pending")?;
+        let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| format!("browser answer: {e}"))?;
+        self.rtc.sdp_api().accept_answer(pending, answer).map_err(|e| format!("browser answer: {e}"))
+    }
+
+    /// An offer from the browser (its re-INVITE: hold, resume); our answer.
+    pub fn accept_offer(&mut self, sdp: &str) -> Result<String, String> {
+        // An offer of ours still pending (glare) is dropped: theirs wins here
+        // because SIP already settled the race (491 otherwise).
+        self.pending = None;
+        let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| format!("browser offer: {e}"))?;
+        let answer = self.rtc.sdp_api().accept_offer(offer).map_err(|e| format!("browser offer: {e}"))?;
+        Ok(answer.to_sdp_string())
+    }
+
+    /// The telephone-event/8000 payload type both sides agreed on.
+    pub fn event_pt(&self) -> Option<u8> {
+        let media = self.rtc.media(self.mid?)?;
+        self.rtc
+            .codec_config()
+            .params()
+            .iter()
+            .find(|p| {
+                p.spec().codec == Codec::Tele
+                    && p.spec().clock_rate == Frequency::EIGHT_KHZ
+                    && media.remote_pts().contains(&p.pt())
+            })
+            .map(|p| *p.pt())
+    }
+
+    /// A datagram for this leg from `from`.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        let Ok(contents) = data.try_into() else { return };
+        let input =
+            Input::Receive(now, Receive { proto: Protocol::Udp, source: from, destination: self.local, contents });
+        if self.rtc.handle_input(input).is_err() {
+            self.gone = true;
+        }
+        // Drained at once: str0m hands up only the newest RTP packet of
+        // several received between two polls.
+        self.pump();
+    }
+
+    fn pump(&mut self) {
+        let mut out = std::mem::take(&mut self.queued);
+        self.next_timeout = self.drain(&mut out);
+        self.queued = out;
+    }
+
+    /// Time has come (see [`Self::poll`]'s deadline).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.rtc.handle_input(Input::Timeout(now)).is_err() {
+            self.gone = true;
+        }
+    }
+
+    /// An RTP packet (header and payload, as the relay made it) toward the
+    /// browser. Dropped before DTLS completes or if it is no RTP.
+    pub fn write_rtp(&mut self, now: Instant, pkt: &[u8]) -> bool {
+        let (Some(mid), true) = (self.mid, self.connected) else { return false };
+        let Some((pt, marker, seq, ts, payload)) = split_rtp(pkt) else { return false };
+        let ext = extend_seq(self.tx_seq, seq);
+        self.tx_seq = Some(ext);
+        let mut api = self.rtc.direct_api();
+        let Some(tx) = api.stream_tx_by_mid(mid, None) else { return false };
+        tx.write_rtp(RtpWrite::new(Pt::from(pt), ext.into(), ts, now, payload.to_vec()).marker(marker));
+        self.pump();
+        true
+    }
+
+    /// Drains what the leg has to say into `out`; returns when it wants
+    /// [`Self::handle_timeout`] next.
+    pub fn poll(&mut self, out: &mut Vec<BrowserOutput>) -> Option<Instant> {
+        out.append(&mut self.queued);
+        self.drain(out)
+    }
+
+    fn drain(&mut self, out: &mut Vec<BrowserOutput>) -> Option<Instant> {
+        if self.gone {
+            return None;
+        }
+        loop {
+            match self.rtc.poll_output() {
+                Ok(Output::Transmit(t)) => {
+                    // ICE-lite answers checks where they came from: the
+                    // browser's address is where we send.
+                    self.remote = Some(t.destination);
+                    out.push(BrowserOutput::Transmit { to: t.destination, data: t.contents.to_vec() });
+                }
+                Ok(Output::Timeout(t)) => {
+                    self.next_timeout = Some(t);
+                    return self.next_timeout;
+                }
+                Ok(Output::Event(e)) => match e {
+                    Event::Connected => {
+                        self.connected = true;
+                        if let Some(remote) = self.remote {
+                            out.push(BrowserOutput::Connected(remote));
+                        }
+                    }
+                    Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                        self.gone = true;
+                        out.push(BrowserOutput::Gone);
+                        return None;
+                    }
+                    Event::RtpPacket(p) => {
+                        let mut pkt = Vec::with_capacity(12 + p.payload.len());
+                        pkt.push(0x80);
+                        pkt.push((u8::from(p.header.marker) << 7) | (*p.header.payload_type & 0x7f));
+                        pkt.extend_from_slice(&p.header.sequence_number.to_be_bytes());
+                        pkt.extend_from_slice(&p.header.timestamp.to_be_bytes());
+                        pkt.extend_from_slice(&(*p.header.ssrc).to_be_bytes());
+                        pkt.extend_from_slice(&p.payload);
+                        out.push(BrowserOutput::Rtp(pkt));
+                    }
+                    _ => {}
+                },
+                Err(_) => {
+                    self.gone = true;
+                    out.push(BrowserOutput::Gone);
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// The browser's address, once known.
+    pub fn remote(&self) -> Option<SocketAddr> {
+        self.remote
+    }
+}
+
+/// The direction of our audio toward the browser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaDirection {
+    /// Both ways.
+    SendRecv,
+    /// We only send (the PBX holds the browser).
+    SendOnly,
+    /// We only receive.
+    RecvOnly,
+    /// Neither.
+    Inactive,
+}
+
+impl From<MediaDirection> for Direction {
+    fn from(d: MediaDirection) -> Direction {
+        match d {
+            MediaDirection::SendRecv => Direction::SendRecv,
+            MediaDirection::SendOnly => Direction::SendOnly,
+            MediaDirection::RecvOnly => Direction::RecvOnly,
+            MediaDirection::Inactive => Direction::Inactive,
+        }
+    }
+}
+
+/// The local ufrag a STUN request names (`USERNAME` is `ours:theirs`), if
+/// `buf` is a STUN message; the routing key of the shared port.
+pub fn stun_ufrag(buf: &[u8]) -> Option<&str> {
+    if buf.len() < 20 || buf[0] >= 2 || buf.get(4..8) != Some(&[0x21, 0x12, 0xa4, 0x42][..]) {
+        return None;
+    }
+    let mut i = 20;
+    while i + 4 <= buf.len() {
+        let typ = u16::from_be_bytes([buf[i], buf[i + 1]]);
+        let len = usize::from(u16::from_be_bytes([buf[i + 2], buf[i + 3]]));
+        let v = buf.get(i + 4..i + 4 + len)?;
+        if typ == 0x0006 {
+            return std::str::from_utf8(v).ok()?.split(':').next();
+        }
+        i += 4 + ((len + 3) & !3);
+    }
+    None
+}
+
+/// (payload type, marker, sequence, timestamp, payload) of an RTP packet.
+fn split_rtp(pkt: &[u8]) -> Option<(u8, bool, u16, u32, &[u8])> {
+    if pkt.len() < 12 || pkt[0] >> 6 != 2 {
+        return None;
+    }
+    let cc = usize::from(pkt[0] & 0x0f);
+    let mut start = 12 + 4 * cc;
+    if pkt[0] & 0x10 != 0 {
+        let len = usize::from(u16::from_be_bytes([*pkt.get(start + 2)?, *pkt.get(start + 3)?]));
+        start += 4 + 4 * len;
+    }
+    let mut end = pkt.len();
+    if pkt[0] & 0x20 != 0 {
+        end = end.checked_sub(usize::from(*pkt.last()?))?;
+    }
+    let payload = pkt.get(start..end)?;
+    let seq = u16::from_be_bytes([pkt[2], pkt[3]]);
+    let ts = u32::from_be_bytes([pkt[4], pkt[5], pkt[6], pkt[7]]);
+    Some((pkt[1] & 0x7f, pkt[1] & 0x80 != 0, seq, ts, payload))
+}
+
+/// The extended sequence number of `seq` after `last` (RFC 3711 §3.3.1):
+/// the rollover counter moves when the 16-bit number wraps.
+fn extend_seq(last: Option<u64>, seq: u16) -> u64 {
+    let Some(last) = last else { return u64::from(seq) };
+    let roc = last >> 16;
+    let last16 = (last & 0xffff) as u16;
+    let candidate = (roc << 16) | u64::from(seq);
+    let forward = seq.wrapping_sub(last16);
+    if forward < 0x8000 {
+        // Ahead of the last one (possibly past a wrap).
+        if seq < last16 { ((roc + 1) << 16) | u64::from(seq) } else { candidate }
+    } else if seq > last16 && roc > 0 {
+        // Behind it, across a wrap: the previous cycle.
+        ((roc - 1) << 16) | u64::from(seq)
+    } else {
+        candidate
+    }
+}
+
+fn random_token(n: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut b = vec![0u8; n];
+    let _ = getrandom::fill(&mut b);
+    b.iter().map(|x| char::from(ALPHABET[usize::from(*x) % ALPHABET.len()])).collect()
+}
+
+#[cfg(test)]
+mod tests;
