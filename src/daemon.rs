@@ -99,16 +99,23 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     if loaded.media.anchor {
         raise_open_files_limit();
         let m = &loaded.media;
-        config.media = Some(crate::media::engine::MediaEngine::start(m.clone())?);
+        let engine = crate::media::engine::MediaEngine::start(m.clone())?;
+        let webrtc = |f| engine.webrtc_port(f).map_or_else(|| "-".to_owned(), |p| p.to_string());
         info!(
             ports = format!("{}-{}", m.port_min, m.port_max),
             threads = m.threads,
             public_v4 = ?m.public_v4,
             public_v6 = ?m.public_v6,
+            webrtc_v4 = webrtc(crate::media::engine::Family::V4),
+            webrtc_v6 = webrtc(crate::media::engine::Family::V6),
             "media relay started"
         );
+        config.media = Some(engine);
     } else {
         info!("media not anchored ([media] anchor = false): SDP passes unchanged");
+        if loaded.media.browsers {
+            warn!("browsers cannot take calls without [media] anchor = true: their offers would be refused");
+        }
     }
     let node = Node::start(config, store.clone(), cache, trunks, cdr, transports, inbound_rx, shutdown.clone())?;
 

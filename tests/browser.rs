@@ -5,11 +5,30 @@
 
 mod common;
 
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
 use common::browser::Browser;
+use common::calls::{PBX_IP, exactly_n_records};
+use common::daemon::{scenarios, sipp_start};
 use common::ws::wss_daemon;
 
 fn daemon() -> common::daemon::Daemon {
     wss_daemon("", "").0
+}
+
+/// Prints the daemon's log when the test fails (with the browser's steps,
+/// which [`Browser::wait`] prints).
+struct LogOnPanic<'a>(&'a common::daemon::Daemon);
+
+impl Drop for LogOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("daemon log:\n{}", self.0.log_text());
+        }
+    }
 }
 
 fn url(d: &common::daemon::Daemon) -> String {
@@ -33,4 +52,189 @@ fn a_wrong_password_is_shown_on_the_page() {
     // The daemon saw a REGISTER over the browser's WebSocket and refused it.
     d.wait_log(&["REGISTER authentication failed", "alice"]);
     d.wait_log(&["websocket connection open"]);
+}
+
+/// A port range of 8 pairs nobody uses now (see tests/media.rs).
+fn port_range() -> (u16, u16) {
+    loop {
+        let mut r = [0u8; 2];
+        getrandom::fill(&mut r).expect("random");
+        let p = (12_000 + u16::from_le_bytes(r) % 7_980) & !1;
+        if (p..p + 16).all(|q| UdpSocket::bind(("0.0.0.0", q)).is_ok()) {
+            return (p, p + 15);
+        }
+    }
+}
+
+/// A daemon that anchors media, browsers on a shared port of their own.
+fn media_daemon() -> (common::daemon::Daemon, u16) {
+    let (min, max) = port_range();
+    let media = format!(
+        "[media]\npublic_address = [\"127.0.0.1\"]\nbind_address = [\"127.0.0.1\"]\nport_min = {min}\nport_max = {max}\nwebrtc_port = 0\n"
+    );
+    (wss_daemon("", &media).0, min)
+}
+
+/// The PBX's media: plays Debian's G.711 capture (its payloads, in a loop,
+/// numbered on, as payload type `pt`: the capture is PCMA, 8) to `to`
+/// every 20 ms and keeps what comes back, until `stop`.
+fn pbx_media(
+    sock: UdpSocket,
+    to: SocketAddr,
+    pt: u8,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<(SocketAddr, Vec<u8>)>> {
+    let audio = common::capture("g711a.pcap");
+    let reader = sock.try_clone().expect("clone");
+    let stop_reader = stop.clone();
+    let got = std::thread::spawn(move || {
+        reader.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2048];
+        while !stop_reader.load(Ordering::Relaxed) {
+            if let Ok((n, from)) = reader.recv_from(&mut buf) {
+                got.push((from, buf[..n].to_vec()));
+            }
+        }
+        got
+    });
+    std::thread::spawn(move || {
+        let mut i: u32 = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let orig = &audio[i as usize % audio.len()];
+            let mut p = orig.clone();
+            p[1] = (p[1] & 0x80) | pt;
+            p[1] = (p[1] & 0x80) | pt;
+            p[2..4].copy_from_slice(&(i as u16).to_be_bytes());
+            p[4..8].copy_from_slice(&(160 * i).to_be_bytes());
+            let _ = sock.send_to(&p, to);
+            i += 1;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    got
+}
+
+/// The RFC 4733 digits in `packets` (type 101), one per event (its first
+/// packet), in order.
+fn digits(packets: &[(SocketAddr, Vec<u8>)]) -> String {
+    let mut out = String::new();
+    let mut last_ts = None;
+    for (_, p) in packets {
+        if p.len() < 16 || p[1] & 0x7f != 101 {
+            continue;
+        }
+        let ts = u32::from_be_bytes([p[4], p[5], p[6], p[7]]);
+        if last_ts == Some(ts) {
+            continue;
+        }
+        last_ts = Some(ts);
+        out.push(match p[12] {
+            0..=9 => char::from(b'0' + p[12]),
+            10 => '*',
+            11 => '#',
+            _ => '?',
+        });
+    }
+    out
+}
+
+#[test]
+fn a_browser_answers_a_pbx_call_with_audio_both_ways_digits_hold_and_hang_up() {
+    let test = "a_browser_answers_a_pbx_call_with_audio_both_ways_digits_hold_and_hang_up";
+    let (mut d, min) = media_daemon();
+    let log = LogOnPanic(&d);
+    let b = Browser::start("answer", &url(&d), ("acme.example.com", "alice", "alice-secret-1"), "159#", test);
+    b.wait("registered", 30);
+
+    // The PBX: sipp signals, a socket of the test is its media.
+    let rtp = UdpSocket::bind("127.0.0.2:0").expect("pbx rtp");
+    let rtp_port = rtp.local_addr().expect("addr").port().to_string();
+    let call = sipp_start(
+        &scenarios().join("pbx_call_browser.xml"),
+        Some(d.udp),
+        PBX_IP,
+        0,
+        &["-m", "1", "-key", "number", "+15550001", "-key", "rtp", &rtp_port],
+    );
+    let incoming = b.wait("incoming", 20);
+    assert_eq!(incoming["caller"], "+15550100", "{incoming}");
+    b.wait("answered", 20);
+    // trunkgate's side toward the PBX is the first pair of the range.
+    let stop = Arc::new(AtomicBool::new(false));
+    let at_pbx = pbx_media(rtp, SocketAddr::from(([127, 0, 0, 1], min)), 8, stop.clone());
+
+    let audio = b.wait("audio", 30);
+    let stats = &audio["stats"];
+    assert!(stats["inbound"]["packetsReceived"].as_u64().unwrap_or(0) > 20, "PBX audio reaches the browser: {audio}");
+    assert!(stats["inbound"]["totalAudioEnergy"].as_f64().unwrap_or(0.0) > 0.0, "and is heard: {audio}");
+    assert!(stats["outbound"]["packetsSent"].as_u64().unwrap_or(0) > 20, "the microphone is sent: {audio}");
+    assert_eq!(stats["dtls"]["state"], "connected", "{audio}");
+
+    let held = b.wait("held", 30);
+    let resumed = b.wait("resumed", 30);
+    let after = b.wait("after-resume", 30);
+    b.wait("hung-up", 30);
+    let (ok, out) = call.wait();
+    stop.store(true, Ordering::Relaxed);
+    let got = at_pbx.join().expect("pbx media");
+    assert!(ok, "PBX side (hold and resume re-INVITEs, the browser's BYE):\n{out}\n{}", b.events().len());
+    assert!(b.finish(), "the browser script ended cleanly");
+
+    // What the browser's fake microphone sent reached the PBX, from
+    // trunkgate's port, in G.711; its keypad digits as RFC 4733 events.
+    let relay = SocketAddr::from(([127, 0, 0, 1], min));
+    assert!(got.iter().all(|(from, _)| *from == relay), "all from trunkgate's port toward the PBX");
+    let voice = got.iter().filter(|(_, p)| matches!(p[1] & 0x7f, 0 | 8)).count();
+    assert!(voice > 50, "the browser's audio at the PBX: {voice} packets");
+    assert_eq!(digits(&got), "159#", "the keypad's digits, in order, once each");
+
+    // Hold stopped the PBX's audio toward the browser; resume brought it back.
+    let rx = |v: &serde_json::Value| v["stats"]["inbound"]["packetsReceived"].as_u64().unwrap_or(0);
+    assert!(rx(&resumed) <= rx(&held) + 5, "held: {held} then {resumed}");
+    assert!(rx(&after) > rx(&resumed) + 20, "resumed: {resumed} then {after}");
+
+    drop(log);
+    let rec = &exactly_n_records(&mut d, 1)[0];
+    assert_eq!(rec["outcome"], "completed", "{rec}");
+    assert_eq!(rec["target_user"], "alice", "{rec}");
+    assert!(rec["media"]["user"]["rx_packets"].as_u64().unwrap_or(0) > 50, "{rec}");
+    assert!(rec["media"]["user"]["tx_held"].as_u64().unwrap_or(0) > 0, "held packets counted: {rec}");
+    assert!(rec["media"]["pbx"]["rx_packets"].as_u64().unwrap_or(0) > 50, "{rec}");
+    let shots = std::fs::read_dir(common::browser::screenshot_dir(test)).map(|d| d.count()).unwrap_or(0);
+    assert!(shots >= 4, "screenshots kept with the test output");
+}
+
+#[test]
+fn a_browser_that_closes_mid_call_ends_the_call_at_the_pbx() {
+    let test = "a_browser_that_closes_mid_call_ends_the_call_at_the_pbx";
+    let (mut d, min) = media_daemon();
+    let log = LogOnPanic(&d);
+    let b = Browser::start("close-mid-call", &url(&d), ("acme.example.com", "alice", "alice-secret-1"), "", test);
+    b.wait("registered", 30);
+    let rtp = UdpSocket::bind("127.0.0.2:0").expect("pbx rtp");
+    let rtp_port = rtp.local_addr().expect("addr").port().to_string();
+    let call = sipp_start(
+        &scenarios().join("pbx_call_rtp_wait_bye.xml"),
+        Some(d.udp),
+        PBX_IP,
+        0,
+        &["-m", "1", "-key", "number", "+15550001", "-key", "rtp", &rtp_port],
+    );
+    b.wait("answered", 30);
+    let stop = Arc::new(AtomicBool::new(false));
+    // pbx_call_rtp offers PCMU only.
+    let at_pbx = pbx_media(rtp, SocketAddr::from(([127, 0, 0, 1], min)), 0, stop.clone());
+    let audio = b.wait("audio", 30);
+    assert!(audio["stats"]["inbound"]["packetsReceived"].as_u64().unwrap_or(0) > 20, "{audio}");
+    b.wait("closing", 10);
+    // The tab is gone: no BYE from it; its WebSocket closes.
+    let (ok, out) = call.wait();
+    stop.store(true, Ordering::Relaxed);
+    let _ = at_pbx.join();
+    assert!(ok, "the PBX gets a BYE:\n{out}");
+    drop(log);
+    let rec = &exactly_n_records(&mut d, 1)[0];
+    assert_eq!(rec["outcome"], "completed", "{rec}");
+    assert_eq!(rec["reason"], "browser-gone", "{rec}");
 }

@@ -89,18 +89,7 @@ fn socket_call(phone_scenario: &str, pbx_scenario: &str, hold_ms: &str, extra: &
 
 /// RTP packets of a capture (Ethernet, IPv4, UDP), in order.
 fn capture(name: &str) -> Vec<Vec<u8>> {
-    let d = std::fs::read(Path::new(CAPTURES).join(name)).unwrap_or_else(|e| panic!("{name}: {e} (sip-tester)"));
-    let mut out = Vec::new();
-    let mut at = 24;
-    while at + 16 <= d.len() {
-        let incl = u32::from_le_bytes([d[at + 8], d[at + 9], d[at + 10], d[at + 11]]) as usize;
-        let frame = &d[at + 16..at + 16 + incl];
-        let ip = &frame[14..];
-        let ihl = usize::from(ip[0] & 0x0f) * 4;
-        out.push(ip[ihl + 8..].to_vec());
-        at += 16 + incl;
-    }
-    out
+    common::capture(name)
 }
 
 fn seq(p: &[u8]) -> u16 {

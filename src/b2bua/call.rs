@@ -491,7 +491,7 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
         let InboundCall { invite, tsx, peer, groups, strategy, ring_timeout, max_duration, lease_id, domain, record } =
             call;
         let mut media = media;
-        media.add_leg(LegId::ORIGIN, peer.target.addr, peer.local);
+        media.add_leg(LegId::ORIGIN, peer.target.addr, peer.local, false);
         let local_tag = ids.tag();
         let session = session_timer::negotiate_uas(invite.headers(), None, config.session_expires, config.min_se);
         let remote_origin = body_of_request(&invite).as_ref().and_then(SdpOrigin::of);
@@ -953,7 +953,8 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
             None => format!("<sip:{caller}@{}>;tag={from_tag}", self.domain),
         };
         let call_id = self.ids.call_id();
-        self.media.add_leg(id, t.peer.target.addr, t.peer.local);
+        // A target registered over WebSocket is a browser.
+        self.media.add_leg(id, t.peer.target.addr, t.peer.local, t.peer.target.transport.is_websocket());
         let offer = body_of_request(&self.legs[0].invite);
         let body = match offer {
             Some(o) if o.is_sdp() => match self.media.offer(LegId::ORIGIN, id, &o) {

@@ -73,8 +73,10 @@ impl MediaError {
 pub trait MediaSession: Send {
     /// Leg `leg` exists: its peer's signalling address and ours toward it
     /// (a relay picks the leg's address family and media address from
-    /// them). Called before any body of the leg crosses the session.
-    fn add_leg(&mut self, _leg: LegId, _peer: std::net::SocketAddr, _local: std::net::SocketAddr) {}
+    /// them), and whether it is a browser (WebRTC: ICE, DTLS-SRTP; its
+    /// offers are built for it, never `RTP/AVP`). Called before any body
+    /// of the leg crosses the session.
+    fn add_leg(&mut self, _leg: LegId, _peer: std::net::SocketAddr, _local: std::net::SocketAddr, _browser: bool) {}
 
     /// The session description we last gave leg `leg` (offer or answer),
     /// as sent: what an offerless re-INVITE or a session refresh from that

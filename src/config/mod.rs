@@ -128,6 +128,17 @@ pub struct MediaSection {
     /// bench/RESULTS.md). Default: false.
     #[serde(default)]
     pub io_uring: bool,
+    /// The one UDP port (per address family, on `bind_address`) that every
+    /// browser (WebRTC) leg of the node shares: ICE, DTLS and SRTP of all
+    /// browsers, told apart by their ICE username and address, so browsers
+    /// need no port range. Outside `port_min`..`port_max`; 0 picks a free
+    /// port at start (tests). Default: 20000.
+    #[serde(default = "default_webrtc_port")]
+    pub webrtc_port: u16,
+}
+
+fn default_webrtc_port() -> u16 {
+    20_000
 }
 
 impl Default for MediaSection {
@@ -142,6 +153,7 @@ impl Default for MediaSection {
             hold_timeout_s: default_hold_timeout_s(),
             threads: 0,
             io_uring: false,
+            webrtc_port: default_webrtc_port(),
         }
     }
 }
@@ -187,6 +199,11 @@ pub struct MediaSettings {
     pub threads: usize,
     /// Batch sends across sockets with io_uring when available.
     pub io_uring: bool,
+    /// The browsers' shared UDP port (0: any free port).
+    pub webrtc_port: u16,
+    /// Browsers can reach the node (a `ws://` or `wss://` listener): the
+    /// shared port is bound.
+    pub browsers: bool,
 }
 
 impl Default for MediaSettings {
@@ -203,6 +220,8 @@ impl Default for MediaSettings {
             hold_timeout: Some(std::time::Duration::from_secs(default_hold_timeout_s())),
             threads: 1,
             io_uring: false,
+            webrtc_port: default_webrtc_port(),
+            browsers: false,
         }
     }
 }
@@ -212,6 +231,12 @@ fn parse_media(config: &Config, path: &Path, sources: &SourceMap, errors: &mut C
     let mut out = MediaSettings {
         anchor: m.anchor,
         io_uring: m.io_uring,
+        webrtc_port: m.webrtc_port,
+        browsers: config
+            .sip
+            .listen
+            .iter()
+            .any(|l| l.get_ref().parse::<ListenAddr>().is_ok_and(|l| l.transport.is_websocket())),
         port_min: m.port_min,
         port_max: m.port_max,
         timeout: (m.timeout_s > 0).then(|| std::time::Duration::from_secs(m.timeout_s)),
@@ -262,6 +287,13 @@ fn parse_media(config: &Config, path: &Path, sources: &SourceMap, errors: &mut C
         ));
     } else if crate::media::ports::PortPool::new(m.port_min, m.port_max).is_err() {
         errors.push(sources.key_error(path, "port_max", "[media] the port range holds no RTP/RTCP pair"));
+    }
+    if out.browsers && m.webrtc_port != 0 && (m.port_min..=m.port_max).contains(&m.webrtc_port) {
+        errors.push(sources.key_error(
+            path,
+            "webrtc_port",
+            "[media] webrtc_port must lie outside port_min..port_max (the browsers' shared port is no RTP pair)",
+        ));
     }
     if m.threads > 64 {
         errors.push(sources.key_error(path, "threads", "[media] threads must be at most 64"));

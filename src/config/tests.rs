@@ -57,7 +57,10 @@ fn shipped_examples_load() {
     assert_eq!(loaded.node_id, "node-1");
     let names: Vec<&str> = loaded.trunks.iter().map(|t| t.trunk.name.get_ref().as_str()).collect();
     assert_eq!(names, ["acme-pbx", "globex-pbx"]);
-    assert_eq!(loaded.listen.len(), 2);
+    let listen: Vec<String> = loaded.listen.iter().map(ToString::to_string).collect();
+    assert_eq!(listen, ["udp://127.0.0.1:5060", "tcp://127.0.0.1:5060", "ws://127.0.0.1:8080"]);
+    assert!(loaded.media.browsers, "a WebSocket listener: the browsers' port is bound");
+    assert_eq!(loaded.media.webrtc_port, 20_000);
     assert_eq!(loaded.database_url, "sqlite://var/trunkgate.db");
     let globex = &loaded.trunks[1].trunk;
     assert_eq!(globex.route[0].strategy, RingStrategy::Evenly);

@@ -27,6 +27,8 @@ use tracing::{debug, warn};
 
 use super::ports::{PortPair, PortPool};
 use super::relay::{DirectionStats, Port, RelaySession, Side, Verdict, is_rtcp};
+use super::sdp::BROWSER_STAND_IN;
+use super::webrtc::{BrowserLeg, BrowserOutput, MediaDirection, NodeCert, Voice, stun_ufrag};
 use crate::b2bua::MediaError;
 use crate::config::MediaSettings;
 
@@ -36,6 +38,10 @@ const BATCH: usize = 32;
 const MTU: usize = 2048;
 /// The eventfd's epoll token (socket tokens are slab indexes).
 const WAKE: u64 = u64::MAX;
+/// The browsers' shared sockets' tokens: this plus the family's index.
+const SHARED: u64 = u64::MAX - 4;
+/// Longest a browser leg's reply to a control message is waited for.
+const BROWSER_REPLY: Duration = Duration::from_secs(2);
 /// Longest a relay thread lets packets gather between two waits.
 const COALESCE: Duration = Duration::from_micros(500);
 /// How often timeouts are checked.
@@ -232,6 +238,35 @@ enum Control {
         digit: char,
         duration_ms: u32,
     },
+    /// An offer/answer step of browser leg `slot`; the result comes back
+    /// on `reply` (the call waits for it: SDP is synchronous).
+    Browser {
+        id: u64,
+        slot: u16,
+        op: BrowserOp,
+        reply: mpsc::SyncSender<Result<Option<String>, String>>,
+    },
+}
+
+/// An offer/answer step of a browser leg.
+#[derive(Debug)]
+pub enum BrowserOp {
+    /// Make (or change: direction) our offer; the leg is made on first use
+    /// with these codecs, its candidate on `ip` and the shared port.
+    Offer {
+        /// Voice codecs, in preference order.
+        voices: Vec<Voice>,
+        /// telephone-event/8000's payload type.
+        event_pt: u8,
+        /// Our direction toward the browser.
+        direction: MediaDirection,
+        /// Our address in its candidate.
+        ip: IpAddr,
+    },
+    /// The browser's answer to our offer.
+    Answer(String),
+    /// The browser's offer: reply with our answer.
+    AcceptOffer(String),
 }
 
 struct Pools {
@@ -256,6 +291,8 @@ struct Worker {
 /// The node's RTP relay: port pools and relay threads.
 pub struct MediaEngine {
     settings: MediaSettings,
+    /// The browsers' shared ports (v4, v6) as bound; thread 0 owns them.
+    webrtc_ports: [Option<u16>; 2],
     pools: Arc<Mutex<Pools>>,
     workers: Vec<Worker>,
     next_worker: AtomicUsize,
@@ -275,13 +312,48 @@ impl MediaEngine {
         let pool = || PortPool::new(settings.port_min, settings.port_max).map_err(std::io::Error::other);
         let pools = Arc::new(Mutex::new(Pools { v4: pool()?, v6: pool()? }));
         let ports_in_use = Arc::new(AtomicUsize::new(0));
+        // The browsers' one port per family, and the node's DTLS
+        // certificate; the IPv6 one only where IPv6 binds.
+        let cert = NodeCert::generate().map_err(std::io::Error::other)?;
+        let mut shared = Vec::new();
+        let mut webrtc_ports = [None, None];
+        let families = if settings.browsers { 2 } else { 0 };
+        for (i, ip) in
+            [IpAddr::from(settings.bind_v4), IpAddr::from(settings.bind_v6)].into_iter().enumerate().take(families)
+        {
+            match bind(ip, settings.webrtc_port) {
+                Ok(sock) => {
+                    let port = sock.local_addr()?.port();
+                    webrtc_ports[i] = Some(port);
+                    let _ = socket2::SockRef::from(&sock).set_recv_buffer_size(4 * 1024 * 1024);
+                    shared.push(SharedPort { sock, family: if i == 0 { Family::V4 } else { Family::V6 } });
+                }
+                Err(e) if i == 0 => {
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        format!("browsers' shared port {ip}:{}: {e}", settings.webrtc_port),
+                    ));
+                }
+                Err(e) => warn!(error = %e, "no IPv6 port for browsers"),
+            }
+        }
         let mut workers = Vec::new();
         for n in 0..settings.threads.max(1) {
             let (tx, rx) = mpsc::channel();
             let wake = Arc::new(EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?);
             let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
             epoll.add(wake.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, WAKE))?;
+            let shared = if n == 0 { std::mem::take(&mut shared) } else { Vec::new() };
+            for (i, p) in shared.iter().enumerate() {
+                epoll.add(p.sock.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, SHARED + i as u64))?;
+            }
             let thread = RelayThread {
+                shared,
+                cert: cert.clone(),
+                by_ufrag: HashMap::new(),
+                by_addr: HashMap::new(),
+                browser_deadline: None,
+                browser_out: Vec::new(),
                 epoll,
                 wake: wake.clone(),
                 rx,
@@ -301,6 +373,7 @@ impl MediaEngine {
         }
         Ok(Arc::new(MediaEngine {
             settings,
+            webrtc_ports,
             pools,
             workers,
             next_worker: AtomicUsize::new(0),
@@ -319,9 +392,20 @@ impl MediaEngine {
         self.ports_in_use.load(Ordering::Relaxed)
     }
 
-    /// A new stream on the next thread; `events` hears its timeouts.
-    pub fn open(self: &Arc<Self>, events: EventSink) -> StreamHandle {
-        let worker = self.next_worker.fetch_add(1, Ordering::Relaxed) % self.workers.len().max(1);
+    /// The browsers' shared port of `family`, if bound.
+    pub fn webrtc_port(&self, family: Family) -> Option<u16> {
+        self.webrtc_ports[match family {
+            Family::V4 => 0,
+            Family::V6 => 1,
+        }]
+    }
+
+    /// A new stream on the next thread; `events` hears its timeouts. A
+    /// stream that may get a browser leg goes to the thread that owns the
+    /// browsers' shared port.
+    pub fn open(self: &Arc<Self>, events: EventSink, browsers: bool) -> StreamHandle {
+        let worker =
+            if browsers { 0 } else { self.next_worker.fetch_add(1, Ordering::Relaxed) % self.workers.len().max(1) };
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let figures = Arc::new(Figures::default());
         let h = StreamHandle { engine: self.clone(), worker, id, figures: figures.clone(), closed: false };
@@ -427,6 +511,17 @@ impl StreamHandle {
         self.send(Control::Dtmf { id: self.id, slot, digit, duration_ms });
     }
 
+    /// An offer/answer step of browser leg `slot`, done on its thread.
+    pub fn browser(&self, slot: u16, op: BrowserOp) -> Result<Option<String>, MediaError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.send(Control::Browser { id: self.id, slot, op, reply });
+        match answer.recv_timeout(BROWSER_REPLY) {
+            Ok(Ok(sdp)) => Ok(sdp),
+            Ok(Err(detail)) => Err(MediaError::Unusable { detail }),
+            Err(_) => Err(MediaError::Unusable { detail: "the media thread did not answer".into() }),
+        }
+    }
+
     /// Leg `slot` is gone: its sockets close, its ports go back.
     pub fn close_leg(&self, slot: u16) {
         self.send(Control::CloseLeg { id: self.id, slot });
@@ -477,9 +572,24 @@ impl Sent {
     }
 }
 
+/// A browser's leg on the thread that owns the shared port.
+struct BrowserSide {
+    leg: BrowserLeg,
+    sent: Sent,
+    /// When the leg wants its timeout handled.
+    deadline: Option<Instant>,
+}
+
+/// One of the browsers' shared sockets.
+struct SharedPort {
+    sock: UdpSocket,
+    family: Family,
+}
+
 struct Stream {
     relay: RelaySession,
     legs: HashMap<u16, LegSockets>,
+    browsers: HashMap<u16, BrowserSide>,
     /// The leg that is side B.
     b: Option<u16>,
     events: EventSink,
@@ -517,6 +627,15 @@ struct SockRef {
 }
 
 struct RelayThread {
+    /// The browsers' shared sockets (thread 0 only).
+    shared: Vec<SharedPort>,
+    cert: NodeCert,
+    /// Browser legs by ICE username fragment, and by address once known.
+    by_ufrag: HashMap<String, (u64, u16)>,
+    by_addr: HashMap<SocketAddr, (u64, u16)>,
+    /// The earliest browser leg timeout.
+    browser_deadline: Option<Instant>,
+    browser_out: Vec<BrowserOutput>,
     epoll: Epoll,
     wake: Arc<EventFd>,
     rx: mpsc::Receiver<Control>,
@@ -657,7 +776,8 @@ impl RelayThread {
         };
         loop {
             let now = crate::clock::instant();
-            let wait = next_tick.saturating_duration_since(now);
+            let wake_at = self.browser_deadline.map_or(next_tick, |d| d.min(next_tick));
+            let wait = wake_at.saturating_duration_since(now);
             let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
             let n = match self.epoll.wait(&mut events, EpollTimeout::from(ms)) {
                 Ok(n) => n,
@@ -676,12 +796,17 @@ impl RelayThread {
                     if !self.control() {
                         return;
                     }
+                } else if token >= SHARED {
+                    self.shared_readable((token - SHARED) as usize, &mut bufs, &mut rx_headers);
                 } else {
                     self.readable(token, &mut bufs, &mut rx_headers, &mut tx_headers);
                 }
             }
             self.flush_sends();
             let now = crate::clock::instant();
+            if self.browser_deadline.is_some_and(|d| now >= d) {
+                self.browser_timeouts(now);
+            }
             if now >= next_tick {
                 self.tick(now);
                 next_tick = now + TICK;
@@ -727,6 +852,7 @@ impl RelayThread {
                     Stream {
                         relay: RelaySession::new(now, ssrcs, 8000),
                         legs: HashMap::new(),
+                        browsers: HashMap::new(),
                         b: None,
                         events,
                         figures,
@@ -779,7 +905,15 @@ impl RelayThread {
                 s.armed = armed.then_some(now);
                 s.timed_out = false;
             }
+            Control::Browser { id, slot, op, reply } => {
+                let r = self.browser_op(now, id, slot, op);
+                let _ = reply.try_send(r);
+            }
             Control::CloseLeg { id, slot } => {
+                let browser = self.streams.get_mut(&id).and_then(|s| s.browsers.remove(&slot));
+                if let Some(b) = browser {
+                    self.forget_browser(&b);
+                }
                 let leg = self.streams.get_mut(&id).and_then(|s| {
                     if s.b == Some(slot) {
                         s.b = None;
@@ -796,6 +930,13 @@ impl RelayThread {
                 let Some(side) = s.side_of(slot) else { return };
                 let Some(to) = s.relay.destination(side) else { return };
                 let packets = s.relay.dtmf_packets(now, side, digit, duration_ms);
+                if s.browsers.contains_key(&slot) {
+                    for p in packets {
+                        self.send_to_browser(now, id, slot, &p);
+                    }
+                    return;
+                }
+                let Some(s) = self.streams.get_mut(&id) else { return };
                 let Some(leg) = s.legs.get_mut(&slot) else { return };
                 for p in packets {
                     if leg.rtp.send_to(&p, to).is_ok() {
@@ -809,10 +950,173 @@ impl RelayThread {
 
     fn close(&mut self, id: u64) {
         if let Some(s) = self.streams.remove(&id) {
+            for b in s.browsers.values() {
+                self.forget_browser(b);
+            }
             for (_, leg) in s.legs {
                 self.drop_leg(leg);
             }
         }
+    }
+
+    /// The routes to a browser leg that goes.
+    fn forget_browser(&mut self, b: &BrowserSide) {
+        if let Some(key) = self.by_ufrag.remove(b.leg.ufrag()) {
+            // Every address its checks came from (IPv4 and IPv6 candidates).
+            self.by_addr.retain(|_, v| *v != key);
+        }
+    }
+
+    /// An offer/answer step of a browser leg (made on its first offer).
+    fn browser_op(&mut self, now: Instant, id: u64, slot: u16, op: BrowserOp) -> Result<Option<String>, String> {
+        let Some(s) = self.streams.get_mut(&id) else { return Err("the call's media is closed".into()) };
+        if let BrowserOp::Offer { voices, event_pt, ip, .. } = &op
+            && !s.browsers.contains_key(&slot)
+        {
+            let family = Family::of(*ip);
+            let Some(port) = self.shared.iter().find(|p| p.family == family).and_then(|p| p.sock.local_addr().ok())
+            else {
+                return Err(format!("no shared port for {family:?} browsers"));
+            };
+            let leg = BrowserLeg::new(now, &self.cert, SocketAddr::new(*ip, port.port()), voices, *event_pt);
+            self.by_ufrag.insert(leg.ufrag().to_owned(), (id, slot));
+            s.browsers.insert(slot, BrowserSide { leg, sent: Sent::default(), deadline: Some(now) });
+        }
+        let b = s.browsers.get_mut(&slot).ok_or("no such browser leg")?;
+        let r = match op {
+            BrowserOp::Offer { direction, .. } => Ok(b.leg.create_offer(direction)),
+            BrowserOp::Answer(sdp) => b.leg.accept_answer(&sdp).map(|()| None),
+            BrowserOp::AcceptOffer(sdp) => b.leg.accept_offer(&sdp).map(Some),
+        };
+        self.drive_browser(now, id, slot);
+        r
+    }
+
+    /// Datagrams on a shared port: each to the browser leg its address
+    /// (or, first, its STUN username) names; the rest are strays.
+    fn shared_readable(
+        &mut self,
+        index: usize,
+        bufs: &mut [[u8; MTU]],
+        rx_headers: &mut MultiHeaders<SockaddrStorage>,
+    ) {
+        let Some(fd) = self.shared.get(index).map(|p| p.sock.as_raw_fd()) else { return };
+        let mut meta: [(usize, Option<SocketAddr>); BATCH] = [(0, None); BATCH];
+        let received = receive_batch(fd, rx_headers, bufs, &mut meta);
+        let now = crate::clock::instant();
+        for (i, (len, from)) in meta[..received].iter().enumerate() {
+            let Some(from) = *from else { continue };
+            let data = &bufs[i][..*len];
+            let route = self.by_addr.get(&from).copied().or_else(|| {
+                // A check naming a leg's ufrag: the browser's address is
+                // learned (its DTLS follows from there; str0m checks the
+                // check's integrity with the leg's password).
+                let key = stun_ufrag(data).and_then(|u| self.by_ufrag.get(u).copied())?;
+                self.by_addr.insert(from, key);
+                Some(key)
+            });
+            let Some((id, slot)) = route else {
+                debug!(%from, "datagram for no browser leg dropped");
+                continue;
+            };
+            let Some(b) = self.streams.get_mut(&id).and_then(|s| s.browsers.get_mut(&slot)) else { continue };
+            b.leg.handle_datagram(now, from, data);
+            self.drive_browser(now, id, slot);
+        }
+    }
+
+    /// Browser legs whose time has come.
+    fn browser_timeouts(&mut self, now: Instant) {
+        let due: Vec<(u64, u16)> = self
+            .streams
+            .iter()
+            .flat_map(|(id, s)| {
+                s.browsers
+                    .iter()
+                    .filter(|(_, b)| b.deadline.is_some_and(|d| d <= now))
+                    .map(move |(slot, _)| (*id, *slot))
+            })
+            .collect();
+        for (id, slot) in due {
+            if let Some(b) = self.streams.get_mut(&id).and_then(|s| s.browsers.get_mut(&slot)) {
+                b.leg.handle_timeout(now);
+            }
+            self.drive_browser(now, id, slot);
+        }
+        self.browser_deadline =
+            self.streams.values().flat_map(|s| s.browsers.values().filter_map(|b| b.deadline)).min();
+    }
+
+    /// A relayed packet (already in the browser's numbering) to browser
+    /// leg `slot`, encrypted and sent.
+    fn send_to_browser(&mut self, now: Instant, id: u64, slot: u16, pkt: &[u8]) {
+        let Some(s) = self.streams.get_mut(&id) else { return };
+        let side = s.side_of(slot);
+        let Some(b) = s.browsers.get_mut(&slot) else { return };
+        if b.leg.write_rtp(now, pkt) {
+            b.sent.add(pkt.len(), false);
+            if let Some(side) = side {
+                s.figures.sent(side, &b.sent);
+            }
+        }
+        self.drive_browser(now, id, slot);
+    }
+
+    /// Carries out what browser leg `slot` has to say: datagrams out of
+    /// the shared port, its RTP through the relay to the other leg.
+    fn drive_browser(&mut self, now: Instant, id: u64, slot: u16) {
+        let mut out = std::mem::take(&mut self.browser_out);
+        out.clear();
+        let Some(s) = self.streams.get_mut(&id) else { return };
+        let Some(b) = s.browsers.get_mut(&slot) else { return };
+        b.deadline = b.leg.poll(&mut out);
+        if let Some(d) = b.deadline {
+            self.browser_deadline = Some(self.browser_deadline.map_or(d, |x| x.min(d)));
+        }
+        for o in out.drain(..) {
+            match o {
+                BrowserOutput::Transmit { to, data } => {
+                    let family = Family::of(to.ip());
+                    if let Some(p) = self.shared.iter().find(|p| p.family == family) {
+                        let _ = p.sock.send_to(&data, to);
+                    }
+                }
+                BrowserOutput::Connected(remote) => {
+                    debug!(%remote, "browser leg connected (ICE, DTLS)");
+                    self.by_addr.insert(remote, (id, slot));
+                }
+                BrowserOutput::Rtp(mut pkt) => {
+                    let Some(side) = s.side_of(slot) else { continue };
+                    match s.relay.handle_rtp(now, side, BROWSER_STAND_IN, &mut pkt) {
+                        Verdict::Dtmf { digit, duration_ms } => {
+                            (s.events)(MediaEvent::Dtmf { slot, digit, duration_ms });
+                        }
+                        Verdict::Forward { to, via } => {
+                            let other = side.other();
+                            let Some(dest) = s.slot_of(other).and_then(|d| s.legs.get_mut(&d)) else { continue };
+                            let sock = match via {
+                                Port::Rtp => &dest.rtp,
+                                Port::Rtcp => &dest.rtcp,
+                            };
+                            if sock.send_to(&pkt, to).is_ok() {
+                                dest.sent.add(pkt.len(), false);
+                                s.figures.sent(other, &dest.sent);
+                            }
+                        }
+                        _ => {}
+                    }
+                    s.figures.publish(side, &s.relay.stats(side));
+                }
+                BrowserOutput::Gone => {
+                    debug!("browser leg gone (ICE or DTLS)");
+                    if !s.timed_out {
+                        s.timed_out = true;
+                        (s.events)(MediaEvent::Timeout);
+                    }
+                }
+            }
+        }
+        self.browser_out = out;
     }
 
     fn register(&mut self, sock: &UdpSocket, r: SockRef) -> u64 {
@@ -881,6 +1185,7 @@ impl RelayThread {
         let side = s.side_of(r.slot);
         let outs = &mut self.outs;
         outs.clear();
+        let mut browser_pkts: Vec<(u16, Vec<u8>)> = Vec::new();
         for (i, (len, from)) in meta[..received].iter().enumerate() {
             let (Some(side), Some(from)) = (side, from) else { continue };
             let pkt = &mut bufs[i][..*len];
@@ -896,6 +1201,14 @@ impl RelayThread {
             }
             let Verdict::Forward { to, via } = verdict else { continue };
             let other = side.other();
+            // Toward a browser: through its WebRTC session (which makes its
+            // own RTCP), after this batch.
+            if let Some(slot) = s.slot_of(other).filter(|slot| s.browsers.contains_key(slot)) {
+                if !rtcp {
+                    browser_pkts.push((slot, pkt.to_vec()));
+                }
+                continue;
+            }
             let Some(dest) = s.slot_of(other).and_then(|slot| s.legs.get(&slot)) else { continue };
             let fd = match via {
                 Port::Rtp => dest.rtp.as_raw_fd(),
@@ -912,8 +1225,19 @@ impl RelayThread {
             for o in outs.iter() {
                 ring.push(o, &bufs[o.buf][..o.len], r.stream);
             }
-            return;
+        } else {
+            self.send_outs(r.stream, bufs, tx_headers);
         }
+        for (slot, pkt) in browser_pkts {
+            self.send_to_browser(now, r.stream, slot, &pkt);
+        }
+    }
+
+    /// Sends the batch's packets, consecutive ones of one socket in one
+    /// `sendmmsg`.
+    fn send_outs(&mut self, stream: u64, bufs: &[[u8; MTU]], tx_headers: &mut MultiHeaders<SockaddrStorage>) {
+        let Some(s) = self.streams.get_mut(&stream) else { return };
+        let outs = &self.outs;
         // Else consecutive packets leaving one socket go in one sendmmsg.
         let mut start = 0;
         while start < outs.len() {

@@ -69,6 +69,47 @@ pub fn anchor(desc: &mut SessionDescription, addr: IpAddr, ports: &[PortPair]) -
     anchored
 }
 
+/// Where a browser's media "is" for the relay: the browser leg's packets
+/// reach the relay from the shared port's WebRTC session, never from a
+/// socket address, so its side is pinned to this stand-in (TEST-NET-1,
+/// port 9, never routed) and no stranger can latch it.
+pub const BROWSER_STAND_IN: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1)), 9);
+
+/// A browser's description (ICE, DTLS, `UDP/TLS/RTP/SAVPF`) as a plain
+/// `RTP/AVP` one for a PBX: only what describes the audio itself is kept
+/// (codecs, their parameters, ptime, direction); [`anchor`] then gives it
+/// our address.
+pub fn plain_from_webrtc(desc: &mut SessionDescription) {
+    desc.attributes.retain(|a| Direction::from_key(&a.key).is_some());
+    for m in &mut desc.media_descriptions {
+        m.media_name.protos = vec!["RTP".into(), "AVP".into()];
+        m.attributes.retain(|a| {
+            matches!(a.key.as_str(), "rtpmap" | "fmtp" | "ptime" | "maxptime") || Direction::from_key(&a.key).is_some()
+        });
+    }
+}
+
+/// What the relay should know of a browser's description: its codecs and
+/// direction as written, its address the stand-in (the browser's real
+/// address is the WebRTC session's business, and `c=0.0.0.0` from a
+/// browser is no hold).
+pub fn browser_stream_info(desc: &SessionDescription) -> Option<StreamInfo> {
+    let mut desc = desc.clone();
+    let c = connection(BROWSER_STAND_IN.ip());
+    desc.connection_information = Some(c.clone());
+    for m in &mut desc.media_descriptions {
+        if m.media_name.media == "audio" && m.media_name.port.value != 0 {
+            m.media_name.port.value = 9;
+            m.connection_information = Some(c.clone());
+            m.attributes.retain(|a| a.key != "rtcp");
+        }
+    }
+    let mut info = stream_info(&desc)?;
+    info.rtcp_mux = true;
+    info.rtcp = info.rtp;
+    Some(info)
+}
+
 /// Codecs the relay carries between legs without transcoding.
 pub const RELAYABLE: &[&str] = &["PCMU", "PCMA", "G722", "opus", "telephone-event"];
 

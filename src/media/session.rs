@@ -8,6 +8,10 @@
 //! Side A of the stream is leg 0 (the trunk); side B is the leg that last
 //! answered or offered from the far side (the fork that won, or one giving
 //! early media). Forks that lose have their pairs closed by the call.
+//!
+//! A browser leg has no pair: its offers and answers are its WebRTC
+//! session's (`media/webrtc.rs`, on the thread of the shared port), and
+//! what it writes crosses to the PBX as plain `RTP/AVP` description.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -15,10 +19,11 @@ use std::sync::Arc;
 
 use rtc_sdp::SessionDescription;
 
-use super::engine::{EventSink, Family, Figures, LegFigures, MediaEngine, SideUpdate, StreamHandle};
+use super::engine::{BrowserOp, EventSink, Family, Figures, LegFigures, MediaEngine, SideUpdate, StreamHandle};
 use super::ports::PortPair;
 use super::relay::Side;
 use super::sdp::{self, StreamInfo};
+use super::webrtc::{DEFAULT_EVENT_PT, MediaDirection, Voice};
 use crate::b2bua::{Body, LegId, MediaError, MediaSession};
 
 #[derive(Debug)]
@@ -35,6 +40,10 @@ struct LegMedia {
     /// peer learns anything of the other) and the next version.
     session_id: u64,
     version: u64,
+    /// A browser (WebRTC) leg.
+    browser: bool,
+    /// Browser: our answer to its offer, given once the other leg answered.
+    browser_answer: Option<Body>,
 }
 
 /// Anchored media of one call.
@@ -63,8 +72,84 @@ pub struct CallFigures {
 
 impl RelayMedia {
     /// A call's media on `engine`; `events` hears its media timeout.
-    pub fn new(engine: &Arc<MediaEngine>, events: EventSink) -> RelayMedia {
-        RelayMedia { stream: engine.open(events), legs: HashMap::new(), b: None, engine: engine.clone() }
+    /// `browsers`: a leg may be a browser (the stream goes to the thread
+    /// of the shared port).
+    pub fn new(engine: &Arc<MediaEngine>, events: EventSink, browsers: bool) -> RelayMedia {
+        RelayMedia { stream: engine.open(events, browsers), legs: HashMap::new(), b: None, engine: engine.clone() }
+    }
+
+    fn is_browser(&self, leg: LegId) -> bool {
+        self.legs.get(&leg).is_some_and(|l| l.browser)
+    }
+
+    /// The PBX's offer toward a browser: the browser's WebRTC session
+    /// offers the G.711 codecs of the PBX's offer and events, in the PBX's
+    /// direction and numbers.
+    fn offer_to_browser(&mut self, from: LegId, to: LegId, offer: &Body) -> Result<Body, MediaError> {
+        let desc = sdp::parse(offer)?;
+        let info = sdp::stream_info(&desc).ok_or(MediaError::NoCommonCodec)?;
+        let mut voices = Vec::new();
+        for f in &info.formats {
+            let v = if f.name.eq_ignore_ascii_case("PCMU") && f.pt == 0 {
+                Voice::Pcmu
+            } else if f.name.eq_ignore_ascii_case("PCMA") && f.pt == 8 {
+                Voice::Pcma
+            } else {
+                continue;
+            };
+            if !voices.contains(&v) {
+                voices.push(v);
+            }
+        }
+        // No transcoding: a PBX that offers no G.711 cannot reach a browser.
+        if voices.is_empty() {
+            return Err(MediaError::NoCommonCodec);
+        }
+        let event_pt = info.formats.iter().find(|f| f.is_event() && f.rate == 8000).map_or(DEFAULT_EVENT_PT, |f| f.pt);
+        let direction = match info.direction {
+            sdp::Direction::SendRecv => MediaDirection::SendRecv,
+            sdp::Direction::SendOnly => MediaDirection::SendOnly,
+            sdp::Direction::RecvOnly => MediaDirection::RecvOnly,
+            sdp::Direction::Inactive => MediaDirection::Inactive,
+        };
+        self.ensure_pair(from)?;
+        let ip = self.legs.get(&to).map(|l| l.sdp_ip).ok_or_else(|| unusable("unknown leg"))?;
+        let made = self.stream.browser(to.0, BrowserOp::Offer { voices, event_pt, direction, ip })?;
+        let l = self.legs.get_mut(&to).ok_or_else(|| unusable("unknown leg"))?;
+        let body = match made {
+            Some(text) => sdp_body(text),
+            // Nothing changed (a refresh): what it has stands.
+            None => l.ours.as_ref().map(|(b, _)| b.clone()).ok_or_else(|| unusable("no offer for the browser"))?,
+        };
+        let ours = sdp::browser_stream_info(&sdp::parse(&body)?).ok_or(MediaError::NoCommonCodec)?;
+        l.ours = Some((body.clone(), ours));
+        if let Some(l) = self.legs.get_mut(&from) {
+            l.theirs = Some(info);
+        }
+        self.push(from);
+        self.push_session();
+        Ok(body)
+    }
+
+    /// A browser's offer (its re-INVITE: hold, resume): its WebRTC session
+    /// answers now (given once the other leg answered too), and the other
+    /// leg gets it as plain RTP.
+    fn offer_from_browser(&mut self, from: LegId, to: LegId, offer: &Body) -> Result<Body, MediaError> {
+        let text = std::str::from_utf8(&offer.bytes).map_err(|_| unusable("SDP is not UTF-8"))?.to_owned();
+        let answer = self.stream.browser(from.0, BrowserOp::AcceptOffer(text))?.ok_or_else(|| unusable("no answer"))?;
+        let mut desc = sdp::parse(offer)?;
+        let info = sdp::browser_stream_info(&desc).ok_or(MediaError::NoCommonCodec)?;
+        sdp::plain_from_webrtc(&mut desc);
+        sdp::keep_relayable(&mut desc, sdp::RELAYABLE)?;
+        let body = self.anchored_for(to, desc)?;
+        if let Some(l) = self.legs.get_mut(&from) {
+            l.theirs = Some(info);
+            l.browser_answer = Some(sdp_body(answer));
+        }
+        self.connect(from);
+        self.push(from);
+        self.push_session();
+        Ok(body)
     }
 
     /// The live figures (shared with the relay thread).
@@ -174,7 +259,7 @@ impl RelayMedia {
 }
 
 impl MediaSession for RelayMedia {
-    fn add_leg(&mut self, leg: LegId, peer: SocketAddr, local: SocketAddr) {
+    fn add_leg(&mut self, leg: LegId, peer: SocketAddr, local: SocketAddr, browser: bool) {
         let family = Family::of(peer.ip());
         let s = self.engine.settings();
         let public: Option<IpAddr> = match family {
@@ -193,11 +278,29 @@ impl MediaSession for RelayMedia {
         let mut id = [0u8; 4];
         let _ = getrandom::fill(&mut id);
         let session_id = u64::from(u32::from_le_bytes(id));
-        self.legs
-            .insert(leg, LegMedia { sdp_ip, family, pair: None, theirs: None, ours: None, session_id, version: 1 });
+        self.legs.insert(
+            leg,
+            LegMedia {
+                sdp_ip,
+                family,
+                pair: None,
+                theirs: None,
+                ours: None,
+                session_id,
+                version: 1,
+                browser,
+                browser_answer: None,
+            },
+        );
     }
 
     fn offer(&mut self, from: LegId, to: LegId, offer: &Body) -> Result<Body, MediaError> {
+        if self.is_browser(to) {
+            return self.offer_to_browser(from, to, offer);
+        }
+        if self.is_browser(from) {
+            return self.offer_from_browser(from, to, offer);
+        }
         let mut desc = sdp::parse(offer)?;
         let info = sdp::stream_info(&desc).ok_or(MediaError::NoCommonCodec)?;
         sdp::keep_relayable(&mut desc, sdp::RELAYABLE)?;
@@ -232,9 +335,36 @@ impl MediaSession for RelayMedia {
     }
 
     fn answer(&mut self, from: LegId, to: LegId, answer: &Body) -> Result<Body, MediaError> {
+        if self.is_browser(to) {
+            // The other leg answered the browser's offer: the browser gets
+            // the answer its WebRTC session made.
+            let info = sdp::stream_info(&sdp::parse(answer)?);
+            let l = self.legs.get_mut(&to).ok_or_else(|| unusable("unknown leg"))?;
+            let body = l.browser_answer.take().ok_or_else(|| unusable("no answer for the browser"))?;
+            let ours = sdp::browser_stream_info(&sdp::parse(&body)?).ok_or(MediaError::NoCommonCodec)?;
+            l.ours = Some((body.clone(), ours));
+            if let Some(l) = self.legs.get_mut(&from) {
+                l.theirs = info;
+            }
+            self.connect(to);
+            self.push(from);
+            self.push(to);
+            self.push_session();
+            return Ok(body);
+        }
         let mut desc = sdp::parse(answer)?;
-        let info = sdp::stream_info(&desc);
-        self.ensure_pair(from)?;
+        let info = if self.is_browser(from) {
+            // The browser answered our offer: its WebRTC session takes it,
+            // the other leg gets it as plain RTP.
+            let text = std::str::from_utf8(&answer.bytes).map_err(|_| unusable("SDP is not UTF-8"))?.to_owned();
+            self.stream.browser(from.0, BrowserOp::Answer(text))?;
+            let info = sdp::browser_stream_info(&desc);
+            sdp::plain_from_webrtc(&mut desc);
+            info
+        } else {
+            self.ensure_pair(from)?;
+            sdp::stream_info(&desc)
+        };
         // Toward the offerer, in the offerer's numbers.
         if let Some(offer) = self.legs.get(&to).and_then(|l| l.theirs.as_ref()) {
             sdp::renumber_like(&mut desc, &offer.formats.clone());
@@ -262,7 +392,7 @@ impl MediaSession for RelayMedia {
 
     fn close_leg(&mut self, leg: LegId) {
         if let Some(l) = self.legs.get_mut(&leg)
-            && l.pair.take().is_some()
+            && (l.pair.take().is_some() || std::mem::take(&mut l.browser))
         {
             self.stream.close_leg(leg.0);
         }
@@ -274,7 +404,7 @@ impl MediaSession for RelayMedia {
     fn refreshed(&mut self, leg: LegId, answer: &Body) -> Result<(), MediaError> {
         let desc = sdp::parse(answer)?;
         if let Some(l) = self.legs.get_mut(&leg) {
-            l.theirs = sdp::stream_info(&desc);
+            l.theirs = if l.browser { sdp::browser_stream_info(&desc) } else { sdp::stream_info(&desc) };
         }
         // A new offer/answer: the leg may latch again (a NAT rebinding).
         self.push(leg);
@@ -296,6 +426,14 @@ impl MediaSession for RelayMedia {
     fn local_description(&self, leg: LegId) -> Option<Body> {
         self.legs.get(&leg).and_then(|l| l.ours.as_ref()).map(|(b, _)| b.clone())
     }
+}
+
+fn unusable(detail: &str) -> MediaError {
+    MediaError::Unusable { detail: detail.into() }
+}
+
+fn sdp_body(text: String) -> Body {
+    Body { content_type: "application/sdp".into(), bytes: bytes::Bytes::from(text) }
 }
 
 #[cfg(test)]
@@ -340,10 +478,10 @@ m=audio 5000 RTP/AVP 8 96\na=rtpmap:8 PCMA/8000\na=rtpmap:96 telephone-event/800
     #[test]
     fn each_leg_gets_our_address_its_own_pair_and_numbers_it_knows() {
         let (engine, min) = new_engine();
-        let mut m = RelayMedia::new(&engine, Box::new(|_| {}));
+        let mut m = RelayMedia::new(&engine, Box::new(|_| {}), false);
         let sip = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
-        m.add_leg(LegId::ORIGIN, "10.0.0.5:5060".parse().expect("addr"), sip(5060));
-        m.add_leg(LegId(1), "198.51.100.9:5060".parse().expect("addr"), sip(5060));
+        m.add_leg(LegId::ORIGIN, "10.0.0.5:5060".parse().expect("addr"), sip(5060), false);
+        m.add_leg(LegId(1), "198.51.100.9:5060".parse().expect("addr"), sip(5060), false);
         let to_phone = text(&m.offer(LegId::ORIGIN, LegId(1), &body(PBX)).expect("offer"));
         // G.729 cannot be relayed; the PBX's leg took the first pair, the
         // phone's the second; nothing of the PBX's origin line is left.
@@ -365,18 +503,18 @@ m=audio 5000 RTP/AVP 8 96\na=rtpmap:8 PCMA/8000\na=rtpmap:96 telephone-event/800
         assert_eq!(m.local_description(LegId::ORIGIN).map(|b| text(&b)), Some(to_pbx));
         // A full pool: a third leg's offer fails and leaks nothing.
         let (full_engine, _) = new_engine();
-        let mut a = RelayMedia::new(&full_engine, Box::new(|_| {}));
-        let mut b = RelayMedia::new(&full_engine, Box::new(|_| {}));
+        let mut a = RelayMedia::new(&full_engine, Box::new(|_| {}), false);
+        let mut b = RelayMedia::new(&full_engine, Box::new(|_| {}), false);
         for s in [&mut a, &mut b] {
             for leg in [0, 1] {
-                s.add_leg(LegId(leg), "10.0.0.5:5060".parse().expect("addr"), sip(5060));
+                s.add_leg(LegId(leg), "10.0.0.5:5060".parse().expect("addr"), sip(5060), false);
             }
         }
         a.offer(LegId::ORIGIN, LegId(1), &body(PBX)).expect("two pairs");
         b.offer(LegId::ORIGIN, LegId(1), &body(PBX)).expect("four pairs: the range is full");
-        let mut c = RelayMedia::new(&full_engine, Box::new(|_| {}));
-        c.add_leg(LegId::ORIGIN, "10.0.0.5:5060".parse().expect("addr"), sip(5060));
-        c.add_leg(LegId(1), "10.0.0.6:5060".parse().expect("addr"), sip(5060));
+        let mut c = RelayMedia::new(&full_engine, Box::new(|_| {}), false);
+        c.add_leg(LegId::ORIGIN, "10.0.0.5:5060".parse().expect("addr"), sip(5060), false);
+        c.add_leg(LegId(1), "10.0.0.6:5060".parse().expect("addr"), sip(5060), false);
         assert_eq!(c.offer(LegId::ORIGIN, LegId(1), &body(PBX)), Err(MediaError::PortsExhausted));
         drop((a, b, c));
         crate::media::session::tests::wait_until(|| full_engine.ports_in_use() == 0);

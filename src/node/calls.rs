@@ -182,7 +182,7 @@ impl Shard {
                     return;
                 };
                 let peer = self.peer(p.target);
-                let groups = groups
+                let groups: Vec<Vec<crate::b2bua::ForkTarget>> = groups
                     .into_iter()
                     .map(|g| {
                         g.into_iter()
@@ -212,7 +212,8 @@ impl Shard {
                                     replies.try_send(super::ShardMsg::MediaDtmf(no, LegId(slot), digit, duration_ms));
                             }
                         });
-                        let relay = RelayMedia::new(engine, events);
+                        let browsers = groups.iter().flatten().any(|t| t.peer.target.transport.is_websocket());
+                        let relay = RelayMedia::new(engine, events, browsers);
                         self.calls.media.insert(no, (relay.figures_handle(), lease_id.clone()));
                         Box::new(relay)
                     }

@@ -125,7 +125,8 @@ try {
     }
     await byId('hold-button').click();
     await page.waitForFunction(() => document.querySelector('[data-testid=hold-button]').getAttribute('aria-pressed') === 'true');
-    emit('held');
+    await page.waitForTimeout(300);
+    emit('held', { stats: await audioStats() });
     await page.waitForTimeout(2000);
     const whileHeld = await audioStats();
     await byId('hold-button').click();

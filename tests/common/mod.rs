@@ -101,3 +101,22 @@ pub fn wall_now() -> std::time::Instant {
 pub mod baresip;
 pub mod browser;
 pub mod ws;
+
+/// Debian's sip-tester captures (G.711 audio, RFC 4733 digits).
+pub const CAPTURES: &str = "/usr/share/sip-tester";
+
+/// The RTP packets (UDP payloads) of a capture in [`CAPTURES`], in order.
+pub fn capture(name: &str) -> Vec<Vec<u8>> {
+    let d = std::fs::read(Path::new(CAPTURES).join(name)).unwrap_or_else(|e| panic!("{name}: {e} (sip-tester)"));
+    let mut out = Vec::new();
+    let mut at = 24;
+    while at + 16 <= d.len() {
+        let incl = u32::from_le_bytes([d[at + 8], d[at + 9], d[at + 10], d[at + 11]]) as usize;
+        let frame = &d[at + 16..at + 16 + incl];
+        let ip = &frame[14..];
+        let ihl = usize::from(ip[0] & 0x0f) * 4;
+        out.push(ip[ihl + 8..].to_vec());
+        at += 16 + incl;
+    }
+    out
+}
