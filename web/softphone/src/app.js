@@ -373,6 +373,10 @@ function callerOf(session, request) {
   return { name, number: decodeURIComponent(number) };
 }
 
+// `?autoanswer=1`: answer every call at once (unattended kiosks, and the
+// latency benchmark in bench/webrtc-latency).
+const AUTO_ANSWER = new URLSearchParams(location.search).get('autoanswer') === '1';
+
 function onNewSession(e) {
   const session = e.session;
   if (e.originator === 'remote') {
@@ -392,8 +396,12 @@ function onNewSession(e) {
     el.lastCall.textContent = '';
     clearError();
     setState('incoming');
-    startRing('incoming');
-    el.answer.focus();
+    if (AUTO_ANSWER) {
+      answer();
+    } else {
+      startRing('incoming');
+      el.answer.focus();
+    }
   } else {
     st.session = session;
   }
