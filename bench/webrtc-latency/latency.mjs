@@ -29,6 +29,7 @@ const browser = await chromium.launch({
 const context = await browser.newContext({ ignoreHTTPSErrors: true });
 await context.grantPermissions(['microphone']);
 const page = await context.newPage();
+page.on('console', (m) => { if (m.type() === 'error' || m.type() === 'warning') process.stderr.write(`page: ${m.text()}\n`); });
 await page.goto(plan.page);
 await page.getByTestId('login-domain').fill(plan.domain);
 await page.getByTestId('login-username').fill(plan.username);
@@ -113,6 +114,12 @@ for (let n = 1; n <= plan.calls; n++) {
   }
   const t200 = now();
   const status = Number(ok.slice(8, 11));
+  if (status !== 200) {
+    const why = [ok.split('\r\n')[0], header(ok, 'warning'), header(ok, 'reason'), header(ok, 'server') || header(ok, 'user-agent')];
+    results.push({ call: n, status, refused: why.filter(Boolean).join(' | ') });
+    console.log(JSON.stringify(results.at(-1)));
+    continue;
+  }
   const to = header(ok, 'to');
   const contact = (header(ok, 'contact') || '').replace(/^.*</, '').replace(/>.*$/, '');
   const routes = all(ok, 'record-route').flatMap((v) => v.split(',')).map((s) => s.trim()).reverse();
@@ -123,8 +130,9 @@ for (let n = 1; n <= plan.calls; n++) {
   const ack = `ACK ${contact} SIP/2.0\r\nVia: SIP/2.0/UDP ${plan.pbx}:${sipPort};branch=${branch()};rport\r\n` +
     `Max-Forwards: 70\r\nFrom: ${from}\r\nTo: ${to}\r\nCall-ID: ${callId}\r\nCSeq: 1 ACK\r\n${routeLines}Content-Length: 0\r\n\r\n`;
   sip.send(ack, targetPort, targetHost);
-  // A second of PBX audio toward the anchored address, as a PBX would.
-  for (let i = 0; i < 50 && status === 200 && c && m; i++) {
+  // PBX audio toward the anchored address (a second, or hold_ms), as a PBX would.
+  const packets = Math.round((plan.hold_ms || 1000) / 20);
+  for (let i = 0; i < packets && status === 200 && c && m; i++) {
     rtp.send(rtpPacket(n * 1000 + i, i * 160), Number(m[1]), c[1]);
     await sleep(20);
   }

@@ -18,13 +18,15 @@
 #
 # Needs: chromium, node (tests/browser's playwright-core: npm ci there),
 # openssl, kamailio kamailio-websocket-modules kamailio-tls-modules
-# kamailio-extra-modules rtpengine-daemon (apt). Results:
+# kamailio-extra-modules rtpengine-daemon (apt). LOG_LEVEL sets trunkgate's
+# log level (default warn; its log is kept with the results). Results:
 # bench/results/webrtc-latency-<time>/ (git-ignored).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 RUNS=${RUNS:-trunkgate anchor trunkgate}
 CALLS=${CALLS:-20}
+HOLD_MS=${HOLD_MS:-1000}
 OUT=${OUT_DIR:-$ROOT/bench/results/webrtc-latency-$(date +%Y%m%d-%H%M%S)}
 ANCHOR=${ANCHOR:-$ROOT/../shared/bench/webrtc-anchor/start.sh}
 mkdir -p "$OUT"
@@ -52,7 +54,7 @@ run_trunkgate() {
 node_id = "bench"
 state_dir = "$d/state"
 [log]
-level = "warn"
+level = "${LOG_LEVEL:-warn}"
 [database]
 url = "sqlite://$d/state/trunkgate.db"
 [sip]
@@ -78,10 +80,10 @@ EOF
     $tg portal add --id acme --domain acme.example.com >/dev/null
     $tg extension add --portal acme --channels 10 --valid-from 2020-01-01T00:00:00Z --valid-until 2099-01-01T00:00:00Z >/dev/null
     echo "alice-secret-1" | $tg user add --portal acme --username alice >/dev/null
-    $tg run 2>"$d/daemon.log" & local pid=$!
-    for _ in $(seq 100); do grep -q '"ready"\|ready' "$d/daemon.log" 2>/dev/null && break; sleep 0.1; done
+    $tg run 2>"$OUT/$n-daemon.log" & local pid=$!
+    for _ in $(seq 100); do grep -q 'ready' "$OUT/$n-daemon.log" 2>/dev/null && break; sleep 0.1; done
     local before; before=$(cpu_of "$pid")
-    node "$ROOT/bench/webrtc-latency/latency.mjs" "$(printf '{"page":"https://127.0.0.1:8443/softphone?autoanswer=1","domain":"acme.example.com","username":"alice","password":"alice-secret-1","pbx":"127.0.0.2","target":"127.0.0.1:5070","ruri":"sip:+15550001@127.0.0.1:5070","calls":%d}' "$CALLS")" \
+    node "$ROOT/bench/webrtc-latency/latency.mjs" "$(printf '{"page":"https://127.0.0.1:8443/softphone?autoanswer=1","domain":"acme.example.com","username":"alice","password":"alice-secret-1","pbx":"127.0.0.2","target":"127.0.0.1:5070","ruri":"sip:+15550001@127.0.0.1:5070","calls":%d,"hold_ms":%d}' "$CALLS" "$HOLD_MS")" \
         | tee "$OUT/$n-trunkgate.jsonl"
     local after; after=$(cpu_of "$pid")
     echo "{\"run\":\"$n-trunkgate\",\"cpu_ms_per_call\":$(( (after - before) * 1000 / ticks / CALLS ))}" | tee -a "$OUT/cpu.jsonl"
@@ -96,7 +98,7 @@ run_anchor() {
     sleep 1
     local pids; pids=$(pgrep -x kamailio; pgrep -x rtpengine)
     local before; before=$(cpu_of $pids)
-    node "$ROOT/bench/webrtc-latency/latency.mjs" "$(printf '{"page":"file://%s/web/softphone/dist/index.html?server=wss://127.0.0.1:5443&autoanswer=1","domain":"127.0.0.1","username":"alice","password":"x","pbx":"127.0.0.1","target":"127.0.0.1:5090","ruri":"sip:alice@127.0.0.1:5090","calls":%d}' "$ROOT" "$CALLS")" \
+    node "$ROOT/bench/webrtc-latency/latency.mjs" "$(printf '{"page":"file://%s/web/softphone/dist/index.html?server=wss://127.0.0.1:5443&autoanswer=1","domain":"127.0.0.1","username":"alice","password":"x","pbx":"127.0.0.1","target":"127.0.0.1:5090","ruri":"sip:alice@127.0.0.1:5090","calls":%d,"hold_ms":%d}' "$ROOT" "$CALLS" "$HOLD_MS")" \
         | tee "$OUT/$n-anchor.jsonl"
     local after; after=$(cpu_of $pids)
     echo "{\"run\":\"$n-anchor\",\"cpu_ms_per_call\":$(( (after - before) * 1000 / ticks / CALLS ))}" | tee -a "$OUT/cpu.jsonl"

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::call::{CallConfig, Ids, LegState, OfferAnswer, Phase, Placement};
+use super::call::{BROWSER_GONE, CallConfig, Ids, LegState, OfferAnswer, Phase, Placement};
 use super::*;
 use crate::config::{RingStrategy, Transport};
 use crate::sip::message::{HeaderName, Message, Method, Request, Response};
@@ -1454,4 +1454,37 @@ fn relayed_reinvite_refreshes_the_far_leg_too() {
     relayed_reinvite_at_60s(&mut w, &[]);
     // Alice's 2xx restarted her leg's timer: our refresh at 60 + 900 s.
     assert_eq!(w.call.poll_timeout(), Some(w.t0 + S(960)));
+}
+
+#[test]
+fn an_answered_legs_connection_closing_hangs_up_the_pbx_only() {
+    let (mut w, ..) = answered(true);
+    w.take();
+    w.call.handle_leg_gone(w.now, LegId(1));
+    let out = w.take();
+    // The browser cannot be reached: the BYE goes to the PBX alone.
+    let reqs: Vec<_> = World::requests(&out).iter().map(|r| (r.2, r.3.method().clone())).collect();
+    assert_eq!(reqs, [(LegId(0), Method::Bye)]);
+    let rec = assert_one_end(&out, "completed");
+    assert_eq!(rec.reason.as_deref(), Some(BROWSER_GONE));
+    // Told twice (a sweep after the notice): nothing more happens.
+    w.call.handle_leg_gone(w.now, LegId(1));
+    assert!(w.take().is_empty());
+}
+
+#[test]
+fn a_ringing_forks_connection_closing_fails_that_fork_alone() {
+    let mut w = World::new(RingStrategy::RingAll, vec![vec![fork("alice", 1), fork("bob", 2)]], Some(PBX_SDP));
+    let out = w.take();
+    let reqs = World::requests(&out);
+    assert_eq!(reqs.len(), 2, "both forks ring");
+    w.call.handle_leg_gone(w.now, reqs[0].2);
+    let out = w.take();
+    assert!(World::requests(&out).is_empty(), "no CANCEL toward a closed connection, nothing toward bob");
+    assert!(World::records(&out).is_empty(), "the call goes on with bob");
+    // bob does not answer either: the PBX gets the best failure of the two.
+    w.call.handle_leg_gone(w.now, reqs[1].2);
+    let out = w.take();
+    assert_eq!(status_of(&World::responses(&out, 1)), [480]);
+    assert_one_end(&out, "unavailable");
 }

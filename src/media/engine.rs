@@ -985,7 +985,7 @@ impl RelayThread {
         let b = s.browsers.get_mut(&slot).ok_or("no such browser leg")?;
         let r = match op {
             BrowserOp::Offer { direction, .. } => Ok(b.leg.create_offer(direction)),
-            BrowserOp::Answer(sdp) => b.leg.accept_answer(&sdp).map(|()| None),
+            BrowserOp::Answer(sdp) => b.leg.accept_answer(now, &sdp).map(|()| None),
             BrowserOp::AcceptOffer(sdp) => b.leg.accept_offer(&sdp).map(Some),
         };
         self.drive_browser(now, id, slot);

@@ -79,6 +79,12 @@ pub enum BrowserOutput {
 pub struct BrowserLeg {
     rtc: Rtc,
     ufrag: String,
+    /// Our ICE password: the key of the checks' MESSAGE-INTEGRITY.
+    pass: String,
+    /// The browser's answer has been taken (str0m knows its credentials).
+    answered: bool,
+    /// Checks and DTLS that came before the answer, fed to str0m with it.
+    early: Vec<(SocketAddr, Vec<u8>)>,
     /// Our candidate's address (public address, shared port): what the
     /// browser sends to.
     local: SocketAddr,
@@ -104,6 +110,10 @@ impl std::fmt::Debug for BrowserLeg {
     }
 }
 
+/// Datagrams kept from before the browser's answer (its first checks, at
+/// about 50 ms intervals, and its DTLS flight).
+const EARLY_KEPT: usize = 16;
+
 /// Payload type of telephone-event/8000 when the PBX's offer named none.
 pub const DEFAULT_EVENT_PT: u8 = 101;
 
@@ -122,14 +132,19 @@ impl BrowserLeg {
             }
         }
         codecs.add_config(event_pt.into(), None, Codec::Tele, Frequency::EIGHT_KHZ, None, FormatParams::default());
-        let mut rtc =
-            cfg.set_ice_lite(true).set_local_ice_credentials(str0m::IceCreds { ufrag: ufrag.clone(), pass }).build(now);
+        let mut rtc = cfg
+            .set_ice_lite(true)
+            .set_local_ice_credentials(str0m::IceCreds { ufrag: ufrag.clone(), pass: pass.clone() })
+            .build(now);
         if let Ok(c) = Candidate::host(local, "udp") {
             rtc.add_local_candidate(c);
         }
         BrowserLeg {
             rtc,
             ufrag,
+            pass,
+            answered: false,
+            early: Vec::new(),
             local,
             mid: None,
             pending: None,
@@ -167,10 +182,13 @@ impl BrowserLeg {
     }
 
     /// The browser's answer to our offer.
-    pub fn accept_answer(&mut self, sdp: &str) -> Result<(), String> {
+    pub fn accept_answer(&mut self, now: Instant, sdp: &str) -> Result<(), String> {
         let pending = self.pending.take().ok_or("no offer of ours is pending")?;
         let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| format!("browser answer: {e}"))?;
-        self.rtc.sdp_api().accept_answer(pending, answer).map_err(|e| format!("browser answer: {e}"))
+        self.rtc.sdp_api().accept_answer(pending, answer).map_err(|e| format!("browser answer: {e}"))?;
+        self.answered = true;
+        self.replay_early(now);
+        Ok(())
     }
 
     /// An offer from the browser (its re-INVITE: hold, resume); our answer.
@@ -180,7 +198,15 @@ impl BrowserLeg {
         self.pending = None;
         let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| format!("browser offer: {e}"))?;
         let answer = self.rtc.sdp_api().accept_offer(offer).map_err(|e| format!("browser offer: {e}"))?;
+        self.answered = true;
         Ok(answer.to_sdp_string())
+    }
+
+    /// Feeds what came before the answer to str0m, in order.
+    fn replay_early(&mut self, now: Instant) {
+        for (from, data) in std::mem::take(&mut self.early) {
+            self.handle_datagram(now, from, &data);
+        }
     }
 
     /// The telephone-event/8000 payload type both sides agreed on.
@@ -200,6 +226,31 @@ impl BrowserLeg {
 
     /// A datagram for this leg from `from`.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        // The browser checks as soon as it has our offer, well before its
+        // answer comes back in the 200 (its SIP library waits for ICE
+        // gathering). str0m holds such checks until it has the browser's
+        // credentials; unanswered, the browser backs off and nominates
+        // (which str0m's DTLS waits for) only at its next check, about a
+        // second later. RFC 8445 §7.3 lets us answer at once: the check is
+        // signed with our password alone.
+        //
+        // What came before the answer (those checks, and the ClientHello the
+        // browser sends once they are answered) is kept and fed to str0m
+        // when the answer comes: then a check that nominates the pair
+        // connects ICE at once and DTLS goes on (str0m's own queue of early
+        // checks does not nominate).
+        if !self.answered {
+            if let Some(reply) = early_check_reply(data, from, &self.ufrag, &self.pass) {
+                self.queued.push(BrowserOutput::Transmit { to: from, data: reply });
+            } else if !data.first().is_some_and(|b| (20..=63).contains(b)) {
+                // Neither our check nor DTLS (RFC 7983): not for us.
+                return;
+            }
+            if self.early.len() < EARLY_KEPT {
+                self.early.push((from, data.to_vec()));
+            }
+            return;
+        }
         let Ok(contents) = data.try_into() else { return };
         let input =
             Input::Receive(now, Receive { proto: Protocol::Udp, source: from, destination: self.local, contents });
@@ -341,6 +392,79 @@ pub fn stun_ufrag(buf: &[u8]) -> Option<&str> {
         i += 4 + ((len + 3) & !3);
     }
     None
+}
+
+const STUN_MAGIC: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
+
+/// The Binding success response to a STUN Binding request for `ufrag`
+/// whose MESSAGE-INTEGRITY verifies with `pass` (RFC 8489: XOR-MAPPED-
+/// ADDRESS, MESSAGE-INTEGRITY, FINGERPRINT); `None` for anything else.
+pub fn early_check_reply(req: &[u8], from: SocketAddr, ufrag: &str, pass: &str) -> Option<Vec<u8>> {
+    use hmac::{KeyInit, Mac};
+    if req.len() < 20 || req[0..2] != [0x00, 0x01] || req[4..8] != STUN_MAGIC {
+        return None;
+    }
+    if stun_ufrag(req)? != ufrag {
+        return None;
+    }
+    // The request's MESSAGE-INTEGRITY: HMAC-SHA1 over everything before it,
+    // with the header's length counting up to its end.
+    let mut i = 20;
+    let mut integrity = None;
+    while i + 4 <= req.len() {
+        let typ = u16::from_be_bytes([req[i], req[i + 1]]);
+        let len = usize::from(u16::from_be_bytes([req[i + 2], req[i + 3]]));
+        if typ == 0x0008 && len == 20 {
+            integrity = Some((i, req.get(i + 4..i + 24)?));
+            break;
+        }
+        i += 4 + ((len + 3) & !3);
+    }
+    let (at, mac) = integrity?;
+    let mut signed = req.get(..at)?.to_vec();
+    let len = u16::try_from(at + 24 - 20).ok()?;
+    signed[2..4].copy_from_slice(&len.to_be_bytes());
+    let mut h = <hmac::Hmac<sha1::Sha1> as KeyInit>::new_from_slice(pass.as_bytes()).ok()?;
+    h.update(&signed);
+    h.verify_slice(mac).ok()?;
+
+    let mut out = Vec::with_capacity(80);
+    out.extend_from_slice(&[0x01, 0x01, 0, 0]);
+    out.extend_from_slice(&req[4..20]);
+    // XOR-MAPPED-ADDRESS.
+    let port = from.port() ^ 0x2112;
+    match from {
+        SocketAddr::V4(a) => {
+            out.extend_from_slice(&[0x00, 0x20, 0x00, 0x08, 0x00, 0x01]);
+            out.extend_from_slice(&port.to_be_bytes());
+            for (b, m) in a.ip().octets().iter().zip(STUN_MAGIC) {
+                out.push(b ^ m);
+            }
+        }
+        SocketAddr::V6(a) => {
+            out.extend_from_slice(&[0x00, 0x20, 0x00, 0x14, 0x00, 0x02]);
+            out.extend_from_slice(&port.to_be_bytes());
+            let key: Vec<u8> = req[4..20].to_vec();
+            for (b, m) in a.ip().octets().iter().zip(key) {
+                out.push(b ^ m);
+            }
+        }
+    }
+    // MESSAGE-INTEGRITY, then FINGERPRINT; each computed with the length
+    // counting up to its own end.
+    let with_mi = u16::try_from(out.len() - 20 + 24).ok()?;
+    out[2..4].copy_from_slice(&with_mi.to_be_bytes());
+    let mut h = <hmac::Hmac<sha1::Sha1> as KeyInit>::new_from_slice(pass.as_bytes()).ok()?;
+    h.update(&out);
+    let mac = h.finalize().into_bytes();
+    out.extend_from_slice(&[0x00, 0x08, 0x00, 0x14]);
+    out.extend_from_slice(&mac);
+    let with_fp = u16::try_from(out.len() - 20 + 8).ok()?;
+    out[2..4].copy_from_slice(&with_fp.to_be_bytes());
+    let crc = crc32fast::hash(&out) ^ 0x5354_554e;
+    out.extend_from_slice(&[0x80, 0x28, 0x00, 0x04]);
+    out.extend_from_slice(&crc.to_be_bytes());
+    Some(out)
 }
 
 /// (payload type, marker, sequence, timestamp, payload) of an RTP packet.

@@ -49,6 +49,8 @@ struct Net {
     browser_mid: Option<Mid>,
     /// Datagrams from the browser for the next round.
     later: Vec<Vec<u8>>,
+    /// The browser's ICE found a working pair.
+    browser_ice: bool,
 }
 
 impl Net {
@@ -72,9 +74,18 @@ impl Net {
             let mut to_leg = std::mem::take(&mut self.later);
             self.poll_browser(&mut to_leg);
             if to_browser.is_empty() && to_leg.is_empty() {
+                if until(self) {
+                    break;
+                }
                 // Nothing in flight: jump to the next wake-up.
                 let next = [Some(self.browser_next), self.leg_next].into_iter().flatten().min().unwrap_or(end);
-                self.now = next.max(self.now + Duration::from_millis(1));
+                let next = next.max(self.now + Duration::from_millis(1));
+                if next > end {
+                    // Not past the end: what happens next is the caller's.
+                    self.now = end;
+                    break;
+                }
+                self.now = next;
                 self.leg.handle_timeout(self.now);
                 self.browser.handle_input(Input::Timeout(self.now)).expect("browser timeout");
                 continue;
@@ -110,6 +121,9 @@ impl Net {
                 }
                 Output::Event(Event::Connected) => self.browser_connected = true,
                 Output::Event(Event::MediaAdded(m)) => self.browser_mid = Some(m.mid),
+                Output::Event(Event::IceConnectionStateChange(
+                    str0m::IceConnectionState::Connected | str0m::IceConnectionState::Completed,
+                )) => self.browser_ice = true,
                 Output::Event(Event::RtpPacket(p)) => self.got.push((
                     *p.header.payload_type,
                     p.header.sequence_number,
@@ -146,7 +160,7 @@ fn connected() -> (Net, Mid) {
     assert!(offer.contains("127.0.0.1 40000 typ host"), "our one host candidate: {offer}");
     let mut b = browser(now);
     let answer = b.sdp_api().accept_offer(SdpOffer::from_sdp_string(&offer).expect("offer parses")).expect("answer");
-    leg.accept_answer(&answer.to_sdp_string()).expect("answer accepted");
+    leg.accept_answer(now, &answer.to_sdp_string()).expect("answer accepted");
     let mut net = Net {
         now,
         leg,
@@ -158,6 +172,7 @@ fn connected() -> (Net, Mid) {
         leg_next: Some(now),
         browser_mid: None,
         later: Vec::new(),
+        browser_ice: false,
     };
     net.run(Duration::from_secs(10), |n| n.browser_connected && !n.up.is_empty());
     assert!(net.leg.is_connected() && net.browser_connected, "ICE + DTLS within 10 s of virtual time");
@@ -234,7 +249,7 @@ fn a_hold_from_either_side_is_a_new_offer_answer() {
     assert!(offer.contains("a=sendonly"), "{offer}");
     let answer = net.browser.sdp_api().accept_offer(SdpOffer::from_sdp_string(&offer).expect("offer")).expect("answer");
     assert!(answer.to_sdp_string().contains("a=recvonly"), "{answer}");
-    net.leg.accept_answer(&answer.to_sdp_string()).expect("accepted");
+    net.leg.accept_answer(net.now, &answer.to_sdp_string()).expect("accepted");
     // The same direction again: nothing to negotiate.
     assert_eq!(net.leg.create_offer(MediaDirection::SendOnly), None);
     // The browser resumes with an offer of its own (its re-INVITE).
@@ -270,4 +285,77 @@ fn the_rollover_counter_follows_the_sequence() {
     assert_eq!(extend_seq(Some(65536), 65535), 65535, "late packet from before the wrap");
     assert_eq!(extend_seq(Some(65536 + 10), 11), 65536 + 11);
     assert_eq!(extend_seq(Some(3 * 65536 + 65000), 200), 4 * 65536 + 200);
+}
+
+#[test]
+fn checks_before_the_answer_are_answered_at_once_so_media_starts_when_it_comes() {
+    let now = crate::clock::instant();
+    let cert = NodeCert::generate().expect("cert");
+    let mut leg = BrowserLeg::new(now, &cert, addr(LEG), &[Voice::Pcmu], 101);
+    let offer = leg.create_offer(MediaDirection::SendRecv).expect("offer");
+    let mut b = browser(now);
+    let answer = b.sdp_api().accept_offer(SdpOffer::from_sdp_string(&offer).expect("offer")).expect("answer");
+    let mut net = Net {
+        now,
+        leg,
+        browser: b,
+        got: Vec::new(),
+        up: Vec::new(),
+        browser_connected: false,
+        browser_next: now,
+        leg_next: Some(now),
+        browser_mid: None,
+        later: Vec::new(),
+        browser_ice: false,
+    };
+    // The browser checks while its answer is still on its way (a browser's
+    // SIP library waits for ICE gathering before it answers): 150 ms.
+    net.run(Duration::from_millis(150), |_| false);
+    assert!(net.browser_ice, "the browser's checks were answered before its answer arrived");
+    let answered_at = net.now;
+    net.leg.accept_answer(answered_at, &answer.to_sdp_string()).expect("answer accepted");
+    net.run(Duration::from_secs(5), |n| !n.up.is_empty());
+    assert_eq!(net.up.first(), Some(&BrowserOutput::Connected(addr(BROWSER))));
+    let took = net.now - answered_at;
+    assert!(took < Duration::from_millis(100), "DTLS done {took:?} after the answer, not at the browser's next check");
+}
+
+#[test]
+fn an_early_check_is_answered_only_when_it_is_ours_and_signed_with_our_password() {
+    use hmac::{KeyInit, Mac};
+    // A Binding request: USERNAME "ours:theirs", MESSAGE-INTEGRITY with `pass`.
+    let request = |user: &str, pass: &str| {
+        let mut m = vec![0x00, 0x01, 0, 0, 0x21, 0x12, 0xa4, 0x42];
+        m.extend_from_slice(b"tid-12bytes!");
+        let u = user.as_bytes();
+        m.extend_from_slice(&[0x00, 0x06, 0x00, u.len() as u8]);
+        m.extend_from_slice(u);
+        m.resize(m.len() + (4 - u.len() % 4) % 4, 0);
+        let len = (m.len() - 20 + 24) as u16;
+        m[2..4].copy_from_slice(&len.to_be_bytes());
+        let mut h = <hmac::Hmac<sha1::Sha1> as KeyInit>::new_from_slice(pass.as_bytes()).expect("key");
+        h.update(&m);
+        let mac = h.finalize().into_bytes();
+        m.extend_from_slice(&[0x00, 0x08, 0x00, 0x14]);
+        m.extend_from_slice(&mac);
+        m
+    };
+    let from = addr("192.0.2.7:40000");
+    let reply = early_check_reply(&request("abcd:wxyz", "secret"), from, "abcd", "secret").expect("answered");
+    assert_eq!(&reply[0..2], &[0x01, 0x01], "Binding success");
+    assert_eq!(&reply[8..20], b"tid-12bytes!", "same transaction");
+    // XOR-MAPPED-ADDRESS: the browser's address as we saw it.
+    assert_eq!(&reply[20..24], &[0x00, 0x20, 0x00, 0x08]);
+    assert_eq!(u16::from_be_bytes([reply[26], reply[27]]) ^ 0x2112, 40000);
+    assert_eq!([reply[28] ^ 0x21, reply[29] ^ 0x12, reply[30] ^ 0xa4, reply[31] ^ 0x42], [192, 0, 2, 7]);
+    // FINGERPRINT last, over everything before it.
+    let n = reply.len();
+    let crc = crc32fast::hash(&reply[..n - 8]) ^ 0x5354_554e;
+    assert_eq!(&reply[n - 8..n - 4], &[0x80, 0x28, 0x00, 0x04]);
+    assert_eq!(&reply[n - 4..], &crc.to_be_bytes());
+    assert_eq!(usize::from(u16::from_be_bytes([reply[2], reply[3]])), n - 20, "length counts every attribute");
+
+    assert_eq!(early_check_reply(&request("abcd:wxyz", "guess"), from, "abcd", "secret"), None, "wrong password");
+    assert_eq!(early_check_reply(&request("efgh:wxyz", "secret"), from, "abcd", "secret"), None, "another leg's");
+    assert_eq!(early_check_reply(&rtp(0, false, 1, 1, &[0; 40]), from, "abcd", "secret"), None, "no STUN");
 }

@@ -15,7 +15,10 @@ import { registrationMessage, callMessage, microphoneMessage } from './messages.
 const VERSION = '0.1.0';
 const STORE_KEY = 'trunkgate.softphone.login'; // {domain, username}; never the password
 const REGISTER_EXPIRES = 300;
-const PC_CONFIG = { iceServers: [], rtcpMuxPolicy: 'require', bundlePolicy: 'max-bundle' };
+// One audio section: bundling changes nothing for trunkgate (whose offers
+// bundle anyway), and 'balanced' also takes offers without a BUNDLE group
+// (rtpengine's), which 'max-bundle' refuses.
+const PC_CONFIG = { iceServers: [], rtcpMuxPolicy: 'require', bundlePolicy: 'balanced' };
 const AUDIO_ONLY = { audio: true, video: false };
 
 // ------------------------------------------------------------ the DOM ---
