@@ -1461,6 +1461,7 @@ fn an_answered_legs_connection_closing_hangs_up_the_pbx_only() {
     let (mut w, ..) = answered(true);
     w.take();
     w.call.handle_leg_gone(w.now, LegId(1));
+    w.collect();
     let out = w.take();
     // The browser cannot be reached: the BYE goes to the PBX alone.
     let reqs: Vec<_> = World::requests(&out).iter().map(|r| (r.2, r.3.method().clone())).collect();
@@ -1469,6 +1470,7 @@ fn an_answered_legs_connection_closing_hangs_up_the_pbx_only() {
     assert_eq!(rec.reason.as_deref(), Some(BROWSER_GONE));
     // Told twice (a sweep after the notice): nothing more happens.
     w.call.handle_leg_gone(w.now, LegId(1));
+    w.collect();
     assert!(w.take().is_empty());
 }
 
@@ -1479,11 +1481,13 @@ fn a_ringing_forks_connection_closing_fails_that_fork_alone() {
     let reqs = World::requests(&out);
     assert_eq!(reqs.len(), 2, "both forks ring");
     w.call.handle_leg_gone(w.now, reqs[0].2);
+    w.collect();
     let out = w.take();
     assert!(World::requests(&out).is_empty(), "no CANCEL toward a closed connection, nothing toward bob");
     assert!(World::records(&out).is_empty(), "the call goes on with bob");
     // bob does not answer either: the PBX gets the best failure of the two.
     w.call.handle_leg_gone(w.now, reqs[1].2);
+    w.collect();
     let out = w.take();
     assert_eq!(status_of(&World::responses(&out, 1)), [480]);
     assert_one_end(&out, "unavailable");
