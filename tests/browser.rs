@@ -67,11 +67,14 @@ fn port_range() -> (u16, u16) {
 }
 
 /// A daemon that anchors media, browsers on a shared port of their own.
+/// Its sockets bind the unspecified address (the default): on a host with
+/// several addresses (this one: loopback and 192.0.2.2, from which
+/// Chromium sends to 127.0.0.1), replies must leave from the address each
+/// datagram was sent to.
 fn media_daemon() -> (common::daemon::Daemon, u16) {
     let (min, max) = port_range();
-    let media = format!(
-        "[media]\npublic_address = [\"127.0.0.1\"]\nbind_address = [\"127.0.0.1\"]\nport_min = {min}\nport_max = {max}\nwebrtc_port = 0\n"
-    );
+    let media =
+        format!("[media]\npublic_address = [\"127.0.0.1\"]\nport_min = {min}\nport_max = {max}\nwebrtc_port = 0\n");
     (wss_daemon("", &media).0, min)
 }
 

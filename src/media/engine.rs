@@ -326,7 +326,16 @@ impl MediaEngine {
                     let port = sock.local_addr()?.port();
                     webrtc_ports[i] = Some(port);
                     let _ = socket2::SockRef::from(&sock).set_recv_buffer_size(4 * 1024 * 1024);
-                    shared.push(SharedPort { sock, family: if i == 0 { Family::V4 } else { Family::V6 } });
+                    let pktinfo = ip.is_unspecified()
+                        && if i == 0 {
+                            nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::Ipv4PacketInfo, &true)
+                                .is_ok()
+                        } else {
+                            nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::Ipv6RecvPacketInfo, &true)
+                                .is_ok()
+                        };
+                    let family = if i == 0 { Family::V4 } else { Family::V6 };
+                    shared.push(SharedPort { sock, family, pktinfo });
                 }
                 Err(e) if i == 0 => {
                     return Err(std::io::Error::new(
@@ -353,6 +362,7 @@ impl MediaEngine {
                 by_ufrag: HashMap::new(),
                 by_addr: HashMap::new(),
                 browser_deadline: None,
+                reply_from: HashMap::new(),
                 browser_out: Vec::new(),
                 epoll,
                 wake: wake.clone(),
@@ -584,6 +594,11 @@ struct BrowserSide {
 struct SharedPort {
     sock: UdpSocket,
     family: Family,
+    /// Bound to the unspecified address: each datagram's destination is
+    /// read (IP_PKTINFO) and replies leave from it, else a host with
+    /// several addresses answers from another one than the browser sent
+    /// to, and the browser's ICE drops the answers.
+    pktinfo: bool,
 }
 
 struct Stream {
@@ -635,6 +650,9 @@ struct RelayThread {
     by_addr: HashMap<SocketAddr, (u64, u16)>,
     /// The earliest browser leg timeout.
     browser_deadline: Option<Instant>,
+    /// The address each browser sent to (shared ports bound to the
+    /// unspecified address): replies leave from it.
+    reply_from: HashMap<SocketAddr, IpAddr>,
     browser_out: Vec<BrowserOutput>,
     epoll: Epoll,
     wake: Arc<EventFd>,
@@ -963,7 +981,13 @@ impl RelayThread {
     fn forget_browser(&mut self, b: &BrowserSide) {
         if let Some(key) = self.by_ufrag.remove(b.leg.ufrag()) {
             // Every address its checks came from (IPv4 and IPv6 candidates).
-            self.by_addr.retain(|_, v| *v != key);
+            let reply_from = &mut self.reply_from;
+            self.by_addr.retain(|addr, v| {
+                if *v == key {
+                    reply_from.remove(addr);
+                }
+                *v != key
+            });
         }
     }
 
@@ -1000,9 +1024,13 @@ impl RelayThread {
         bufs: &mut [[u8; MTU]],
         rx_headers: &mut MultiHeaders<SockaddrStorage>,
     ) {
-        let Some(fd) = self.shared.get(index).map(|p| p.sock.as_raw_fd()) else { return };
+        let Some((fd, pktinfo)) = self.shared.get(index).map(|p| (p.sock.as_raw_fd(), p.pktinfo)) else { return };
         let mut meta: [(usize, Option<SocketAddr>); BATCH] = [(0, None); BATCH];
-        let received = receive_batch(fd, rx_headers, bufs, &mut meta);
+        let received = if pktinfo {
+            receive_with_destination(fd, bufs, &mut meta, &mut self.reply_from)
+        } else {
+            receive_batch(fd, rx_headers, bufs, &mut meta)
+        };
         let now = crate::clock::instant();
         for (i, (len, from)) in meta[..received].iter().enumerate() {
             let Some(from) = *from else { continue };
@@ -1078,7 +1106,12 @@ impl RelayThread {
                 BrowserOutput::Transmit { to, data } => {
                     let family = Family::of(to.ip());
                     if let Some(p) = self.shared.iter().find(|p| p.family == family) {
-                        let _ = p.sock.send_to(&data, to);
+                        match self.reply_from.get(&to).filter(|_| p.pktinfo) {
+                            Some(src) => send_from(p.sock.as_raw_fd(), &data, to, *src),
+                            None => {
+                                let _ = p.sock.send_to(&data, to);
+                            }
+                        }
                     }
                 }
                 BrowserOutput::Connected(remote) => {
@@ -1318,6 +1351,70 @@ fn receive_batch(
         }
     }
     n
+}
+
+/// Datagrams of a socket bound to the unspecified address, one `recvmsg`
+/// each (browsers' traffic: a few packets per wake-up), noting the address
+/// each was sent to in `reply_from`; fills `meta` like [`receive_batch`].
+fn receive_with_destination(
+    fd: i32,
+    bufs: &mut [[u8; MTU]],
+    meta: &mut [(usize, Option<SocketAddr>); BATCH],
+    reply_from: &mut HashMap<SocketAddr, IpAddr>,
+) -> usize {
+    use nix::sys::socket::{ControlMessageOwned, recvmsg};
+    let mut n = 0;
+    for (i, buf) in bufs.iter_mut().enumerate().take(BATCH) {
+        let mut cmsg = nix::cmsg_space!(nix::libc::in_pktinfo, nix::libc::in6_pktinfo);
+        let mut iov = [IoSliceMut::new(&mut buf[..])];
+        let Ok(msg) = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_DONTWAIT) else {
+            break;
+        };
+        let from = msg.address.and_then(|a| to_std(&a));
+        let mut to: Option<IpAddr> = None;
+        if let Ok(cmsgs) = msg.cmsgs() {
+            for c in cmsgs {
+                match c {
+                    ControlMessageOwned::Ipv4PacketInfo(p) => {
+                        to = Some(IpAddr::from(u32::from_be(p.ipi_addr.s_addr).to_be_bytes()));
+                    }
+                    ControlMessageOwned::Ipv6PacketInfo(p) => to = Some(IpAddr::from(p.ipi6_addr.s6_addr)),
+                    _ => {}
+                }
+            }
+        }
+        if let (Some(from), Some(to)) = (from, to)
+            && reply_from.get(&from) != Some(&to)
+        {
+            reply_from.insert(from, to);
+        }
+        meta[i] = (msg.bytes, from);
+        n = i + 1;
+    }
+    n
+}
+
+/// One datagram from `fd` to `to` with `src` as its source address
+/// (IP_PKTINFO / IPV6_PKTINFO); lost like any UDP datagram on error.
+fn send_from(fd: i32, data: &[u8], to: SocketAddr, src: IpAddr) {
+    use nix::sys::socket::{ControlMessage, sendmsg};
+    let iov = [IoSlice::new(data)];
+    let dest = SockaddrStorage::from(to);
+    let _ = match src {
+        IpAddr::V4(ip) => {
+            let info = nix::libc::in_pktinfo {
+                ipi_ifindex: 0,
+                ipi_spec_dst: nix::libc::in_addr { s_addr: u32::from_ne_bytes(ip.octets()) },
+                ipi_addr: nix::libc::in_addr { s_addr: 0 },
+            };
+            sendmsg(fd, &iov, &[ControlMessage::Ipv4PacketInfo(&info)], MsgFlags::MSG_DONTWAIT, Some(&dest))
+        }
+        IpAddr::V6(ip) => {
+            let info =
+                nix::libc::in6_pktinfo { ipi6_addr: nix::libc::in6_addr { s6_addr: ip.octets() }, ipi6_ifindex: 0 };
+            sendmsg(fd, &iov, &[ControlMessage::Ipv6PacketInfo(&info)], MsgFlags::MSG_DONTWAIT, Some(&dest))
+        }
+    };
 }
 
 /// `sendmmsg` of `group` (all from one socket); returns how many left.
