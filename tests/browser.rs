@@ -241,3 +241,48 @@ fn a_browser_that_closes_mid_call_ends_the_call_at_the_pbx() {
     assert_eq!(rec["outcome"], "completed", "{rec}");
     assert_eq!(rec["reason"], "browser-gone", "{rec}");
 }
+
+#[test]
+fn the_pbx_holds_and_resumes_a_browser() {
+    let test = "the_pbx_holds_and_resumes_a_browser";
+    let (mut d, min) = media_daemon();
+    let log = LogOnPanic(&d);
+    let b = Browser::start("answer-until-end", &url(&d), ("acme.example.com", "alice", "alice-secret-1"), "", test);
+    b.wait("registered", 30);
+    let rtp = UdpSocket::bind("127.0.0.2:0").expect("pbx rtp");
+    let rtp_port = rtp.local_addr().expect("addr").port().to_string();
+    let call = sipp_start(
+        &scenarios().join("pbx_call_browser_hold.xml"),
+        Some(d.udp),
+        PBX_IP,
+        0,
+        &["-m", "1", "-key", "number", "+15550001", "-key", "rtp", &rtp_port],
+    );
+    b.wait("answered", 30);
+    let stop = Arc::new(AtomicBool::new(false));
+    // The PBX goes on sending while it holds (sendonly).
+    let at_pbx = pbx_media(rtp, SocketAddr::from(([127, 0, 0, 1], min)), 0, stop.clone());
+    b.wait("ended", 40);
+    let (ok, out) = call.wait();
+    stop.store(true, Ordering::Relaxed);
+    let _ = at_pbx.join();
+    assert!(ok, "PBX side: the hold re-INVITE answered recvonly, the resume sendrecv:\n{out}");
+    let samples: Vec<serde_json::Value> = b.events().into_iter().filter(|e| e["event"] == "sample").collect();
+    assert!(b.finish(), "the browser script ended cleanly");
+    drop(log);
+
+    let sent = |s: &serde_json::Value| s["stats"]["outbound"]["packetsSent"].as_u64().unwrap_or(0);
+    let got = |s: &serde_json::Value| s["stats"]["inbound"]["packetsReceived"].as_u64().unwrap_or(0);
+    let held: Vec<&serde_json::Value> =
+        samples.iter().filter(|s| s["said"].as_str().is_some_and(|t| t.contains("Held by the other side"))).collect();
+    assert!(held.len() >= 4, "the page says it is held (about 2.5 s of samples): {samples:?}");
+    let (first, last) = (held[0], held[held.len() - 1]);
+    // Held by the PBX: the browser stops sending, and still hears the PBX.
+    assert!(sent(last) <= sent(first) + 3, "the browser stopped sending: {first} … {last}");
+    assert!(got(last) > got(first) + 20, "the PBX's audio still reaches it: {first} … {last}");
+    // Resumed: it sends again.
+    let after = samples.iter().rev().find(|s| s["said"] == "Connected").expect("resumed samples");
+    assert!(sent(after) > sent(last) + 20, "resumed: {last} … {after}");
+    let rec = &exactly_n_records(&mut d, 1)[0];
+    assert_eq!(rec["outcome"], "completed", "{rec}");
+}

@@ -8,7 +8,9 @@
 //                        "password":"...","digits":"159#","out":"/tmp/shots"}'
 //
 // Scenarios: wrong-password, answer (answer, audio both ways, keypad, hold,
-// resume, hang up), close-mid-call (answer, then the browser goes away).
+// resume, hang up), answer-until-end (answer, then samples of what the page
+// says and of the audio until the far end hangs up), close-mid-call
+// (answer, then the browser goes away).
 import { chromium } from 'playwright-core';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -139,6 +141,24 @@ try {
     await waitState('registered');
     emit('hung-up', { lastCall: await page.evaluate(() => window.softphone.lastCall) });
     await screenshot(page, 'ended');
+  } else if (plan.scenario === 'answer-until-end') {
+    // Answer, then watch the call until the far end hangs up: what the page
+    // says and the audio figures, every 250 ms.
+    await answerAndHear();
+    let shotHeld = false;
+    for (let i = 0; i < 120; i++) {
+      const state = await page.evaluate(() => window.softphone.state);
+      if (state !== 'in-call') break;
+      const said = (await byId('call-state').textContent()).trim();
+      emit('sample', { said, stats: await audioStats() });
+      if (said.includes('Held') && !shotHeld) {
+        shotHeld = true;
+        await screenshot(page, 'held-by-the-pbx');
+      }
+      await page.waitForTimeout(250);
+    }
+    await waitState('registered', 10000);
+    emit('ended', { lastCall: await page.evaluate(() => window.softphone.lastCall) });
   } else if (plan.scenario === 'close-mid-call') {
     await answerAndHear();
     emit('closing');
