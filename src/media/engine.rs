@@ -52,6 +52,12 @@ const TICK: Duration = Duration::from_millis(500);
 pub enum MediaEvent {
     /// A side sent no RTP and no RTCP for the timeout.
     Timeout,
+    /// Browser leg `slot` is gone: ICE lost the browser (consent checks
+    /// stopped) or DTLS failed.
+    BrowserGone {
+        /// The leg.
+        slot: u16,
+    },
     /// Leg `slot` sent an RFC 4733 digit the other leg cannot take as
     /// RTP: carry it as SIP INFO.
     Dtmf {
@@ -1141,11 +1147,8 @@ impl RelayThread {
                     s.figures.publish(side, &s.relay.stats(side));
                 }
                 BrowserOutput::Gone => {
-                    debug!("browser leg gone (ICE or DTLS)");
-                    if !s.timed_out {
-                        s.timed_out = true;
-                        (s.events)(MediaEvent::Timeout);
-                    }
+                    debug!(slot, "browser leg gone (ICE or DTLS)");
+                    (s.events)(MediaEvent::BrowserGone { slot });
                 }
             }
         }

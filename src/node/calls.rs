@@ -207,6 +207,9 @@ impl Shard {
                                 // queue retries at the next check.
                                 let _ = replies.try_send(super::ShardMsg::MediaTimeout(no));
                             }
+                            crate::media::engine::MediaEvent::BrowserGone { slot } => {
+                                let _ = replies.try_send(super::ShardMsg::LegGone(no, LegId(slot)));
+                            }
                             crate::media::engine::MediaEvent::Dtmf { slot, digit, duration_ms } => {
                                 let _ =
                                     replies.try_send(super::ShardMsg::MediaDtmf(no, LegId(slot), digit, duration_ms));
@@ -500,6 +503,14 @@ impl Shard {
     pub(super) fn handle_media_timeout(&mut self, no: CallNo, now: Instant) {
         if let Some(call) = self.calls.calls.get_mut(&no) {
             call.handle_media_timeout(now);
+            self.run_call(no, now);
+        }
+    }
+
+    /// A browser leg's media is gone (ICE, DTLS): as if its WebSocket closed.
+    pub(super) fn handle_leg_gone(&mut self, no: CallNo, leg: LegId, now: Instant) {
+        if let Some(call) = self.calls.calls.get_mut(&no) {
+            call.handle_leg_gone(now, leg);
             self.run_call(no, now);
         }
     }

@@ -149,6 +149,8 @@ pub(crate) enum ShardMsg {
     Admission(Box<calls::AdmissionResult>),
     /// A call's media stopped (from its relay thread).
     MediaTimeout(calls::CallNo),
+    /// A browser leg's media is gone (ICE or DTLS, from its relay thread).
+    LegGone(calls::CallNo, crate::b2bua::LegId),
     /// A leg's RFC 4733 digit, to go as SIP INFO (from its relay thread).
     MediaDtmf(calls::CallNo, crate::b2bua::LegId, char, u32),
 }
@@ -321,6 +323,7 @@ impl Shard {
                     ShardMsg::Reply { key, response } => self.respond(key, response, crate::clock::instant()),
                     ShardMsg::Admission(result) => self.handle_admission(*result, crate::clock::instant()),
                     ShardMsg::MediaTimeout(no) => self.handle_media_timeout(no, crate::clock::instant()),
+                    ShardMsg::LegGone(no, leg) => self.handle_leg_gone(no, leg, crate::clock::instant()),
                     ShardMsg::MediaDtmf(no, leg, digit, ms) => self.handle_media_dtmf(no, leg, digit, ms, crate::clock::instant()),
                 },
                 _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
