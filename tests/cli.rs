@@ -417,6 +417,8 @@ fn check_config_accepts_the_shipped_example() {
     assert!(s.contains("is valid"), "{s}");
     assert!(s.contains("trunk acme-pbx -> portal acme (NOT IN DATABASE)"), "{s}");
     assert!(s.contains("trunk globex-pbx"), "{s}");
+    assert!(s.contains("  listen: ws://127.0.0.1:8080\n"), "{s}");
+    assert!(s.contains("  browsers: WebRTC on UDP 20000 (shared by every browser leg)\n"), "{s}");
 }
 
 #[test]

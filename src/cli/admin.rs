@@ -123,8 +123,15 @@ async fn check_config(loaded: &Loaded) -> Result<(), Failure> {
             m.port_max,
             (usize::from(m.port_max - m.port_min) + 1) / 4
         );
+        if m.browsers {
+            let port = if m.webrtc_port == 0 { "any free port".to_owned() } else { m.webrtc_port.to_string() };
+            println!("  browsers: WebRTC on UDP {port} (shared by every browser leg)");
+        }
     } else {
         println!("  media: not anchored (SDP passes unchanged)");
+        if m.browsers {
+            println!("  browsers: cannot take calls without [media] anchor = true");
+        }
     }
     let portals = store.portals().await?;
     for t in &loaded.trunks {
