@@ -183,7 +183,11 @@ impl BrowserLeg {
 
     /// The browser's answer to our offer.
     pub fn accept_answer(&mut self, now: Instant, sdp: &str) -> Result<(), String> {
-        let pending = self.pending.take().ok_or("no offer of ours is pending")?;
+        let Some(pending) = self.pending.take() else {
+            // The answer to an offer that changed nothing (a session
+            // refresh got our current description again): nothing to take.
+            return if self.answered { Ok(()) } else { Err("no offer of ours is pending".into()) };
+        };
         let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| format!("browser answer: {e}"))?;
         self.rtc.sdp_api().accept_answer(pending, answer).map_err(|e| format!("browser answer: {e}"))?;
         self.answered = true;

@@ -250,8 +250,11 @@ fn a_hold_from_either_side_is_a_new_offer_answer() {
     let answer = net.browser.sdp_api().accept_offer(SdpOffer::from_sdp_string(&offer).expect("offer")).expect("answer");
     assert!(answer.to_sdp_string().contains("a=recvonly"), "{answer}");
     net.leg.accept_answer(net.now, &answer.to_sdp_string()).expect("accepted");
-    // The same direction again: nothing to negotiate.
+    // The same direction again: nothing to negotiate, and the browser's
+    // answer to the description it already has changes nothing.
     assert_eq!(net.leg.create_offer(MediaDirection::SendOnly), None);
+    let now = net.now;
+    net.leg.accept_answer(now, &answer.to_sdp_string()).expect("a repeated answer is no error");
     // The browser resumes with an offer of its own (its re-INVITE).
     let mut api = net.browser.sdp_api();
     let mid = net.browser_mid.expect("mid");
