@@ -37,20 +37,42 @@ impl DtlsProvider for RustCryptoDtlsProvider {
 
         // Create a default dimpl Config with RustCrypto crypto provider
         // ICE verifies return routability before DTLS, making server cookies redundant.
-        let mut builder = dimpl::Config::builder().use_server_cookie(false);
-        if let Some(mtu) = mtu {
-            builder = builder.mtu(mtu);
-        }
-        if self.is_test() {
-            // We need the DTLS impl to be deterministic for the BWE tests.
-            builder = builder.dangerously_set_rng_seed(42);
-        }
+        let build = || {
+            let mut builder = dimpl::Config::builder().use_server_cookie(false);
+            if let Some(mtu) = mtu {
+                builder = builder.mtu(mtu);
+            }
+            if self.is_test() {
+                // We need the DTLS impl to be deterministic for the BWE tests.
+                builder = builder.dangerously_set_rng_seed(42);
+            }
+            builder
+                .build()
+                .map(Arc::new)
+                .map_err(|e| CryptoError::Other(format!("dimpl config creation failed: {}", e)))
+        };
 
-        let config = builder
-            .build()
-            .map_err(|e| CryptoError::Other(format!("dimpl config creation failed: {}", e)))?;
-
-        let config = Arc::new(config);
+        // trunkgate patch: `Config::build` validates the crypto provider
+        // (a key exchange round trip on every group, P-384 included): about
+        // 5 ms of CPU per peer connection. The config depends on no peer,
+        // so one is built per MTU and shared (never in tests, whose seeded
+        // RNG must start afresh).
+        static SHARED: std::sync::Mutex<Vec<(Option<usize>, Arc<dimpl::Config>)>> = std::sync::Mutex::new(Vec::new());
+        let config = if self.is_test() {
+            build()?
+        } else {
+            let cached = SHARED.lock().ok().and_then(|l| l.iter().find(|(m, _)| *m == mtu).map(|(_, c)| c.clone()));
+            match cached {
+                Some(c) => c,
+                None => {
+                    let c = build()?;
+                    if let Ok(mut l) = SHARED.lock() {
+                        l.push((mtu, c.clone()));
+                    }
+                    c
+                }
+            }
+        };
         let dtls = match dtls_version {
             DtlsVersion::Dtls12 => dimpl::Dtls::new_12(config, dimpl_cert, now),
             DtlsVersion::Dtls13 => dimpl::Dtls::new_13(config, dimpl_cert, now),
