@@ -39,6 +39,11 @@ impl std::fmt::Debug for NodeCert {
 }
 
 impl NodeCert {
+    /// The certificate as str0m takes it (a peer of the benchmarks).
+    pub fn dtls_cert(&self) -> DtlsCert {
+        self.0.clone()
+    }
+
     /// A fresh certificate (made once per node start).
     pub fn generate() -> Result<NodeCert, String> {
         let ck = rcgen::generate_simple_self_signed(vec!["trunkgate".into()]).map_err(|e| e.to_string())?;
