@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group, criterion_main};
 use str0m::change::SdpOffer;
 use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+use str0m::{Candidate, Event, Input, Output, RtcConfig};
 use trunkgate::media::webrtc::{BrowserLeg, BrowserOutput, MediaDirection, NodeCert, Voice};
 
 /// One set-up in virtual time: our offer, the peer's answer, datagrams
