@@ -1042,10 +1042,14 @@ impl RelayThread {
             let Some(from) = *from else { continue };
             let data = &bufs[i][..*len];
             let route = self.by_addr.get(&from).copied().or_else(|| {
-                // A check naming a leg's ufrag: the browser's address is
-                // learned (its DTLS follows from there; str0m checks the
-                // check's integrity with the leg's password).
+                // A check naming a leg's ufrag and signed with its password:
+                // the browser's address is learned (its DTLS follows from
+                // there). Someone who only learned the ufrag teaches nothing.
                 let key = stun_ufrag(data).and_then(|u| self.by_ufrag.get(u).copied())?;
+                let leg = self.streams.get(&key.0).and_then(|s| s.browsers.get(&key.1))?;
+                if !leg.leg.is_own_check(data) {
+                    return None;
+                }
                 self.by_addr.insert(from, key);
                 Some(key)
             });

@@ -167,6 +167,12 @@ impl BrowserLeg {
         &self.ufrag
     }
 
+    /// Whether `data` is a check signed with this leg's password (the only
+    /// datagram that may teach the shared port a browser's address).
+    pub fn is_own_check(&self, data: &[u8]) -> bool {
+        is_signed_check(data, &self.ufrag, &self.pass)
+    }
+
     /// Whether ICE and DTLS are done.
     pub fn is_connected(&self) -> bool {
         self.connected
@@ -410,6 +416,39 @@ const STUN_MAGIC: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
 /// ADDRESS, MESSAGE-INTEGRITY, FINGERPRINT); `None` for anything else.
 pub fn early_check_reply(req: &[u8], from: SocketAddr, ufrag: &str, pass: &str) -> Option<Vec<u8>> {
     use hmac::{KeyInit, Mac};
+    if !is_signed_check(req, ufrag, pass) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(80);
+    out.extend_from_slice(&[0x01, 0x01, 0, 0]);
+    out.extend_from_slice(&req[4..20]);
+    early_reply_body(&mut out, req, from)?;
+    // MESSAGE-INTEGRITY, then FINGERPRINT; each computed with the length
+    // counting up to its own end.
+    let with_mi = u16::try_from(out.len() - 20 + 24).ok()?;
+    out[2..4].copy_from_slice(&with_mi.to_be_bytes());
+    let mut h = <hmac::Hmac<sha1::Sha1> as KeyInit>::new_from_slice(pass.as_bytes()).ok()?;
+    h.update(&out);
+    let mac = h.finalize().into_bytes();
+    out.extend_from_slice(&[0x00, 0x08, 0x00, 0x14]);
+    out.extend_from_slice(&mac);
+    let with_fp = u16::try_from(out.len() - 20 + 8).ok()?;
+    out[2..4].copy_from_slice(&with_fp.to_be_bytes());
+    let crc = crc32fast::hash(&out) ^ 0x5354_554e;
+    out.extend_from_slice(&[0x80, 0x28, 0x00, 0x04]);
+    out.extend_from_slice(&crc.to_be_bytes());
+    Some(out)
+}
+
+/// Whether `req` is a STUN Binding request for `ufrag` whose
+/// MESSAGE-INTEGRITY verifies with `pass`: a check from the leg's browser,
+/// not from someone who only learned the username.
+pub fn is_signed_check(req: &[u8], ufrag: &str, pass: &str) -> bool {
+    verify_check(req, ufrag, pass).is_some()
+}
+
+fn verify_check(req: &[u8], ufrag: &str, pass: &str) -> Option<()> {
+    use hmac::{KeyInit, Mac};
     if req.len() < 20 || req[0..2] != [0x00, 0x01] || req[4..8] != STUN_MAGIC {
         return None;
     }
@@ -435,11 +474,11 @@ pub fn early_check_reply(req: &[u8], from: SocketAddr, ufrag: &str, pass: &str) 
     signed[2..4].copy_from_slice(&len.to_be_bytes());
     let mut h = <hmac::Hmac<sha1::Sha1> as KeyInit>::new_from_slice(pass.as_bytes()).ok()?;
     h.update(&signed);
-    h.verify_slice(mac).ok()?;
+    h.verify_slice(mac).ok()
+}
 
-    let mut out = Vec::with_capacity(80);
-    out.extend_from_slice(&[0x01, 0x01, 0, 0]);
-    out.extend_from_slice(&req[4..20]);
+/// XOR-MAPPED-ADDRESS of a Binding success response to `req` from `from`.
+fn early_reply_body(out: &mut Vec<u8>, req: &[u8], from: SocketAddr) -> Option<()> {
     // XOR-MAPPED-ADDRESS.
     let port = from.port() ^ 0x2112;
     match from {
@@ -459,21 +498,7 @@ pub fn early_check_reply(req: &[u8], from: SocketAddr, ufrag: &str, pass: &str) 
             }
         }
     }
-    // MESSAGE-INTEGRITY, then FINGERPRINT; each computed with the length
-    // counting up to its own end.
-    let with_mi = u16::try_from(out.len() - 20 + 24).ok()?;
-    out[2..4].copy_from_slice(&with_mi.to_be_bytes());
-    let mut h = <hmac::Hmac<sha1::Sha1> as KeyInit>::new_from_slice(pass.as_bytes()).ok()?;
-    h.update(&out);
-    let mac = h.finalize().into_bytes();
-    out.extend_from_slice(&[0x00, 0x08, 0x00, 0x14]);
-    out.extend_from_slice(&mac);
-    let with_fp = u16::try_from(out.len() - 20 + 8).ok()?;
-    out[2..4].copy_from_slice(&with_fp.to_be_bytes());
-    let crc = crc32fast::hash(&out) ^ 0x5354_554e;
-    out.extend_from_slice(&[0x80, 0x28, 0x00, 0x04]);
-    out.extend_from_slice(&crc.to_be_bytes());
-    Some(out)
+    Some(())
 }
 
 /// (payload type, marker, sequence, timestamp, payload) of an RTP packet.

@@ -359,6 +359,9 @@ fn an_early_check_is_answered_only_when_it_is_ours_and_signed_with_our_password(
     assert_eq!(usize::from(u16::from_be_bytes([reply[2], reply[3]])), n - 20, "length counts every attribute");
 
     assert_eq!(early_check_reply(&request("abcd:wxyz", "guess"), from, "abcd", "secret"), None, "wrong password");
+    // Only a signed check may teach the shared port a browser's address.
+    assert!(is_signed_check(&request("abcd:wxyz", "secret"), "abcd", "secret"));
+    assert!(!is_signed_check(&request("abcd:wxyz", "guess"), "abcd", "secret"), "knows the ufrag only");
     assert_eq!(early_check_reply(&request("efgh:wxyz", "secret"), from, "abcd", "secret"), None, "another leg's");
     assert_eq!(early_check_reply(&rtp(0, false, 1, 1, &[0; 40]), from, "abcd", "secret"), None, "no STUN");
 }
