@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::browser::Browser;
 use common::calls::{PBX_IP, exactly_n_records};
-use common::daemon::{scenarios, sipp_start};
+use common::daemon::{SippChild, scenarios, sipp_start};
 use common::ws::wss_daemon;
 
 fn daemon() -> common::daemon::Daemon {
@@ -78,44 +78,67 @@ fn media_daemon() -> (common::daemon::Daemon, u16) {
     (wss_daemon("", &media).0, min)
 }
 
+/// The PBX: sipp signalling `scenario` (a call to +15550001 whose SDP
+/// points at `[rtp]`), and that socket of the test, its media.
+fn pbx_call(d: &common::daemon::Daemon, scenario: &str) -> (SippChild, UdpSocket) {
+    let rtp = UdpSocket::bind("127.0.0.2:0").expect("pbx rtp");
+    let rtp_port = rtp.local_addr().expect("addr").port().to_string();
+    let call = sipp_start(
+        &scenarios().join(scenario),
+        Some(d.udp),
+        PBX_IP,
+        0,
+        &["-m", "1", "-key", "number", "+15550001", "-key", "rtp", &rtp_port],
+    );
+    (call, rtp)
+}
+
 /// The PBX's media: plays Debian's G.711 capture (its payloads, in a loop,
-/// numbered on, as payload type `pt`: the capture is PCMA, 8) to `to`
-/// every 20 ms and keeps what comes back, until `stop`.
-fn pbx_media(
-    sock: UdpSocket,
-    to: SocketAddr,
-    pt: u8,
+/// numbered on, as payload type `pt`: the capture is PCMA, 8) to
+/// trunkgate's port `to` every 20 ms, and keeps what comes back.
+struct PbxMedia {
     stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<Vec<(SocketAddr, Vec<u8>)>> {
-    let audio = common::capture("g711a.pcap");
-    let reader = sock.try_clone().expect("clone");
-    let stop_reader = stop.clone();
-    let got = std::thread::spawn(move || {
-        reader.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
-        let mut got = Vec::new();
-        let mut buf = [0u8; 2048];
-        while !stop_reader.load(Ordering::Relaxed) {
-            if let Ok((n, from)) = reader.recv_from(&mut buf) {
-                got.push((from, buf[..n].to_vec()));
+    got: std::thread::JoinHandle<Vec<(SocketAddr, Vec<u8>)>>,
+}
+
+impl PbxMedia {
+    fn start(sock: UdpSocket, to: SocketAddr, pt: u8) -> PbxMedia {
+        let stop = Arc::new(AtomicBool::new(false));
+        let audio = common::capture("g711a.pcap");
+        let reader = sock.try_clone().expect("clone");
+        let stop_reader = stop.clone();
+        let got = std::thread::spawn(move || {
+            reader.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+            let mut got = Vec::new();
+            let mut buf = [0u8; 2048];
+            while !stop_reader.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = reader.recv_from(&mut buf) {
+                    got.push((from, buf[..n].to_vec()));
+                }
             }
-        }
-        got
-    });
-    std::thread::spawn(move || {
-        let mut i: u32 = 0;
-        while !stop.load(Ordering::Relaxed) {
-            let orig = &audio[i as usize % audio.len()];
-            let mut p = orig.clone();
-            p[1] = (p[1] & 0x80) | pt;
-            p[1] = (p[1] & 0x80) | pt;
-            p[2..4].copy_from_slice(&(i as u16).to_be_bytes());
-            p[4..8].copy_from_slice(&(160 * i).to_be_bytes());
-            let _ = sock.send_to(&p, to);
-            i += 1;
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    });
-    got
+            got
+        });
+        let stop_sender = stop.clone();
+        std::thread::spawn(move || {
+            let mut i: u32 = 0;
+            while !stop_sender.load(Ordering::Relaxed) {
+                let mut p = audio[i as usize % audio.len()].clone();
+                p[1] = (p[1] & 0x80) | pt;
+                p[2..4].copy_from_slice(&(i as u16).to_be_bytes());
+                p[4..8].copy_from_slice(&(160 * i).to_be_bytes());
+                let _ = sock.send_to(&p, to);
+                i += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        PbxMedia { stop, got }
+    }
+
+    /// Stops playing; what came back, in order.
+    fn stop(self) -> Vec<(SocketAddr, Vec<u8>)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.got.join().expect("pbx media")
+    }
 }
 
 /// The RFC 4733 digits in `packets` (type 101), one per event (its first
@@ -151,21 +174,12 @@ fn a_browser_answers_a_pbx_call_with_audio_both_ways_digits_hold_and_hang_up() {
     b.wait("registered", 30);
 
     // The PBX: sipp signals, a socket of the test is its media.
-    let rtp = UdpSocket::bind("127.0.0.2:0").expect("pbx rtp");
-    let rtp_port = rtp.local_addr().expect("addr").port().to_string();
-    let call = sipp_start(
-        &scenarios().join("pbx_call_browser.xml"),
-        Some(d.udp),
-        PBX_IP,
-        0,
-        &["-m", "1", "-key", "number", "+15550001", "-key", "rtp", &rtp_port],
-    );
+    let (call, rtp) = pbx_call(&d, "pbx_call_browser.xml");
     let incoming = b.wait("incoming", 20);
     assert_eq!(incoming["caller"], "+15550100", "{incoming}");
     b.wait("answered", 20);
     // trunkgate's side toward the PBX is the first pair of the range.
-    let stop = Arc::new(AtomicBool::new(false));
-    let at_pbx = pbx_media(rtp, SocketAddr::from(([127, 0, 0, 1], min)), 8, stop.clone());
+    let media = PbxMedia::start(rtp, SocketAddr::from(([127, 0, 0, 1], min)), 8);
 
     let audio = b.wait("audio", 30);
     let stats = &audio["stats"];
@@ -179,8 +193,7 @@ fn a_browser_answers_a_pbx_call_with_audio_both_ways_digits_hold_and_hang_up() {
     let after = b.wait("after-resume", 30);
     b.wait("hung-up", 30);
     let (ok, out) = call.wait();
-    stop.store(true, Ordering::Relaxed);
-    let got = at_pbx.join().expect("pbx media");
+    let got = media.stop();
     assert!(ok, "PBX side (hold and resume re-INVITEs, the browser's BYE):\n{out}\n{}", b.events().len());
     assert!(b.finish(), "the browser script ended cleanly");
 
@@ -215,26 +228,16 @@ fn a_browser_that_closes_mid_call_ends_the_call_at_the_pbx() {
     let log = LogOnPanic(&d);
     let b = Browser::start("close-mid-call", &url(&d), ("acme.example.com", "alice", "alice-secret-1"), "", test);
     b.wait("registered", 30);
-    let rtp = UdpSocket::bind("127.0.0.2:0").expect("pbx rtp");
-    let rtp_port = rtp.local_addr().expect("addr").port().to_string();
-    let call = sipp_start(
-        &scenarios().join("pbx_call_rtp_wait_bye.xml"),
-        Some(d.udp),
-        PBX_IP,
-        0,
-        &["-m", "1", "-key", "number", "+15550001", "-key", "rtp", &rtp_port],
-    );
+    let (call, rtp) = pbx_call(&d, "pbx_call_rtp_wait_bye.xml");
     b.wait("answered", 30);
-    let stop = Arc::new(AtomicBool::new(false));
     // pbx_call_rtp offers PCMU only.
-    let at_pbx = pbx_media(rtp, SocketAddr::from(([127, 0, 0, 1], min)), 0, stop.clone());
+    let media = PbxMedia::start(rtp, SocketAddr::from(([127, 0, 0, 1], min)), 0);
     let audio = b.wait("audio", 30);
     assert!(audio["stats"]["inbound"]["packetsReceived"].as_u64().unwrap_or(0) > 20, "{audio}");
     b.wait("closing", 10);
     // The tab is gone: no BYE from it; its WebSocket closes.
     let (ok, out) = call.wait();
-    stop.store(true, Ordering::Relaxed);
-    let _ = at_pbx.join();
+    media.stop();
     assert!(ok, "the PBX gets a BYE:\n{out}");
     drop(log);
     let rec = &exactly_n_records(&mut d, 1)[0];
@@ -249,23 +252,13 @@ fn the_pbx_holds_and_resumes_a_browser() {
     let log = LogOnPanic(&d);
     let b = Browser::start("answer-until-end", &url(&d), ("acme.example.com", "alice", "alice-secret-1"), "", test);
     b.wait("registered", 30);
-    let rtp = UdpSocket::bind("127.0.0.2:0").expect("pbx rtp");
-    let rtp_port = rtp.local_addr().expect("addr").port().to_string();
-    let call = sipp_start(
-        &scenarios().join("pbx_call_browser_hold.xml"),
-        Some(d.udp),
-        PBX_IP,
-        0,
-        &["-m", "1", "-key", "number", "+15550001", "-key", "rtp", &rtp_port],
-    );
+    let (call, rtp) = pbx_call(&d, "pbx_call_browser_hold.xml");
     b.wait("answered", 30);
-    let stop = Arc::new(AtomicBool::new(false));
     // The PBX goes on sending while it holds (sendonly).
-    let at_pbx = pbx_media(rtp, SocketAddr::from(([127, 0, 0, 1], min)), 0, stop.clone());
+    let media = PbxMedia::start(rtp, SocketAddr::from(([127, 0, 0, 1], min)), 0);
     b.wait("ended", 40);
     let (ok, out) = call.wait();
-    stop.store(true, Ordering::Relaxed);
-    let _ = at_pbx.join();
+    media.stop();
     assert!(ok, "PBX side: the hold re-INVITE answered recvonly, the resume sendrecv:\n{out}");
     let samples: Vec<serde_json::Value> = b.events().into_iter().filter(|e| e["event"] == "sample").collect();
     assert!(b.finish(), "the browser script ended cleanly");

@@ -320,7 +320,7 @@ impl MediaEngine {
         let ports_in_use = Arc::new(AtomicUsize::new(0));
         // The browsers' one port per family, and the node's DTLS
         // certificate; the IPv6 one only where IPv6 binds.
-        let cert = NodeCert::generate().map_err(std::io::Error::other)?;
+        let cert = if settings.browsers { Some(NodeCert::generate().map_err(std::io::Error::other)?) } else { None };
         let mut shared = Vec::new();
         let mut webrtc_ports = [None, None];
         let families = if settings.browsers { 2 } else { 0 };
@@ -650,7 +650,8 @@ struct SockRef {
 struct RelayThread {
     /// The browsers' shared sockets (thread 0 only).
     shared: Vec<SharedPort>,
-    cert: NodeCert,
+    /// The node's DTLS certificate (only when browsers can reach the node).
+    cert: Option<NodeCert>,
     /// Browser legs by ICE username fragment, and by address once known.
     by_ufrag: HashMap<String, (u64, u16)>,
     by_addr: HashMap<SocketAddr, (u64, u16)>,
@@ -1008,7 +1009,8 @@ impl RelayThread {
             else {
                 return Err(format!("no shared port for {family:?} browsers"));
             };
-            let leg = BrowserLeg::new(now, &self.cert, SocketAddr::new(*ip, port.port()), voices, *event_pt);
+            let Some(cert) = self.cert.as_ref() else { return Err("no certificate for browsers".into()) };
+            let leg = BrowserLeg::new(now, cert, SocketAddr::new(*ip, port.port()), voices, *event_pt);
             self.by_ufrag.insert(leg.ufrag().to_owned(), (id, slot));
             s.browsers.insert(slot, BrowserSide { leg, sent: Sent::default(), deadline: Some(now) });
         }

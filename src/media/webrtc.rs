@@ -98,7 +98,6 @@ pub struct BrowserLeg {
     connected: bool,
     gone: bool,
     remote: Option<SocketAddr>,
-    next_timeout: Option<Instant>,
     /// The extended sequence number of the last packet toward the browser.
     tx_seq: Option<u64>,
     /// Outputs made by a write, for the next poll.
@@ -156,7 +155,6 @@ impl BrowserLeg {
             connected: false,
             gone: false,
             remote: None,
-            next_timeout: Some(now),
             tx_seq: None,
             queued: Vec::new(),
         }
@@ -224,21 +222,6 @@ impl BrowserLeg {
         }
     }
 
-    /// The telephone-event/8000 payload type both sides agreed on.
-    pub fn event_pt(&self) -> Option<u8> {
-        let media = self.rtc.media(self.mid?)?;
-        self.rtc
-            .codec_config()
-            .params()
-            .iter()
-            .find(|p| {
-                p.spec().codec == Codec::Tele
-                    && p.spec().clock_rate == Frequency::EIGHT_KHZ
-                    && media.remote_pts().contains(&p.pt())
-            })
-            .map(|p| *p.pt())
-    }
-
     /// A datagram for this leg from `from`.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         // The browser checks as soon as it has our offer, well before its
@@ -279,7 +262,7 @@ impl BrowserLeg {
 
     fn pump(&mut self) {
         let mut out = std::mem::take(&mut self.queued);
-        self.next_timeout = self.drain(&mut out);
+        self.drain(&mut out);
         self.queued = out;
     }
 
@@ -323,10 +306,7 @@ impl BrowserLeg {
                     self.remote = Some(t.destination);
                     out.push(BrowserOutput::Transmit { to: t.destination, data: t.contents.to_vec() });
                 }
-                Ok(Output::Timeout(t)) => {
-                    self.next_timeout = Some(t);
-                    return self.next_timeout;
-                }
+                Ok(Output::Timeout(t)) => return Some(t),
                 Ok(Output::Event(e)) => match e {
                     Event::Connected => {
                         self.connected = true;
@@ -358,11 +338,6 @@ impl BrowserLeg {
                 }
             }
         }
-    }
-
-    /// The browser's address, once known.
-    pub fn remote(&self) -> Option<SocketAddr> {
-        self.remote
     }
 }
 
