@@ -81,7 +81,8 @@ impl RefusalAnswers {
             | Reason::PortalDeleted
             | Reason::PortalBlocked
             | Reason::LicenceExpired
-            | Reason::NotLicensed => 403,
+            | Reason::NotLicensed
+            | Reason::NotPermitted => 403,
             Reason::ChannelsBusy => 486,
             Reason::Overloaded | Reason::RateLimited | Reason::DatabaseUnavailable => 503,
             Reason::NoRoute => 404,
@@ -170,6 +171,7 @@ mod tests {
             (Reason::RateLimited, 503, false),
             (Reason::NoRoute, 404, false),
             (Reason::Unavailable, 480, false),
+            (Reason::NotPermitted, 403, false),
             (Reason::DatabaseUnavailable, 503, true),
         ];
         assert_eq!(table.len(), Reason::ALL.len());

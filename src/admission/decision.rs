@@ -38,13 +38,16 @@ pub enum Reason {
     NoRoute,
     /// No target of the route is registered (row 8).
     Unavailable,
+    /// A portal user's outbound call to a number their permission does not
+    /// allow (or the user is disabled).
+    NotPermitted,
     /// The shared database cannot be reached; new calls fail closed.
     DatabaseUnavailable,
 }
 
 impl Reason {
     /// Every reason, in admission order.
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 13] = [
         Reason::UnknownTrunk,
         Reason::Overloaded,
         Reason::PortalNotFound,
@@ -56,6 +59,7 @@ impl Reason {
         Reason::RateLimited,
         Reason::NoRoute,
         Reason::Unavailable,
+        Reason::NotPermitted,
         Reason::DatabaseUnavailable,
     ];
 
@@ -73,6 +77,7 @@ impl Reason {
             Reason::RateLimited => "rate-limited",
             Reason::NoRoute => "no-route",
             Reason::Unavailable => "unavailable",
+            Reason::NotPermitted => "not-permitted",
             Reason::DatabaseUnavailable => "database-unavailable",
         }
     }

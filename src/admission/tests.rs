@@ -351,6 +351,7 @@ fn reason_tokens_statuses_and_retry_after() {
         (Reason::RateLimited, "rate-limited", 503, false),
         (Reason::NoRoute, "no-route", 404, false),
         (Reason::Unavailable, "unavailable", 480, false),
+        (Reason::NotPermitted, "not-permitted", 403, false),
         (Reason::DatabaseUnavailable, "database-unavailable", 503, true),
     ];
     assert_eq!(table.len(), Reason::ALL.len());

@@ -50,6 +50,10 @@ pub const NODE_STOPPED: &str = "node-stopped";
 
 /// Record reason of calls ended because a leg's media stopped.
 pub const MEDIA_TIMEOUT: &str = "media-timeout";
+/// Record reason of outbound calls no trunk took: each failed with no
+/// answer, a transport error or a server failure.
+pub const TRUNKS_FAILED: &str = "trunks-failed";
+
 /// Reason of a call whose browser's WebSocket closed while it was up.
 pub const BROWSER_GONE: &str = "browser-gone";
 
@@ -133,6 +137,8 @@ pub trait Ids: Send + Sync {
     fn tag(&self) -> String;
     /// A new Call-ID for a fork.
     fn call_id(&self) -> String;
+    /// A fresh client nonce for our digest answers to a PBX's challenge.
+    fn cnonce(&self) -> String;
 }
 
 /// Timers and names of a call.
@@ -176,6 +182,102 @@ pub struct InboundCall<S> {
     pub domain: String,
     /// The call record, filled as far as admission could.
     pub record: CallRecord,
+}
+
+/// An admitted outbound call: a portal user's INVITE and the trunks it
+/// may go out through, in order.
+pub struct OutboundCall<S> {
+    /// The user's INVITE.
+    pub invite: Request,
+    /// Its server transaction.
+    pub tsx: S,
+    /// The user's phone or browser.
+    pub peer: Peer,
+    /// The trunks, in priority order.
+    pub attempts: Vec<TrunkAttempt>,
+    /// The longest the call may last once answered.
+    pub max_duration: Duration,
+    /// The channel's lease id.
+    pub lease_id: String,
+    /// The portal's domain.
+    pub domain: String,
+    /// The call record, filled as far as admission could.
+    pub record: CallRecord,
+}
+
+/// One trunk an outbound call may go out through.
+#[derive(Debug, Clone)]
+pub struct TrunkAttempt {
+    /// The trunk's name (the record's `trunk` when it answers).
+    pub trunk: String,
+    /// Request-URI (the number as the trunk wants it).
+    pub uri: String,
+    /// To value.
+    pub to: String,
+    /// From value without its tag (the caller ID the trunk presents).
+    pub from: String,
+    /// P-Asserted-Identity, Remote-Party-ID, Privacy as the trunk asks.
+    pub extra: Vec<(String, String)>,
+    /// Where to send it.
+    pub peer: Peer,
+    /// For the PBX's 401/407.
+    pub credentials: Option<crate::b2bua::outbound::Credentials>,
+    /// No answer at all within this: the next trunk.
+    pub invite_timeout: Duration,
+    /// Ringing at most this long once the trunk answered.
+    pub answer_timeout: Duration,
+}
+
+/// A UAC leg to place.
+struct NewLeg {
+    uri: Uri,
+    /// From, with our tag.
+    from: String,
+    from_tag: String,
+    to: String,
+    kind: LegKind,
+    /// Portal user (phone legs) or trunk name (trunk legs).
+    user: String,
+    peer: Peer,
+    /// More headers (caller ID).
+    extra: Vec<(String, String)>,
+    auth: Option<LegAuth>,
+}
+
+/// What both directions start from: the leg the call came in on.
+struct Origin<S> {
+    invite: Request,
+    tsx: S,
+    peer: Peer,
+    kind: LegKind,
+    max_duration: Duration,
+    lease_id: String,
+    domain: String,
+    record: CallRecord,
+}
+
+/// An outbound call's progress through its trunks.
+struct Outbound {
+    attempts: VecDeque<TrunkAttempt>,
+    /// The trunk leg being tried.
+    current: Option<LegId>,
+    /// The current trunk answered something (its INVITE timeout is off).
+    responded: bool,
+    /// The current trunk's ringing limit.
+    answer_timeout: Duration,
+    /// The current trunk's INVITE timeout.
+    invite_timeout: Duration,
+    /// The last trunk's final answer.
+    last_failure: u16,
+}
+
+/// Our digest answers on a trunk leg.
+#[derive(Debug, Clone)]
+struct LegAuth {
+    credentials: crate::b2bua::outbound::Credentials,
+    /// Challenges answered on this leg (each new one but a stale nonce
+    /// counts): a second refusal of our credentials ends the attempt.
+    tries: u8,
 }
 
 /// What the driver carries out.
@@ -314,6 +416,8 @@ pub struct Leg<S> {
     /// Our 2xx to the leg's offerless refresh offered a description of our
     /// own: the answer in its ACK stays on this leg.
     local_offer: bool,
+    /// A trunk leg's credentials, for the PBX's challenges.
+    auth: Option<LegAuth>,
 }
 
 impl<S> Leg<S> {
@@ -476,6 +580,8 @@ pub struct Call<S> {
     requests: InFlight<S>,
     next_req: u32,
     commands: VecDeque<Command<S>>,
+    /// Outbound calls: the trunks left and the one being tried.
+    outbound: Option<Outbound>,
 }
 
 impl<S: Clone + std::fmt::Debug> Call<S> {
@@ -490,8 +596,68 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
     ) -> Call<S> {
         let InboundCall { invite, tsx, peer, groups, strategy, ring_timeout, max_duration, lease_id, domain, record } =
             call;
+        let mut queue: VecDeque<Vec<ForkTarget>> = groups.into();
+        let first: Vec<ForkTarget> = match strategy {
+            RingStrategy::RingAll => queue.drain(..).flatten().collect(),
+            RingStrategy::InOrder | RingStrategy::Evenly => queue.pop_front().unwrap_or_default(),
+        };
+        let origin = Origin { invite, tsx, peer, kind: LegKind::Trunk, max_duration, lease_id, domain, record };
+        let mut c = Call::with_origin(now, config, ids, media, origin);
+        c.queue = queue;
+        c.ring_timeout = ring_timeout;
+        if c.phase != Phase::Ringing {
+            return c;
+        }
+        c.set_timer(Timer::Ring, Some(now + ring_timeout));
+        for t in first {
+            c.start_fork(t);
+        }
+        c.fail_if_nothing_rings(now);
+        c
+    }
+
+    /// Starts an admitted outbound call: 100 Trying to the user, the first
+    /// trunk tried, its INVITE timeout armed. The next trunk is tried when
+    /// one fails with no answer, a transport error or a server failure
+    /// ([`crate::b2bua::outbound::fails_over`]).
+    pub fn outbound(
+        now: Instant,
+        config: CallConfig,
+        ids: std::sync::Arc<dyn Ids>,
+        media: Box<dyn MediaSession>,
+        call: OutboundCall<S>,
+    ) -> Call<S> {
+        let OutboundCall { invite, tsx, peer, attempts, max_duration, lease_id, domain, record } = call;
+        let origin = Origin { invite, tsx, peer, kind: LegKind::Phone, max_duration, lease_id, domain, record };
+        let mut c = Call::with_origin(now, config, ids, media, origin);
+        c.outbound = Some(Outbound {
+            attempts: attempts.into(),
+            current: None,
+            responded: false,
+            answer_timeout: Duration::ZERO,
+            invite_timeout: Duration::ZERO,
+            last_failure: 0,
+        });
+        if c.phase != Phase::Ringing {
+            return c;
+        }
+        c.next_trunk(now);
+        c
+    }
+
+    /// The call with its origin leg, 100 Trying sent (or refused at once
+    /// with 422 when the caller's session interval is too small).
+    fn with_origin(
+        now: Instant,
+        config: CallConfig,
+        ids: std::sync::Arc<dyn Ids>,
+        media: Box<dyn MediaSession>,
+        origin: Origin<S>,
+    ) -> Call<S> {
+        let Origin { invite, tsx, peer, kind, max_duration, lease_id, domain, record } = origin;
         let mut media = media;
-        media.add_leg(LegId::ORIGIN, peer.target.addr, peer.local, false);
+        // A caller over WebSocket is a browser.
+        media.add_leg(LegId::ORIGIN, peer.target.addr, peer.local, peer.target.transport.is_websocket());
         let local_tag = ids.tag();
         let session = session_timer::negotiate_uas(invite.headers(), None, config.session_expires, config.min_se);
         let remote_origin = body_of_request(&invite).as_ref().and_then(SdpOrigin::of);
@@ -500,7 +666,7 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
         let origin = Leg {
             id: LegId::ORIGIN,
             role: Role::Uas,
-            kind: LegKind::Trunk,
+            kind,
             peer,
             user: None,
             state: LegState::Calling,
@@ -525,11 +691,7 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
             remote_origin,
             sent_sdp: None,
             local_offer: false,
-        };
-        let mut queue: VecDeque<Vec<ForkTarget>> = groups.into();
-        let first: Vec<ForkTarget> = match strategy {
-            RingStrategy::RingAll => queue.drain(..).flatten().collect(),
-            RingStrategy::InOrder | RingStrategy::Evenly => queue.pop_front().unwrap_or_default(),
+            auth: None,
         };
         let mut c = Call {
             config,
@@ -538,8 +700,8 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
             legs: vec![origin],
             phase: Phase::Ringing,
             answered_by: None,
-            queue,
-            ring_timeout,
+            queue: VecDeque::new(),
+            ring_timeout: Duration::ZERO,
             max_duration,
             lease_id,
             domain,
@@ -552,6 +714,7 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
             requests: InFlight(Vec::new()),
             next_req: 0,
             commands: VecDeque::new(),
+            outbound: None,
         };
         if let Err(too_small) = session {
             // RFC 4028 §9: refused before anything rings.
@@ -564,11 +727,6 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
         // 100 Trying at once: ringing may take a while.
         let trying = Response::from_request(&c.legs[0].invite, 100, "Trying");
         c.commands.push_back(Command::Respond { tsx, response: trying });
-        c.set_timer(Timer::Ring, Some(now + ring_timeout));
-        for t in first {
-            c.start_fork(t);
-        }
-        c.fail_if_nothing_rings(now);
         c
     }
 
@@ -905,7 +1063,23 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
         }
         if self.due(Timer::Ring, now) {
             self.set_timer(Timer::Ring, None);
-            if self.phase == Phase::Ringing {
+            let outbound = self.outbound.as_ref().map(|o| o.responded);
+            if self.phase == Phase::Ringing && outbound == Some(false) {
+                // The trunk gave no answer at all: the next one. No CANCEL
+                // (§9.1: not before a provisional response); should it
+                // answer late, its 2xx is hung up.
+                debug!("no answer from the trunk within its INVITE timeout");
+                if let Some(o) = self.outbound.as_mut() {
+                    if let Some(cur) = o.current.take()
+                        && let Some(l) = self.legs.get_mut(leg_index(cur))
+                    {
+                        l.state = LegState::Ended;
+                        self.media.close_leg(cur);
+                    }
+                    o.last_failure = 503;
+                }
+                self.next_trunk(now);
+            } else if self.phase == Phase::Ringing {
                 if self.queue.is_empty() {
                     debug!("no answer within the ring timeout");
                     self.end_unanswered(now, 480, Outcome::NoAnswer, Some("unavailable"));
@@ -931,8 +1105,6 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
     // ------------------------------------------------------------ forking
 
     fn start_fork(&mut self, t: ForkTarget) {
-        let Ok(idx) = u16::try_from(self.legs.len()) else { return };
-        let id = LegId(idx);
         let Ok(uri) = Uri::parse(&t.contact) else {
             debug!(contact = %t.contact, "unusable contact skipped");
             return;
@@ -952,57 +1124,83 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
             Some(d) => format!("\"{d}\" <sip:{caller}@{}>;tag={from_tag}", self.domain),
             None => format!("<sip:{caller}@{}>;tag={from_tag}", self.domain),
         };
+        let to = format!("<sip:{}@{}>", t.user, self.domain);
+        self.place_leg(NewLeg {
+            uri,
+            from,
+            from_tag,
+            to,
+            kind: LegKind::Phone,
+            user: t.user,
+            peer: t.peer,
+            extra: Vec::new(),
+            auth: None,
+        });
+    }
+
+    /// Places a UAC leg: its INVITE carries the origin's offer through the
+    /// media session. `None` when the offer could not be carried (the
+    /// failure is kept for the final answer) or the INVITE not built.
+    fn place_leg(&mut self, n: NewLeg) -> Option<LegId> {
+        let idx = u16::try_from(self.legs.len()).ok()?;
+        let id = LegId(idx);
         let call_id = self.ids.call_id();
         // A target registered over WebSocket is a browser.
-        self.media.add_leg(id, t.peer.target.addr, t.peer.local, t.peer.target.transport.is_websocket());
+        self.media.add_leg(id, n.peer.target.addr, n.peer.local, n.peer.target.transport.is_websocket());
         let offer = body_of_request(&self.legs[0].invite);
         let body = match offer {
             Some(o) if o.is_sdp() => match self.media.offer(LegId::ORIGIN, id, &o) {
                 Ok(b) => Some(b),
                 Err(e) => {
-                    debug!(error = %e, "offer not carried to the fork");
+                    debug!(error = %e, "offer not carried to the new leg");
                     self.best_failure = pick_failure(self.best_failure, e.status());
                     self.media_failure = Some((e.status(), e.token()));
-                    return;
+                    return None;
                 }
             },
             other => other,
         };
-        let mut b = Request::builder(Method::Invite, uri)
+        let mut b = Request::builder(Method::Invite, n.uri)
             .header(HeaderName::MaxForwards, "70")
-            .header(HeaderName::From, from)
-            .header(HeaderName::To, format!("<sip:{}@{}>", t.user, self.domain))
+            .header(HeaderName::From, n.from)
+            .header(HeaderName::To, n.to)
             .header(HeaderName::CallId, &call_id)
             .header(HeaderName::CSeq, "1 INVITE")
-            .header(HeaderName::Contact, t.peer.contact())
+            .header(HeaderName::Contact, n.peer.contact())
             .header(HeaderName::Allow, ALLOW)
             .header(HeaderName::Supported, "timer")
             // RFC 4028 §7.1: this leg's own session timer, whatever the
-            // PBX asked for on its leg.
+            // caller asked for on its leg.
             .header(HeaderName::SessionExpires, self.config.session_expires.as_secs().to_string())
             .header(HeaderName::MinSe, self.config.min_se.as_secs().to_string())
             .header(HeaderName::UserAgent, crate::sip::PRODUCT);
+        for (name, value) in &n.extra {
+            if let Some(name) = HeaderName::from_bytes(name.as_bytes()) {
+                b = b.header(name, value);
+            }
+        }
         let has_offer = body.as_ref().is_some_and(Body::is_sdp);
         let sent_sdp = body.clone().filter(Body::is_sdp);
         if let Some(body) = body {
             b = b.body(&body.content_type, body.bytes);
         }
         let Ok(invite) = b.build() else {
-            debug!("fork INVITE not built");
-            return;
+            debug!("INVITE not built");
+            self.media.close_leg(id);
+            return None;
         };
         let req = self.new_req(Outstanding::Invite(id));
-        debug!(leg = id.0, user = %t.user, "ringing");
+        debug!(leg = id.0, user = %n.user, "ringing");
         self.legs.push(Leg {
             id,
             role: Role::Uac,
-            kind: LegKind::Phone,
-            peer: t.peer,
-            user: Some(t.user),
+            kind: n.kind,
+            peer: n.peer,
+            user: Some(n.user),
             state: LegState::Calling,
             invite: invite.clone(),
             tsx: None,
-            local_tag: from_tag,
+            local_tag: n.from_tag,
             early: Vec::new(),
             dialog: None,
             oa: if has_offer { OfferAnswer::OfferSent(Placement::Invite) } else { OfferAnswer::Stable },
@@ -1017,18 +1215,143 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
             remote_origin: None,
             sent_sdp,
             local_offer: false,
+            auth: n.auth,
         });
         self.commands.push_back(Command::Route { call_id });
-        self.commands.push_back(Command::Request { id: req, leg: id, peer: t.peer, request: invite });
+        self.commands.push_back(Command::Request { id: req, leg: id, peer: n.peer, request: invite });
+        Some(id)
+    }
+
+    /// Outbound: the next trunk, or the call's failure when none is left.
+    fn next_trunk(&mut self, now: Instant) {
+        loop {
+            let Some(a) = self.outbound.as_mut().and_then(|o| o.attempts.pop_front()) else {
+                self.fail_if_nothing_rings(now);
+                return;
+            };
+            let Ok(uri) = Uri::parse(&a.uri) else {
+                debug!(trunk = %a.trunk, uri = %a.uri, "unusable trunk URI skipped");
+                continue;
+            };
+            let from_tag = self.ids.tag();
+            let placed = self.place_leg(NewLeg {
+                uri,
+                from: format!("{};tag={from_tag}", a.from),
+                from_tag,
+                to: a.to.clone(),
+                kind: LegKind::Trunk,
+                user: a.trunk.clone(),
+                peer: a.peer,
+                extra: a.extra.clone(),
+                auth: a.credentials.clone().map(|credentials| LegAuth { credentials, tries: 0 }),
+            });
+            let Some(id) = placed else {
+                // The offer cannot be carried: no other trunk changes that.
+                if let Some(o) = self.outbound.as_mut() {
+                    o.attempts.clear();
+                }
+                self.fail_if_nothing_rings(now);
+                return;
+            };
+            debug!(trunk = %a.trunk, leg = id.0, "outbound call tried on trunk");
+            if let Some(o) = self.outbound.as_mut() {
+                o.current = Some(id);
+                o.responded = false;
+                o.answer_timeout = a.answer_timeout;
+                o.invite_timeout = a.invite_timeout;
+            }
+            if let Some(rec) = self.record.as_mut() {
+                rec.trunk = Some(a.trunk);
+            }
+            self.set_timer(Timer::Ring, Some(now + a.invite_timeout));
+            return;
+        }
+    }
+
+    /// A trunk's 401/407: the INVITE again with our credentials (new CSeq,
+    /// same Call-ID and From tag). Once per leg, unless the PBX says our
+    /// answer only had a stale nonce.
+    fn answer_challenge(&mut self, leg: LegId, resp: &Response) -> bool {
+        if self.phase != Phase::Ringing {
+            return false;
+        }
+        let Some(l) = self.legs.get_mut(leg_index(leg)) else { return false };
+        if !matches!(l.state, LegState::Calling | LegState::Early) {
+            return false;
+        }
+        let Some(auth) = l.auth.as_mut() else { return false };
+        let (list, header) = if resp.status() == 401 {
+            (resp.headers().www_authenticate(), HeaderName::Authorization)
+        } else {
+            (resp.headers().proxy_authenticate(), HeaderName::ProxyAuthorization)
+        };
+        let Some(challenge) = list.ok().and_then(|l| crate::sip::digest::Challenge::pick(l.iter())) else {
+            debug!(leg = leg.0, "challenge we cannot answer");
+            return false;
+        };
+        if auth.tries >= 1 && !challenge.stale {
+            tracing::warn!(leg = leg.0, user = %auth.credentials.username, realm = %challenge.realm, "the PBX refused our credentials");
+            return false;
+        }
+        if auth.tries >= 3 {
+            return false;
+        }
+        auth.tries += 1;
+        let uri = l.invite.uri().as_str().to_owned();
+        let value = challenge.answer(
+            "INVITE",
+            &uri,
+            &auth.credentials.username,
+            &auth.credentials.password,
+            &self.ids.cnonce(),
+        );
+        let Ok(seq) = l.invite.headers().cseq().map(|c| c.seq.wrapping_add(1)) else { return false };
+        let mut invite = l.invite.clone();
+        let h = invite.headers_mut();
+        h.remove_all(&HeaderName::Authorization);
+        h.remove_all(&HeaderName::ProxyAuthorization);
+        if h.set(HeaderName::CSeq, format!("{seq} INVITE")).and_then(|()| h.push(header, value)).is_err() {
+            return false;
+        }
+        debug!(leg = leg.0, status = resp.status(), "challenge answered: INVITE sent again");
+        l.invite = invite.clone();
+        l.state = LegState::Calling;
+        l.early.clear();
+        let peer = l.peer;
+        let id = self.new_req(Outstanding::Invite(leg));
+        self.commands.push_back(Command::Request { id, leg, peer, request: invite });
+        true
     }
 
     fn fork_response(&mut self, now: Instant, leg: LegId, resp: &Response) {
         let status = resp.status();
+        // Outbound: the trunk answered something, so it is alive: from now
+        // on it rings until its answer timeout, no longer its INVITE
+        // timeout.
+        if let Some(o) = self.outbound.as_mut()
+            && o.current == Some(leg)
+            && !o.responded
+            && self.phase == Phase::Ringing
+        {
+            o.responded = true;
+            let at = now + o.answer_timeout;
+            self.set_timer(Timer::Ring, Some(at));
+        }
         match status {
             100 => {}
             101..=199 => self.fork_provisional(leg, resp),
             200..=299 => self.fork_answered(now, leg, resp),
             422 if self.retry_after_422(leg, resp) => {}
+            401 | 407 if self.answer_challenge(leg, resp) => {
+                // A new INVITE: its trunk has its INVITE timeout again.
+                if let Some(o) = self.outbound.as_mut()
+                    && o.current == Some(leg)
+                {
+                    o.responded = false;
+                    let at = now + o.invite_timeout;
+                    self.set_timer(Timer::Ring, Some(at));
+                }
+            }
             _ => {
                 if self.leg(leg).is_some_and(|l| matches!(l.state, LegState::Calling | LegState::Early)) {
                     self.fork_failed(now, leg, status);
@@ -1078,6 +1401,11 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
     fn fork_provisional(&mut self, leg: LegId, resp: &Response) {
         let idx = leg_index(leg);
         let Some(l) = self.legs.get_mut(idx) else { return };
+        if matches!(l.state, LegState::Ended | LegState::Failed(_)) {
+            // A trunk given up on (its INVITE timeout) that wakes up: its
+            // ringing is not the call's; a late 2xx is hung up.
+            return;
+        }
         if l.state == LegState::Calling {
             l.state = LegState::Early;
         }
@@ -1246,9 +1574,14 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
             self.commands.push_back(Command::Respond { tsx, response: r });
         }
         let unix = self.unix(now);
+        let outbound = self.outbound.is_some();
         if let Some(rec) = self.record.as_mut() {
             rec.answered_at = Some(unix);
-            rec.target_user = user;
+            // Outbound, the portal user is the caller (set at admission)
+            // and the leg's name is the trunk's.
+            if !outbound {
+                rec.target_user = user;
+            }
         }
         self.set_timer(Timer::Ring, None);
         self.set_timer(Timer::MaxDuration, Some(now + self.max_duration));
@@ -1262,6 +1595,22 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
         }
         self.close_media(leg);
         self.best_failure = pick_failure(self.best_failure, status);
+        if let Some(o) = self.outbound.as_mut()
+            && o.current == Some(leg)
+        {
+            // A challenge we could not answer is the trunk's failure (its
+            // credentials), not the callee's answer.
+            let trunk_failure = crate::b2bua::outbound::fails_over(status) || matches!(status, 401 | 407);
+            o.last_failure = if trunk_failure { 503 } else { status };
+            if trunk_failure {
+                debug!(leg = leg.0, status, "trunk failed: next trunk");
+            } else {
+                // The callee's (or the number's) answer: another trunk
+                // would give the same.
+                o.attempts.clear();
+            }
+            o.current = None;
+        }
         self.advance_or_fail(now);
     }
 
@@ -1301,6 +1650,10 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
         if self.legs[1..].iter().any(|l| matches!(l.state, LegState::Calling | LegState::Early)) {
             return;
         }
+        if self.outbound.is_some() {
+            self.next_trunk(now);
+            return;
+        }
         if let Some(next) = self.queue.pop_front() {
             self.set_timer(Timer::Ring, Some(now + self.ring_timeout));
             for t in next {
@@ -1322,6 +1675,18 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
         if !self.queue.is_empty() {
             // Every fork of this group failed at once: try the next.
             self.advance_or_fail(now);
+            return;
+        }
+        if let Some(o) = &self.outbound {
+            let (status, outcome, reason) = match (o.last_failure, self.media_failure) {
+                (0, Some((s, token))) => (s, Outcome::Failed, Some(token)),
+                (0 | 503, _) => (503, Outcome::Failed, Some(TRUNKS_FAILED)),
+                (486 | 600, _) => (486, Outcome::Busy, None),
+                (603, _) => (603, Outcome::Declined, None),
+                (480, _) => (480, Outcome::Unavailable, None),
+                (s, _) => (s, Outcome::Failed, None),
+            };
+            self.end_unanswered(now, status, outcome, reason);
             return;
         }
         let media = self.media_failure.filter(|(s, _)| *s == self.best_failure).map(|(_, t)| t);
@@ -1352,6 +1717,7 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
                 "media-ports-exhausted" => "no media ports free",
                 "no-common-codec" => "no codec in common",
                 MEDIA_TIMEOUT => "no media",
+                TRUNKS_FAILED => "no trunk to the PBX answered",
                 SESSION_INTERVAL_TOO_SMALL => "session interval too small",
                 _ => "no user answered",
             };

@@ -4,12 +4,13 @@
 
 pub mod call;
 pub mod media;
+pub mod outbound;
 pub mod session_timer;
 mod trunks;
 
 #[cfg(test)]
 mod tests;
 
-pub use call::{Call, CallConfig, Command, ForkTarget, InboundCall, LegId, Peer, ReqId};
+pub use call::{Call, CallConfig, Command, ForkTarget, InboundCall, LegId, OutboundCall, Peer, ReqId, TrunkAttempt};
 pub use media::{Body, MediaError, MediaSession, Passthrough};
 pub use trunks::{DialledNumber, Route, Trunk, TrunkTable, dialled_number};

@@ -33,6 +33,9 @@ impl Ids for CountingIds {
     fn call_id(&self) -> String {
         format!("b{}@trunkgate", self.0.fetch_add(1, Ordering::Relaxed))
     }
+    fn cnonce(&self) -> String {
+        format!("c{}", self.0.fetch_add(1, Ordering::Relaxed))
+    }
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -1492,3 +1495,5 @@ fn a_ringing_forks_connection_closing_fails_that_fork_alone() {
     assert_eq!(status_of(&World::responses(&out, 1)), [480]);
     assert_one_end(&out, "unavailable");
 }
+
+mod outbound;

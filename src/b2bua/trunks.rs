@@ -65,6 +65,8 @@ impl Trunk {
 #[derive(Debug, Default)]
 pub struct TrunkTable {
     trunks: Vec<std::sync::Arc<Trunk>>,
+    /// Trunks that take outbound calls, by priority.
+    outbound: Vec<std::sync::Arc<super::outbound::OutboundTrunk>>,
 }
 
 impl TrunkTable {
@@ -94,7 +96,17 @@ impl TrunkTable {
                 })
             })
             .collect();
-        Self { trunks }
+        let mut outbound: Vec<_> =
+            loaded.iter().filter_map(super::outbound::OutboundTrunk::from_loaded).map(std::sync::Arc::new).collect();
+        // Stable: equal priorities keep the configuration's order.
+        outbound.sort_by_key(|t| t.priority);
+        Self { trunks, outbound }
+    }
+
+    /// The trunks a call of `portal` goes out through, in priority order:
+    /// the portal's own and the shared (`portal = "*"`) ones.
+    pub fn outbound_for(&self, portal: &PortalId) -> Vec<std::sync::Arc<super::outbound::OutboundTrunk>> {
+        self.outbound.iter().filter(|t| &t.portal == portal || t.portal.as_str() == "*").cloned().collect()
     }
 
     /// The trunk whose sources contain `ip` (IPv4-mapped IPv6 addresses are

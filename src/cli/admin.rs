@@ -418,6 +418,20 @@ async fn user(cmd: UserCmd, loaded: &Loaded) -> Result<(), Failure> {
             info!(target: "audit", portal = %portal, username = %username, "static contact changed");
             println!("portal {portal}: user {username} contact {}", c.unwrap_or("removed"));
         }
+        UserCmd::Set { portal, username, outbound, outbound_number } => {
+            if outbound.is_none() && outbound_number.is_none() {
+                return Err(usage("user set: give --outbound and/or --outbound-number"));
+            }
+            let number = outbound_number.as_deref().map(|n| if n == "none" { None } else { Some(n) });
+            open(loaded).await?.user_set_outbound(&portal, &username, outbound.as_deref(), number).await?;
+            info!(target: "audit", portal = %portal, username = %username, ?outbound, ?outbound_number, "outbound settings changed");
+            if let Some(o) = &outbound {
+                println!("portal {portal}: user {username} outbound {o}");
+            }
+            if let Some(n) = number {
+                println!("portal {portal}: user {username} outbound number {}", n.unwrap_or("the trunk's"));
+            }
+        }
         UserCmd::Enable { portal, username } => {
             open(loaded).await?.user_set_disabled(&portal, &username, false).await?;
             info!(target: "security", portal = %portal, username = %username, "user enabled");

@@ -270,6 +270,24 @@ pub enum UserCmd {
         #[arg(long)]
         contact: String,
     },
+    /// What a user may dial out through the portal's trunks, and the
+    /// caller number their calls present.
+    Set {
+        /// Portal id.
+        #[arg(long)]
+        portal: String,
+        /// Login.
+        #[arg(long)]
+        username: String,
+        /// `any`, `none`, or numbers and prefixes ending in `*`, separated
+        /// by commas (`+44*,0800*,112`).
+        #[arg(long)]
+        outbound: Option<String>,
+        /// Caller number of the user's outbound calls, or `none` for the
+        /// trunk's.
+        #[arg(long)]
+        outbound_number: Option<String>,
+    },
     /// Re-enable a user.
     Enable {
         /// Portal id.

@@ -655,6 +655,10 @@ pub struct AnswersSection {
     /// No user of the route can be rung, SIP status code. Default: 480.
     #[serde(default)]
     pub unavailable: Option<Spanned<u16>>,
+    /// A portal user's outbound call their permission refuses, SIP status
+    /// code. Default: 403.
+    #[serde(default)]
+    pub not_permitted: Option<Spanned<u16>>,
     /// The shared database cannot be reached, SIP status code; sent with
     /// Retry-After. Default: 503.
     #[serde(default)]
@@ -676,6 +680,7 @@ impl AnswersSection {
             (Reason::RateLimited, &self.rate_limited),
             (Reason::NoRoute, &self.no_route),
             (Reason::Unavailable, &self.unavailable),
+            (Reason::NotPermitted, &self.not_permitted),
             (Reason::DatabaseUnavailable, &self.database_unavailable),
         ]
     }
@@ -704,6 +709,123 @@ pub struct TrunkConfig {
     /// Routing table from dialled number to portal users, first match wins.
     #[serde(default)]
     pub route: Vec<RouteConfig>,
+    /// Where the portal's users' outgoing calls go through this PBX
+    /// (absent: the trunk takes no outbound calls).
+    #[serde(default)]
+    pub outbound: Option<OutboundConfig>,
+}
+
+/// `[trunk.outbound]`: portal users' calls out through the PBX.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundConfig {
+    /// The PBX: `udp://HOST[:PORT]` or `tcp://HOST[:PORT]` (port 5060 by
+    /// default; a host name is resolved when the configuration loads).
+    pub target: Spanned<String>,
+    /// Lower first: a portal's outbound trunks are tried in this order.
+    /// Default: 100.
+    #[serde(default = "default_priority")]
+    pub priority: u32,
+    /// Seconds without any answer to the INVITE before the next trunk is
+    /// tried. Default: 5.
+    #[serde(default = "default_invite_timeout_s")]
+    pub invite_timeout_s: u32,
+    /// Seconds a call may ring at the PBX before it is given up. Default: 120.
+    #[serde(default = "default_answer_timeout_s")]
+    pub answer_timeout_s: u32,
+    /// Digest username for the PBX's 401/407 challenges.
+    pub username: Option<Spanned<String>>,
+    /// Digest password (prefer `password_file`).
+    pub password: Option<Spanned<String>>,
+    /// A file holding the password (first line), readable by trunkgate
+    /// only; relative to this file's directory.
+    pub password_file: Option<Spanned<PathBuf>>,
+    /// Caller number presented when the user has none of their own.
+    pub caller_number: Option<Spanned<String>>,
+    /// Where the caller number goes: `from`, `pai` (P-Asserted-Identity),
+    /// `rpid` (Remote-Party-ID). Default: `["from"]`.
+    #[serde(default = "default_caller_id")]
+    pub caller_id: Vec<CallerIdHeader>,
+    /// Dialled-number rules, applied in this order: strip this prefix,
+    /// convert the format, then add `add_prefix`.
+    #[serde(default)]
+    pub strip_prefix: Option<Spanned<String>>,
+    /// `as_dialled` (default), `e164` (national numbers get
+    /// `+<country_code>`), `national` (`+<country_code>…` becomes
+    /// `<national_prefix>…`).
+    #[serde(default)]
+    pub number_format: NumberFormat,
+    /// Country code for `number_format` (digits, no `+`).
+    pub country_code: Option<Spanned<String>>,
+    /// National trunk prefix for `number_format`. Default: "0".
+    #[serde(default = "default_national_prefix")]
+    pub national_prefix: String,
+    /// International call prefix for `number_format` (`00`; `011` in
+    /// North America). Default: "00".
+    #[serde(default = "default_international_prefix")]
+    pub international_prefix: String,
+    /// Prefix added last.
+    #[serde(default)]
+    pub add_prefix: Option<Spanned<String>>,
+}
+
+fn default_priority() -> u32 {
+    100
+}
+fn default_invite_timeout_s() -> u32 {
+    5
+}
+fn default_answer_timeout_s() -> u32 {
+    120
+}
+fn default_caller_id() -> Vec<CallerIdHeader> {
+    vec![CallerIdHeader::From]
+}
+fn default_national_prefix() -> String {
+    "0".to_owned()
+}
+fn default_international_prefix() -> String {
+    "00".to_owned()
+}
+
+/// A header that carries the caller's number toward the PBX.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallerIdHeader {
+    /// The From URI's user part.
+    From,
+    /// P-Asserted-Identity (RFC 3325).
+    Pai,
+    /// Remote-Party-ID (draft-ietf-sip-privacy-04, still asked by many PBXs).
+    Rpid,
+}
+
+/// How a dialled number is written toward the PBX.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NumberFormat {
+    /// As the user dialled it.
+    #[default]
+    AsDialled,
+    /// International, `+` and country code.
+    E164,
+    /// National, with the national prefix.
+    National,
+}
+
+/// `[trunk.outbound]` resolved: where to send and how to authenticate.
+#[derive(Debug, Clone)]
+pub struct LoadedOutbound {
+    /// Transport toward the PBX.
+    pub transport: crate::transport::Transport,
+    /// The host as written (Request-URI and To host).
+    pub host: String,
+    /// Its port.
+    pub port: u16,
+    /// The resolved address.
+    pub addr: std::net::SocketAddr,
+    /// Digest credentials (username, password).
+    pub credentials: Option<(String, String)>,
 }
 
 /// A place in an INVITE that holds the dialled number.
@@ -783,6 +905,8 @@ pub struct LoadedTrunk {
     pub file: PathBuf,
     /// Its sources, parsed (same order as written).
     pub sources: Vec<SourceNet>,
+    /// `[trunk.outbound]`, resolved.
+    pub outbound: Option<LoadedOutbound>,
 }
 
 /// The configuration after loading and validation: every value resolved.
@@ -837,7 +961,7 @@ pub fn load(path: &Path, overrides: &Overrides) -> Result<Loaded, ConfigErrors> 
         .trunk
         .iter()
         .cloned()
-        .map(|trunk| LoadedTrunk { trunk, file: path.to_owned(), sources: Vec::new() })
+        .map(|trunk| LoadedTrunk { trunk, file: path.to_owned(), sources: Vec::new(), outbound: None })
         .collect();
 
     let base = path.parent().unwrap_or(Path::new("."));
@@ -863,6 +987,7 @@ pub fn load(path: &Path, overrides: &Overrides) -> Result<Loaded, ConfigErrors> 
                                 trunk,
                                 file: file.clone(),
                                 sources: Vec::new(),
+                                outbound: None,
                             }));
                             sources = sources.with(&file, &text);
                         }
@@ -879,6 +1004,7 @@ pub fn load(path: &Path, overrides: &Overrides) -> Result<Loaded, ConfigErrors> 
     let media = parse_media(&config, path, &sources, &mut errors);
     let tls = parse_tls(&config, path, &sources, &mut errors);
     parse_sources(&mut trunks, &sources, &mut errors);
+    parse_outbound(&mut trunks, &sources, &mut errors);
     validate(&config, &trunks, path, &sources, &mut errors);
 
     let node_id = match &config.node_id {
@@ -1199,6 +1325,141 @@ fn validate(config: &Config, trunks: &[LoadedTrunk], main: &Path, sources: &Sour
                 }
             }
         }
+    }
+}
+
+/// Resolves each `[trunk.outbound]`: target, credentials, number rules.
+fn parse_outbound(trunks: &mut [LoadedTrunk], sources: &SourceMap, errors: &mut ConfigErrors) {
+    use crate::transport::Transport as T;
+    for lt in trunks {
+        let Some(o) = &lt.trunk.outbound else { continue };
+        let file = lt.file.clone();
+        let mut err = |span: std::ops::Range<usize>, msg: String| errors.push(sources.error(&file, span, msg));
+        let name = lt.trunk.name.get_ref();
+        let target = o.target.get_ref();
+        let (transport, rest) = match target.split_once("://") {
+            Some(("udp", r)) => (T::Udp, r),
+            Some(("tcp", r)) => (T::Tcp, r),
+            _ => {
+                err(
+                    o.target.span(),
+                    format!("outbound target `{target}`: expected udp://HOST[:PORT] or tcp://HOST[:PORT]"),
+                );
+                continue;
+            }
+        };
+        let (host, port) = match split_host_port(rest) {
+            Some(hp) => hp,
+            None => {
+                err(o.target.span(), format!("outbound target `{target}`: bad host or port"));
+                continue;
+            }
+        };
+        let addr =
+            match std::net::ToSocketAddrs::to_socket_addrs(&(host.trim_start_matches('[').trim_end_matches(']'), port))
+            {
+                Ok(mut a) => match a.next() {
+                    Some(a) => a,
+                    None => {
+                        err(o.target.span(), format!("outbound target `{target}`: `{host}` has no address"));
+                        continue;
+                    }
+                },
+                Err(e) => {
+                    err(o.target.span(), format!("outbound target `{target}`: `{host}` does not resolve: {e}"));
+                    continue;
+                }
+            };
+        if !(1..=300).contains(&o.invite_timeout_s) {
+            err(o.target.span(), format!("trunk `{name}`: outbound invite_timeout_s must be 1..=300"));
+        }
+        if !(1..=3600).contains(&o.answer_timeout_s) {
+            err(o.target.span(), format!("trunk `{name}`: outbound answer_timeout_s must be 1..=3600"));
+        }
+        let password = match (&o.password, &o.password_file) {
+            (Some(p), None) => Some(p.get_ref().clone()),
+            (None, Some(f)) => {
+                let path = lt.file.parent().unwrap_or(Path::new(".")).join(f.get_ref());
+                match std::fs::read_to_string(&path) {
+                    Ok(t) => match t.lines().next().map(str::trim_end).filter(|l| !l.is_empty()) {
+                        Some(l) => Some(l.to_owned()),
+                        None => {
+                            err(f.span(), format!("password_file {}: empty", path.display()));
+                            None
+                        }
+                    },
+                    Err(e) => {
+                        err(f.span(), format!("password_file {}: {e}", path.display()));
+                        None
+                    }
+                }
+            }
+            (Some(p), Some(_)) => {
+                err(p.span(), "give password or password_file, not both".to_owned());
+                None
+            }
+            (None, None) => None,
+        };
+        let credentials = match (&o.username, password) {
+            (Some(u), Some(p)) => Some((u.get_ref().clone(), p)),
+            (Some(u), None) => {
+                err(u.span(), format!("trunk `{name}`: outbound username without password or password_file"));
+                None
+            }
+            (None, Some(_)) => {
+                err(o.target.span(), format!("trunk `{name}`: outbound password without username"));
+                None
+            }
+            (None, None) => None,
+        };
+        for s in [&o.caller_number, &o.strip_prefix, &o.add_prefix].into_iter().flatten() {
+            if !is_dialled_number(s.get_ref()) {
+                err(s.span(), format!("`{}` must be digits with an optional leading `+`", s.get_ref()));
+            }
+        }
+        match (&o.country_code, o.number_format) {
+            (Some(c), _)
+                if !(1..=3).contains(&c.get_ref().len()) || !c.get_ref().bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                err(c.span(), format!("country_code `{}` must be 1 to 3 digits, without `+`", c.get_ref()));
+            }
+            (None, NumberFormat::E164 | NumberFormat::National) => {
+                err(o.target.span(), format!("trunk `{name}`: number_format needs country_code"));
+            }
+            _ => {}
+        }
+        if !o.national_prefix.bytes().all(|b| b.is_ascii_digit())
+            || o.international_prefix.is_empty()
+            || !o.international_prefix.bytes().all(|b| b.is_ascii_digit())
+        {
+            err(o.target.span(), format!("trunk `{name}`: national_prefix and international_prefix must be digits"));
+        }
+        if o.caller_id.is_empty() {
+            err(o.target.span(), format!("trunk `{name}`: caller_id must name at least one of from, pai, rpid"));
+        }
+        lt.outbound = Some(LoadedOutbound { transport, host: host.to_owned(), port, addr, credentials });
+    }
+}
+
+/// `host`, `host:port`, `[v6]`, `[v6]:port` (default port 5060).
+fn split_host_port(s: &str) -> Option<(&str, u16)> {
+    let s = s.trim_end_matches('/');
+    if s.is_empty() {
+        return None;
+    }
+    if let Some(rest) = s.strip_prefix('[') {
+        let (h, tail) = rest.split_once(']')?;
+        let port = match tail.strip_prefix(':') {
+            Some(p) => p.parse().ok()?,
+            None if tail.is_empty() => 5060,
+            None => return None,
+        };
+        return Some((&s[..h.len() + 2], port));
+    }
+    match s.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && !h.contains(':') => Some((h, p.parse().ok().filter(|p| *p != 0)?)),
+        Some(_) => None,
+        None => Some((s, 5060)),
     }
 }
 

@@ -36,7 +36,13 @@ pub(crate) struct AdmitInput {
 /// A refused INVITE: its status comes from `[admission.answers]`
 /// ([`crate::admission::RefusalAnswers`]), the one place refusal codes are
 /// chosen.
-fn refuse(ctx: &Shared, key: TsxKey, reason: Reason, detail: String, mut record: CallRecord) -> AdmissionResult {
+pub(crate) fn refuse(
+    ctx: &Shared,
+    key: TsxKey,
+    reason: Reason,
+    detail: String,
+    mut record: CallRecord,
+) -> AdmissionResult {
     let answer = ctx.config.answers.answer_refusal(&crate::admission::Refusal { reason, detail });
     record.outcome = crate::cdr::Outcome::Refused.as_str().into();
     record.sip_status = Some(i64::from(answer.status));
@@ -205,65 +211,8 @@ pub(crate) async fn admit(ctx: Arc<Shared>, input: AdmitInput) -> AdmissionResul
     }
 
     // Row 6: the channel (row 7 passed: the rate was under its limit).
-    // Single node (SQLite): the node is the only one counting this
-    // database's channels, so it counts in memory, exactly, and records the
-    // lease behind (in order with its release). A fleet counts in the
-    // database, atomically across nodes.
-    let admitted = match &ctx.local_channels {
-        Some(local) => {
-            let taken = local.lock().map(|mut counts| {
-                let n = counts.entry(portal.id.as_str().to_owned()).or_insert(0);
-                if *n < channels {
-                    *n += 1;
-                    Ok(*n)
-                } else {
-                    Err(*n)
-                }
-            });
-            match taken {
-                Ok(Ok(active_after)) => {
-                    let at = now.timestamp();
-                    let _ = ctx.lease_ops.send(crate::store::LeaseOp::Take {
-                        call_id: lease_id.clone(),
-                        portal: portal.id.as_str().to_owned(),
-                        node_id: ctx.config.node_id.clone(),
-                        acquired_at: at,
-                        expires_at: at + i64::try_from(LEASE_TTL.as_secs()).unwrap_or(60),
-                    });
-                    Ok(LeaseOutcome::Admitted { active_after })
-                }
-                Ok(Err(active)) => Ok(LeaseOutcome::Busy { active }),
-                Err(_) => Ok(LeaseOutcome::Busy { active: channels }),
-            }
-        }
-        None => {
-            let lease = LeaseRequest {
-                portal: portal.id.as_str(),
-                call_id: &lease_id,
-                node_id: &ctx.config.node_id,
-                channels,
-                now,
-                ttl: LEASE_TTL,
-            };
-            ctx.store.admit_call(&lease).await
-        }
-    };
-    match admitted {
-        Ok(LeaseOutcome::Admitted { .. }) => {}
-        Ok(LeaseOutcome::Busy { active }) => {
-            return refuse(&ctx, key, Reason::ChannelsBusy, format!("{active} of {channels} channels busy"), record);
-        }
-        Err(e) if e.is_unavailable() => {
-            warn!(error = %e, "database unavailable during admission");
-            return refuse(&ctx, key, Reason::DatabaseUnavailable, "shared database unreachable".into(), record);
-        }
-        Err(crate::store::StoreError::NotFound { .. }) => {
-            return refuse(&ctx, key, Reason::PortalNotFound, "portal removed from the database".into(), record);
-        }
-        Err(e) => {
-            warn!(error = %e, "call refused: lease not taken");
-            return refuse(&ctx, key, Reason::Unavailable, "call could not be admitted".into(), record);
-        }
+    if let Err((reason, detail)) = take_channel(&ctx, portal.id.as_str(), channels, &lease_id, now).await {
+        return refuse(&ctx, key, reason, detail, record);
     }
     debug!(portal = %portal.id, trunk = %trunk.name, %source, "call admitted");
     let Some(route) = route else {
@@ -282,9 +231,78 @@ pub(crate) async fn admit(ctx: Arc<Shared>, input: AdmitInput) -> AdmissionResul
     }
 }
 
+/// Row 6: takes one of the portal's `channels` for lease `lease_id`, or
+/// says why not. Single node (SQLite): the node is the only one counting
+/// this database's channels, so it counts in memory, exactly, and records
+/// the lease behind (in order with its release). A fleet counts in the
+/// database, atomically across nodes. Inbound and outbound calls share
+/// the count.
+pub(crate) async fn take_channel(
+    ctx: &Shared,
+    portal: &str,
+    channels: u32,
+    lease_id: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), (Reason, String)> {
+    let admitted = match &ctx.local_channels {
+        Some(local) => {
+            let taken = local.lock().map(|mut counts| {
+                let n = counts.entry(portal.to_owned()).or_insert(0);
+                if *n < channels {
+                    *n += 1;
+                    Ok(*n)
+                } else {
+                    Err(*n)
+                }
+            });
+            match taken {
+                Ok(Ok(active_after)) => {
+                    let at = now.timestamp();
+                    let _ = ctx.lease_ops.send(crate::store::LeaseOp::Take {
+                        call_id: lease_id.to_owned(),
+                        portal: portal.to_owned(),
+                        node_id: ctx.config.node_id.clone(),
+                        acquired_at: at,
+                        expires_at: at + i64::try_from(LEASE_TTL.as_secs()).unwrap_or(60),
+                    });
+                    Ok(LeaseOutcome::Admitted { active_after })
+                }
+                Ok(Err(active)) => Ok(LeaseOutcome::Busy { active }),
+                Err(_) => Ok(LeaseOutcome::Busy { active: channels }),
+            }
+        }
+        None => {
+            let lease =
+                LeaseRequest { portal, call_id: lease_id, node_id: &ctx.config.node_id, channels, now, ttl: LEASE_TTL };
+            ctx.store.admit_call(&lease).await
+        }
+    };
+    match admitted {
+        Ok(LeaseOutcome::Admitted { .. }) => Ok(()),
+        Ok(LeaseOutcome::Busy { active }) => {
+            Err((Reason::ChannelsBusy, format!("{active} of {channels} channels busy")))
+        }
+        Err(e) if e.is_unavailable() => {
+            warn!(error = %e, "database unavailable during admission");
+            Err((Reason::DatabaseUnavailable, "shared database unreachable".into()))
+        }
+        Err(crate::store::StoreError::NotFound { .. }) => {
+            Err((Reason::PortalNotFound, "portal removed from the database".into()))
+        }
+        Err(e) => {
+            warn!(error = %e, "call refused: lease not taken");
+            Err((Reason::Unavailable, "call could not be admitted".into()))
+        }
+    }
+}
+
 /// The portal's calls in progress, counted without taking a channel: in
 /// memory on a single node, in the database for a fleet.
-async fn active_calls(ctx: &Shared, portal: &str, now: chrono::DateTime<chrono::Utc>) -> Result<u32, StoreError> {
+pub(crate) async fn active_calls(
+    ctx: &Shared,
+    portal: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<u32, StoreError> {
     match &ctx.local_channels {
         // A poisoned lock counts as full: refuse rather than over-admit.
         Some(local) => Ok(local.lock().map(|c| c.get(portal).copied().unwrap_or(0)).unwrap_or(u32::MAX)),

@@ -41,11 +41,37 @@ pub(crate) struct ForkTarget {
     pub target: Target,
 }
 
+/// One trunk an outbound call may take, as admission found it.
+#[derive(Debug, Clone)]
+pub(crate) struct OutboundAttempt {
+    pub trunk: String,
+    pub uri: String,
+    pub to: String,
+    pub from: String,
+    pub extra: Vec<(String, String)>,
+    pub target: Target,
+    pub credentials: Option<crate::b2bua::outbound::Credentials>,
+    pub invite_timeout: Duration,
+    pub answer_timeout: Duration,
+}
+
 /// What the admission task decided for an INVITE.
-#[expect(clippy::large_enum_variant, reason = "it travels boxed (ShardMsg::Admission)")]
 pub(crate) enum AdmissionResult {
     /// Refused: answer the INVITE with this.
     Refuse { key: TsxKey, reason: Reason, answer: crate::admission::Answer, record: CallRecord },
+    /// Answered before admission proper (a challenge): no call record.
+    Reply { key: TsxKey, response: Box<Response> },
+    /// A portal user's outbound call, admitted with a lease: these trunks,
+    /// in order.
+    AdmitOutbound {
+        key: TsxKey,
+        attempts: Vec<OutboundAttempt>,
+        max_duration: Duration,
+        lease_id: String,
+        domain: String,
+        record: CallRecord,
+        invite: Request,
+    },
     /// Admitted with a lease: ring these groups (one group per user, in order).
     Admit {
         key: TsxKey,
@@ -75,6 +101,10 @@ impl Ids for ShardIds {
 
     fn call_id(&self) -> String {
         crate::sip::shard::b_leg_call_id(self.shard, &format!("b{}", self.ctx.new_tag().replace('.', "")))
+    }
+
+    fn cnonce(&self) -> String {
+        crate::credentials::hex(&self.ctx.random8())
     }
 }
 
@@ -148,6 +178,10 @@ impl Shard {
     /// The admission task's verdict arrives.
     pub(super) fn handle_admission(&mut self, result: AdmissionResult, now: Instant) {
         match result {
+            AdmissionResult::Reply { key, response } => self.respond(key, *response, now),
+            AdmissionResult::AdmitOutbound { key, attempts, max_duration, lease_id, domain, record, invite } => {
+                self.start_outbound(key, attempts, max_duration, lease_id, domain, record, invite, now);
+            }
             AdmissionResult::Refuse { key, reason, answer, record } => {
                 crate::ops::metrics::call_refused(reason.as_str());
                 self.finish_record(record);
@@ -198,30 +232,8 @@ impl Shard {
                 let a_call_id = invite.headers().call_id().unwrap_or("").to_owned();
                 self.calls.next += 1;
                 let no = self.calls.next;
-                let media: Box<dyn crate::b2bua::MediaSession> = match &self.ctx.config.media {
-                    Some(engine) => {
-                        let replies = self.replies.clone();
-                        let events: crate::media::engine::EventSink = Box::new(move |ev| match ev {
-                            crate::media::engine::MediaEvent::Timeout => {
-                                // The relay thread must not block: a full
-                                // queue retries at the next check.
-                                let _ = replies.try_send(super::ShardMsg::MediaTimeout(no));
-                            }
-                            crate::media::engine::MediaEvent::BrowserGone { slot } => {
-                                let _ = replies.try_send(super::ShardMsg::LegGone(no, LegId(slot)));
-                            }
-                            crate::media::engine::MediaEvent::Dtmf { slot, digit, duration_ms } => {
-                                let _ =
-                                    replies.try_send(super::ShardMsg::MediaDtmf(no, LegId(slot), digit, duration_ms));
-                            }
-                        });
-                        let browsers = groups.iter().flatten().any(|t| t.peer.target.transport.is_websocket());
-                        let relay = RelayMedia::new(engine, events, browsers);
-                        self.calls.media.insert(no, (relay.figures_handle(), lease_id.clone()));
-                        Box::new(relay)
-                    }
-                    None => Box::new(Passthrough),
-                };
+                let browsers = groups.iter().flatten().any(|t| t.peer.target.transport.is_websocket());
+                let media = self.media_session(no, &lease_id, browsers);
                 let call = Call::inbound(
                     now,
                     config,
@@ -247,6 +259,98 @@ impl Shard {
                 self.run_call(no, now);
             }
         }
+    }
+
+    /// The media session of call `no`: the relay when media is anchored
+    /// (`browsers`: a leg may be a browser), else SDP passes unchanged.
+    fn media_session(&mut self, no: CallNo, lease_id: &str, browsers: bool) -> Box<dyn crate::b2bua::MediaSession> {
+        match &self.ctx.config.media {
+            Some(engine) => {
+                let replies = self.replies.clone();
+                let events: crate::media::engine::EventSink = Box::new(move |ev| match ev {
+                    crate::media::engine::MediaEvent::Timeout => {
+                        // The relay thread must not block: a full queue
+                        // retries at the next check.
+                        let _ = replies.try_send(super::ShardMsg::MediaTimeout(no));
+                    }
+                    crate::media::engine::MediaEvent::BrowserGone { slot } => {
+                        let _ = replies.try_send(super::ShardMsg::LegGone(no, LegId(slot)));
+                    }
+                    crate::media::engine::MediaEvent::Dtmf { slot, digit, duration_ms } => {
+                        let _ = replies.try_send(super::ShardMsg::MediaDtmf(no, LegId(slot), digit, duration_ms));
+                    }
+                });
+                let relay = RelayMedia::new(engine, events, browsers);
+                self.calls.media.insert(no, (relay.figures_handle(), lease_id.to_owned()));
+                Box::new(relay)
+            }
+            None => Box::new(Passthrough),
+        }
+    }
+
+    /// An admitted outbound call starts.
+    #[allow(clippy::too_many_arguments)]
+    fn start_outbound(
+        &mut self,
+        key: TsxKey,
+        attempts: Vec<OutboundAttempt>,
+        max_duration: Duration,
+        lease_id: String,
+        domain: String,
+        mut record: CallRecord,
+        invite: Request,
+        now: Instant,
+    ) {
+        crate::ops::metrics::call_admitted(record.trunk.as_deref().unwrap_or(""));
+        let Some(p) = self.pending.get(&key) else {
+            // CANCELled (or timed out) while admission ran.
+            self.release_lease(&lease_id, record.portal_id.as_deref());
+            record.outcome = crate::cdr::Outcome::Cancelled.as_str().into();
+            record.sip_status = Some(487);
+            self.finish_record(record);
+            return;
+        };
+        let peer = self.peer(p.target);
+        let attempts: Vec<crate::b2bua::TrunkAttempt> = attempts
+            .into_iter()
+            .map(|a| crate::b2bua::TrunkAttempt {
+                trunk: a.trunk,
+                uri: a.uri,
+                to: a.to,
+                from: a.from,
+                extra: a.extra,
+                peer: self.peer(a.target),
+                credentials: a.credentials,
+                invite_timeout: a.invite_timeout,
+                answer_timeout: a.answer_timeout,
+            })
+            .collect();
+        let config = self.call_config();
+        let a_call_id = invite.headers().call_id().unwrap_or("").to_owned();
+        self.calls.next += 1;
+        let no = self.calls.next;
+        let media = self.media_session(no, &lease_id, peer.target.transport.is_websocket());
+        let call = Call::outbound(
+            now,
+            config,
+            self.call_ids(),
+            media,
+            crate::b2bua::OutboundCall {
+                invite,
+                tsx: key.clone(),
+                peer,
+                attempts,
+                max_duration,
+                lease_id,
+                domain,
+                record,
+            },
+        );
+        self.ctx.active_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.calls.calls.insert(no, call);
+        self.calls.by_call_id.insert(a_call_id, no);
+        self.calls.by_invite.insert(key, no);
+        self.run_call(no, now);
     }
 
     /// Carries out what call `no` asks, then drops it if it is finished or

@@ -15,6 +15,7 @@
 mod admit;
 mod calls;
 mod lockout;
+mod outbound;
 mod register;
 mod via;
 
@@ -472,7 +473,8 @@ impl Shard {
         if self.ctx.config.ignore_unknown_trunks
             && *req.method() == Method::Invite
             && req.headers().to().ok().and_then(|t| t.tag().map(str::to_owned)).is_none()
-            && self.ctx.trunks.identify(remote.ip()).is_none()
+            && self.trunk_of(transport, remote).is_none()
+            && outbound::portal_of(&self.ctx, &req).is_none()
         {
             warn!(target: "security", source = %remote, "INVITE from an address that is no trunk ignored");
             crate::ops::metrics::call_refused(crate::admission::Reason::UnknownTrunk.as_str());
@@ -567,7 +569,7 @@ impl Shard {
                     self.respond(key, resp, now);
                 }
             }
-            Method::Invite => self.new_call(key, remote, now),
+            Method::Invite => self.new_call(key, transport, remote, now),
             _ => {
                 // Out-of-dialog requests we do not serve.
                 let resp = Response::from_request(req, 481, "Call/Transaction Does Not Exist");
@@ -576,12 +578,84 @@ impl Shard {
         }
     }
 
-    /// A new INVITE: identify the trunk, then admit it in a task (the
-    /// licence rules, the route, and the channel lease in the database).
-    fn new_call(&mut self, key: TsxKey, remote: SocketAddr, now: Instant) {
+    /// The trunk a request comes from: by source address, never over
+    /// WebSocket (browsers only).
+    fn trunk_of(&self, transport: Transport, remote: SocketAddr) -> Option<Arc<crate::b2bua::Trunk>> {
+        if transport.is_websocket() {
+            return None;
+        }
+        self.ctx.trunks.identify(remote.ip()).cloned()
+    }
+
+    /// Admission attempts of `key` in the current second (all shards).
+    fn count_rate(&self, key: crate::admission::PortalId) -> u32 {
+        let second = unix_now();
+        match self.ctx.rates.lock() {
+            Ok(mut rates) => {
+                let slot = rates.entry(key).or_insert((second, 0));
+                if slot.0 != second {
+                    *slot = (second, 0);
+                }
+                let n = slot.1;
+                slot.1 += 1;
+                if rates.len() > 100_000 {
+                    rates.retain(|_, (s, _)| *s == second);
+                }
+                n
+            }
+            Err(_) => 0,
+        }
+    }
+
+    /// Runs an admission: polled here first, so on a single node with the
+    /// users in the licence cache it completes at once, without a task and
+    /// two thread hand-offs per call; only when it waits (the database: a
+    /// fleet's lease, a user not cached, a digest check) does it become a
+    /// task, which polls it again with a real waker.
+    fn run_admission(
+        &mut self,
+        admission: impl Future<Output = calls::AdmissionResult> + Send + 'static,
+        now: Instant,
+    ) {
+        let mut admission = Box::pin(admission);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match admission.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(result) => self.handle_admission(result, now),
+            std::task::Poll::Pending => {
+                let tx = self.replies.clone();
+                tokio::spawn(async move {
+                    let result = admission.await;
+                    let _ = tx.send(ShardMsg::Admission(Box::new(result))).await;
+                });
+            }
+        }
+    }
+
+    /// A new INVITE: from a trunk, an inbound call; from a portal's user
+    /// (a non-trunk source naming a portal we serve), an outbound call;
+    /// else refused as from an unknown trunk. Each is admitted by the
+    /// licence rules, the route or the trunks, and the channel lease.
+    fn new_call(&mut self, key: TsxKey, transport: Transport, remote: SocketAddr, now: Instant) {
         let Some(p) = self.pending.get(&key) else { return };
         let request = p.request.clone();
-        let Some(trunk) = self.ctx.trunks.identify(remote.ip()).cloned() else {
+        let trunk = self.trunk_of(transport, remote);
+        if trunk.is_none()
+            && let Some(portal) = outbound::portal_of(&self.ctx, &request)
+        {
+            let calls_this_second = self.count_rate(portal.id.clone());
+            let input = outbound::OutboundInput {
+                key,
+                request,
+                portal,
+                node_overloaded: self.ctx.active_calls.load(std::sync::atomic::Ordering::Relaxed)
+                    >= self.ctx.config.max_calls,
+                calls_this_second,
+                source: remote,
+            };
+            self.run_admission(outbound::admit(self.ctx.clone(), input), now);
+            return;
+        }
+        let Some(trunk) = trunk else {
             warn!(target: "security", source = %remote, "INVITE from an address that is no trunk refused");
             crate::ops::metrics::call_refused(crate::admission::Reason::UnknownTrunk.as_str());
             let refusal = crate::admission::Refusal {
@@ -615,7 +689,6 @@ impl Shard {
             });
             return;
         };
-        let second = unix_now();
         // A shared trunk's portal is only known from the domain; rate-count
         // by the domain then (one portal per domain).
         let rate_key = if trunk.portal.as_str() == "*" {
@@ -626,21 +699,7 @@ impl Shard {
         } else {
             trunk.portal.clone()
         };
-        let calls_this_second = match self.ctx.rates.lock() {
-            Ok(mut rates) => {
-                let slot = rates.entry(rate_key).or_insert((second, 0));
-                if slot.0 != second {
-                    *slot = (second, 0);
-                }
-                let n = slot.1;
-                slot.1 += 1;
-                if rates.len() > 100_000 {
-                    rates.retain(|_, (s, _)| *s == second);
-                }
-                n
-            }
-            Err(_) => 0,
-        };
+        let calls_this_second = self.count_rate(rate_key);
         let input = admit::AdmitInput {
             key,
             request,
@@ -650,24 +709,7 @@ impl Shard {
             calls_this_second,
             source: remote,
         };
-        // Polled here first: on a single node with the users in the licence
-        // cache the admission never waits (channels are counted in memory),
-        // so it completes at once, without a task and two thread hand-offs
-        // per call. Only when it waits (the database: a fleet's lease, a
-        // user not cached) does it become a task, which polls it again with
-        // a real waker.
-        let mut admission = Box::pin(admit::admit(self.ctx.clone(), input));
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match admission.as_mut().poll(&mut cx) {
-            std::task::Poll::Ready(result) => self.handle_admission(result, now),
-            std::task::Poll::Pending => {
-                let tx = self.replies.clone();
-                tokio::spawn(async move {
-                    let result = admission.await;
-                    let _ = tx.send(ShardMsg::Admission(Box::new(result))).await;
-                });
-            }
-        }
+        self.run_admission(admit::admit(self.ctx.clone(), input), now);
     }
 
     /// Sends a response through its server transaction, adding a To tag to

@@ -35,83 +35,11 @@ pub(super) async fn handle(ctx: &Shared, req: &Request, source: Source) -> Respo
         warn!(target: "security", source = %ip, domain = %to_host, "REGISTER for a domain we do not serve");
         return plain(req, 404, "Not Found");
     };
-    let realm = portal.domain.clone();
 
-    let pair = (ip, user.clone());
-    let locked = ctx
-        .lockout
-        .lock()
-        .ok()
-        .and_then(|l| l.locked(&pair, now))
-        .or_else(|| ctx.lockout_source.lock().ok().and_then(|l| l.locked(&ip, now)));
-    if let Some(left) = locked {
-        warn!(target: "security", source = %ip, portal = %portal.id, user = %user, seconds_left = left, "REGISTER from a locked-out source refused");
-        let mut r = plain(req, 403, "Forbidden");
-        let _ = r.headers_mut().push(HeaderName::Warning, ctx.warning("too many authentication failures"));
-        return r;
-    }
-
-    // Credentials for our realm, if any.
-    let creds = h.authorization().ok().and_then(|list| {
-        list.iter()
-            .filter(|a| a.scheme().eq_ignore_ascii_case("digest"))
-            .filter_map(|a| {
-                DigestCredentials::from_params(
-                    a.params().iter().map(|p| (p.name, p.unquoted_value().map(|v| v.into_owned()).unwrap_or_default())),
-                )
-            })
-            .find(|c| c.realm.eq_ignore_ascii_case(&realm))
-    });
-    let Some(creds) = creds else { return challenge(ctx, req, &realm, now, false) };
-    if creds.username != user {
-        warn!(target: "security", source = %ip, portal = %portal.id, user = %user, auth_user = %creds.username, "REGISTER with credentials of another user");
-        return plain(req, 403, "Forbidden");
-    }
-
-    let row = match ctx.store.user(portal.id.as_str(), &user).await {
-        Ok(r) => r,
-        Err(e) => {
-            warn!(error = %e, "database unavailable during REGISTER");
-            let mut r = plain(req, 503, "Service Unavailable");
-            let _ = r.headers_mut().push(HeaderName::RetryAfter, "5");
-            return r;
-        }
+    let row = match authenticate(ctx, req, ip, &portal, &user, Challenge::Www, now).await {
+        Ok(row) => row,
+        Err(resp) => return *resp,
     };
-    let verdict = {
-        let Ok(mut auth) = ctx.auth.lock() else { return plain(req, 500, "Server Internal Error") };
-        auth.verify(
-            &creds,
-            req.method().as_str(),
-            &realm,
-            |alg| {
-                row.as_ref().map(|r| match alg {
-                    Algorithm::Md5 => r.ha1_md5.clone(),
-                    Algorithm::Sha256 => r.ha1_sha256.clone(),
-                })
-            },
-            now,
-        )
-    };
-    match verdict {
-        Ok(_) => {}
-        Err(AuthFailure::Stale) => return challenge(ctx, req, &realm, now, true),
-        Err(AuthFailure::Malformed(why)) => return plain(req, 400, &format!("Bad Authorization: {why}")),
-        Err(f) => {
-            let locked = f.is_guess() && {
-                let user_locked = ctx.lockout.lock().map(|mut l| l.record_failure(&pair, now)).unwrap_or(false);
-                let source_locked = ctx.lockout_source.lock().map(|mut l| l.record_failure(&ip, now)).unwrap_or(false);
-                user_locked || source_locked
-            };
-            let known = row.is_some();
-            warn!(target: "security", source = %ip, portal = %portal.id, user = %user, known_user = known, reason = %f, locked_out = locked, "REGISTER authentication failed");
-            crate::ops::metrics::register_failed("auth-failed");
-            return challenge(ctx, req, &realm, now, false);
-        }
-    }
-    let Some(row) = row else { return challenge(ctx, req, &realm, now, false) };
-    if let Ok(mut l) = ctx.lockout.lock() {
-        l.record_success(&pair);
-    }
 
     // The licence rules: portal state, disabled/extranet users, user limit.
     let info = UserInfo { extranet: row.extranet, disabled: row.disabled };
@@ -185,16 +113,143 @@ pub(super) async fn handle(ctx: &Shared, req: &Request, source: Source) -> Respo
     r
 }
 
+/// Which challenge a request gets: 401 (a registrar, REGISTER) or 407 (a
+/// proxy, INVITE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Challenge {
+    /// 401 with WWW-Authenticate; credentials in Authorization.
+    Www,
+    /// 407 with Proxy-Authenticate; credentials in Proxy-Authorization.
+    Proxy,
+}
+
+/// Digest authentication of portal user `user` of `portal` (realm: its
+/// domain), with the lockout per (source, user) and per source: the user's
+/// row when the request carries valid credentials, else the answer to send
+/// (a challenge, 403 when locked out or for another user's credentials,
+/// 400 for malformed ones, 503 when the database does not answer). Every
+/// failure is a security log line.
+pub(super) async fn authenticate(
+    ctx: &Shared,
+    req: &Request,
+    ip: std::net::IpAddr,
+    portal: &crate::admission::PortalSnapshot,
+    user: &str,
+    kind: Challenge,
+    now: u64,
+) -> Result<crate::store::UserRow, Box<Response>> {
+    let method = req.method().as_str();
+    let realm = portal.domain.as_str();
+    let pair = (ip, user.to_owned());
+    let locked = ctx
+        .lockout
+        .lock()
+        .ok()
+        .and_then(|l| l.locked(&pair, now))
+        .or_else(|| ctx.lockout_source.lock().ok().and_then(|l| l.locked(&ip, now)));
+    if let Some(left) = locked {
+        warn!(target: "security", source = %ip, portal = %portal.id, user = %user, seconds_left = left, method, "request from a locked-out source refused");
+        let mut r = plain(req, 403, "Forbidden");
+        let _ = r.headers_mut().push(HeaderName::Warning, ctx.warning("too many authentication failures"));
+        return Err(Box::new(r));
+    }
+
+    // Credentials for our realm, if any.
+    let h = req.headers();
+    let list = match kind {
+        Challenge::Www => h.authorization(),
+        Challenge::Proxy => h.proxy_authorization(),
+    };
+    let creds = list.ok().and_then(|list| {
+        list.iter()
+            .filter(|a| a.scheme().eq_ignore_ascii_case("digest"))
+            .filter_map(|a| {
+                DigestCredentials::from_params(
+                    a.params().iter().map(|p| (p.name, p.unquoted_value().map(|v| v.into_owned()).unwrap_or_default())),
+                )
+            })
+            .find(|c| c.realm.eq_ignore_ascii_case(realm))
+    });
+    let Some(creds) = creds else { return Err(Box::new(challenge(ctx, req, realm, now, false, kind))) };
+    if creds.username != user {
+        warn!(target: "security", source = %ip, portal = %portal.id, user = %user, auth_user = %creds.username, method, "credentials of another user");
+        return Err(Box::new(plain(req, 403, "Forbidden")));
+    }
+
+    let row = match ctx.store.user(portal.id.as_str(), user).await {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(error = %e, method, "database unavailable during authentication");
+            let mut r = plain(req, 503, "Service Unavailable");
+            let _ = r.headers_mut().push(HeaderName::RetryAfter, "5");
+            return Err(Box::new(r));
+        }
+    };
+    let verdict = {
+        let Ok(mut auth) = ctx.auth.lock() else { return Err(Box::new(plain(req, 500, "Server Internal Error"))) };
+        auth.verify(
+            &creds,
+            method,
+            realm,
+            |alg| {
+                row.as_ref().map(|r| match alg {
+                    Algorithm::Md5 => r.ha1_md5.clone(),
+                    Algorithm::Sha256 => r.ha1_sha256.clone(),
+                })
+            },
+            now,
+        )
+    };
+    match verdict {
+        Ok(_) => {}
+        Err(AuthFailure::Stale) => return Err(Box::new(challenge(ctx, req, realm, now, true, kind))),
+        Err(AuthFailure::Malformed(why)) => {
+            return Err(Box::new(plain(req, 400, &format!("Bad {}: {why}", kind.header()))));
+        }
+        Err(f) => {
+            let locked = f.is_guess() && {
+                let user_locked = ctx.lockout.lock().map(|mut l| l.record_failure(&pair, now)).unwrap_or(false);
+                let source_locked = ctx.lockout_source.lock().map(|mut l| l.record_failure(&ip, now)).unwrap_or(false);
+                user_locked || source_locked
+            };
+            let known = row.is_some();
+            warn!(target: "security", source = %ip, portal = %portal.id, user = %user, known_user = known, reason = %f, locked_out = locked, method, "authentication failed");
+            if kind == Challenge::Www {
+                crate::ops::metrics::register_failed("auth-failed");
+            }
+            return Err(Box::new(challenge(ctx, req, realm, now, false, kind)));
+        }
+    }
+    let Some(row) = row else { return Err(Box::new(challenge(ctx, req, realm, now, false, kind))) };
+    if let Ok(mut l) = ctx.lockout.lock() {
+        l.record_success(&pair);
+    }
+    Ok(row)
+}
+
+impl Challenge {
+    fn header(self) -> &'static str {
+        match self {
+            Challenge::Www => "Authorization",
+            Challenge::Proxy => "Proxy-Authorization",
+        }
+    }
+}
+
 fn plain(req: &Request, code: u16, phrase: &str) -> Response {
     Response::from_request(req, code, phrase)
 }
 
-/// 401 with one WWW-Authenticate per offered algorithm.
-fn challenge(ctx: &Shared, req: &Request, realm: &str, now: u64, stale: bool) -> Response {
-    let mut r = plain(req, 401, "Unauthorized");
+/// 401 with one WWW-Authenticate (or 407 with one Proxy-Authenticate) per
+/// offered algorithm.
+fn challenge(ctx: &Shared, req: &Request, realm: &str, now: u64, stale: bool, kind: Challenge) -> Response {
+    let (mut r, name) = match kind {
+        Challenge::Www => (plain(req, 401, "Unauthorized"), HeaderName::WwwAuthenticate),
+        Challenge::Proxy => (plain(req, 407, "Proxy Authentication Required"), HeaderName::ProxyAuthenticate),
+    };
     let values = ctx.auth.lock().map(|a| a.challenges(realm, now, ctx.random8(), stale)).unwrap_or_default();
     for v in values {
-        let _ = r.headers_mut().push(HeaderName::WwwAuthenticate, v);
+        let _ = r.headers_mut().push(name.clone(), v);
     }
     r
 }

@@ -346,6 +346,91 @@ impl Authenticator {
     }
 }
 
+/// A server's digest challenge, as we (the client) read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Challenge {
+    /// realm.
+    pub realm: String,
+    /// nonce.
+    pub nonce: String,
+    /// opaque, echoed back.
+    pub opaque: Option<String>,
+    /// algorithm.
+    pub algorithm: Algorithm,
+    /// The server offers qop=auth (else RFC 2069 style).
+    pub qop_auth: bool,
+    /// The nonce was stale: our credentials were right.
+    pub stale: bool,
+}
+
+impl Challenge {
+    /// The challenge we answer among a 401/407's: SHA-256 before MD5 (RFC
+    /// 8760 §2.4: the strongest the client supports), and only `Digest`
+    /// ones whose qop we can do (absent or listing `auth`).
+    pub fn pick<'a>(
+        challenges: impl IntoIterator<Item = &'a crate::sip::message::AuthHeader<'a>>,
+    ) -> Option<Challenge> {
+        let mut best: Option<Challenge> = None;
+        for c in challenges {
+            if !c.scheme().eq_ignore_ascii_case("digest") {
+                continue;
+            }
+            let Some(algorithm) = Algorithm::from_token(c.param_unquoted("algorithm").as_deref()) else { continue };
+            let (Some(realm), Some(nonce)) = (c.param_unquoted("realm"), c.param_unquoted("nonce")) else { continue };
+            let qop = c.param_unquoted("qop").map(|q| q.into_owned());
+            let qop_auth = match &qop {
+                None => false,
+                Some(q) if q.split(',').any(|t| t.trim().eq_ignore_ascii_case("auth")) => true,
+                Some(_) => continue,
+            };
+            let this = Challenge {
+                realm: realm.into_owned(),
+                nonce: nonce.into_owned(),
+                opaque: c.param_unquoted("opaque").map(|o| o.into_owned()),
+                algorithm,
+                qop_auth,
+                stale: c.param_unquoted("stale").is_some_and(|v| v.eq_ignore_ascii_case("true")),
+            };
+            if best.as_ref().is_none_or(|b| b.algorithm == Algorithm::Md5 && algorithm == Algorithm::Sha256) {
+                best = Some(this);
+            }
+        }
+        best
+    }
+
+    /// Our `Authorization`/`Proxy-Authorization` value for `method` on
+    /// `uri` (nonce count 1: every challenge brings a fresh nonce).
+    pub fn answer(&self, method: &str, uri: &str, username: &str, password: &str, cnonce: &str) -> String {
+        let h = crate::credentials::Ha1::compute(username, &self.realm, password);
+        let ha1 = if self.algorithm == Algorithm::Md5 { h.md5 } else { h.sha256 };
+        let q = |s: &str| s.replace(['"', '\\'], "");
+        let mut v = format!(
+            "Digest username=\"{}\", realm=\"{}\", nonce=\"{}\", uri=\"{}\", ",
+            q(username),
+            q(&self.realm),
+            q(&self.nonce),
+            q(uri)
+        );
+        if self.qop_auth {
+            let nc = "00000001";
+            let response = client_response(self.algorithm, &ha1, method, uri, &self.nonce, nc, cnonce);
+            v.push_str(&format!(
+                "response=\"{response}\", algorithm={}, cnonce=\"{cnonce}\", qop=auth, nc={nc}",
+                self.algorithm.as_str()
+            ));
+        } else {
+            // RFC 2069 (no qop): H(HA1:nonce:HA2).
+            let ha2 = self.algorithm.hash(&format!("{method}:{uri}"));
+            let response = self.algorithm.hash(&format!("{ha1}:{}:{ha2}", self.nonce));
+            v.push_str(&format!("response=\"{response}\", algorithm={}", self.algorithm.as_str()));
+        }
+        if let Some(o) = &self.opaque {
+            v.push_str(&format!(", opaque=\"{}\"", q(o)));
+        }
+        v
+    }
+}
+
 /// The response a client computes (for tests and for our own UAC role).
 pub fn client_response(
     alg: Algorithm,
@@ -394,6 +479,28 @@ mod tests {
     fn ha1_of(alg: Algorithm) -> Option<String> {
         let h = Ha1::compute("alice", REALM, "right-password");
         Some(if alg == Algorithm::Md5 { h.md5 } else { h.sha256 })
+    }
+
+    #[test]
+    fn our_answer_to_a_challenge_without_qop_echoes_opaque_and_follows_rfc_2069() {
+        let raw = "Digest realm=\"pbx\", nonce=\"abc\", opaque=\"xyz\", algorithm=MD5";
+        let parsed = crate::sip::message::AuthHeader::parse(raw.as_bytes()).expect("parses");
+        let c = Challenge::pick([&parsed]).expect("a challenge we can answer");
+        assert_eq!((c.qop_auth, c.stale, c.opaque.as_deref()), (false, false, Some("xyz")));
+        let v = c.answer("INVITE", "sip:1@pbx", "u", "p", "cn");
+        let ha1 = Ha1::compute("u", "pbx", "p").md5;
+        let ha2 = Algorithm::Md5.hash("INVITE:sip:1@pbx");
+        let expected = Algorithm::Md5.hash(&format!("{ha1}:abc:{ha2}"));
+        assert_eq!(
+            v,
+            format!(
+                "Digest username=\"u\", realm=\"pbx\", nonce=\"abc\", uri=\"sip:1@pbx\", response=\"{expected}\", algorithm=MD5, opaque=\"xyz\""
+            )
+        );
+        // A qop we cannot do (auth-int only) is not answered.
+        let int = crate::sip::message::AuthHeader::parse(b"Digest realm=\"pbx\", nonce=\"n\", qop=\"auth-int\"")
+            .expect("parses");
+        assert_eq!(Challenge::pick([&int]), None);
     }
 
     #[test]

@@ -713,6 +713,59 @@ impl Store {
         Ok(())
     }
 
+    /// Sets what a user may dial out (`any`, `none`, patterns) and/or the
+    /// caller number their outbound calls present (`Some(None)`: the
+    /// trunk's).
+    pub async fn user_set_outbound(
+        &self,
+        portal: &str,
+        username: &str,
+        permission: Option<&str>,
+        number: Option<Option<&str>>,
+    ) -> Result<(), StoreError> {
+        if let Some(p) = permission {
+            crate::b2bua::outbound::Permission::parse(p)
+                .map_err(|detail| StoreError::Invalid { field: "outbound", detail })?;
+        }
+        if let Some(Some(n)) = number {
+            let digits = n.strip_prefix('+').unwrap_or(n);
+            if digits.is_empty() || digits.len() > 32 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(StoreError::Invalid {
+                    field: "outbound-number",
+                    detail: format!("`{n}` is not a number (digits with an optional leading +)"),
+                });
+            }
+        }
+        with_tx!(self, tx => {
+            let exists: Option<(String,)> = sqlx::query_as("SELECT username FROM users WHERE portal_id = $1 AND username = $2")
+                .bind(portal)
+                .bind(username)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound { what: "user", id: format!("{portal}/{username}") });
+            }
+            if let Some(p) = permission {
+                sqlx::query("UPDATE users SET outbound = $3 WHERE portal_id = $1 AND username = $2")
+                    .bind(portal)
+                    .bind(username)
+                    .bind(p.trim())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            if let Some(n) = number {
+                sqlx::query("UPDATE users SET outbound_number = $3 WHERE portal_id = $1 AND username = $2")
+                    .bind(portal)
+                    .bind(username)
+                    .bind(n)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            bump!(self, tx, portal);
+        });
+        Ok(())
+    }
+
     /// Disables or re-enables a user.
     pub async fn user_set_disabled(&self, portal: &str, username: &str, disabled: bool) -> Result<(), StoreError> {
         with_tx!(self, tx => {

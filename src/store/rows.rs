@@ -152,6 +152,12 @@ pub struct UserRow {
     pub disabled: bool,
     /// A fixed contact URI (desk phone that does not register).
     pub static_contact: Option<String>,
+    /// What the user may dial out: `any`, `none`, or patterns
+    /// ([`crate::b2bua::outbound::Permission`]).
+    pub outbound: String,
+    /// Caller number presented on the user's outbound calls (`None`: the
+    /// trunk's).
+    pub outbound_number: Option<String>,
     /// Creation time, Unix seconds (RFC 3339 in JSON output).
     #[serde(serialize_with = "rfc3339")]
     pub created_at: i64,
