@@ -157,9 +157,11 @@ impl RelayMedia {
         self.stream.figures().clone()
     }
 
-    /// The figures now.
-    pub fn figures(figures: &Figures) -> CallFigures {
-        CallFigures { pbx: figures.leg(Side::A), user: figures.leg(Side::B) }
+    /// The figures now, by role: the PBX's leg and the user's (an
+    /// outbound call's first leg is the user's).
+    pub fn figures(figures: &Figures, outbound: bool) -> CallFigures {
+        let (a, b) = (figures.leg(Side::A), figures.leg(Side::B));
+        if outbound { CallFigures { pbx: b, user: a } } else { CallFigures { pbx: a, user: b } }
     }
 
     /// Ensures `leg` has a pair; PortsExhausted when none is free.

@@ -125,9 +125,9 @@ pub(crate) struct Calls {
     fork_invites: HashMap<TsxKey, (Request, Target)>,
     /// The Via of each fork's INVITE: its CANCEL repeats it (§9.1).
     invite_vias: HashMap<(CallNo, LegId), String>,
-    /// Anchored calls' media figures, and their lease (live figures go
-    /// there).
-    media: HashMap<CallNo, (Arc<crate::media::engine::Figures>, String)>,
+    /// Anchored calls' media figures, their lease (live figures go there),
+    /// and whether the call is outbound (its first leg is then the user's).
+    media: HashMap<CallNo, (Arc<crate::media::engine::Figures>, String, bool)>,
     /// Each call's next wake-up.
     timers: BTreeSet<(Instant, CallNo)>,
     deadlines: HashMap<CallNo, Instant>,
@@ -233,7 +233,7 @@ impl Shard {
                 self.calls.next += 1;
                 let no = self.calls.next;
                 let browsers = groups.iter().flatten().any(|t| t.peer.target.transport.is_websocket());
-                let media = self.media_session(no, &lease_id, browsers);
+                let media = self.media_session(no, &lease_id, browsers, false);
                 let call = Call::inbound(
                     now,
                     config,
@@ -263,7 +263,13 @@ impl Shard {
 
     /// The media session of call `no`: the relay when media is anchored
     /// (`browsers`: a leg may be a browser), else SDP passes unchanged.
-    fn media_session(&mut self, no: CallNo, lease_id: &str, browsers: bool) -> Box<dyn crate::b2bua::MediaSession> {
+    fn media_session(
+        &mut self,
+        no: CallNo,
+        lease_id: &str,
+        browsers: bool,
+        outbound: bool,
+    ) -> Box<dyn crate::b2bua::MediaSession> {
         match &self.ctx.config.media {
             Some(engine) => {
                 let replies = self.replies.clone();
@@ -281,7 +287,7 @@ impl Shard {
                     }
                 });
                 let relay = RelayMedia::new(engine, events, browsers);
-                self.calls.media.insert(no, (relay.figures_handle(), lease_id.to_owned()));
+                self.calls.media.insert(no, (relay.figures_handle(), lease_id.to_owned(), outbound));
                 Box::new(relay)
             }
             None => Box::new(Passthrough),
@@ -329,7 +335,7 @@ impl Shard {
         let a_call_id = invite.headers().call_id().unwrap_or("").to_owned();
         self.calls.next += 1;
         let no = self.calls.next;
-        let media = self.media_session(no, &lease_id, peer.target.transport.is_websocket());
+        let media = self.media_session(no, &lease_id, peer.target.transport.is_websocket(), true);
         let call = Call::outbound(
             now,
             config,
@@ -380,8 +386,8 @@ impl Shard {
                     self.release_lease(&lease_id, portal.as_deref());
                 }
                 Command::Record(mut record) => {
-                    if let Some((figures, _)) = self.calls.media.get(&no) {
-                        record.media = serde_json::to_string(&RelayMedia::figures(figures)).ok();
+                    if let Some((figures, _, outbound)) = self.calls.media.get(&no) {
+                        record.media = serde_json::to_string(&RelayMedia::figures(figures, *outbound)).ok();
                     }
                     self.finish_record(*record);
                 }
@@ -629,12 +635,12 @@ impl Shard {
 
     /// Writes the live media figures of answered calls to their leases.
     pub(super) fn publish_media_figures(&self) {
-        for (no, (figures, lease)) in &self.calls.media {
+        for (no, (figures, lease, outbound)) in &self.calls.media {
             let answered = self.calls.calls.get(no).is_some_and(|c| c.phase() == crate::b2bua::call::Phase::Answered);
             if !answered {
                 continue;
             }
-            if let Ok(media) = serde_json::to_string(&RelayMedia::figures(figures)) {
+            if let Ok(media) = serde_json::to_string(&RelayMedia::figures(figures, *outbound)) {
                 let _ = self.ctx.lease_ops.send(crate::store::LeaseOp::Media { call_id: lease.clone(), media });
             }
         }

@@ -8,7 +8,7 @@
 //! Calling             Timer B               Timeout{B} to TU            Terminated
 //! Calling|Proceeding  1xx                   to TU; stop A, B            Proceeding
 //! Calling|Proceeding  2xx                   to TU; arm M                Accepted
-//! Calling|Proceeding  300-699               to TU; AckNeeded; arm D     Completed
+//! Calling|Proceeding  300-699               AckNeeded; to TU; arm D     Completed
 //! Completed           300-699 again         resend the ACK              Completed
 //! Completed           Timer D               -                           Terminated
 //! Accepted            2xx                   to TU (the dialog ACKs)     Accepted
@@ -118,8 +118,11 @@ impl<M: Clone> ClientInvite<M> {
                 self.timers.stop(Timer::B);
                 self.timers.set(Timer::D, now + self.config.timer_d(self.reliability));
                 self.state = Completed;
-                self.events.push_back(Event::Response { status });
+                // The ACK first: it is then on the wire before whatever the
+                // TU sends in reaction (the INVITE again with credentials
+                // after a 401/407 goes after it, as peers expect).
                 self.events.push_back(Event::AckNeeded { status });
+                self.events.push_back(Event::Response { status });
             }
             (Completed, class) if status.is_final() && class != StatusClass::Success => {
                 // A retransmission: our ACK was lost. Not for the TU.
@@ -261,8 +264,8 @@ mod tests {
             run.take_log(),
             [
                 (0, Out::Sent("INVITE")),
-                (100, Out::Event(Event::Response { status: status(486) })),
                 (100, Out::Event(Event::AckNeeded { status: status(486) })),
+                (100, Out::Event(Event::Response { status: status(486) })),
             ]
         );
         run.input(|m, now| m.send_ack(now, "ACK").unwrap());

@@ -518,8 +518,8 @@ fn client_responses_match_on_branch_and_cseq_method() {
         run.events_of(&invite_key),
         [
             (0, Event::Response { status: status(180) }),
-            (0, Event::Response { status: status(487) }),
             (0, Event::AckNeeded { status: status(487) }),
+            (0, Event::Response { status: status(487) }),
         ]
     );
     assert_eq!(run.events_of(&cancel_key), [(0, Event::Response { status: status(200) })]);
@@ -778,8 +778,8 @@ fn pair_rejected_call_survives_losing_the_first_responses_and_acks() {
     assert_eq!(
         pair.client_events,
         [
-            (500, Event::Response { status: status(486) }),
             (500, Event::AckNeeded { status: status(486) }),
+            (500, Event::Response { status: status(486) }),
             (32_500, Event::Terminated),
         ]
     );

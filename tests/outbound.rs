@@ -1,0 +1,334 @@
+//! Outbound calls with real peers (issue 10): portal users — baresip, and
+//! sipp as a phone — call out through trunkgate to a PBX played by sipp,
+//! which challenges, answers or refuses. The user's INVITE is challenged by
+//! trunkgate (407) and admitted by the licence rules; the call goes out on
+//! the portal's trunks in order with the trunk's credentials and caller ID.
+
+mod common;
+
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use common::baresip::{Baresip, CALL_ESTABLISHED, CALL_TERMINATED};
+use common::calls::{PBX_IP, exactly_n_records, pbx, wait_calls};
+use common::daemon::{Daemon, SippChild, free_port_on, sipp_start};
+
+const CAPTURES: &str = "/usr/share/sip-tester";
+/// A second PBX address, for a second trunk.
+const PBX2_IP: &str = "127.0.0.3";
+
+/// A port range of 8 pairs nobody uses now (as tests/media.rs picks them).
+fn port_range() -> (u16, u16) {
+    loop {
+        let mut r = [0u8; 2];
+        getrandom::fill(&mut r).expect("random");
+        let p = (12_000 + u16::from_le_bytes(r) % 7_980) & !1;
+        if (p..p + 16).all(|q| UdpSocket::bind(("0.0.0.0", q)).is_ok()) {
+            return (p, p + 15);
+        }
+    }
+}
+
+/// The media section, and trunk `acme-pbx` from 127.0.0.2 (inbound:
+/// +15550001 rings alice) with `[trunk.outbound]` lines `outbound`.
+fn config(outbound: &str, more_trunks: &str) -> String {
+    let (min, max) = port_range();
+    format!(
+        "[media]\npublic_address = [\"127.0.0.1\"]\nport_min = {min}\nport_max = {max}\n\
+         [[trunk]]\nname = \"acme-pbx\"\nportal = \"acme\"\nsources = [\"{PBX_IP}/32\"]\n\
+         [[trunk.route]]\nnumber = \"+15550001\"\nusers = [\"alice\"]\nring_timeout_s = 5\n\
+         [trunk.outbound]\n{outbound}\n{more_trunks}"
+    )
+}
+
+/// A portal user's phone (sipp) calling `number` out, holding `hold_ms`.
+fn user_call(d: &Daemon, user: &str, password: &str, number: &str, hold_ms: &str) -> SippChild {
+    let mp = free_port_on("127.0.0.1").to_string();
+    sipp_start(
+        Path::new("user_call_out.xml"),
+        Some(d.udp),
+        "127.0.0.1",
+        0,
+        &[
+            "-m", "1", "-mp", &mp, "-au", user, "-ap", password, "-key", "number", number, "-key", "user", user, "-d",
+            hold_ms,
+        ],
+    )
+}
+
+/// A user scenario that authenticates and expects `status` (then ACKs), in
+/// a temporary file.
+fn user_refused_scenario(dir: &Path, status: u16) -> PathBuf {
+    let xml = format!(
+        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="user_refused_{status}">
+  <send retrans="500"><![CDATA[
+INVITE sip:[number]@acme.example.com SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+From: <sip:[user]@acme.example.com>;tag=[pid]U[call_number]
+To: <sip:[number]@acme.example.com>
+Call-ID: [call_id]
+CSeq: 1 INVITE
+Contact: <sip:[user]@[local_ip]:[local_port]>
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+  <recv response="100" optional="true"/>
+  <recv response="407" auth="true"/>
+  <send><![CDATA[
+ACK sip:[number]@acme.example.com SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-1];rport
+From: <sip:[user]@acme.example.com>;tag=[pid]U[call_number]
+[last_To:]
+Call-ID: [call_id]
+CSeq: 1 ACK
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+  <send retrans="500"><![CDATA[
+INVITE sip:[number]@acme.example.com SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+From: <sip:[user]@acme.example.com>;tag=[pid]U[call_number]
+To: <sip:[number]@acme.example.com>
+Call-ID: [call_id]
+CSeq: 2 INVITE
+Contact: <sip:[user]@[local_ip]:[local_port]>
+[authentication]
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+  <recv response="100" optional="true"/>
+  <recv response="{status}"/>
+  <send><![CDATA[
+ACK sip:[number]@acme.example.com SIP/2.0
+[last_Via:]
+From: <sip:[user]@acme.example.com>;tag=[pid]U[call_number]
+[last_To:]
+Call-ID: [call_id]
+CSeq: 2 ACK
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+</scenario>
+"#
+    );
+    let p = dir.join(format!("user_refused_{status}.xml"));
+    std::fs::write(&p, xml).expect("write scenario");
+    p
+}
+
+fn refused_call(d: &Daemon, dir: &Path, status: u16, user: &str, password: &str, number: &str) -> (bool, String) {
+    sipp_start(
+        &user_refused_scenario(dir, status),
+        Some(d.udp),
+        "127.0.0.1",
+        0,
+        &["-m", "1", "-au", user, "-ap", password, "-key", "number", number, "-key", "user", user],
+    )
+    .wait()
+}
+
+fn figure(rec: &Value, leg: &str, name: &str) -> u64 {
+    rec["media"][leg][name].as_u64().unwrap_or_else(|| panic!("media.{leg}.{name} in {rec}"))
+}
+
+/// baresip, registered as alice, dials a number; trunkgate challenges it
+/// (baresip answers with its account's password), admits the call and
+/// sends it to the PBX, which challenges trunkgate in turn and checks the
+/// answer (sipp's verifyauth), the caller ID (From and P-Asserted-Identity
+/// with the trunk's number) and that the offer is trunkgate's own; then it
+/// plays the G.711 capture. baresip decodes that audio (not silence) and
+/// its own audio reaches the PBX, packet for packet.
+#[test]
+fn baresip_calls_out_through_a_pbx_that_challenges_and_they_hear_each_other() {
+    let pbx_port = free_port_on(PBX_IP);
+    let mut d = Daemon::prepare(&config(
+        &format!(
+            "target = \"udp://{PBX_IP}:{pbx_port}\"\nusername = \"tg-trunk\"\npassword_file = \"pbx.secret\"\n\
+             caller_number = \"+15550100\"\ncaller_id = [\"from\", \"pai\"]\n"
+        ),
+        "",
+    ));
+    std::fs::write(d.dir.path().join("pbx.secret"), "trunk-secret-9\n").expect("secret");
+    d.seed_portal("acme", "acme.example.com", &[("alice", "alice-secret-1")]);
+    d.start();
+    let mp = free_port_on(PBX_IP).to_string();
+    let pbx = sipp_start(
+        Path::new("trunk_answer_auth.xml"),
+        None,
+        PBX_IP,
+        pbx_port,
+        &["-m", "1", "-mp", &mp, "-key", "audio", &format!("{CAPTURES}/g711a.pcap")],
+    );
+    let phone =
+        Baresip::builder("alice", "acme.example.com", "alice-secret-1", d.udp).control().silence_secs(9).start();
+    phone.command("dial sip:+15550001@acme.example.com");
+    phone.wait_for(&[CALL_ESTABLISHED]);
+    phone.wait_for(&[CALL_TERMINATED]);
+    let (ok, out) = pbx.wait();
+    assert!(ok, "PBX side (credentials, caller ID, anchored offer):\n{out}\ndaemon:\n{}", d.log_text());
+    assert!(!d.log_text().contains("trunk-secret-9"), "the trunk's secret is never logged");
+    let rec = &exactly_n_records(&mut d, 1)[0];
+    assert_eq!(
+        (&rec["direction"], &rec["trunk"], &rec["target_user"], &rec["callee"], &rec["outcome"]),
+        (&"outbound".into(), &"acme-pbx".into(), &"alice".into(), &"+15550001".into(), &"completed".into()),
+        "{rec}"
+    );
+    assert_eq!(figure(rec, "pbx", "rx_packets"), 236, "the whole capture from the PBX: {rec}");
+    assert_eq!(figure(rec, "user", "tx_packets"), 236, "all of it relayed to baresip: {rec}");
+    let from_phone = figure(rec, "user", "rx_packets");
+    assert!(from_phone > 100, "baresip's audio (50 packets/s for several seconds): {rec}");
+    assert_eq!(figure(rec, "pbx", "tx_packets"), from_phone, "every packet of the phone reached the PBX: {rec}");
+    let dec = phone
+        .recordings()
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains("-dec"))
+        .unwrap_or_else(|| panic!("a decoded recording: {:?}", phone.recordings()));
+    let pcm = std::fs::read(&dec).expect("recording");
+    let loud =
+        pcm[44.min(pcm.len())..].chunks_exact(2).filter(|s| i16::from_le_bytes([s[0], s[1]]).abs() > 500).count();
+    assert!(loud > 8000, "baresip heard the PBX's speech: {loud} loud samples in {}", dec.display());
+}
+
+/// Two trunks: the first (priority 1) answers 503, the call goes to the
+/// second at once, which answers; the record names the trunk that carried
+/// the call.
+#[test]
+fn a_503_from_the_first_trunk_fails_over_to_the_second() {
+    let (p1, p2) = (free_port_on(PBX2_IP), free_port_on(PBX_IP));
+    let second = format!(
+        "[[trunk]]\nname = \"acme-backup\"\nportal = \"acme\"\nsources = [\"{PBX2_IP}/32\"]\n\
+         [trunk.outbound]\ntarget = \"udp://{PBX2_IP}:{p1}\"\npriority = 1\n"
+    );
+    let mut d = Daemon::prepare(&config(&format!("target = \"udp://{PBX_IP}:{p2}\"\npriority = 2\n"), &second));
+    d.seed_portal("acme", "acme.example.com", &[("alice", "alice-secret-1")]);
+    d.start();
+    let refusing = sipp_start(Path::new("trunk_reject_503.xml"), None, PBX2_IP, p1, &["-m", "1"]);
+    let mp = free_port_on(PBX_IP).to_string();
+    let answering = sipp_start(Path::new("trunk_answer.xml"), None, PBX_IP, p2, &["-m", "1", "-mp", &mp]);
+    let (ok, out) = user_call(&d, "alice", "alice-secret-1", "+442079460000", "500").wait();
+    assert!(ok, "the user's call is answered:\n{out}\ndaemon:\n{}", d.log_text());
+    let (ok, out) = refusing.wait();
+    assert!(ok, "the first trunk got the INVITE, refused it and got its ACK:\n{out}");
+    let (ok, out) = answering.wait();
+    assert!(ok, "the second trunk answered and got the BYE:\n{out}");
+    let rec = &exactly_n_records(&mut d, 1)[0];
+    assert_eq!((&rec["outcome"], &rec["trunk"]), (&"completed".into(), &"acme-pbx".into()), "{rec}");
+}
+
+/// What a user may dial is theirs: `none` refuses everything and a prefix
+/// list what it does not cover, with 403 `not-permitted`, recorded.
+#[test]
+fn a_user_without_permission_is_refused_with_not_permitted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut d = Daemon::prepare(&config(&format!("target = \"udp://{PBX_IP}:5060\"\n"), ""));
+    d.seed_portal("acme", "acme.example.com", &[("alice", "alice-secret-1"), ("bob", "bob-secret-22")]);
+    d.cli(&["user", "set", "--portal", "acme", "--username", "alice", "--outbound", "none"]);
+    d.cli(&["user", "set", "--portal", "acme", "--username", "bob", "--outbound", "+44*,112"]);
+    d.start();
+    let (ok, out) = refused_call(&d, dir.path(), 403, "alice", "alice-secret-1", "+442079460000");
+    assert!(ok, "{out}");
+    assert!(out.contains("not-permitted: user alice may not call +442079460000"), "{out}");
+    let (ok, out) = refused_call(&d, dir.path(), 403, "bob", "bob-secret-22", "+15550001");
+    assert!(ok, "{out}");
+    assert!(out.contains("not-permitted"), "{out}");
+    let recs = exactly_n_records(&mut d, 2);
+    for r in &recs {
+        assert_eq!(
+            (&r["outcome"], &r["reason"], &r["sip_status"]),
+            (&"refused".into(), &"not-permitted".into(), &403.into()),
+            "{r}"
+        );
+        assert_eq!(r["direction"], "outbound", "{r}");
+    }
+}
+
+/// A portal without a SIP connector extension: its user's outbound call is
+/// refused as an inbound call would be, with the same answer and reason.
+#[test]
+fn an_unlicensed_portals_outbound_call_is_refused_with_its_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut d = Daemon::prepare(&config(&format!("target = \"udp://{PBX_IP}:5060\"\n"), ""));
+    d.cli(&["portal", "add", "--id", "acme", "--domain", "acme.example.com"]);
+    d.cli_stdin(&["user", "add", "--portal", "acme", "--username", "alice"], Some("alice-secret-1\n"));
+    d.start();
+    let (ok, out) = refused_call(&d, dir.path(), 403, "alice", "alice-secret-1", "+442079460000");
+    assert!(ok, "{out}");
+    assert!(out.contains("\"not-licensed"), "{out}");
+    let rec = &exactly_n_records(&mut d, 1)[0];
+    assert_eq!((&rec["reason"], &rec["direction"]), (&"not-licensed".into(), &"outbound".into()), "{rec}");
+}
+
+/// A portal with 2 channels: one inbound and one outbound call up take
+/// both, so the next call in either direction gets 486 channels-busy.
+#[test]
+fn inbound_and_outbound_calls_share_the_portals_channels() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pbx_port = free_port_on(PBX_IP);
+    let mut d = Daemon::prepare(&config(&format!("target = \"udp://{PBX_IP}:{pbx_port}\"\n"), ""));
+    d.cli(&["portal", "add", "--id", "acme", "--domain", "acme.example.com"]);
+    d.cli(&[
+        "extension",
+        "add",
+        "--portal",
+        "acme",
+        "--channels",
+        "2",
+        "--valid-from",
+        "2020-01-01T00:00:00Z",
+        "--valid-until",
+        "2099-01-01T00:00:00Z",
+    ]);
+    for (u, p) in [("alice", "alice-secret-1"), ("bob", "bob-secret-22")] {
+        d.cli_stdin(&["user", "add", "--portal", "acme", "--username", u], Some(&format!("{p}\n")));
+    }
+    d.start();
+    // Inbound: the PBX calls alice (a sipp phone at a static contact).
+    let phone = sipp_start(Path::new("user_answer.xml"), None, "127.0.0.1", 0, &["-m", "1"]);
+    let contact = format!("sip:alice@127.0.0.1:{}", phone.port);
+    d.cli(&["user", "set-contact", "--portal", "acme", "--username", "alice", "--contact", &contact]);
+    let inbound = pbx(&d, Path::new("pbx_call.xml"), "+15550001", &["-d", "6000"]);
+    wait_calls(&d, "the inbound call up", |l| l.len() == 1);
+    // Outbound: bob calls out.
+    let mp = free_port_on(PBX_IP).to_string();
+    let trunk = sipp_start(Path::new("trunk_answer.xml"), None, PBX_IP, pbx_port, &["-m", "1", "-mp", &mp]);
+    let outbound = user_call(&d, "bob", "bob-secret-22", "+442079460000", "6000");
+    wait_calls(&d, "both calls up", |l| l.len() == 2);
+    // A third call, either way: busy.
+    let (ok, out) = refused_call(&d, dir.path(), 486, "bob", "bob-secret-22", "+442079460001");
+    assert!(ok, "outbound third call:\n{out}");
+    assert!(out.contains("channels-busy: 2 of 2 channels busy"), "{out}");
+    let third_in = sipp_start(
+        &common::daemon::pbx_refused_scenario(dir.path(), 486),
+        Some(d.udp),
+        PBX_IP,
+        0,
+        &["-m", "1", "-key", "number", "+15550001"],
+    );
+    let (ok, out) = third_in.wait();
+    assert!(ok, "inbound third call:\n{out}");
+    assert!(out.contains("channels-busy"), "{out}");
+    for (what, c) in [("inbound", inbound), ("outbound", outbound), ("phone", phone), ("trunk", trunk)] {
+        let (ok, out) = c.wait();
+        assert!(ok, "{what}:\n{out}");
+    }
+    let recs = exactly_n_records(&mut d, 4);
+    let count =
+        |dir: &str, outcome: &str| recs.iter().filter(|r| r["direction"] == dir && r["outcome"] == outcome).count();
+    assert_eq!(
+        (
+            count("inbound", "completed"),
+            count("outbound", "completed"),
+            count("inbound", "refused"),
+            count("outbound", "refused")
+        ),
+        (1, 1, 1, 1),
+        "{recs:#?}"
+    );
+}
