@@ -141,6 +141,17 @@ async fn check_config(loaded: &Loaded) -> Result<(), Failure> {
             None => "NOT IN DATABASE".to_owned(),
         };
         println!("  trunk {} -> portal {p} ({state}) from {}", t.trunk.name.get_ref(), t.file.display());
+        if let (Some(o), Some(r)) = (&t.trunk.outbound, &t.outbound) {
+            let auth = if r.credentials.is_some() { ", answers challenges" } else { "" };
+            println!(
+                "    outbound: {}://{}:{} = {} (priority {}{auth})",
+                r.transport.as_str(),
+                r.host,
+                r.port,
+                r.addr,
+                o.priority
+            );
+        }
     }
     store.close().await;
     Ok(())
