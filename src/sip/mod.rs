@@ -9,5 +9,6 @@ pub const PRODUCT: &str = concat!("trunkgate/", env!("CARGO_PKG_VERSION"));
 pub mod dialog;
 pub mod digest;
 pub mod message;
+pub mod registration;
 pub mod shard;
 pub mod transaction;
