@@ -332,3 +332,95 @@ fn inbound_and_outbound_calls_share_the_portals_channels() {
         "{recs:#?}"
     );
 }
+
+/// Arrival times (seconds of the day) of the requests `method` in a sipp
+/// run's message log, in order.
+fn arrivals(log: &str, method: &str) -> Vec<f64> {
+    let mut out = Vec::new();
+    let mut stamp: Option<f64> = None;
+    let mut received = false;
+    for line in log.lines() {
+        if let Some(rest) = line.strip_prefix("-----------------------------------------------") {
+            stamp = rest.split_whitespace().last().and_then(|t| {
+                let mut p = t.split(':');
+                let (h, m, s) =
+                    (p.next()?.parse::<f64>().ok()?, p.next()?.parse::<f64>().ok()?, p.next()?.parse::<f64>().ok()?);
+                Some(h * 3600.0 + m * 60.0 + s)
+            });
+            received = false;
+        } else if line.contains("message received") {
+            received = true;
+        } else if received && line.starts_with(&format!("{method} ")) {
+            if let Some(t) = stamp {
+                out.push(t);
+            }
+            received = false;
+        }
+    }
+    out
+}
+
+/// A cloud-PBX trunk (no sources, `register = true`): trunkgate registers
+/// to the provider's registrar (sipp), answering its challenge; refreshes
+/// at half the granted 4 s; after 503s backs off 1–2 s, then 2–4 s (base
+/// 2 s, jittered), then exactly the Retry-After; registers again; a call
+/// from the provider — from an address that is no trunk source — to the
+/// registered contact rings the portal user the To number routes to; on
+/// stop the binding is removed (Expires: 0). `trunkgate trunks` shows the
+/// registration.
+#[test]
+fn a_cloud_pbx_trunk_registers_refreshes_backs_off_and_takes_calls_on_its_contact() {
+    let reg_port = free_port_on(PBX2_IP);
+    let (min, max) = port_range();
+    let mut d = Daemon::prepare(&format!(
+        "[media]\npublic_address = [\"127.0.0.1\"]\nport_min = {min}\nport_max = {max}\n\
+         [[trunk]]\nname = \"acme-cloud\"\nportal = \"acme\"\nsources = []\n\
+         [[trunk.route]]\nnumber = \"+15550001\"\nusers = [\"alice\"]\nring_timeout_s = 5\n\
+         [trunk.outbound]\ntarget = \"udp://{PBX2_IP}:{reg_port}\"\nusername = \"acct42\"\npassword = \"prov-secret-7\"\n\
+         register = true\ndomain = \"provider.test\"\ncontact_user = \"tg-cloud\"\nregister_retry_s = 2\noptions_interval_s = 0\n"
+    ));
+    d.seed_portal("acme", "acme.example.com", &[("alice", "alice-secret-1")]);
+    let registrar = sipp_start(Path::new("registrar.xml"), None, PBX2_IP, reg_port, &["-m", "1"]);
+    d.start();
+    // Registered again after the back-off: 2 + ~1.5 + ~3 + 1 s.
+    common::retry_until(20, "registered after the back-off", || {
+        let out = d.cli(&["trunks"]);
+        if out.contains("registered on test-node: expires 60 s") { Ok(()) } else { Err(out) }
+    });
+    let json: Value = serde_json::from_str(&d.cli(&["trunks", "--json"])).expect("json");
+    assert_eq!(json[0]["registration"]["state"], "registered", "{json}");
+    assert_eq!(json[0]["outbound"]["register"], "sip:acct42@provider.test as tg-cloud", "{json}");
+    // The provider calls the account: it reaches alice.
+    let phone = sipp_start(Path::new("user_answer.xml"), None, "127.0.0.1", 0, &["-m", "1"]);
+    let contact = format!("sip:alice@127.0.0.1:{}", phone.port);
+    d.cli(&["user", "set-contact", "--portal", "acme", "--username", "alice", "--contact", &contact]);
+    let call = sipp_start(
+        Path::new("cloud_pbx_call.xml"),
+        Some(d.udp),
+        PBX2_IP,
+        0,
+        &["-m", "1", "-key", "contact", "tg-cloud", "-key", "number", "+15550001", "-d", "300"],
+    );
+    let (ok, out) = call.wait();
+    assert!(ok, "the provider's call:\n{out}\ndaemon:\n{}", d.log_text());
+    let (ok, out) = phone.wait();
+    assert!(ok, "alice:\n{out}");
+    let rec = &exactly_n_records(&mut d, 1)[0];
+    assert_eq!(
+        (&rec["trunk"], &rec["callee"], &rec["target_user"], &rec["outcome"]),
+        (&"acme-cloud".into(), &"+15550001".into(), &"alice".into(), &"completed".into()),
+        "{rec}"
+    );
+    // exactly_n_records stopped the daemon: it unregistered.
+    let (ok, out) = registrar.wait();
+    assert!(ok, "the registrar's script (credentials, contact, Expires: 0 at stop):\n{out}");
+    let at = arrivals(&out, "REGISTER");
+    assert_eq!(at.len(), 7, "challenge, answer, refresh, 2 back-offs, Retry-After, stop: {at:?}");
+    let gaps: Vec<f64> = at.windows(2).map(|w| w[1] - w[0]).collect();
+    let within = |g: f64, lo: f64, hi: f64| g >= lo - 0.05 && g < hi + 0.25;
+    assert!(gaps[0] < 0.5, "the challenge is answered at once: {gaps:?}");
+    assert!(within(gaps[1], 2.0, 2.0), "refresh at half the granted 4 s: {gaps:?}");
+    assert!(within(gaps[2], 1.0, 2.0), "first back-off in [1, 2) s: {gaps:?}");
+    assert!(within(gaps[3], 2.0, 4.0), "second back-off in [2, 4) s: {gaps:?}");
+    assert!(within(gaps[4], 1.0, 1.0), "Retry-After: 1 honoured: {gaps:?}");
+}

@@ -117,6 +117,8 @@ both!(
     users_store_only_ha1,
     settings_and_rate_limit,
     call_records_round_trip,
+    one_node_registers_a_trunk_until_its_claim_expires,
+    user_outbound_settings,
 );
 
 both_url!(licence_cache_follows_changes);
@@ -453,4 +455,69 @@ async fn licence_cache_follows_changes(store: Store, url: String) {
     .expect("unblock reaches the cache within 5 s");
     shutdown.cancel();
     task.await.expect("refresher ends");
+}
+
+/// A cloud-PBX trunk's registration belongs to one node at a time: the
+/// first claim wins, the holder renews, another node gets it only once the
+/// claim has run out (the holder died) or been released — and of several
+/// nodes racing for a free claim exactly one wins.
+async fn one_node_registers_a_trunk_until_its_claim_expires(store: Store) {
+    assert!(store.claim_registration("cloud", "a", 100, 130).await.expect("claim"));
+    assert!(!store.claim_registration("cloud", "b", 110, 140).await.expect("claim"), "a holds it");
+    assert!(store.claim_registration("cloud", "a", 120, 150).await.expect("renew"), "the holder renews");
+    assert!(!store.claim_registration("cloud", "b", 149, 179).await.expect("claim"), "not before it runs out");
+    store.set_registration_state("cloud", "a", "registered", Some("expires 3600 s"), 121).await.expect("state");
+    store.set_registration_state("cloud", "b", "failed", None, 122).await.expect("not b's: no effect");
+    let rows = store.registrations().await.expect("rows");
+    assert_eq!((rows.len(), rows[0].node_id.as_str(), rows[0].state.as_str()), (1, "a", "registered"));
+    assert!(store.claim_registration("cloud", "b", 150, 180).await.expect("claim"), "a stopped renewing");
+    assert!(!store.claim_registration("cloud", "a", 151, 181).await.expect("claim"), "a lost it");
+    store.release_registration("cloud", "b").await.expect("release");
+    // Released: free at once. Eight nodes race; one wins.
+    let mut racers = Vec::new();
+    for n in 0..8 {
+        let s = store.clone();
+        racers.push(tokio::spawn(async move { s.claim_registration("cloud", &format!("n{n}"), 160, 190).await }));
+    }
+    let mut wins = 0;
+    for r in racers {
+        if r.await.expect("join").expect("claim") {
+            wins += 1;
+        }
+    }
+    assert_eq!(wins, 1, "exactly one node registers the trunk");
+    // Health rows: one per (trunk, node), updated in place.
+    store.set_trunk_health("cloud", "a", false, 170, Some("no answer"), 171).await.expect("health");
+    store.set_trunk_health("cloud", "a", true, 180, Some("200 OK"), 181).await.expect("health");
+    store.set_trunk_health("cloud", "b", true, 100, None, 181).await.expect("health");
+    let h = store.trunk_health().await.expect("rows");
+    assert_eq!(h.len(), 2);
+    assert_eq!((h[0].node_id.as_str(), h[0].up, h[0].since, h[0].detail.as_deref()), ("a", 1, 180, Some("200 OK")));
+}
+
+/// What a user may dial out, and the number they present, are kept and
+/// validated.
+async fn user_outbound_settings(store: Store) {
+    add(&store, "p1", "p1.example.com", free(), t(T0)).await;
+    store.user_add("p1", "alice", "alice-secret-1", false, t(T0)).await.expect("user");
+    let u = store.user("p1", "alice").await.expect("read").expect("exists");
+    assert_eq!((u.outbound.as_str(), u.outbound_number.as_deref()), ("any", None), "defaults");
+    store.user_set_outbound("p1", "alice", Some("+44*,112"), Some(Some("+15550100"))).await.expect("set");
+    let u = store.user("p1", "alice").await.expect("read").expect("exists");
+    assert_eq!((u.outbound.as_str(), u.outbound_number.as_deref()), ("+44*,112", Some("+15550100")));
+    store.user_set_outbound("p1", "alice", None, Some(None)).await.expect("clear number only");
+    let u = store.user("p1", "alice").await.expect("read").expect("exists");
+    assert_eq!((u.outbound.as_str(), u.outbound_number.as_deref()), ("+44*,112", None));
+    assert!(matches!(
+        store.user_set_outbound("p1", "alice", Some("+44x"), None).await,
+        Err(StoreError::Invalid { .. })
+    ));
+    assert!(matches!(
+        store.user_set_outbound("p1", "alice", None, Some(Some("12ab"))).await,
+        Err(StoreError::Invalid { .. })
+    ));
+    assert!(matches!(
+        store.user_set_outbound("p1", "nobody", Some("none"), None).await,
+        Err(StoreError::NotFound { .. })
+    ));
 }

@@ -39,6 +39,10 @@ pub struct OutboundTrunk {
     pub invite_timeout: Duration,
     /// Ringing at most this long.
     pub answer_timeout: Duration,
+    /// OPTIONS ping interval (zero: none).
+    pub options_interval: Duration,
+    /// Cloud PBX: the registration this trunk keeps.
+    pub registration: Option<crate::config::LoadedRegistration>,
 }
 
 /// A trunk's digest credentials. `Debug` never shows the password.
@@ -82,6 +86,8 @@ impl OutboundTrunk {
             },
             invite_timeout: Duration::from_secs(u64::from(o.invite_timeout_s)),
             answer_timeout: Duration::from_secs(u64::from(o.answer_timeout_s)),
+            options_interval: Duration::from_secs(u64::from(o.options_interval_s)),
+            registration: r.registration.clone(),
         })
     }
 
@@ -346,6 +352,8 @@ mod tests {
             rules: NumberRules::default(),
             invite_timeout: Duration::from_secs(5),
             answer_timeout: Duration::from_secs(120),
+            options_interval: Duration::ZERO,
+            registration: None,
         }
     }
 

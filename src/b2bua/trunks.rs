@@ -52,6 +52,9 @@ pub struct Trunk {
     pub routes: Vec<Route>,
     /// Where the dialled number is read, in order.
     pub number_from: Vec<NumberSource>,
+    /// Cloud PBX: the user part of our registered Contact (an INVITE to it
+    /// is this trunk's, from wherever it comes).
+    pub contact_user: Option<String>,
 }
 
 impl Trunk {
@@ -81,6 +84,11 @@ impl TrunkTable {
                     portal: PortalId::new(lt.trunk.portal.get_ref().clone()),
                     sources: lt.sources.iter().map(|s| s.0).collect(),
                     number_from: lt.trunk.number_from.clone(),
+                    contact_user: lt
+                        .outbound
+                        .as_ref()
+                        .and_then(|o| o.registration.as_ref())
+                        .map(|r| r.contact_user.clone()),
                     routes: lt
                         .trunk
                         .route
@@ -117,6 +125,16 @@ impl TrunkTable {
             v4 => v4,
         };
         self.trunks.iter().find(|t| t.sources.iter().any(|n| n.contains(&ip)))
+    }
+
+    /// The cloud-PBX trunk whose registered Contact has user part `user`.
+    pub fn by_contact_user(&self, user: &str) -> Option<&std::sync::Arc<Trunk>> {
+        self.trunks.iter().find(|t| t.contact_user.as_deref() == Some(user))
+    }
+
+    /// Every outbound trunk, by priority.
+    pub fn outbound(&self) -> &[std::sync::Arc<super::outbound::OutboundTrunk>] {
+        &self.outbound
     }
 
     /// Number of trunks.

@@ -95,6 +95,7 @@ pub async fn dispatch(cmd: Command, loaded: &Loaded) -> Result<(), Failure> {
         Command::Admission(c) => explain(c, loaded).await,
         Command::Cdr(a) => cdr(a, loaded).await,
         Command::Calls { node, json } => calls(node, json, loaded).await,
+        Command::Trunks { json } => trunks(json, loaded).await,
     }
 }
 
@@ -504,6 +505,108 @@ async fn cdr(a: CdrArgs, loaded: &Loaded) -> Result<(), Failure> {
                     opt(r.sip_status),
                     opt(r.reason.as_ref()),
                     r.call_id.clone(),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
+    Ok(())
+}
+
+/// One trunk as `trunks` shows it.
+#[derive(Debug, serde::Serialize)]
+struct TrunkView {
+    name: String,
+    portal: String,
+    sources: Vec<String>,
+    outbound: Option<OutboundView>,
+    registration: Option<crate::store::TrunkRegistrationRow>,
+    health: Vec<crate::store::TrunkHealthRow>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct OutboundView {
+    target: String,
+    priority: u32,
+    register: Option<String>,
+    options_interval_s: u32,
+}
+
+async fn trunks(json: bool, loaded: &Loaded) -> Result<(), Failure> {
+    let store = open(loaded).await?;
+    let regs = store.registrations().await?;
+    let health = store.trunk_health().await?;
+    let views: Vec<TrunkView> = loaded
+        .trunks
+        .iter()
+        .map(|lt| {
+            let name = lt.trunk.name.get_ref().clone();
+            TrunkView {
+                portal: lt.trunk.portal.get_ref().clone(),
+                sources: lt.sources.iter().map(|s| s.0.to_string()).collect(),
+                outbound: lt.trunk.outbound.as_ref().zip(lt.outbound.as_ref()).map(|(o, r)| OutboundView {
+                    target: format!("{}://{}:{}", r.transport.as_str(), r.host, r.port),
+                    priority: o.priority,
+                    register: r.registration.as_ref().map(|g| format!("{} as {}", g.aor, g.contact_user)),
+                    options_interval_s: o.options_interval_s,
+                }),
+                registration: regs.iter().find(|r| r.trunk == name).cloned(),
+                health: health.iter().filter(|h| h.trunk == name).cloned().collect(),
+                name,
+            }
+        })
+        .collect();
+    store.close().await;
+    if json {
+        return print_json(&views);
+    }
+    let now = clock::now_utc().timestamp();
+    table(
+        &["TRUNK", "PORTAL", "INBOUND FROM", "OUTBOUND TO", "REGISTRATION", "HEALTH"],
+        &views
+            .iter()
+            .map(|v| {
+                let registration = match (&v.outbound.as_ref().and_then(|o| o.register.clone()), &v.registration) {
+                    (None, _) => "-".to_owned(),
+                    (Some(_), None) => "not yet claimed".to_owned(),
+                    (Some(_), Some(r)) if r.expires_at <= now && r.state != "released" => {
+                        format!("{} on {} (claim expired: node gone?)", r.state, r.node_id)
+                    }
+                    (Some(_), Some(r)) => {
+                        format!(
+                            "{} on {}{}",
+                            r.state,
+                            r.node_id,
+                            r.detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default()
+                        )
+                    }
+                };
+                let health = if v.health.is_empty() {
+                    if v.outbound.as_ref().is_some_and(|o| o.options_interval_s > 0) { "not pinged yet" } else { "-" }
+                        .to_owned()
+                } else {
+                    v.health
+                        .iter()
+                        .map(|h| {
+                            format!(
+                                "{} {} since {} ({})",
+                                h.node_id,
+                                if h.up == 1 { "up" } else { "DOWN" },
+                                format_ts(h.since),
+                                h.detail.as_deref().unwrap_or("")
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                };
+                vec![
+                    v.name.clone(),
+                    v.portal.clone(),
+                    if v.sources.is_empty() { "-".to_owned() } else { v.sources.join(",") },
+                    v.outbound
+                        .as_ref()
+                        .map_or_else(|| "-".to_owned(), |o| format!("{} (priority {})", o.target, o.priority)),
+                    registration,
+                    health,
                 ]
             })
             .collect::<Vec<_>>(),

@@ -66,6 +66,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the trunks: inbound sources, outbound target, cloud-PBX
+    /// registration (which node holds it, registered / registering /
+    /// failed with the last answer / waiting) and each node's health view.
+    Trunks {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Licence fields shared by `portal add` and `licence set`.

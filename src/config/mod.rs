@@ -767,6 +767,45 @@ pub struct OutboundConfig {
     /// Prefix added last.
     #[serde(default)]
     pub add_prefix: Option<Spanned<String>>,
+    /// Seconds between OPTIONS pings to the PBX (0: none). A PBX that does
+    /// not answer two in a row (or answers 5xx) is marked down and skipped
+    /// by outbound calls until it answers again. Default: 30.
+    #[serde(default = "default_options_interval_s")]
+    pub options_interval_s: u32,
+    /// Cloud PBX: keep a registration at the provider's registrar, so
+    /// calls to the account reach this node wherever the provider sends
+    /// from. Default: false.
+    #[serde(default)]
+    pub register: bool,
+    /// The registrar: `udp://HOST[:PORT]` or `tcp://…`. Default: `target`.
+    pub registrar: Option<Spanned<String>>,
+    /// The account (the AOR's user part). Default: `username`.
+    pub account: Option<Spanned<String>>,
+    /// The AOR's domain. Default: the registrar's host.
+    pub domain: Option<Spanned<String>>,
+    /// Expiry asked for, seconds (the registrar may grant less, or ask for
+    /// more with 423). Default: 3600.
+    #[serde(default = "default_register_expires_s")]
+    pub register_expires_s: u32,
+    /// Seconds before the first new attempt after a failed registration
+    /// (doubling per failure in a row up to 1800, with jitter; a
+    /// Retry-After wins). Default: 30.
+    #[serde(default = "default_register_retry_s")]
+    pub register_retry_s: u32,
+    /// The user part of our registered Contact: an INVITE whose
+    /// Request-URI names it belongs to this trunk, whatever address it
+    /// comes from. Default: `tg-<trunk name>`.
+    pub contact_user: Option<Spanned<String>>,
+}
+
+fn default_options_interval_s() -> u32 {
+    30
+}
+fn default_register_expires_s() -> u32 {
+    3600
+}
+fn default_register_retry_s() -> u32 {
+    30
 }
 
 fn default_priority() -> u32 {
@@ -826,6 +865,29 @@ pub struct LoadedOutbound {
     pub addr: std::net::SocketAddr,
     /// Digest credentials (username, password).
     pub credentials: Option<(String, String)>,
+    /// `register = true`: where and as whom.
+    pub registration: Option<LoadedRegistration>,
+}
+
+/// A cloud-PBX trunk's registration, resolved.
+#[derive(Debug, Clone)]
+pub struct LoadedRegistration {
+    /// Transport to the registrar.
+    pub transport: crate::transport::Transport,
+    /// Registrar host as written (Request-URI).
+    pub host: String,
+    /// Its port.
+    pub port: u16,
+    /// Its address.
+    pub addr: std::net::SocketAddr,
+    /// AOR `sip:account@domain`.
+    pub aor: String,
+    /// Our Contact's user part.
+    pub contact_user: String,
+    /// Expiry asked for.
+    pub expires: std::time::Duration,
+    /// First wait after a failure.
+    pub retry: std::time::Duration,
 }
 
 /// A place in an INVITE that holds the dialled number.
@@ -1260,8 +1322,13 @@ fn validate(config: &Config, trunks: &[LoadedTrunk], main: &Path, sources: &Sour
                 "portal id must be 1 to 128 characters of letters, digits, `.`, `_` and `-`".to_owned(),
             ));
         }
-        if t.sources.is_empty() {
-            errors.push(sources.error(file, t.name.span(), format!("trunk `{name}` has no sources")));
+        let registers = t.outbound.as_ref().is_some_and(|o| o.register);
+        if t.sources.is_empty() && !registers {
+            errors.push(sources.error(
+                file,
+                t.name.span(),
+                format!("trunk `{name}` has no sources (only a trunk with register = true may have none)"),
+            ));
         }
         let mut numbers: HashMap<&str, std::ops::Range<usize>> = HashMap::new();
         for r in &t.route {
@@ -1330,46 +1397,18 @@ fn validate(config: &Config, trunks: &[LoadedTrunk], main: &Path, sources: &Sour
 
 /// Resolves each `[trunk.outbound]`: target, credentials, number rules.
 fn parse_outbound(trunks: &mut [LoadedTrunk], sources: &SourceMap, errors: &mut ConfigErrors) {
-    use crate::transport::Transport as T;
     for lt in trunks {
         let Some(o) = &lt.trunk.outbound else { continue };
         let file = lt.file.clone();
         let mut err = |span: std::ops::Range<usize>, msg: String| errors.push(sources.error(&file, span, msg));
         let name = lt.trunk.name.get_ref();
-        let target = o.target.get_ref();
-        let (transport, rest) = match target.split_once("://") {
-            Some(("udp", r)) => (T::Udp, r),
-            Some(("tcp", r)) => (T::Tcp, r),
-            _ => {
-                err(
-                    o.target.span(),
-                    format!("outbound target `{target}`: expected udp://HOST[:PORT] or tcp://HOST[:PORT]"),
-                );
+        let (transport, host, port, addr) = match resolve_target(o.target.get_ref()) {
+            Ok(t) => t,
+            Err(e) => {
+                err(o.target.span(), format!("outbound target {e}"));
                 continue;
             }
         };
-        let (host, port) = match split_host_port(rest) {
-            Some(hp) => hp,
-            None => {
-                err(o.target.span(), format!("outbound target `{target}`: bad host or port"));
-                continue;
-            }
-        };
-        let addr =
-            match std::net::ToSocketAddrs::to_socket_addrs(&(host.trim_start_matches('[').trim_end_matches(']'), port))
-            {
-                Ok(mut a) => match a.next() {
-                    Some(a) => a,
-                    None => {
-                        err(o.target.span(), format!("outbound target `{target}`: `{host}` has no address"));
-                        continue;
-                    }
-                },
-                Err(e) => {
-                    err(o.target.span(), format!("outbound target `{target}`: `{host}` does not resolve: {e}"));
-                    continue;
-                }
-            };
         if !(1..=300).contains(&o.invite_timeout_s) {
             err(o.target.span(), format!("trunk `{name}`: outbound invite_timeout_s must be 1..=300"));
         }
@@ -1437,8 +1476,65 @@ fn parse_outbound(trunks: &mut [LoadedTrunk], sources: &SourceMap, errors: &mut 
         if o.caller_id.is_empty() {
             err(o.target.span(), format!("trunk `{name}`: caller_id must name at least one of from, pai, rpid"));
         }
-        lt.outbound = Some(LoadedOutbound { transport, host: host.to_owned(), port, addr, credentials });
+        let registration = if o.register {
+            let r = match &o.registrar {
+                Some(r) => resolve_target(r.get_ref()).map_err(|e| err(r.span(), format!("registrar {e}"))).ok(),
+                None => Some((transport, host.clone(), port, addr)),
+            };
+            let account =
+                o.account.as_ref().map(|a| a.get_ref().clone()).or_else(|| credentials.as_ref().map(|c| c.0.clone()));
+            if account.is_none() {
+                err(o.target.span(), format!("trunk `{name}`: register = true needs account or username"));
+            }
+            let contact_user = o.contact_user.as_ref().map_or_else(|| format!("tg-{name}"), |c| c.get_ref().clone());
+            if !is_token(&contact_user, 64) {
+                err(o.target.span(), format!("trunk `{name}`: contact_user must be letters, digits, `.`, `_`, `-`"));
+            }
+            if !(60..=86_400).contains(&o.register_expires_s) {
+                err(o.target.span(), format!("trunk `{name}`: register_expires_s must be 60..=86400"));
+            }
+            match (r, account) {
+                (Some((rt, rh, rp, ra)), Some(account)) => {
+                    let domain = o.domain.as_ref().map_or_else(|| rh.clone(), |d| d.get_ref().clone());
+                    Some(LoadedRegistration {
+                        transport: rt,
+                        host: rh,
+                        port: rp,
+                        addr: ra,
+                        aor: format!("sip:{account}@{domain}"),
+                        contact_user,
+                        expires: std::time::Duration::from_secs(u64::from(o.register_expires_s)),
+                        retry: std::time::Duration::from_secs(u64::from(o.register_retry_s.max(1))),
+                    })
+                }
+                _ => None,
+            }
+        } else {
+            None
+        };
+        if o.options_interval_s > 86_400 {
+            err(o.target.span(), format!("trunk `{name}`: options_interval_s must be 0..=86400"));
+        }
+        lt.outbound = Some(LoadedOutbound { transport, host, port, addr, credentials, registration });
     }
+}
+
+/// `udp://HOST[:PORT]` or `tcp://…`, resolved: (transport, host, port,
+/// address); the error says what is wrong with `target`.
+fn resolve_target(target: &str) -> Result<(crate::transport::Transport, String, u16, std::net::SocketAddr), String> {
+    use crate::transport::Transport as T;
+    let (transport, rest) = match target.split_once("://") {
+        Some(("udp", r)) => (T::Udp, r),
+        Some(("tcp", r)) => (T::Tcp, r),
+        _ => return Err(format!("`{target}`: expected udp://HOST[:PORT] or tcp://HOST[:PORT]")),
+    };
+    let (host, port) = split_host_port(rest).ok_or_else(|| format!("`{target}`: bad host or port"))?;
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(bare, port))
+        .map_err(|e| format!("`{target}`: `{host}` does not resolve: {e}"))?
+        .next()
+        .ok_or_else(|| format!("`{target}`: `{host}` has no address"))?;
+    Ok((transport, host.to_owned(), port, addr))
 }
 
 /// `host`, `host:port`, `[v6]`, `[v6]:port` (default port 5060).

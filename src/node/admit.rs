@@ -64,7 +64,18 @@ pub(crate) async fn admit(ctx: Arc<Shared>, input: AdmitInput) -> AdmissionResul
     let AdmitInput { key, request, trunk, node_overloaded, calls_this_second, source } = input;
     let now = crate::clock::now_utc();
     let a_call_id = request.headers().call_id().unwrap_or("").to_owned();
-    let number = dialled_number(&request, &trunk.number_from).map(|d| d.number);
+    // A call to a cloud-PBX trunk's registered Contact names us in the
+    // Request-URI: the dialled number is elsewhere (To, Diversion).
+    let to_contact =
+        trunk.contact_user.as_deref().is_some_and(|c| request.uri().as_sip().and_then(|s| s.user()) == Some(c));
+    let sources: Vec<crate::config::NumberSource> = if to_contact {
+        let rest: Vec<_> =
+            trunk.number_from.iter().copied().filter(|s| *s != crate::config::NumberSource::RequestUri).collect();
+        if rest.is_empty() { vec![crate::config::NumberSource::To] } else { rest }
+    } else {
+        trunk.number_from.clone()
+    };
+    let number = dialled_number(&request, &sources).map(|d| d.number);
     let mut record = CallRecord {
         id: 0,
         call_id: a_call_id.clone(),

@@ -460,6 +460,12 @@ impl Shard {
 
     /// A response on a client transaction of ours.
     pub(super) fn handle_client_response(&mut self, key: &TsxKey, resp: &Response, now: Instant) {
+        if resp.status() >= 200
+            && let Some(reply) = self.own.remove(key)
+        {
+            let _ = reply.send(Ok(resp.clone()));
+            return;
+        }
         let Some(&(no, id)) = self.calls.clients.get(key) else { return };
         match self.calls.calls.get_mut(&no) {
             Some(call) => {
@@ -501,6 +507,10 @@ impl Shard {
 
     /// A client transaction failed (Timer B/F, transport error).
     pub(super) fn handle_client_failure(&mut self, key: &TsxKey, status: u16, now: Instant) {
+        if let Some(reply) = self.own.remove(key) {
+            let _ = reply.send(Err(status));
+            return;
+        }
         let Some(&(no, id)) = self.calls.clients.get(key) else { return };
         if let Some(call) = self.calls.calls.get_mut(&no) {
             call.handle_request_failed(now, id, status);
@@ -515,8 +525,36 @@ impl Shard {
         Some(Outgoing { target: *target, data: Bytes::from(ack_non_2xx(invite, resp)?.to_bytes()) })
     }
 
+    /// Sends a request of the node's own (no Via yet) as a client
+    /// transaction; its final answer goes back on `reply`.
+    pub(super) fn send_own(
+        &mut self,
+        mut request: Request,
+        target: Target,
+        reply: tokio::sync::oneshot::Sender<Result<Response, u16>>,
+        now: Instant,
+    ) {
+        let peer = self.peer(target);
+        let branch = new_branch(&self.ctx);
+        let _ = request.headers_mut().push_front(HeaderName::Via, via_header(&peer, &branch));
+        let method = crate::sip::transaction::Method::new(request.method().as_str());
+        let out = Outgoing { target, data: Bytes::from(request.to_bytes()) };
+        match self.layer.start_client(now, method, &branch, reliability(&target), out) {
+            Ok(key) => {
+                self.own.insert(key, reply);
+            }
+            Err(e) => {
+                debug!(error = %e, "own request not sent");
+                let _ = reply.send(Err(503));
+            }
+        }
+    }
+
     /// Forgets a finished client transaction.
     pub(super) fn client_terminated(&mut self, key: &TsxKey, now: Instant) {
+        if let Some(reply) = self.own.remove(key) {
+            let _ = reply.send(Err(408));
+        }
         self.calls.fork_invites.remove(key);
         let Some((no, id)) = self.calls.clients.remove(key) else { return };
         if let Some(call) = self.calls.calls.get_mut(&no) {

@@ -17,6 +17,7 @@ mod calls;
 mod lockout;
 mod outbound;
 mod register;
+mod trunk_tasks;
 mod via;
 
 use std::collections::HashMap;
@@ -104,6 +105,9 @@ pub(crate) struct Shared {
     pub local_channels: Option<Mutex<HashMap<String, u32>>>,
     /// Lease changes for the batching writer.
     pub lease_ops: mpsc::UnboundedSender<crate::store::LeaseOp>,
+    /// Outbound trunks the OPTIONS pings found down (outbound calls skip
+    /// them while another is up).
+    pub trunks_down: Mutex<std::collections::HashSet<String>>,
     check: CheckConfig,
     tag_prefix: u64,
     tag_seq: AtomicU64,
@@ -154,6 +158,10 @@ pub(crate) enum ShardMsg {
     LegGone(calls::CallNo, crate::b2bua::LegId),
     /// A leg's RFC 4733 digit, to go as SIP INFO (from its relay thread).
     MediaDtmf(calls::CallNo, crate::b2bua::LegId, char, u32),
+    /// A request of the node's own (OPTIONS ping, REGISTER to a cloud
+    /// PBX), without Via: sent as a client transaction; its final
+    /// response (or 408/503) goes back on `reply`.
+    Send { request: Request, target: Target, reply: tokio::sync::oneshot::Sender<Result<Response, u16>> },
 }
 
 /// Seconds between the live media figures written to each call's lease.
@@ -217,6 +225,7 @@ impl Node {
             active_calls: std::sync::atomic::AtomicUsize::new(0),
             local_channels: (store.kind() == crate::store::BackendKind::Sqlite).then(|| Mutex::new(HashMap::new())),
             lease_ops: lease_tx,
+            trunks_down: Mutex::new(std::collections::HashSet::new()),
             config,
             store,
             cache,
@@ -227,8 +236,12 @@ impl Node {
         // One core per queue: each owns the transactions and calls of the
         // Call-IDs that hash to it, so the shards share nothing per call.
         let mut cores = Vec::with_capacity(inbound.len());
+        let mut shard0 = None;
         for (shard, inbound) in inbound.into_iter().enumerate() {
             let (reply_tx, reply_rx) = mpsc::channel(4096);
+            if shard == 0 {
+                shard0 = Some(reply_tx.clone());
+            }
             let core = Shard {
                 ctx: ctx.clone(),
                 shard,
@@ -239,8 +252,13 @@ impl Node {
                 calls: calls::Calls::default(),
                 cdr: cdr.clone(),
                 responses: HashMap::new(),
+                own: HashMap::new(),
             };
             cores.push(tokio::spawn(core.run(inbound, reply_rx, shutdown.clone())));
+        }
+        // Pings and registrations go through core 0 (their Call-IDs say so).
+        if let Some(tx) = shard0 {
+            trunk_tasks::spawn(&ctx, tx, &transports, &shutdown);
         }
         Ok(Self { ctx, cores: Arc::new(Mutex::new(cores)) })
     }
@@ -273,6 +291,8 @@ struct Shard {
     responses: HashMap<TsxKey, Response>,
     /// This core's index (B-leg Call-IDs carry it, see `crate::sip::shard`).
     shard: usize,
+    /// The node's own requests (pings, registrations) awaiting their answer.
+    own: HashMap<TsxKey, tokio::sync::oneshot::Sender<Result<Response, u16>>>,
 }
 
 impl Shard {
@@ -326,6 +346,7 @@ impl Shard {
                     ShardMsg::MediaTimeout(no) => self.handle_media_timeout(no, crate::clock::instant()),
                     ShardMsg::LegGone(no, leg) => self.handle_leg_gone(no, leg, crate::clock::instant()),
                     ShardMsg::MediaDtmf(no, leg, digit, ms) => self.handle_media_dtmf(no, leg, digit, ms, crate::clock::instant()),
+                    ShardMsg::Send { request, target, reply } => self.send_own(request, target, reply, crate::clock::instant()),
                 },
                 _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
                     let now = crate::clock::instant();
@@ -473,7 +494,7 @@ impl Shard {
         if self.ctx.config.ignore_unknown_trunks
             && *req.method() == Method::Invite
             && req.headers().to().ok().and_then(|t| t.tag().map(str::to_owned)).is_none()
-            && self.trunk_of(transport, remote).is_none()
+            && self.trunk_of(transport, remote, &req).is_none()
             && outbound::portal_of(&self.ctx, &req).is_none()
         {
             warn!(target: "security", source = %remote, "INVITE from an address that is no trunk ignored");
@@ -579,12 +600,13 @@ impl Shard {
     }
 
     /// The trunk a request comes from: by source address, never over
-    /// WebSocket (browsers only).
-    fn trunk_of(&self, transport: Transport, remote: SocketAddr) -> Option<Arc<crate::b2bua::Trunk>> {
+    /// WebSocket (browsers only); or a cloud-PBX trunk whose registered
+    /// Contact the Request-URI names, from wherever it comes.
+    fn trunk_of(&self, transport: Transport, remote: SocketAddr, req: &Request) -> Option<Arc<crate::b2bua::Trunk>> {
         if transport.is_websocket() {
             return None;
         }
-        self.ctx.trunks.identify(remote.ip()).cloned()
+        self.ctx.trunks.identify(remote.ip()).or_else(|| self.ctx.trunks.by_contact_user(ruri_user(req)?)).cloned()
     }
 
     /// Admission attempts of `key` in the current second (all shards).
@@ -638,7 +660,7 @@ impl Shard {
     fn new_call(&mut self, key: TsxKey, transport: Transport, remote: SocketAddr, now: Instant) {
         let Some(p) = self.pending.get(&key) else { return };
         let request = p.request.clone();
-        let trunk = self.trunk_of(transport, remote);
+        let trunk = self.trunk_of(transport, remote, &request);
         if trunk.is_none()
             && let Some(portal) = outbound::portal_of(&self.ctx, &request)
         {
@@ -741,6 +763,11 @@ impl Shard {
             warn!(error = %e, "response not sent");
         }
     }
+}
+
+/// The Request-URI's user part.
+fn ruri_user(req: &Request) -> Option<&str> {
+    req.uri().as_sip().and_then(|s| s.user())
 }
 
 fn tsx_method(m: &Method) -> crate::sip::transaction::Method {

@@ -123,7 +123,13 @@ pub(crate) async fn admit(ctx: Arc<Shared>, input: OutboundInput) -> AdmissionRe
         !d.is_empty() && d.len() <= 32 && d.bytes().all(|b| b.is_ascii_digit() || b == b'*' || b == b'#')
     });
     let permission = Permission::parse(&row.outbound).unwrap_or(Permission::None);
-    let trunks = ctx.trunks.outbound_for(&portal.id);
+    // Trunks the pings found down are skipped while another is up.
+    let mut trunks = ctx.trunks.outbound_for(&portal.id);
+    if let Ok(down) = ctx.trunks_down.lock()
+        && trunks.iter().any(|t| !down.contains(&t.name))
+    {
+        trunks.retain(|t| !down.contains(&t.name));
+    }
     let early_refusal = if row.disabled {
         Some((Reason::NotPermitted, format!("user {user} is disabled")))
     } else if let Some(n) = dialable.filter(|n| !permission.allows(n)) {

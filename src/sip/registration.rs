@@ -15,8 +15,8 @@
 //! - 423 raises the asked expiry to the registrar's Min-Expires and
 //!   registers again at once;
 //! - any other failure waits before the next attempt: the registrar's
-//!   Retry-After when it gives one, else an exponential back-off (30 s
-//!   doubling to 30 min) with jitter, so a fleet of trunks does not come
+//!   Retry-After when it gives one, else an exponential back-off (30 s by
+//!   default, doubling to 30 min) with jitter, so a fleet of trunks does not come
 //!   back in step after an outage;
 //! - one Call-ID and From tag for the machine's life, CSeq rising (§10.2.4).
 //!
@@ -30,7 +30,7 @@ use crate::b2bua::outbound::Credentials;
 use crate::sip::digest::Challenge;
 use crate::sip::message::{HeaderName, Method, Request, Response, Uri};
 
-/// First wait after a failure; doubles per failure in a row.
+/// First wait after a failure by default; doubles per failure in a row.
 pub const BACKOFF_BASE: Duration = Duration::from_secs(30);
 /// Longest wait between attempts.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(1800);
@@ -54,6 +54,9 @@ pub struct RegistrationConfig {
     pub from_tag: String,
     /// Seed of the back-off jitter.
     pub seed: u64,
+    /// First wait after a failure (doubling per failure in a row, up to
+    /// [`BACKOFF_MAX`]); [`BACKOFF_BASE`] by default.
+    pub backoff: Duration,
 }
 
 /// Where the registration stands.
@@ -307,10 +310,10 @@ impl Registration {
         self.state = RegState::Failed { status, reason, retry_at, failures: self.failures };
     }
 
-    /// BACKOFF_BASE · 2^(failures−1), capped, times a jitter in [0.5, 1).
+    /// base · 2^(failures−1), capped, times a jitter in [0.5, 1).
     fn backoff(&mut self) -> Duration {
         let exp = self.failures.saturating_sub(1).min(16);
-        let full = BACKOFF_BASE.saturating_mul(1u32 << exp).min(BACKOFF_MAX);
+        let full = self.cfg.backoff.saturating_mul(1u32 << exp).min(BACKOFF_MAX);
         let u = (self.next_random() >> 11) as f64 / (1u64 << 53) as f64;
         full.mul_f64(0.5 + 0.5 * u)
     }

@@ -29,7 +29,10 @@ use crate::credentials::{self, Ha1};
 
 pub use error::StoreError;
 pub use leases::{LeaseOp, LeaseOutcome, LeaseRequest, LeaseRow};
-pub use rows::{CallRecord, ExtensionRow, LicenceRow, PlanRow, PortalRow, UserRow, format_ts, parse_time};
+pub use rows::{
+    CallRecord, ExtensionRow, LicenceRow, PlanRow, PortalRow, TrunkHealthRow, TrunkRegistrationRow, UserRow, format_ts,
+    parse_time,
+};
 
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
@@ -879,6 +882,124 @@ impl Store {
                 .await?
         });
         Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
+    /// Claims (or renews) the registration of cloud-PBX trunk `trunk` for
+    /// `node` until `expires_at`: true when this node holds it now (it was
+    /// free, expired, or already this node's). Atomic: two nodes racing
+    /// for a free trunk never both win.
+    pub async fn claim_registration(
+        &self,
+        trunk: &str,
+        node: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<bool, StoreError> {
+        let n = with_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO trunk_registrations (trunk, node_id, expires_at, state, detail, updated_at)
+                 VALUES ($1, $2, $3, 'registering', NULL, $4)
+                 ON CONFLICT (trunk) DO UPDATE SET node_id = excluded.node_id, expires_at = excluded.expires_at,
+                   updated_at = excluded.updated_at
+                 WHERE trunk_registrations.node_id = excluded.node_id OR trunk_registrations.expires_at <= $4",
+            )
+            .bind(trunk)
+            .bind(node)
+            .bind(expires_at)
+            .bind(now)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(n == 1)
+    }
+
+    /// Records the registration state `node` sees for `trunk` (only while
+    /// it holds the claim).
+    pub async fn set_registration_state(
+        &self,
+        trunk: &str,
+        node: &str,
+        state: &str,
+        detail: Option<&str>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        with_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE trunk_registrations SET state = $3, detail = $4, updated_at = $5 WHERE trunk = $1 AND node_id = $2",
+            )
+            .bind(trunk)
+            .bind(node)
+            .bind(state)
+            .bind(detail)
+            .bind(now)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(())
+    }
+
+    /// Gives the claim up (the node stops): another node may take it at once.
+    pub async fn release_registration(&self, trunk: &str, node: &str) -> Result<(), StoreError> {
+        with_pool!(self, pool => {
+            sqlx::query("UPDATE trunk_registrations SET expires_at = 0, state = 'released' WHERE trunk = $1 AND node_id = $2")
+                .bind(trunk)
+                .bind(node)
+                .execute(pool)
+                .await?
+            .rows_affected()
+        });
+        Ok(())
+    }
+
+    /// Every trunk's registration row.
+    pub async fn registrations(&self) -> Result<Vec<TrunkRegistrationRow>, StoreError> {
+        let rows = with_pool!(self, pool => {
+            sqlx::query_as("SELECT trunk, node_id, expires_at, state, detail, updated_at FROM trunk_registrations ORDER BY trunk")
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows)
+    }
+
+    /// Records whether `node` finds `trunk`'s PBX up.
+    pub async fn set_trunk_health(
+        &self,
+        trunk: &str,
+        node: &str,
+        up: bool,
+        since: i64,
+        detail: Option<&str>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        with_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO trunk_health (trunk, node_id, up, since, detail, updated_at) VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (trunk, node_id) DO UPDATE SET up = excluded.up, since = excluded.since,
+                   detail = excluded.detail, updated_at = excluded.updated_at",
+            )
+            .bind(trunk)
+            .bind(node)
+            .bind(i64::from(up))
+            .bind(since)
+            .bind(detail)
+            .bind(now)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(())
+    }
+
+    /// Every node's view of every trunk's health.
+    pub async fn trunk_health(&self) -> Result<Vec<TrunkHealthRow>, StoreError> {
+        let rows = with_pool!(self, pool => {
+            sqlx::query_as("SELECT trunk, node_id, up, since, detail, updated_at FROM trunk_health ORDER BY trunk, node_id")
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows)
     }
 
     /// Writes call records (in one transaction).

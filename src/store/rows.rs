@@ -238,3 +238,38 @@ pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| format!("`{s}` is not an RFC 3339 time such as 2026-01-31T00:00:00Z: {e}"))
 }
+
+/// `trunk_registrations`: which node registers a cloud-PBX trunk, and how
+/// it stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct TrunkRegistrationRow {
+    /// Trunk name.
+    pub trunk: String,
+    /// The node holding the registration.
+    pub node_id: String,
+    /// Its claim runs out then (Unix seconds) unless renewed.
+    pub expires_at: i64,
+    /// `registering`, `registered`, `failed`, `standby`, `released`.
+    pub state: String,
+    /// Granted expiry, last response, next attempt.
+    pub detail: Option<String>,
+    /// Last change (Unix seconds).
+    pub updated_at: i64,
+}
+
+/// `trunk_health`: one node's view of one trunk's PBX.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct TrunkHealthRow {
+    /// Trunk name.
+    pub trunk: String,
+    /// The node that pings it.
+    pub node_id: String,
+    /// 1 up, 0 down.
+    pub up: i64,
+    /// Up or down since (Unix seconds).
+    pub since: i64,
+    /// Last OPTIONS answer, or why none.
+    pub detail: Option<String>,
+    /// Last ping (Unix seconds).
+    pub updated_at: i64,
+}

@@ -14,6 +14,7 @@ fn config(seed: u64) -> RegistrationConfig {
         call_id: "reg1@trunkgate".into(),
         from_tag: "rt1".into(),
         seed,
+        backoff: BACKOFF_BASE,
     }
 }
 
