@@ -424,3 +424,44 @@ fn a_cloud_pbx_trunk_registers_refreshes_backs_off_and_takes_calls_on_its_contac
     assert!(within(gaps[3], 2.0, 4.0), "second back-off in [2, 4) s: {gaps:?}");
     assert!(within(gaps[4], 1.0, 1.0), "Retry-After: 1 honoured: {gaps:?}");
 }
+
+/// OPTIONS pings: a PBX answering 503 twice is marked down (`trunkgate
+/// trunks` says so), an outbound call meanwhile goes straight to the next
+/// trunk (the down one gets no INVITE), and the first good answer marks it
+/// up again.
+#[test]
+fn a_trunk_down_by_its_pings_is_skipped_until_it_answers_again() {
+    let (pa, pb) = (free_port_on(PBX2_IP), free_port_on(PBX_IP));
+    let backup = format!(
+        "[[trunk]]\nname = \"acme-backup\"\nportal = \"acme\"\nsources = [\"127.0.0.4/32\"]\n\
+         [trunk.outbound]\ntarget = \"udp://{PBX_IP}:{pb}\"\npriority = 2\noptions_interval_s = 0\n"
+    );
+    let mut d = Daemon::prepare(&config(
+        &format!("target = \"udp://{PBX2_IP}:{pa}\"\npriority = 1\noptions_interval_s = 1\n"),
+        &backup,
+    ));
+    d.seed_portal("acme", "acme.example.com", &[("alice", "alice-secret-1")]);
+    let sick = sipp_start(Path::new("pbx_options_down_up.xml"), None, PBX2_IP, pa, &["-m", "1"]);
+    d.start();
+    common::retry_until(10, "the first trunk marked down", || {
+        let out = d.cli(&["trunks"]);
+        if out.contains("test-node DOWN") { Ok(()) } else { Err(out) }
+    });
+    d.wait_log(&["trunk down: outbound calls skip it"]);
+    let mp = free_port_on(PBX_IP).to_string();
+    let answering = sipp_start(Path::new("trunk_answer.xml"), None, PBX_IP, pb, &["-m", "1", "-mp", &mp]);
+    let (ok, out) = user_call(&d, "alice", "alice-secret-1", "+442079460000", "200").wait();
+    assert!(ok, "{out}");
+    let (ok, out) = answering.wait();
+    assert!(ok, "{out}");
+    let (ok, out) = sick.wait();
+    assert!(ok, "the sick PBX's pings:\n{out}");
+    assert!(!out.contains("INVITE sip:"), "no INVITE to a trunk marked down:\n{out}");
+    common::retry_until(10, "the first trunk up again", || {
+        let json: Value = serde_json::from_str(&d.cli(&["trunks", "--json"])).map_err(|e| e.to_string())?;
+        if json[0]["health"][0]["up"] == 1 { Ok(()) } else { Err(json.to_string()) }
+    });
+    d.wait_log(&["trunk up"]);
+    let rec = &exactly_n_records(&mut d, 1)[0];
+    assert_eq!((&rec["trunk"], &rec["outcome"]), (&"acme-backup".into(), &"completed".into()), "{rec}");
+}
