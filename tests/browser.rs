@@ -27,6 +27,7 @@ impl Drop for LogOnPanic<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("daemon log:\n{}", self.0.log_text());
+            eprintln!("call records:\n{}", self.0.cli(&["cdr", "--json"]));
         }
     }
 }
@@ -278,4 +279,60 @@ fn the_pbx_holds_and_resumes_a_browser() {
     assert!(sent(after) > sent(last) + 20, "resumed: {last} … {after}");
     let rec = &exactly_n_records(&mut d, 1)[0];
     assert_eq!(rec["outcome"], "completed", "{rec}");
+}
+
+/// A browser calls out: the softphone's dial pad and Call button place an
+/// INVITE over WSS; trunkgate challenges it (JsSIP answers with the
+/// user's password), admits it, sends plain RTP to the PBX's trunk (sipp
+/// checks the offer is trunkgate's own, not WebRTC) and bridges the two:
+/// the PBX's audio is heard in the browser, the microphone reaches the PBX.
+#[test]
+fn a_browser_calls_out_through_the_pbx_with_audio_both_ways() {
+    let test = "a_browser_calls_out_through_the_pbx_with_audio_both_ways";
+    let pbx_port = common::daemon::free_port_on(PBX_IP);
+    let (min, max) = port_range();
+    let media =
+        format!("[media]\npublic_address = [\"127.0.0.1\"]\nport_min = {min}\nport_max = {max}\nwebrtc_port = 0\n");
+    let outbound = format!("[trunk.outbound]\ntarget = \"udp://{PBX_IP}:{pbx_port}\"\noptions_interval_s = 0\n");
+    let (mut d, _) = common::ws::wss_daemon_with_trunk("", &media, &outbound);
+    let log = LogOnPanic(&d);
+    let rtp = UdpSocket::bind("127.0.0.2:0").expect("pbx rtp");
+    let rtp_port = rtp.local_addr().expect("addr").port().to_string();
+    let pbx = sipp_start(
+        &scenarios().join("trunk_answer_rtp.xml"),
+        None,
+        PBX_IP,
+        pbx_port,
+        &["-m", "1", "-key", "rtp", &rtp_port],
+    );
+    let b =
+        Browser::start("call-out", &url(&d), ("acme.example.com", "alice", "alice-secret-1"), "+442079460000", test);
+    b.wait("registered", 30);
+    b.wait("answered", 30);
+    // trunkgate's side toward the PBX is the first pair of the range (the
+    // browser's leg takes none: it is on the shared WebRTC port).
+    let relay = SocketAddr::from(([127, 0, 0, 1], min));
+    let media = PbxMedia::start(rtp, relay, 8);
+    let audio = b.wait("audio", 30);
+    let stats = &audio["stats"];
+    assert!(stats["inbound"]["packetsReceived"].as_u64().unwrap_or(0) > 20, "PBX audio reaches the browser: {audio}");
+    assert!(stats["inbound"]["totalAudioEnergy"].as_f64().unwrap_or(0.0) > 0.0, "and is heard: {audio}");
+    assert!(stats["outbound"]["packetsSent"].as_u64().unwrap_or(0) > 20, "the microphone is sent: {audio}");
+    assert_eq!(stats["dtls"]["state"], "connected", "{audio}");
+    b.wait("hung-up", 30);
+    let got = media.stop();
+    let (ok, out) = pbx.wait();
+    assert!(ok, "PBX side (trunkgate's plain offer, the browser's BYE):\n{out}");
+    assert!(b.finish(), "the browser script ended cleanly");
+    let voice = got.iter().filter(|(from, p)| *from == relay && matches!(p[1] & 0x7f, 0 | 8)).count();
+    assert!(voice > 50, "the browser's audio at the PBX, all from trunkgate's port: {voice} packets");
+    drop(log);
+    let rec = &exactly_n_records(&mut d, 1)[0];
+    assert_eq!(
+        (&rec["direction"], &rec["outcome"], &rec["target_user"], &rec["callee"], &rec["trunk"]),
+        (&"outbound".into(), &"completed".into(), &"alice".into(), &"+442079460000".into(), &"acme-pbx".into()),
+        "{rec}"
+    );
+    assert!(rec["media"]["pbx"]["rx_packets"].as_u64().unwrap_or(0) > 50, "{rec}");
+    assert!(rec["media"]["user"]["rx_packets"].as_u64().unwrap_or(0) > 50, "{rec}");
 }

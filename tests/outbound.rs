@@ -465,3 +465,75 @@ fn a_trunk_down_by_its_pings_is_skipped_until_it_answers_again() {
     let rec = &exactly_n_records(&mut d, 1)[0];
     assert_eq!((&rec["trunk"], &rec["outcome"]), (&"acme-backup".into(), &"completed".into()), "{rec}");
 }
+
+/// A user's INVITE without credentials, expecting `status` at once.
+fn user_unauthenticated_scenario(dir: &Path, status: u16) -> PathBuf {
+    let xml = format!(
+        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="user_unauthenticated_{status}">
+  <send retrans="500"><![CDATA[
+INVITE sip:[number]@acme.example.com SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+From: <sip:[user]@acme.example.com>;tag=[pid]U[call_number]
+To: <sip:[number]@acme.example.com>
+Call-ID: [call_id]
+CSeq: 1 INVITE
+Contact: <sip:[user]@[local_ip]:[local_port]>
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+  <recv response="100" optional="true"/>
+  <recv response="{status}"/>
+  <send><![CDATA[
+ACK sip:[number]@acme.example.com SIP/2.0
+[last_Via:]
+From: <sip:[user]@acme.example.com>;tag=[pid]U[call_number]
+[last_To:]
+Call-ID: [call_id]
+CSeq: 1 ACK
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+</scenario>
+"#
+    );
+    let p = dir.join(format!("user_unauthenticated_{status}.xml"));
+    std::fs::write(&p, xml).expect("write scenario");
+    p
+}
+
+/// Guessing a user's password by INVITE is locked out as by REGISTER:
+/// after `max_failures` wrong answers to the 407, the next INVITE from that
+/// address for that user is refused 403 without a challenge, with a
+/// security log line; no call record is written for a challenge.
+#[test]
+fn wrong_passwords_on_invite_are_locked_out_like_register() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut d = Daemon::prepare(&format!(
+        "[auth]\nmax_failures = 2\n{}",
+        config(&format!("target = \"udp://{PBX_IP}:5060\"\noptions_interval_s = 0\n"), "")
+    ));
+    d.seed_portal("acme", "acme.example.com", &[("alice", "alice-secret-1")]);
+    d.start();
+    for _ in 0..2 {
+        // The wrong answer is challenged again.
+        let (ok, out) = refused_call(&d, dir.path(), 407, "alice", "not-her-password", "+442079460000");
+        assert!(ok, "{out}");
+    }
+    d.wait_log(&["INVITE authentication failed", "\"user\":\"alice\"", "\"locked_out\":true"]);
+    let (ok, out) = sipp_start(
+        &user_unauthenticated_scenario(dir.path(), 403),
+        Some(d.udp),
+        "127.0.0.1",
+        0,
+        &["-m", "1", "-key", "number", "+442079460000", "-key", "user", "alice"],
+    )
+    .wait();
+    assert!(ok, "locked out: 403 without a challenge:\n{out}");
+    assert!(out.contains("too many authentication failures"), "{out}");
+    d.wait_log(&["INVITE from a locked-out source refused", "\"user\":\"alice\""]);
+    assert_eq!(d.stop(), Some(0));
+    assert_eq!(common::calls::cdr(&d).len(), 0, "challenges and lockouts make no call records");
+}

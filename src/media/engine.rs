@@ -271,8 +271,16 @@ pub enum BrowserOp {
     },
     /// The browser's answer to our offer.
     Answer(String),
-    /// The browser's offer: reply with our answer.
-    AcceptOffer(String),
+    /// The browser's offer: reply with our answer. A browser that calls
+    /// out offers first: its leg is made then, with these codecs (the one
+    /// the far end chose), its telephone-event type and our candidate's
+    /// address.
+    AcceptOffer {
+        /// The browser's SDP.
+        sdp: String,
+        /// For a leg not made yet.
+        new: Option<(Vec<Voice>, u8, IpAddr)>,
+    },
 }
 
 struct Pools {
@@ -1001,9 +1009,15 @@ impl RelayThread {
     /// An offer/answer step of a browser leg (made on its first offer).
     fn browser_op(&mut self, now: Instant, id: u64, slot: u16, op: BrowserOp) -> Result<Option<String>, String> {
         let Some(s) = self.streams.get_mut(&id) else { return Err("the call's media is closed".into()) };
-        if let BrowserOp::Offer { voices, event_pt, ip, .. } = &op
+        let new = match &op {
+            BrowserOp::Offer { voices, event_pt, ip, .. } => Some((voices.clone(), *event_pt, *ip)),
+            BrowserOp::AcceptOffer { new, .. } => new.clone(),
+            BrowserOp::Answer(_) => None,
+        };
+        if let Some((voices, event_pt, ip)) = new
             && !s.browsers.contains_key(&slot)
         {
+            let (voices, event_pt, ip) = (&voices, &event_pt, &ip);
             let family = Family::of(*ip);
             let Some(port) = self.shared.iter().find(|p| p.family == family).and_then(|p| p.sock.local_addr().ok())
             else {
@@ -1018,7 +1032,7 @@ impl RelayThread {
         let r = match op {
             BrowserOp::Offer { direction, .. } => Ok(b.leg.create_offer(direction)),
             BrowserOp::Answer(sdp) => b.leg.accept_answer(now, &sdp).map(|()| None),
-            BrowserOp::AcceptOffer(sdp) => b.leg.accept_offer(&sdp).map(Some),
+            BrowserOp::AcceptOffer { sdp, .. } => b.leg.accept_offer(&sdp).map(Some),
         };
         self.drive_browser(now, id, slot);
         r

@@ -44,6 +44,9 @@ struct LegMedia {
     browser: bool,
     /// Browser: our answer to its offer, given once the other leg answered.
     browser_answer: Option<Body>,
+    /// Browser calling out: its first offer, answered by its WebRTC
+    /// session once the far end has chosen the codec.
+    browser_offer: Option<String>,
 }
 
 /// Anchored media of one call.
@@ -136,7 +139,28 @@ impl RelayMedia {
     /// leg gets it as plain RTP.
     fn offer_from_browser(&mut self, from: LegId, to: LegId, offer: &Body) -> Result<Body, MediaError> {
         let text = std::str::from_utf8(&offer.bytes).map_err(|_| unusable("SDP is not UTF-8"))?.to_owned();
-        let answer = self.stream.browser(from.0, BrowserOp::AcceptOffer(text))?.ok_or_else(|| unusable("no answer"))?;
+        let first = self.legs.get(&from).is_some_and(|l| l.ours.is_none() && l.browser_answer.is_none());
+        if first {
+            // A browser calling out: the far end gets the browser's G.711
+            // (no transcoding, so nothing else), and the browser its answer
+            // once the far end has picked one (see `answer`).
+            let mut desc = sdp::parse(offer)?;
+            let info = sdp::browser_stream_info(&desc).ok_or(MediaError::NoCommonCodec)?;
+            sdp::plain_from_webrtc(&mut desc);
+            sdp::keep_relayable(&mut desc, &["PCMU", "PCMA", "telephone-event"])?;
+            let body = self.anchored_for(to, desc)?;
+            if let Some(l) = self.legs.get_mut(&from) {
+                l.theirs = Some(info);
+                l.browser_offer = Some(text);
+            }
+            self.push(from);
+            self.push_session();
+            return Ok(body);
+        }
+        let answer = self
+            .stream
+            .browser(from.0, BrowserOp::AcceptOffer { sdp: text, new: None })?
+            .ok_or_else(|| unusable("no answer"))?;
         let mut desc = sdp::parse(offer)?;
         let info = sdp::browser_stream_info(&desc).ok_or(MediaError::NoCommonCodec)?;
         sdp::plain_from_webrtc(&mut desc);
@@ -292,6 +316,7 @@ impl MediaSession for RelayMedia {
                 version: 1,
                 browser,
                 browser_answer: None,
+                browser_offer: None,
             },
         );
     }
@@ -341,6 +366,26 @@ impl MediaSession for RelayMedia {
             // The other leg answered the browser's offer: the browser gets
             // the answer its WebRTC session made.
             let info = sdp::stream_info(&sdp::parse(answer)?);
+            if let Some(offer) = self.legs.get_mut(&to).and_then(|l| l.browser_offer.take()) {
+                // The browser's first offer: its WebRTC session is made now,
+                // with the codec the far end chose.
+                let chosen = info.as_ref().and_then(|i| i.formats.iter().find(|f| !f.is_event()).cloned());
+                let voice = match chosen {
+                    Some(f) if f.name.eq_ignore_ascii_case("PCMU") => Voice::Pcmu,
+                    Some(f) if f.name.eq_ignore_ascii_case("PCMA") => Voice::Pcma,
+                    _ => return Err(MediaError::NoCommonCodec),
+                };
+                let l = self.legs.get(&to).ok_or_else(|| unusable("unknown leg"))?;
+                let event_pt = l
+                    .theirs
+                    .as_ref()
+                    .and_then(|t| t.formats.iter().find(|f| f.is_event() && f.rate == 8000))
+                    .map_or(DEFAULT_EVENT_PT, |f| f.pt);
+                let new = Some((vec![voice], event_pt, l.sdp_ip));
+                let made = self.stream.browser(to.0, BrowserOp::AcceptOffer { sdp: offer, new })?;
+                let l = self.legs.get_mut(&to).ok_or_else(|| unusable("unknown leg"))?;
+                l.browser_answer = Some(sdp_body(made.ok_or_else(|| unusable("no answer"))?));
+            }
             let l = self.legs.get_mut(&to).ok_or_else(|| unusable("unknown leg"))?;
             let body = l.browser_answer.take().ok_or_else(|| unusable("no answer for the browser"))?;
             let ours = sdp::browser_stream_info(&sdp::parse(&body)?).ok_or(MediaError::NoCommonCodec)?;
@@ -348,7 +393,9 @@ impl MediaSession for RelayMedia {
             if let Some(l) = self.legs.get_mut(&from) {
                 l.theirs = info;
             }
-            self.connect(to);
+            // Side B is the leg that is not the origin: the browser fork of
+            // an inbound call, the trunk of a browser's outbound call.
+            self.connect(if to == LegId::ORIGIN { from } else { to });
             self.push(from);
             self.push(to);
             self.push_session();

@@ -211,6 +211,10 @@ impl BrowserLeg {
         self.pending = None;
         let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| format!("browser offer: {e}"))?;
         let answer = self.rtc.sdp_api().accept_offer(offer).map_err(|e| format!("browser offer: {e}"))?;
+        if self.mid.is_none() {
+            // A browser calling out made the audio section: its mid is ours.
+            self.mid = audio_mid(sdp).map(Mid::from);
+        }
         self.answered = true;
         Ok(answer.to_sdp_string())
     }
@@ -339,6 +343,19 @@ impl BrowserLeg {
             }
         }
     }
+}
+
+/// The `a=mid` of the first audio section of `sdp`.
+fn audio_mid(sdp: &str) -> Option<&str> {
+    let mut in_audio = false;
+    for line in sdp.lines().map(str::trim_end) {
+        if let Some(m) = line.strip_prefix("m=") {
+            in_audio = m.starts_with("audio ");
+        } else if in_audio && let Some(mid) = line.strip_prefix("a=mid:") {
+            return Some(mid.trim());
+        }
+    }
+    None
 }
 
 /// The direction of our audio toward the browser.

@@ -148,7 +148,14 @@ pub(super) async fn authenticate(
         .and_then(|l| l.locked(&pair, now))
         .or_else(|| ctx.lockout_source.lock().ok().and_then(|l| l.locked(&ip, now)));
     if let Some(left) = locked {
-        warn!(target: "security", source = %ip, portal = %portal.id, user = %user, seconds_left = left, method, "request from a locked-out source refused");
+        match kind {
+            Challenge::Www => {
+                warn!(target: "security", source = %ip, portal = %portal.id, user = %user, seconds_left = left, "REGISTER from a locked-out source refused")
+            }
+            Challenge::Proxy => {
+                warn!(target: "security", source = %ip, portal = %portal.id, user = %user, seconds_left = left, "INVITE from a locked-out source refused")
+            }
+        }
         let mut r = plain(req, 403, "Forbidden");
         let _ = r.headers_mut().push(HeaderName::Warning, ctx.warning("too many authentication failures"));
         return Err(Box::new(r));
@@ -172,7 +179,7 @@ pub(super) async fn authenticate(
     });
     let Some(creds) = creds else { return Err(Box::new(challenge(ctx, req, realm, now, false, kind))) };
     if creds.username != user {
-        warn!(target: "security", source = %ip, portal = %portal.id, user = %user, auth_user = %creds.username, method, "credentials of another user");
+        warn!(target: "security", source = %ip, portal = %portal.id, user = %user, auth_user = %creds.username, method, "request with credentials of another user");
         return Err(Box::new(plain(req, 403, "Forbidden")));
     }
 
@@ -213,7 +220,14 @@ pub(super) async fn authenticate(
                 user_locked || source_locked
             };
             let known = row.is_some();
-            warn!(target: "security", source = %ip, portal = %portal.id, user = %user, known_user = known, reason = %f, locked_out = locked, method, "authentication failed");
+            match kind {
+                Challenge::Www => {
+                    warn!(target: "security", source = %ip, portal = %portal.id, user = %user, known_user = known, reason = %f, locked_out = locked, "REGISTER authentication failed")
+                }
+                Challenge::Proxy => {
+                    warn!(target: "security", source = %ip, portal = %portal.id, user = %user, known_user = known, reason = %f, locked_out = locked, "INVITE authentication failed")
+                }
+            }
             if kind == Challenge::Www {
                 crate::ops::metrics::register_failed("auth-failed");
             }

@@ -10,7 +10,8 @@
 // Scenarios: wrong-password, answer (answer, audio both ways, keypad, hold,
 // resume, hang up), answer-until-end (answer, then samples of what the page
 // says and of the audio until the far end hangs up), close-mid-call
-// (answer, then the browser goes away).
+// (answer, then the browser goes away), call-out (dial plan.digits with the
+// dial pad's input and Call button, hear the far end, hang up).
 import { chromium } from 'playwright-core';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -159,6 +160,35 @@ try {
     }
     await waitState('registered', 10000);
     emit('ended', { lastCall: await page.evaluate(() => window.softphone.lastCall) });
+  } else if (plan.scenario === 'call-out') {
+    await login(plan.password);
+    await waitState('registered');
+    emit('registered');
+    await byId('dial-input').fill(plan.digits);
+    await byId('call-button').click();
+    emit('dialled', { number: plan.digits });
+    await waitState('calling');
+    await page.waitForFunction(() => ['in-call', 'registered'].includes(window.softphone.state), null, { timeout: 30000 });
+    if ((await page.evaluate(() => window.softphone.state)) !== 'in-call') {
+      await screenshot(page, 'call-failed');
+      throw new Error(`the call failed: ${JSON.stringify(await page.evaluate(() => [window.softphone.lastCall, window.softphone.lastError]))}`);
+    }
+    emit('answered');
+    let stats = null;
+    for (let i = 0; i < 100; i++) {
+      stats = await audioStats();
+      if (stats?.inbound?.packetsReceived > 20 && stats.inbound.totalAudioEnergy > 0 && stats?.outbound?.packetsSent > 20) {
+        break;
+      }
+      await page.waitForTimeout(100);
+    }
+    emit('audio', { stats });
+    await screenshot(page, 'calling-out');
+    // Talk a little longer (2 s), then hang up.
+    await page.waitForTimeout(2000);
+    await byId('hangup-button').click();
+    await waitState('registered');
+    emit('hung-up', { lastCall: await page.evaluate(() => window.softphone.lastCall) });
   } else if (plan.scenario === 'close-mid-call') {
     await answerAndHear();
     emit('closing');

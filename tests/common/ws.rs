@@ -249,12 +249,18 @@ fn md5_hex(s: &str) -> String {
 /// +15550001 rings alice; `sip` goes into `[sip]`, `tail` after it.
 /// Returns the daemon (started) and the certificate to trust.
 pub fn wss_daemon(sip: &str, tail: &str) -> (super::daemon::Daemon, std::path::PathBuf) {
+    wss_daemon_with_trunk(sip, tail, "")
+}
+
+/// [`wss_daemon`] with `trunk_tail` appended to the trunk (its
+/// `[trunk.outbound]`, say).
+pub fn wss_daemon_with_trunk(sip: &str, tail: &str, trunk_tail: &str) -> (super::daemon::Daemon, std::path::PathBuf) {
     let certs = tempfile::tempdir().expect("tempdir").keep();
     let (cert, key) = self_signed(&certs);
     let config = format!(
         "{sip}\n[tls]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n{tail}\n\
          [[trunk]]\nname = \"acme-pbx\"\nportal = \"acme\"\nsources = [\"127.0.0.2/32\"]\n\
-         [[trunk.route]]\nnumber = \"+15550001\"\nusers = [\"alice\"]\nring_timeout_s = 8\n",
+         [[trunk.route]]\nnumber = \"+15550001\"\nusers = [\"alice\"]\nring_timeout_s = 8\n{trunk_tail}",
         cert.display(),
         key.display()
     );
