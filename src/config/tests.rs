@@ -56,15 +56,48 @@ fn shipped_examples_load() {
     let loaded = load(&main, &Overrides::default()).unwrap_or_else(|e| panic!("examples must load:\n{e}"));
     assert_eq!(loaded.node_id, "node-1");
     let names: Vec<&str> = loaded.trunks.iter().map(|t| t.trunk.name.get_ref().as_str()).collect();
-    assert_eq!(names, ["acme-pbx", "globex-pbx"]);
+    assert_eq!(names, ["acme-pbx", "globex-cloud", "globex-pbx"]);
     let listen: Vec<String> = loaded.listen.iter().map(ToString::to_string).collect();
     assert_eq!(listen, ["udp://127.0.0.1:5060", "tcp://127.0.0.1:5060", "ws://127.0.0.1:8080"]);
     assert!(loaded.media.browsers, "a WebSocket listener: the browsers' port is bound");
     assert_eq!(loaded.media.webrtc_port, 20_000);
     assert_eq!(loaded.database_url, "sqlite://var/trunkgate.db");
-    let globex = &loaded.trunks[1].trunk;
+    let globex = &loaded.trunks[2].trunk;
     assert_eq!(globex.route[0].strategy, RingStrategy::Evenly);
     assert_eq!(globex.sources.len(), 2);
+    let acme = loaded.trunks[0].outbound.as_ref().expect("acme-pbx takes outbound calls");
+    assert_eq!((acme.addr.to_string(), acme.credentials.is_some()), ("127.0.0.1:5070".to_owned(), false));
+    let cloud = loaded.trunks[1].outbound.as_ref().expect("the cloud trunk's outbound side");
+    let reg = cloud.registration.as_ref().expect("it registers");
+    assert_eq!((reg.aor.as_str(), reg.contact_user.as_str()), ("sip:acct-1001@sip.provider.example", "tg-globex"));
+    assert_eq!(reg.addr.to_string(), "192.0.2.20:5060", "the registrar defaults to the target");
+    assert!(loaded.trunks[1].sources.is_empty(), "a registering trunk needs no sources");
+}
+
+#[test]
+fn outbound_errors_name_file_line_and_reason() {
+    let t = |outbound: &str| {
+        format!("[[trunk]]\nname = \"a\"\nportal = \"p\"\nsources = []\n[trunk.outbound]\n{outbound}\n")
+    };
+    let cases = [
+        ("target = \"sips://pbx:5061\"", "expected udp://HOST[:PORT] or tcp://HOST[:PORT]"),
+        ("target = \"udp://pbx.invalid\"", "does not resolve"),
+        ("target = \"udp://192.0.2.1:0\"", "bad host or port"),
+        ("target = \"udp://192.0.2.1\"\nusername = \"u\"", "outbound username without password or password_file"),
+        ("target = \"udp://192.0.2.1\"\npassword_file = \"missing.secret\"\nusername = \"u\"", "password_file"),
+        ("target = \"udp://192.0.2.1\"\nnumber_format = \"e164\"", "number_format needs country_code"),
+        ("target = \"udp://192.0.2.1\"\ncaller_number = \"+1 555\"", "must be digits"),
+        ("target = \"udp://192.0.2.1\"\nregister = true", "register = true needs account or username"),
+        ("target = \"udp://192.0.2.1\"", "has no sources (only a trunk with register = true may have none)"),
+        ("target = \"udp://192.0.2.1\"\ncaller_id = [\"pai\", \"x\"]", "unknown variant"),
+    ];
+    for (outbound, expected) in cases {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = write(dir.path(), "trunkgate.toml", &t(outbound));
+        let err = load(&p, &Overrides::default()).expect_err(outbound).to_string();
+        assert!(err.contains(expected), "{outbound}: {err}");
+        assert!(err.contains("trunkgate.toml:"), "file and line: {err}");
+    }
 }
 
 /// Inserts `bogus_key = 1` after the header of every table (and at the top for
