@@ -537,3 +537,26 @@ fn wrong_passwords_on_invite_are_locked_out_like_register() {
     assert_eq!(d.stop(), Some(0));
     assert_eq!(common::calls::cdr(&d).len(), 0, "challenges and lockouts make no call records");
 }
+
+/// An outbound proxy in front of the PBX: the INVITE goes to the proxy
+/// with a Route naming it, the Request-URI still the PBX's.
+#[test]
+fn an_outbound_proxy_gets_the_invite_with_a_route_to_itself() {
+    let proxy_port = free_port_on(PBX_IP);
+    let mut d = Daemon::prepare(&config(
+        &format!(
+            "target = \"udp://192.0.2.99:5060\"\noutbound_proxy = \"udp://{PBX_IP}:{proxy_port}\"\noptions_interval_s = 0\n"
+        ),
+        "",
+    ));
+    d.seed_portal("acme", "acme.example.com", &[("alice", "alice-secret-1")]);
+    d.start();
+    let mp = free_port_on(PBX_IP).to_string();
+    let proxy = sipp_start(Path::new("trunk_proxy_answer.xml"), None, PBX_IP, proxy_port, &["-m", "1", "-mp", &mp]);
+    let (ok, out) = user_call(&d, "alice", "alice-secret-1", "+442079460000", "200").wait();
+    assert!(ok, "{out}");
+    let (ok, out) = proxy.wait();
+    assert!(ok, "the proxy (Request-URI the PBX's, Route to itself):\n{out}");
+    let rec = &exactly_n_records(&mut d, 1)[0];
+    assert_eq!(rec["outcome"], "completed", "{rec}");
+}

@@ -27,6 +27,8 @@ pub struct OutboundTrunk {
     pub port: u16,
     /// Resolved address.
     pub addr: SocketAddr,
+    /// Outbound proxy: where INVITEs go (transport, address) and its Route.
+    pub proxy: Option<(Transport, SocketAddr, String)>,
     /// Digest credentials for the PBX's challenges.
     pub credentials: Option<Credentials>,
     /// Caller number when the user has none.
@@ -73,6 +75,7 @@ impl OutboundTrunk {
             host: r.host.clone(),
             port: r.port,
             addr: r.addr,
+            proxy: r.proxy.as_ref().map(|(t, h, p, a)| (*t, *a, format!("<sip:{h}:{p}{};lr>", t.uri_param()))),
             credentials: r.credentials.clone().map(|(username, password)| Credentials { username, password }),
             caller_number: o.caller_number.as_ref().map(|n| n.get_ref().clone()),
             caller_id: o.caller_id.clone(),
@@ -346,6 +349,7 @@ mod tests {
             host: "pbx.example.com".into(),
             port: 5080,
             addr: "192.0.2.1:5080".parse().expect("addr"),
+            proxy: None,
             credentials: Some(Credentials { username: "u".into(), password: "hunter2".into() }),
             caller_number: None,
             caller_id,

@@ -726,6 +726,10 @@ pub struct OutboundConfig {
     /// Default: 100.
     #[serde(default = "default_priority")]
     pub priority: u32,
+    /// An outbound proxy in front of the PBX (`udp://HOST[:PORT]` or
+    /// `tcp://…`): INVITEs go there with a `Route: <sip:proxy;lr>`, the
+    /// Request-URI still naming the PBX. Default: none.
+    pub outbound_proxy: Option<Spanned<String>>,
     /// Seconds without any answer to the INVITE before the next trunk is
     /// tried. Default: 5.
     #[serde(default = "default_invite_timeout_s")]
@@ -867,6 +871,8 @@ pub struct LoadedOutbound {
     pub credentials: Option<(String, String)>,
     /// `register = true`: where and as whom.
     pub registration: Option<LoadedRegistration>,
+    /// The outbound proxy: (transport, host, port, address).
+    pub proxy: Option<(crate::transport::Transport, String, u16, std::net::SocketAddr)>,
 }
 
 /// A cloud-PBX trunk's registration, resolved.
@@ -1515,7 +1521,11 @@ fn parse_outbound(trunks: &mut [LoadedTrunk], sources: &SourceMap, errors: &mut 
         if o.options_interval_s > 86_400 {
             err(o.target.span(), format!("trunk `{name}`: options_interval_s must be 0..=86400"));
         }
-        lt.outbound = Some(LoadedOutbound { transport, host, port, addr, credentials, registration });
+        let proxy = o
+            .outbound_proxy
+            .as_ref()
+            .and_then(|p| resolve_target(p.get_ref()).map_err(|e| err(p.span(), format!("outbound_proxy {e}"))).ok());
+        lt.outbound = Some(LoadedOutbound { transport, host, port, addr, credentials, registration, proxy });
     }
 }
 

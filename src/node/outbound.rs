@@ -182,14 +182,22 @@ pub(crate) async fn admit(ctx: Arc<Shared>, input: OutboundInput) -> AdmissionRe
                 row.outbound_number.clone().or_else(|| t.caller_number.clone()).unwrap_or_else(|| user.clone());
             let dialled = t.rules.apply(&number);
             let uri = t.uri(&dialled);
-            let id = t.caller_headers(&caller, hidden, display.as_deref());
+            let mut id = t.caller_headers(&caller, hidden, display.as_deref());
+            // Through an outbound proxy: sent there, routed on by it.
+            let target = match &t.proxy {
+                Some((transport, addr, route)) => {
+                    id.extra.push(("Route".to_owned(), route.clone()));
+                    Target { transport: *transport, addr: *addr, conn: None }
+                }
+                None => Target { transport: t.transport, addr: t.addr, conn: None },
+            };
             OutboundAttempt {
                 trunk: t.name.clone(),
                 to: format!("<{}>", uri.split(";transport").next().unwrap_or(&uri)),
                 uri,
                 from: id.from,
                 extra: id.extra,
-                target: Target { transport: t.transport, addr: t.addr, conn: None },
+                target,
                 credentials: t.credentials.clone(),
                 invite_timeout: t.invite_timeout,
                 answer_timeout: t.answer_timeout,
