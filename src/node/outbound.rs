@@ -17,7 +17,7 @@ use super::register::{Challenge, authenticate};
 use crate::admission::{self, CallRequest, Decision, PortalSnapshot, Reason, Refusal};
 use crate::b2bua::outbound::Permission;
 use crate::config::NumberSource;
-use crate::sip::message::{HeaderName, Request, Uri};
+use crate::sip::message::{HeaderName, Request};
 use crate::sip::transaction::TsxKey;
 use crate::store::CallRecord;
 use crate::transport::Target;
@@ -32,16 +32,18 @@ pub(crate) struct OutboundInput {
     pub source: SocketAddr,
 }
 
-/// The portal a non-trunk INVITE names: its From's domain, else its
-/// Request-URI's (a phone dialling `sip:NUMBER@portal-domain`).
+/// The portal a non-trunk INVITE names: its From's domain (a portal
+/// user's phone or browser puts its AOR there). Not the Request-URI's: a
+/// scanner dialling `sip:NUMBER@portal-domain` from elsewhere is no user
+/// (with `unknown_trunk = "ignore"` it gets no answer at all).
 pub(crate) fn portal_of(ctx: &Shared, req: &Request) -> Option<Arc<PortalSnapshot>> {
     let snapshot = ctx.cache.get();
-    let host = |u: &Uri| u.as_sip().map(|s| s.host_str().trim_end_matches('.').to_owned());
-    let from = req.headers().from().ok().and_then(|f| host(f.uri()));
-    from.as_deref()
-        .and_then(|d| snapshot.portal_by_domain(d))
-        .or_else(|| host(req.uri()).as_deref().and_then(|d| snapshot.portal_by_domain(d)))
-        .cloned()
+    let from = req
+        .headers()
+        .from()
+        .ok()
+        .and_then(|f| f.uri().as_sip().map(|s| s.host_str().trim_end_matches('.').to_owned()))?;
+    snapshot.portal_by_domain(&from).cloned()
 }
 
 /// Whether the caller hides their number: `Privacy: id` (or `header`,
