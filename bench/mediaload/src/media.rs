@@ -194,6 +194,10 @@ pub struct Report {
     pub peers_gone: u64,
     /// One-way latency, µs.
     pub latency_us: Histogram,
+    /// The same per direction (index: [`Dir::index`]).
+    pub latency_by_dir_us: [Histogram; 2],
+    /// Of the late packets, per direction.
+    pub late_by_dir: [u64; 2],
     /// How late packets left against their slot, µs.
     pub lateness_us: Histogram,
     /// Per stream: RFC 3550 jitter at the end of the window, µs.
@@ -224,6 +228,10 @@ impl Report {
         self.rx_drops += o.rx_drops;
         self.peers_gone += o.peers_gone;
         self.latency_us.merge(&o.latency_us);
+        for d in 0..2 {
+            self.latency_by_dir_us[d].merge(&o.latency_by_dir_us[d]);
+            self.late_by_dir[d] += o.late_by_dir[d];
+        }
         self.lateness_us.merge(&o.lateness_us);
         self.jitter_us.merge(&o.jitter_us);
         self.jitter_peak_us.merge(&o.jitter_peak_us);
@@ -806,8 +814,10 @@ impl Worker {
             let latency_us = arrival.saturating_sub(st.sent_ns) / 1000;
             if latency_us > self.late_us {
                 self.report.late += 1;
+                self.report.late_by_dir[st.dir.index()] += 1;
             }
             self.report.latency_us.record(latency_us);
+            self.report.latency_by_dir_us[st.dir.index()].record(latency_us);
         }
     }
 
