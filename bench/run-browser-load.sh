@@ -63,7 +63,7 @@ WS_PORT=${WS_PORT:-5280}
 WEBRTC_PORT=${WEBRTC_PORT:-20000}
 NUMBER=${NUMBER:-9000}
 USERS_PER_CONN=${USERS_PER_CONN:-1}
-USER_JOBS=${USER_JOBS:-2}
+USER_JOBS=${USER_JOBS:-1}
 LOG_LEVEL=${LOG_LEVEL:-warn,trunkgate::daemon=info}
 max_step=$(tr ',' '\n' <<<"$STEPS" | sort -n | tail -1)
 USERS=${USERS:-$max_step}
@@ -154,8 +154,14 @@ tg extension add --portal bench --channels 100000 \
 log "creating $USERS users ($USER_JOBS at a time)"
 t0=$(date +%s)
 export TG WORK
-seq 0 $((USERS - 1)) | xargs -P "$USER_JOBS" -I{} sh -c \
-    'printf "bench-pw-b{}\n" | "$TG" --config "$WORK/trunkgate.toml" user add --portal bench --username b{} >/dev/null'
+# Retried: a CLI that finds SQLite busy for its pool's acquire timeout
+# gives up ("pool timed out while waiting for an open connection").
+seq 0 $((USERS - 1)) | xargs -P "$USER_JOBS" -I{} sh -c '
+    for try in 1 2 3; do
+        printf "bench-pw-b{}\n" | "$TG" --config "$WORK/trunkgate.toml" user add --portal bench --username b{} >/dev/null && exit 0
+        echo "user add b{}: attempt $try failed" >&2; sleep 0.5
+    done
+    exit 1'
 echo "users created in $(($(date +%s) - t0)) s" >&2
 
 "$TG" --config "$WORK/trunkgate.toml" run >"$OUT_DIR/trunkgate.log" 2>&1 &
