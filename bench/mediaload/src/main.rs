@@ -9,6 +9,9 @@
 //!   ([`ng`]);
 //! - `--mode sip`: calls set up over SIP through trunkgate, the generator
 //!   being the PBX and the phone ([`sip`]);
+//! - `--mode browser`: the PBX as in `sip`, the phone side many browsers:
+//!   SIP over WebSocket, WebRTC (full ICE, DTLS client, SRTP) with str0m
+//!   ([`browser`], [`webrtc`]); per step also the DTLS handshakes' times;
 //! - `--mode direct`: no relay, each side sends to the other ([`direct`]):
 //!   the generator's own cost and ceiling on this box.
 //!
@@ -24,6 +27,7 @@
 //! sockets and what each figure means.
 
 mod bencode;
+mod browser;
 mod clock;
 mod direct;
 mod hist;
@@ -35,6 +39,8 @@ mod rtp;
 mod sdp;
 mod signal;
 mod sip;
+mod webrtc;
+mod ws;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -59,6 +65,9 @@ enum Mode {
     Rtpengine,
     /// trunkgate, calls set up over SIP UDP.
     Sip,
+    /// trunkgate, the PBX over SIP UDP, the phones browsers (SIP over
+    /// WebSocket, WebRTC).
+    Browser,
     /// No relay: the generator's baseline.
     Direct,
 }
@@ -135,9 +144,37 @@ struct Args {
     /// Request-URI host: the portal's domain (mode sip).
     #[arg(long, default_value = "bench.example")]
     domain: String,
-    /// Request-URI user: the dialled number (mode sip).
+    /// Request-URI user: the dialled number (mode sip); in mode browser
+    /// the prefix: call k dials `<number><k mod users>`.
     #[arg(long, default_value = "1000")]
     number: String,
+    /// trunkgate's `ws://` listener (mode browser).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    ws: SocketAddr,
+    /// Browser users `<user-prefix>0..` (mode browser; 0: the largest step).
+    #[arg(long, default_value_t = 0)]
+    users: u32,
+    /// Browser usernames' prefix.
+    #[arg(long, default_value = "b")]
+    user_prefix: String,
+    /// A browser user's password is this followed by its username.
+    #[arg(long, default_value = "bench-pw-")]
+    password_prefix: String,
+    /// Browser users per WebSocket connection (1: one each, as browser tabs).
+    #[arg(long, default_value_t = 1)]
+    users_per_conn: u32,
+    /// Longest wait from a browser's 200 OK to ICE + DTLS done (seconds).
+    #[arg(long, default_value_t = 10.0)]
+    dtls_timeout: f64,
+    /// Registration time the browsers ask for (seconds; refreshed at half).
+    #[arg(long, default_value_t = 3600)]
+    register_expires: u32,
+    /// REGISTER transactions in flight at most.
+    #[arg(long, default_value_t = 64)]
+    register_window: usize,
+    /// Longest wait for every browser to be registered (seconds).
+    #[arg(long, default_value_t = 120.0)]
+    register_timeout: f64,
 }
 
 struct WorkerHandle {
@@ -194,6 +231,12 @@ struct StepResult {
     latency_ms_p50: f64,
     latency_ms_p99: f64,
     latency_ms_max: f64,
+    /// Per direction: PBX → phone (in browser mode: toward the browsers,
+    /// through trunkgate's SRTP) and phone → PBX.
+    latency_ms_p99_to_phone: f64,
+    latency_ms_p99_to_pbx: f64,
+    late_to_phone: u64,
+    late_to_pbx: u64,
     jitter_ms_mean: f64,
     jitter_ms_p99: f64,
     jitter_ms_peak: f64,
@@ -220,6 +263,18 @@ struct StepResult {
     gen_send_errors: u64,
     gen_rx_drops: u64,
     generator_limited: bool,
+    /// Browser mode: offers answered (200 OK sent), handshakes done and
+    /// failed, 200 OK → ICE + DTLS done (ms), and the handshakes done per
+    /// second from the first 200 OK to the last handshake.
+    dtls_answered: Option<u64>,
+    dtls_connected: Option<u64>,
+    dtls_failed: Option<u64>,
+    dtls_ms_p50: Option<f64>,
+    dtls_ms_p99: Option<f64>,
+    dtls_ms_max: Option<f64>,
+    dtls_per_s: Option<f64>,
+    /// Browser peers that died while their call was up.
+    peers_gone: u64,
     malformed: u64,
     stale: u64,
     misrouted: u64,
@@ -318,8 +373,9 @@ impl Bench {
                     st.n_direct += 1;
                 }
                 let own = st.own.get_mut(i).and_then(Option::take);
+                let peer = self.engine.take_peer(call);
                 if let Some(w) = self.worker_of(call) {
-                    let _ = w.tx.send(Cmd::Start(Start { call, dest, own }));
+                    let _ = w.tx.send(Cmd::Start(Start { call, dest, own, peer }));
                 }
             }
             Event::Failed { call, reason } => {
@@ -367,6 +423,25 @@ impl Bench {
                 Ok((a.local_addr()?, b.local_addr()?, Some([a, b])))
             }
         }
+    }
+
+    /// Runs signalling until the engine is ready (browsers registered).
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let t0 = clock::mono_ns();
+        loop {
+            match self.engine.ready() {
+                Ok(true) => break,
+                Ok(false) if clock::mono_ns() > t0 + secs(self.args.register_timeout) => {
+                    return Err(format!("not ready after {} s (registrations)", self.args.register_timeout));
+                }
+                Ok(false) => self.pump(clock::mono_ns() + 20 * MS),
+                Err(e) => return Err(e),
+            }
+        }
+        if self.args.mode == Mode::Browser {
+            eprintln!("browser: every user registered in {:.2} s", (clock::mono_ns() - t0) as f64 / SEC as f64);
+        }
+        Ok(())
     }
 
     fn relay(&self) -> Option<procstat::Sample> {
@@ -556,12 +631,16 @@ impl Bench {
             && offered
             && loss_pct < self.args.max_loss
             && path_ok
-            && rep.misrouted == 0;
+            && rep.misrouted == 0
+            && rep.peers_gone == 0;
         let mode = match self.args.mode {
             Mode::Rtpengine => "rtpengine",
             Mode::Sip => "sip",
+            Mode::Browser => "browser",
             Mode::Direct => "direct",
         };
+        let hs = self.engine.handshakes();
+        let hs_ms = |q: f64| hs.as_ref().filter(|h| h.connected > 0).map(|h| ms(h.us.quantile(q)));
         let sockets = match self.args.sockets {
             SocketMode::Shared => "shared",
             SocketMode::PerCall => "per-call",
@@ -593,6 +672,10 @@ impl Bench {
             latency_ms_p50: ms(rep.latency_us.quantile(0.5)),
             latency_ms_p99: ms(rep.latency_us.quantile(0.99)),
             latency_ms_max: ms(rep.latency_us.max()),
+            latency_ms_p99_to_phone: ms(rep.latency_by_dir_us[0].quantile(0.99)),
+            latency_ms_p99_to_pbx: ms(rep.latency_by_dir_us[1].quantile(0.99)),
+            late_to_phone: rep.late_by_dir[0],
+            late_to_pbx: rep.late_by_dir[1],
             jitter_ms_mean: rep.jitter_us.mean() / 1000.0,
             jitter_ms_p99: ms(rep.jitter_us.quantile(0.99)),
             jitter_ms_peak: ms(rep.jitter_peak_us.max()),
@@ -621,6 +704,17 @@ impl Bench {
             gen_send_errors: rep.send_errors,
             gen_rx_drops: rep.rx_drops,
             generator_limited,
+            dtls_answered: hs.as_ref().map(|h| h.answered),
+            dtls_connected: hs.as_ref().map(|h| h.connected),
+            dtls_failed: hs.as_ref().map(|h| h.failed),
+            dtls_ms_p50: hs_ms(0.5),
+            dtls_ms_p99: hs_ms(0.99),
+            dtls_ms_max: hs.as_ref().filter(|h| h.connected > 0).map(|h| ms(h.us.max())),
+            dtls_per_s: hs
+                .as_ref()
+                .filter(|h| h.span_ns > 0)
+                .map(|h| h.connected as f64 * SEC as f64 / h.span_ns as f64),
+            peers_gone: rep.peers_gone,
             malformed: rep.malformed,
             stale: rep.stale,
             misrouted: rep.misrouted,
@@ -707,6 +801,27 @@ fn print_table(results: &[StepResult], max_loss: f64, late_ms: f64) {
             flags.join(",")
         );
     }
+    if results.iter().any(|r| r.dtls_answered.is_some()) {
+        println!();
+        println!(
+            "{:>6} {:>9} {:>9} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "calls", "answered", "dtls ok", "failed", "dtls p50", "dtls p99", "dtls max", "hs/s", "setup s"
+        );
+        for r in results {
+            println!(
+                "{:>6} {:>9} {:>9} {:>7} {:>8}m {:>8}m {:>8}m {:>9} {:>9.1}",
+                r.target_calls,
+                r.dtls_answered.unwrap_or(0),
+                r.dtls_connected.unwrap_or(0),
+                r.dtls_failed.unwrap_or(0),
+                opt(r.dtls_ms_p50, 2),
+                opt(r.dtls_ms_p99, 2),
+                opt(r.dtls_ms_max, 2),
+                opt(r.dtls_per_s, 1),
+                r.setup_s
+            );
+        }
+    }
     let best = results.iter().filter(|r| r.clean).map(|r| r.target_calls).max();
     match best {
         Some(b) => println!("most concurrent calls at < {max_loss} % loss: {b}"),
@@ -744,10 +859,47 @@ fn main() {
                 phone_bind: args.phone_sip,
                 domain: args.domain.clone(),
                 number: args.number.clone(),
+                numbers: 1,
             };
             match sip::Sip::new(cfg, run) {
                 Ok(e) => Box::new(e),
                 Err(e) => fail(&format!("SIP sockets ({} / {}): {e}", args.pbx_sip, args.phone_sip)),
+            }
+        }
+        Mode::Browser => {
+            let users = if args.users == 0 { args.steps.iter().copied().max().unwrap_or(1) } else { args.users };
+            let cfg = browser::BrowserConfig {
+                sip: sip::SipConfig {
+                    target: args.sip_target,
+                    pbx_bind: args.pbx_sip,
+                    // Unused: the phones are the browsers.
+                    phone_bind: SocketAddr::new(args.pbx_sip.ip(), 0),
+                    domain: args.domain.clone(),
+                    number: args.number.clone(),
+                    numbers: users,
+                },
+                ws: args.ws,
+                users,
+                user_prefix: args.user_prefix.clone(),
+                password_prefix: args.password_prefix.clone(),
+                users_per_conn: args.users_per_conn,
+                rtp_ip: args.rtp_ip,
+                dtls_timeout: secs(args.dtls_timeout),
+                expires: args.register_expires,
+                register_window: args.register_window,
+            };
+            let cert = match trunkgate::media::webrtc::NodeCert::generate() {
+                Ok(c) => c.dtls_cert(),
+                Err(e) => fail(&format!("DTLS certificate: {e}")),
+            };
+            eprintln!(
+                "browser: opening {} WebSocket(s) to {} for {users} users",
+                users.div_ceil(args.users_per_conn.max(1)),
+                args.ws
+            );
+            match browser::Browsers::new(cfg, cert, run) {
+                Ok(e) => Box::new(e),
+                Err(e) => fail(&e),
             }
         }
     };
@@ -790,6 +942,10 @@ fn main() {
         rss_start,
         st: StepState::default(),
     };
+    if let Err(e) = bench.wait_ready() {
+        bench.shutdown();
+        fail(&e);
+    }
     let mut results = Vec::new();
     let steps = bench.args.steps.clone();
     for target in steps {

@@ -42,6 +42,17 @@
 //!   payload's actual send time (`path`: what the path alone adds);
 //! - the generator's own health: send lateness, skipped slots, send errors,
 //!   its receive-buffer drops (`SO_RXQ_OVFL`).
+//!
+//! # Browsers
+//!
+//! In browser mode a call's phone side is a WebRTC [`Peer`] on a socket of
+//! its own, handed over connected ([`Start::peer`]). Its direction is
+//! written through the peer (SRTP, one datagram per packet, not batched)
+//! and what it decrypts goes to the same accounting as plain RTP, so the
+//! figures of both modes mean the same; the send time in the payload is
+//! taken before encryption, so the browser side's latency includes it. The
+//! worker drives the peers' timers (ICE keep-alives, RTCP) every
+//! [`PEER_TIMER_NS`].
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
@@ -50,7 +61,8 @@ use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use crate::clock::{self, MS};
 use crate::hist::Histogram;
 use crate::net::{Epoll, RawAddr, RecvBatch, SendBatch};
-use crate::rtp::{self, Dir, Stamp, TS_STEP};
+use crate::rtp::{self, Dir, HEADER_LEN, PACKET_LEN, Stamp, TS_STEP};
+use crate::webrtc::{Peer, PeerEvent};
 
 /// Slots per cycle.
 const SLOTS: u64 = 20;
@@ -60,6 +72,8 @@ const SLOT_NS: u64 = MS;
 pub const MAX_BEHIND_NS: u64 = 100 * MS;
 /// RTP clock of G.711.
 const CLOCK_RATE: u64 = 8000;
+/// How often the browsers' peers are checked for due timers.
+pub const PEER_TIMER_NS: u64 = 2 * MS;
 
 const TOKEN_SHARED_PBX: u64 = 0;
 const TOKEN_SHARED_PHONE: u64 = 1;
@@ -104,6 +118,8 @@ pub struct Start {
     pub dest: [SocketAddr; 2],
     /// Per-call sockets, `[pbx, phone]` ([`SocketMode::PerCall`] only).
     pub own: Option<[UdpSocket; 2]>,
+    /// The phone side is this browser's peer (connected), not a socket.
+    pub peer: Option<Box<Peer>>,
 }
 
 /// What the orchestrator asks of a worker.
@@ -174,8 +190,14 @@ pub struct Report {
     pub streams: u64,
     /// Datagrams dropped on the generator's own sockets (buffer full).
     pub rx_drops: u64,
+    /// Browser peers that died during the call (ICE disconnected, SRTP error).
+    pub peers_gone: u64,
     /// One-way latency, µs.
     pub latency_us: Histogram,
+    /// The same per direction (index: [`Dir::index`]).
+    pub latency_by_dir_us: [Histogram; 2],
+    /// Of the late packets, per direction.
+    pub late_by_dir: [u64; 2],
     /// How late packets left against their slot, µs.
     pub lateness_us: Histogram,
     /// Per stream: RFC 3550 jitter at the end of the window, µs.
@@ -204,7 +226,12 @@ impl Report {
         self.dead_streams += o.dead_streams;
         self.streams += o.streams;
         self.rx_drops += o.rx_drops;
+        self.peers_gone += o.peers_gone;
         self.latency_us.merge(&o.latency_us);
+        for d in 0..2 {
+            self.latency_by_dir_us[d].merge(&o.latency_by_dir_us[d]);
+            self.late_by_dir[d] += o.late_by_dir[d];
+        }
         self.lateness_us.merge(&o.lateness_us);
         self.jitter_us.merge(&o.jitter_us);
         self.jitter_peak_us.merge(&o.jitter_peak_us);
@@ -244,10 +271,27 @@ struct CallSlot {
     tokens: [u64; 2],
 }
 
+/// What an own endpoint is.
+enum Endpoint {
+    /// A plain RTP socket.
+    Plain(UdpSocket),
+    /// A browser's WebRTC peer (its socket inside).
+    Browser(Box<Peer>),
+}
+
 struct OwnSock {
-    sock: UdpSocket,
+    ep: Endpoint,
     local: u32,
     side: Side,
+}
+
+impl OwnSock {
+    fn fd(&self) -> RawFd {
+        match &self.ep {
+            Endpoint::Plain(s) => s.as_raw_fd(),
+            Endpoint::Browser(p) => p.socket().as_raw_fd(),
+        }
+    }
 }
 
 /// A media thread's state. Run it with [`Worker::run`].
@@ -271,6 +315,11 @@ pub struct Worker {
     sends: [SendBatch; 2],
     recv: RecvBatch,
     rx: Receiver<Cmd>,
+    /// Tokens of the own endpoints that are browsers.
+    peer_tokens: Vec<u64>,
+    next_peer_timers: u64,
+    /// (token, arrival, event), reused across timer runs.
+    peer_events: Vec<(u64, u64, PeerEvent)>,
 }
 
 impl Worker {
@@ -307,6 +356,9 @@ impl Worker {
             sends: [SendBatch::new(batch_size), SendBatch::new(batch_size)],
             recv: RecvBatch::new(64),
             rx,
+            peer_tokens: Vec::new(),
+            next_peer_timers: now,
+            peer_events: Vec::new(),
         })
     }
 
@@ -335,6 +387,7 @@ impl Worker {
                 }
             }
             self.run_slots(clock::mono_ns());
+            self.run_peer_timers(clock::mono_ns());
             let next = if self.calls.is_empty() { clock::mono_ns() + 5 * MS } else { self.slot_time(self.next_slot) };
             clock::sleep_until(next);
         }
@@ -397,8 +450,9 @@ impl Worker {
         }
         self.calls.clear();
         for o in self.own.drain(..).flatten() {
-            self.epoll.remove(o.sock.as_raw_fd());
+            self.epoll.remove(o.fd());
         }
+        self.peer_tokens.clear();
         self.drops.truncate(2);
         self.report = Report::default();
         self.window = (u64::MAX, u64::MAX);
@@ -413,13 +467,25 @@ impl Worker {
         let mut tokens = [TOKEN_SHARED_PBX, TOKEN_SHARED_PHONE];
         if let Some(own) = s.own {
             for (i, (sock, side)) in own.into_iter().zip([Side::Pbx, Side::Phone]).enumerate() {
+                if i == 1 && s.peer.is_some() {
+                    continue; // the browser's own socket is the phone side
+                }
                 let token = TOKEN_OWN_BASE + self.own.len() as u64;
                 if self.epoll.add(sock.as_raw_fd(), token).is_err() {
                     continue;
                 }
-                self.own.push(Some(OwnSock { sock, local, side }));
+                self.own.push(Some(OwnSock { ep: Endpoint::Plain(sock), local, side }));
                 self.drops.push(0);
                 tokens[i] = token;
+            }
+        }
+        if let Some(peer) = s.peer {
+            let token = TOKEN_OWN_BASE + self.own.len() as u64;
+            if self.epoll.add(peer.socket().as_raw_fd(), token).is_ok() {
+                self.own.push(Some(OwnSock { ep: Endpoint::Browser(peer), local, side: Side::Phone }));
+                self.drops.push(0);
+                self.peer_tokens.push(token);
+                tokens[1] = token;
             }
         }
         let l = local as usize;
@@ -455,7 +521,7 @@ impl Worker {
         match token {
             TOKEN_SHARED_PBX => Some(self.shared[0].as_raw_fd()),
             TOKEN_SHARED_PHONE => Some(self.shared[1].as_raw_fd()),
-            t => self.own.get((t - TOKEN_OWN_BASE) as usize)?.as_ref().map(|o| o.sock.as_raw_fd()),
+            t => self.own.get((t - TOKEN_OWN_BASE) as usize)?.as_ref().map(OwnSock::fd),
         }
     }
 
@@ -489,6 +555,10 @@ impl Worker {
                 Some(c) if c.sending => c.tokens[side],
                 _ => continue,
             };
+            if self.peer_tokens.contains(&token) {
+                self.send_browser(local, dir, token, due);
+                continue;
+            }
             if current[side].is_some_and(|t| t != token) || self.sends[side].is_full() {
                 self.flush(side, current[side], due);
             }
@@ -536,8 +606,132 @@ impl Worker {
         }
     }
 
+    /// One packet of a browser's direction, through its peer.
+    fn send_browser(&mut self, local: u32, dir: Dir, token: u64, due: u64) {
+        let Some(c) = self.calls.get_mut(local as usize) else { return };
+        let tx = &mut c.tx[dir.index()];
+        let seq = tx.seq;
+        tx.seq = tx.seq.wrapping_add(1);
+        let ts = tx.ts0.wrapping_add(seq.wrapping_mul(TS_STEP));
+        let sent_at = clock::real_ns();
+        let stamp = Stamp { step: self.step, call: local * self.workers + self.id, dir, seq, sent_ns: sent_at };
+        let mut buf = [0u8; PACKET_LEN];
+        rtp::write_packet(&mut buf, 0, ts, seq == 0, &stamp);
+        let mono = clock::mono_ns();
+        let Some(Some(OwnSock { ep: Endpoint::Browser(peer), .. })) =
+            self.own.get_mut((token - TOKEN_OWN_BASE) as usize)
+        else {
+            self.report.send_errors += 1;
+            return;
+        };
+        let errors = peer.send_errors;
+        let mut events = Vec::new();
+        let written = peer.write_rtp(
+            clock::instant_at(mono),
+            rtp::PT_PCMU,
+            u64::from(seq),
+            ts,
+            seq == 0,
+            &buf[HEADER_LEN..],
+            &mut events,
+        );
+        let ok = written && peer.send_errors == errors;
+        if !ok {
+            self.report.send_errors += 1;
+        } else if (self.window.0..self.window.1).contains(&sent_at) {
+            self.report.sent += 1;
+            self.report.lateness_us.record(mono.saturating_sub(due) / 1000);
+        }
+        for ev in events {
+            self.peer_event(token, clock::real_ns(), ev);
+        }
+    }
+
+    /// What a browser's peer said (`arrival`: of the datagram that carried it).
+    fn peer_event(&mut self, token: u64, arrival: u64, ev: PeerEvent) {
+        let owner = self.own.get((token - TOKEN_OWN_BASE) as usize).and_then(Option::as_ref).map(|o| o.local);
+        match ev {
+            PeerEvent::Rtp(pkt) => match rtp::read_packet(&pkt) {
+                Err(_) => self.report.malformed += 1,
+                Ok(p) => self.account(Side::Phone, owner, arrival, p),
+            },
+            PeerEvent::Gone(why) => {
+                self.report.peers_gone += 1;
+                eprintln!("worker {}: browser peer of call {owner:?} gone: {why}", self.id);
+            }
+            PeerEvent::Connected => {}
+        }
+    }
+
+    /// Runs the timers of the browsers' peers that are due.
+    fn run_peer_timers(&mut self, now: u64) {
+        if now < self.next_peer_timers || self.peer_tokens.is_empty() {
+            return;
+        }
+        self.next_peer_timers = now + PEER_TIMER_NS;
+        let at = clock::instant_at(now);
+        let mut events = std::mem::take(&mut self.peer_events);
+        for i in 0..self.peer_tokens.len() {
+            let token = self.peer_tokens[i];
+            let Some(Some(OwnSock { ep: Endpoint::Browser(peer), .. })) =
+                self.own.get_mut((token - TOKEN_OWN_BASE) as usize)
+            else {
+                continue;
+            };
+            if peer.timeout().is_some_and(|t| t <= at) {
+                let mut evs = Vec::new();
+                peer.handle_timeout(at, &mut evs);
+                let now_rt = clock::real_ns();
+                events.extend(evs.into_iter().map(|ev| (token, now_rt, ev)));
+            }
+        }
+        for (token, arrival, ev) in events.drain(..) {
+            self.peer_event(token, arrival, ev);
+        }
+        self.peer_events = events;
+    }
+
+    /// Reads everything waiting on a browser's socket, through its peer.
+    fn drain_browser(&mut self, token: u64, index: usize) {
+        let mono = clock::mono_ns();
+        let at = clock::instant_at(mono);
+        let mut events: Vec<(u64, PeerEvent)> = Vec::new();
+        loop {
+            let Some(Some(OwnSock { ep: Endpoint::Browser(peer), .. })) = self.own.get_mut(index) else { return };
+            let fd = peer.socket().as_raw_fd();
+            let n = match self.recv.recv(fd) {
+                Ok(n) => n,
+                Err(_) => break,
+            };
+            let fallback_now = clock::real_ns();
+            let mut evs = Vec::new();
+            for i in 0..n {
+                let (Some((bytes, meta)), Some(from)) = (self.recv.get(i), self.recv.source(i)) else { continue };
+                if let (Some(d), Some(slot)) = (meta.drops, self.drops.get_mut(token as usize)) {
+                    *slot = d;
+                }
+                let arrival = meta.kernel_ns.unwrap_or(fallback_now);
+                peer.handle_datagram(at, from, bytes, &mut evs);
+                events.extend(evs.drain(..).map(|e| (arrival, e)));
+            }
+            if n < self.recv.capacity() {
+                break;
+            }
+        }
+        for (arrival, ev) in events {
+            self.peer_event(token, arrival, ev);
+        }
+    }
+
     /// Reads everything waiting on one socket.
     fn drain(&mut self, token: u64) {
+        if token >= TOKEN_OWN_BASE
+            && let Some(Some(OwnSock { ep: Endpoint::Browser(_), .. })) =
+                self.own.get((token - TOKEN_OWN_BASE) as usize)
+        {
+            self.drain_browser(token, (token - TOKEN_OWN_BASE) as usize);
+            return;
+        }
         let Some(fd) = self.fd_of(token) else { return };
         let (side, owner) = match token {
             TOKEN_SHARED_PBX => (Side::Pbx, None),
@@ -620,8 +814,10 @@ impl Worker {
             let latency_us = arrival.saturating_sub(st.sent_ns) / 1000;
             if latency_us > self.late_us {
                 self.report.late += 1;
+                self.report.late_by_dir[st.dir.index()] += 1;
             }
             self.report.latency_us.record(latency_us);
+            self.report.latency_by_dir_us[st.dir.index()].record(latency_us);
         }
     }
 
@@ -673,7 +869,7 @@ mod tests {
         tx.send(Cmd::Step(1)).expect("send");
         for call in 0..2 {
             // PBX→phone goes to the phone endpoint, and back.
-            tx.send(Cmd::Start(Start { call, dest: [addrs[1], addrs[0]], own: None })).expect("send");
+            tx.send(Cmd::Start(Start { call, dest: [addrs[1], addrs[0]], own: None, peer: None })).expect("send");
         }
         let start = clock::real_ns() + 20 * MS;
         tx.send(Cmd::Window { start, end: start + 200 * MS }).expect("send");

@@ -353,7 +353,6 @@ impl RecvBatch {
     }
 
     /// The source address of datagram `i` of the last receive.
-    #[cfg(test)]
     pub fn source(&self, i: usize) -> Option<SocketAddr> {
         if i >= self.len {
             return None;
@@ -383,6 +382,12 @@ impl Epoll {
         let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: token };
         // SAFETY: `ev` is valid for the call.
         cvt(unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) }).map(drop)
+    }
+
+    /// The epoll descriptor itself: readable when a watched one is, so a
+    /// `poll` over a few descriptors can include many.
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
     }
 
     /// Stops watching `fd` (closing it does that too).

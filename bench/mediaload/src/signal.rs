@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
+use crate::hist::Histogram;
 use crate::rtp::Dir;
+use crate::webrtc::Peer;
 
 /// What happened to a call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +55,22 @@ pub enum Event {
     },
 }
 
+/// A step's WebRTC handshakes (browser mode): from the browser's 200 OK
+/// sent to str0m's `Connected` (ICE and DTLS done) per call.
+#[derive(Debug, Clone, Default)]
+pub struct Handshakes {
+    /// Offers answered (200 OK sent).
+    pub answered: u64,
+    /// Of those, connected.
+    pub connected: u64,
+    /// Of those, failed (timeout, ICE or DTLS error).
+    pub failed: u64,
+    /// 200 OK sent → connected, µs.
+    pub us: Histogram,
+    /// From the first 200 OK sent to the last handshake done, ns.
+    pub span_ns: u64,
+}
+
 /// A way of setting calls up.
 pub trait Signalling {
     /// Sockets to watch for input.
@@ -74,4 +92,18 @@ pub trait Signalling {
     fn poll_event(&mut self) -> Option<Event>;
     /// Protocol-level tallies for the report (malformed, retransmissions, ...).
     fn tallies(&self) -> BTreeMap<String, u64>;
+    /// Whether the engine is ready for calls (browsers registered); an
+    /// error when it never will be.
+    fn ready(&self) -> Result<bool, String> {
+        Ok(true)
+    }
+    /// The phone side's WebRTC peer of a call that is [`Event::Up`], for the
+    /// media worker to own from now on (browser mode).
+    fn take_peer(&mut self, _call: u32) -> Option<Box<Peer>> {
+        None
+    }
+    /// The step's WebRTC handshakes (browser mode).
+    fn handshakes(&self) -> Option<Handshakes> {
+        None
+    }
 }

@@ -60,6 +60,9 @@ pub struct SipConfig {
     pub domain: String,
     /// Request-URI user (the dialled number).
     pub number: String,
+    /// With more than 1, call `k` dials `<number><k mod numbers>`, so that
+    /// the calls spread over as many routes (one browser user each).
+    pub numbers: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,6 +91,8 @@ struct Call {
     a: AState,
     pbx_rtp: SocketAddr,
     phone_rtp: SocketAddr,
+    /// `sip:<number>@<domain>`.
+    ruri: String,
     call_id: String,
     branch: String,
     invite: Vec<u8>,
@@ -176,8 +181,72 @@ impl Sip {
         rest.strip_suffix("@mediaload")?.parse().ok()
     }
 
+    /// The number call `call` dials.
+    fn number(&self, call: u32) -> String {
+        if self.cfg.numbers > 1 {
+            format!("{}{}", self.cfg.number, call % self.cfg.numbers)
+        } else {
+            self.cfg.number.clone()
+        }
+    }
+
+    /// Whether call `call` waits for its phone leg (a fork would be ours).
+    pub fn accepts_fork(&self, call: u32) -> bool {
+        self.calls
+            .get(call as usize)
+            .and_then(Option::as_ref)
+            .is_some_and(|c| c.b.is_none() && matches!(c.a, AState::Inviting { .. } | AState::Up))
+    }
+
+    /// The phone leg of `call` is answered elsewhere (a browser, see
+    /// [`crate::browser`]) and ready for media toward `dest`: the call is
+    /// up once the PBX has its 2xx too.
+    pub fn phone_ready(&mut self, call: u32, dest: SocketAddr) {
+        let Some(c) = self.call_mut(call) else { return };
+        if c.b.is_some() {
+            return;
+        }
+        c.b = Some(PhoneLeg {
+            ok: Vec::new(),
+            ok_to: dest,
+            acked: true,
+            dest: Some(dest),
+            bye: false,
+            interval: T1,
+            deadline: 0,
+            timer_gen: 0,
+            sdp_version: 1,
+        });
+        self.maybe_up(call);
+    }
+
+    /// trunkgate ended the phone leg of `call` (its BYE, answered elsewhere).
+    pub fn phone_bye(&mut self, call: u32) {
+        if let Some(b) = self.call_mut(call).and_then(|c| c.b.as_mut()) {
+            b.bye = true;
+            b.timer_gen += 1;
+        }
+        match self.call_mut(call).map(|c| c.a) {
+            Some(AState::Byeing { answered: true }) => self.ended(call),
+            Some(AState::Up | AState::Inviting { .. }) => {
+                self.tally("bye_from_trunkgate_to_phone");
+                self.dropped(call, "BYE to the phone");
+            }
+            _ => {}
+        }
+    }
+
+    /// Gives up on `call` (its phone leg failed): BYE to trunkgate if the
+    /// PBX side is up, and the call counts as failed for `reason`.
+    pub fn abort(&mut self, now: u64, call: u32, reason: String) {
+        if self.call_mut(call).is_some_and(|c| c.a == AState::Up) {
+            self.end_call(now, call);
+        }
+        self.fail(call, reason);
+    }
+
     /// The call a forwarded INVITE belongs to (From display name or user).
-    fn call_of_fork(&self, req: &Request) -> Option<u32> {
+    pub fn call_of_fork(&self, req: &Request) -> Option<u32> {
         let from = req.headers().from().ok()?;
         let by_name = from.display_name().and_then(|d| {
             let text = d.text();
@@ -209,7 +278,7 @@ impl Sip {
 
     /// A request of the PBX's dialog (ACK or BYE) after the 2xx.
     fn in_dialog(&self, c: &Call, method: &str, branch: &str, cseq: u32) -> Vec<u8> {
-        let target = c.target.clone().unwrap_or_else(|| format!("sip:{}@{}", self.cfg.number, self.cfg.domain));
+        let target = c.target.clone().unwrap_or_else(|| c.ruri.clone());
         let mut s = format!(
             "{method} {target} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch={branch};rport\r\nMax-Forwards: 70\r\n",
             self.pbx_local
@@ -346,9 +415,9 @@ impl Sip {
     }
 
     fn invite_response(&mut self, now: u64, call: u32, resp: &Response, status: u16, to: Option<String>) {
-        let ruri = format!("sip:{}@{}", self.cfg.number, self.cfg.domain);
         let local = self.pbx_local;
         let Some(c) = self.call_mut(call) else { return };
+        let ruri = c.ruri.clone();
         match status {
             100..=199 => {
                 if c.a == (AState::Inviting { provisional: false }) {
@@ -669,17 +738,19 @@ impl Signalling for Sip {
              From: {from}\r\nTo: <sip:{num}@{dom}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\n\
              Contact: <sip:pbx@{local}>\r\nUser-Agent: mediaload\r\nContent-Type: application/sdp\r\n\
              Content-Length: {len}\r\n\r\n{body}",
-            num = self.cfg.number,
+            num = self.number(call),
             dom = self.cfg.domain,
             local = self.pbx_local,
             len = body.len(),
         )
         .into_bytes();
         self.send_pbx(&invite);
+        let ruri = format!("sip:{}@{}", self.number(call), self.cfg.domain);
         self.calls[i] = Some(Call {
             a: AState::Inviting { provisional: false },
             pbx_rtp,
             phone_rtp,
+            ruri,
             call_id,
             branch,
             invite,
@@ -809,6 +880,7 @@ mod tests {
             phone_bind: "127.0.0.1:0".parse().expect("addr"),
             domain: "bench.example".into(),
             number: "1000".into(),
+            numbers: 1,
         };
         let mut sip = Sip::new(cfg, 7).expect("engine");
         sip.begin_step(3);
