@@ -1046,7 +1046,25 @@ impl RelayThread {
         bufs: &mut [[u8; MTU]],
         rx_headers: &mut MultiHeaders<SockaddrStorage>,
     ) {
-        let Some((fd, pktinfo)) = self.shared.get(index).map(|p| (p.sock.as_raw_fd(), p.pktinfo)) else { return };
+        // Drained (up to 64 batches a wake-up), not one batch like a call's
+        // own socket: this one carries every browser's SRTP, STUN and DTLS,
+        // and one batch per wake-up let its queue fill and drop while the
+        // PBX sockets were served (bench/run-browser-load.sh, 300 calls).
+        for _ in 0..64 {
+            if self.shared_batch(index, bufs, rx_headers) < BATCH {
+                return;
+            }
+        }
+    }
+
+    /// One batch from shared port `index`; how many datagrams it held.
+    fn shared_batch(
+        &mut self,
+        index: usize,
+        bufs: &mut [[u8; MTU]],
+        rx_headers: &mut MultiHeaders<SockaddrStorage>,
+    ) -> usize {
+        let Some((fd, pktinfo)) = self.shared.get(index).map(|p| (p.sock.as_raw_fd(), p.pktinfo)) else { return 0 };
         let mut meta: [(usize, Option<SocketAddr>); BATCH] = [(0, None); BATCH];
         let received = if pktinfo {
             receive_with_destination(fd, bufs, &mut meta, &mut self.reply_from)
@@ -1077,6 +1095,7 @@ impl RelayThread {
             b.leg.handle_datagram(now, from, data);
             self.drive_browser(now, id, slot);
         }
+        received
     }
 
     /// Browser legs whose time has come.
