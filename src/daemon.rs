@@ -100,7 +100,14 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         raise_open_files_limit();
         let m = &loaded.media;
         let engine = crate::media::engine::MediaEngine::start(m.clone())?;
-        let webrtc = |f| engine.webrtc_port(f).map_or_else(|| "-".to_owned(), |p| p.to_string());
+        let webrtc = |f| {
+            let ports = engine.webrtc_ports(f);
+            if ports.is_empty() {
+                "-".to_owned()
+            } else {
+                ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",")
+            }
+        };
         info!(
             ports = format!("{}-{}", m.port_min, m.port_max),
             threads = m.threads,

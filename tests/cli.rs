@@ -418,7 +418,15 @@ fn check_config_accepts_the_shipped_example() {
     assert!(s.contains("trunk acme-pbx -> portal acme (NOT IN DATABASE)"), "{s}");
     assert!(s.contains("trunk globex-pbx"), "{s}");
     assert!(s.contains("  listen: ws://127.0.0.1:8080\n"), "{s}");
-    assert!(s.contains("  browsers: WebRTC on UDP 20000 (shared by every browser leg)\n"), "{s}");
+    // `threads = 0`: one relay thread, and one browsers' port, per CPU.
+    let ports = match std::thread::available_parallelism().map_or(1, std::num::NonZero::get) {
+        1 => "20000".to_owned(),
+        n => format!("20000-{}", 20_000 + n - 1),
+    };
+    let line = format!("  browsers: WebRTC on UDP {ports} (one port per relay thread, shared by its browser legs)\n");
+    assert!(s.contains(&line), "{s}");
+    assert!(s.contains("    outbound: udp://127.0.0.1:5070 = 127.0.0.1:5070 (priority 10)\n"), "{s}");
+    assert!(s.contains("trunk globex-cloud"), "{s}");
 }
 
 #[test]

@@ -127,3 +127,51 @@ fn the_https_listener_serves_the_softphone_and_wants_the_sip_subprotocol() {
     let (_, resp) = ws_connect(addr, &cert, "/", Some("chat, sip")).expect("handshake");
     assert_eq!(resp.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok()), Some("sip"));
 }
+
+/// Browser legs spread over the relay threads like any call's: with two
+/// threads there are two browsers' ports (one each, as the start log says),
+/// and two calls in a row offer the browser one each.
+#[test]
+fn browser_legs_spread_over_the_relay_threads_each_with_its_port() {
+    let (mut d, cert) = common::ws::wss_daemon(
+        "ws_ping_interval_s = 30",
+        "[media]\npublic_address = [\"127.0.0.1\"]\nbind_address = [\"127.0.0.1\"]\nthreads = 2\nwebrtc_port = 0",
+    );
+    let started = d.wait_log(&["media relay started"]);
+    let v: serde_json::Value = serde_json::from_str(&started).expect("json log line");
+    let ports: Vec<u16> = v["webrtc_v4"].as_str().unwrap_or("").split(',').filter_map(|p| p.parse().ok()).collect();
+    assert_eq!(ports.len(), 2, "one browsers' port per relay thread: {started}");
+    assert_ne!(ports[0], ports[1]);
+    let mut phone = registered_phone(&d, &cert);
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The PBX's INVITE with an offer (the refused scenario's, plus SDP).
+    let plain = std::fs::read_to_string(pbx_refused_scenario(dir.path(), 486)).expect("scenario");
+    let with_sdp = plain.replace(
+        "Max-Forwards: 70\nContent-Length: 0\n\n]]></send>\n  <recv response=\"100\"",
+        "Max-Forwards: 70\nContent-Type: application/sdp\nContent-Length: [len]\n\nv=0\no=pbx 1 1 IN IP4 127.0.0.2\ns=-\n\
+         c=IN IP4 127.0.0.2\nt=0 0\nm=audio 40002 RTP/AVP 0 8\na=rtpmap:0 PCMU/8000\na=rtpmap:8 PCMA/8000\n]]></send>\n  <recv response=\"100\"",
+    );
+    assert_ne!(with_sdp, plain, "the offer went in");
+    let scenario = dir.path().join("pbx_offer_refused_486.xml");
+    std::fs::write(&scenario, with_sdp).expect("scenario");
+    let mut offered = Vec::new();
+    for _ in 0..2 {
+        let call = pbx(&d, &scenario, "+15550001", &[]);
+        let invite = phone.expect("INVITE ", 10);
+        let candidate = invite
+            .lines()
+            .find(|l| l.starts_with("a=candidate:"))
+            .unwrap_or_else(|| panic!("a host candidate: {invite}"))
+            .to_owned();
+        let port: u16 = candidate.split_whitespace().nth(5).and_then(|p| p.parse().ok()).expect("candidate port");
+        offered.push(port);
+        phone.answer(&invite, "486 Busy Here", None);
+        let (ok, out) = call.wait();
+        assert!(ok, "{out}");
+    }
+    offered.sort_unstable();
+    let mut expected = ports.clone();
+    expected.sort_unstable();
+    assert_eq!(offered, expected, "each call's browser leg on its own thread's port");
+    exactly_n_records(&mut d, 2);
+}

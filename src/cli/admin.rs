@@ -125,8 +125,12 @@ async fn check_config(loaded: &Loaded) -> Result<(), Failure> {
             (usize::from(m.port_max - m.port_min) + 1) / 4
         );
         if m.browsers {
-            let port = if m.webrtc_port == 0 { "any free port".to_owned() } else { m.webrtc_port.to_string() };
-            println!("  browsers: WebRTC on UDP {port} (shared by every browser leg)");
+            let ports = match (m.webrtc_port, m.threads) {
+                (0, _) => "any free ports".to_owned(),
+                (p, 1) => p.to_string(),
+                (p, n) => format!("{p}-{}", usize::from(p) + n - 1),
+            };
+            println!("  browsers: WebRTC on UDP {ports} (one port per relay thread, shared by its browser legs)");
         }
     } else {
         println!("  media: not anchored (SDP passes unchanged)");

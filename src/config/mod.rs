@@ -288,12 +288,19 @@ fn parse_media(config: &Config, path: &Path, sources: &SourceMap, errors: &mut C
     } else if crate::media::ports::PortPool::new(m.port_min, m.port_max).is_err() {
         errors.push(sources.key_error(path, "port_max", "[media] the port range holds no RTP/RTCP pair"));
     }
-    if out.browsers && m.webrtc_port != 0 && (m.port_min..=m.port_max).contains(&m.webrtc_port) {
+    // One browsers' port per relay thread: webrtc_port .. webrtc_port + threads - 1.
+    let last = u32::from(m.webrtc_port) + u32::try_from(out.threads.clamp(1, 64)).unwrap_or(64) - 1;
+    if out.browsers
+        && m.webrtc_port != 0
+        && (u32::from(m.port_min) <= last && u32::from(m.webrtc_port) <= u32::from(m.port_max))
+    {
         errors.push(sources.key_error(
             path,
             "webrtc_port",
-            "[media] webrtc_port must lie outside port_min..port_max (the browsers' shared port is no RTP pair)",
+            "[media] webrtc_port .. webrtc_port + threads - 1 (one browsers' port per relay thread) must lie outside port_min..port_max",
         ));
+    } else if out.browsers && m.webrtc_port != 0 && last > 65_535 {
+        errors.push(sources.key_error(path, "webrtc_port", "[media] webrtc_port + threads - 1 must be at most 65535"));
     }
     if m.threads > 64 {
         errors.push(sources.key_error(path, "threads", "[media] threads must be at most 64"));

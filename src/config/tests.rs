@@ -369,3 +369,20 @@ fn wss_needs_tls_and_tls_files_are_checked_with_their_line() {
     let ok = load_text("[sip]\nlisten = [\"ws://127.0.0.1:8080\"]\n").expect("ws needs no certificate");
     assert_eq!(ok.listen[0].transport, crate::transport::Transport::Ws);
 }
+
+#[test]
+fn the_browsers_ports_one_per_relay_thread_stay_out_of_the_rtp_range() {
+    let cfg = |media: &str| {
+        format!("[sip]\nlisten = [\"udp://127.0.0.1:5060\", \"ws://127.0.0.1:8080\"]\n[media]\n{media}\n{TRUNK}")
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    // 19999 and 20000 for two threads: the second is the range's first port.
+    let p = write(dir.path(), "a.toml", &cfg("port_min = 20000\nport_max = 20999\nthreads = 2\nwebrtc_port = 19999"));
+    let err = load(&p, &Overrides::default()).expect_err("overlap").to_string();
+    assert!(err.contains("a.toml:") && err.contains("one browsers' port per relay thread"), "{err}");
+    let p = write(dir.path(), "b.toml", &cfg("port_min = 20000\nport_max = 20999\nthreads = 2\nwebrtc_port = 19998"));
+    assert!(load(&p, &Overrides::default()).is_ok(), "19998 and 19999: outside");
+    let p = write(dir.path(), "c.toml", &cfg("port_min = 10000\nport_max = 10999\nthreads = 4\nwebrtc_port = 65534"));
+    let err = load(&p, &Overrides::default()).expect_err("past 65535").to_string();
+    assert!(err.contains("at most 65535"), "{err}");
+}

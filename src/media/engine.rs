@@ -305,8 +305,8 @@ struct Worker {
 /// The node's RTP relay: port pools and relay threads.
 pub struct MediaEngine {
     settings: MediaSettings,
-    /// The browsers' shared ports (v4, v6) as bound; thread 0 owns them.
-    webrtc_ports: [Option<u16>; 2],
+    /// The browsers' shared ports (v4, v6) as bound, per relay thread.
+    webrtc_ports: Vec<[Option<u16>; 2]>,
     pools: Arc<Mutex<Pools>>,
     workers: Vec<Worker>,
     next_worker: AtomicUsize,
@@ -326,47 +326,26 @@ impl MediaEngine {
         let pool = || PortPool::new(settings.port_min, settings.port_max).map_err(std::io::Error::other);
         let pools = Arc::new(Mutex::new(Pools { v4: pool()?, v6: pool()? }));
         let ports_in_use = Arc::new(AtomicUsize::new(0));
-        // The browsers' one port per family, and the node's DTLS
-        // certificate; the IPv6 one only where IPv6 binds.
+        // The node's DTLS certificate, and the browsers' ports: one per
+        // relay thread and family (`webrtc_port + n`, or any free port), so
+        // browser legs spread over the threads like any call's; the IPv6
+        // ones only where IPv6 binds.
         let cert = if settings.browsers { Some(NodeCert::generate().map_err(std::io::Error::other)?) } else { None };
-        let mut shared = Vec::new();
-        let mut webrtc_ports = [None, None];
-        let families = if settings.browsers { 2 } else { 0 };
-        for (i, ip) in
-            [IpAddr::from(settings.bind_v4), IpAddr::from(settings.bind_v6)].into_iter().enumerate().take(families)
-        {
-            match bind(ip, settings.webrtc_port) {
-                Ok(sock) => {
-                    let port = sock.local_addr()?.port();
-                    webrtc_ports[i] = Some(port);
-                    let _ = socket2::SockRef::from(&sock).set_recv_buffer_size(4 * 1024 * 1024);
-                    let pktinfo = ip.is_unspecified()
-                        && if i == 0 {
-                            nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::Ipv4PacketInfo, &true)
-                                .is_ok()
-                        } else {
-                            nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::Ipv6RecvPacketInfo, &true)
-                                .is_ok()
-                        };
-                    let family = if i == 0 { Family::V4 } else { Family::V6 };
-                    shared.push(SharedPort { sock, family, pktinfo });
-                }
-                Err(e) if i == 0 => {
-                    return Err(std::io::Error::new(
-                        e.kind(),
-                        format!("browsers' shared port {ip}:{}: {e}", settings.webrtc_port),
-                    ));
-                }
-                Err(e) => warn!(error = %e, "no IPv6 port for browsers"),
-            }
+        let threads = settings.threads.max(1);
+        let mut per_thread: Vec<Vec<SharedPort>> = Vec::new();
+        let mut webrtc_ports: Vec<[Option<u16>; 2]> = Vec::new();
+        for n in 0..threads {
+            let (ports, bound) =
+                if settings.browsers { bind_shared(&settings, n)? } else { (Vec::new(), [None, None]) };
+            per_thread.push(ports);
+            webrtc_ports.push(bound);
         }
         let mut workers = Vec::new();
-        for n in 0..settings.threads.max(1) {
+        for (n, shared) in per_thread.into_iter().enumerate() {
             let (tx, rx) = mpsc::channel();
             let wake = Arc::new(EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?);
             let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
             epoll.add(wake.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, WAKE))?;
-            let shared = if n == 0 { std::mem::take(&mut shared) } else { Vec::new() };
             for (i, p) in shared.iter().enumerate() {
                 epoll.add(p.sock.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, SHARED + i as u64))?;
             }
@@ -416,20 +395,20 @@ impl MediaEngine {
         self.ports_in_use.load(Ordering::Relaxed)
     }
 
-    /// The browsers' shared port of `family`, if bound.
-    pub fn webrtc_port(&self, family: Family) -> Option<u16> {
-        self.webrtc_ports[match family {
+    /// The browsers' shared ports of `family`, one per relay thread, as
+    /// bound.
+    pub fn webrtc_ports(&self, family: Family) -> Vec<u16> {
+        let i = match family {
             Family::V4 => 0,
             Family::V6 => 1,
-        }]
+        };
+        self.webrtc_ports.iter().filter_map(|p| p[i]).collect()
     }
 
-    /// A new stream on the next thread; `events` hears its timeouts. A
-    /// stream that may get a browser leg goes to the thread that owns the
-    /// browsers' shared port.
-    pub fn open(self: &Arc<Self>, events: EventSink, browsers: bool) -> StreamHandle {
-        let worker =
-            if browsers { 0 } else { self.next_worker.fetch_add(1, Ordering::Relaxed) % self.workers.len().max(1) };
+    /// A new stream on the next thread; `events` hears its timeouts. Its
+    /// browser legs, if any, take that thread's shared port.
+    pub fn open(self: &Arc<Self>, events: EventSink, _browsers: bool) -> StreamHandle {
+        let worker = self.next_worker.fetch_add(1, Ordering::Relaxed) % self.workers.len().max(1);
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let figures = Arc::new(Figures::default());
         let h = StreamHandle { engine: self.clone(), worker, id, figures: figures.clone(), closed: false };
@@ -469,6 +448,41 @@ impl MediaEngine {
         }
         result
     }
+}
+
+/// Relay thread `n`'s browser ports: `webrtc_port + n` (any free port when
+/// `webrtc_port` is 0), IPv4 and, where it binds, IPv6.
+fn bind_shared(settings: &MediaSettings, n: usize) -> std::io::Result<(Vec<SharedPort>, [Option<u16>; 2])> {
+    let mut shared = Vec::new();
+    let mut bound = [None, None];
+    let port = if settings.webrtc_port == 0 {
+        0
+    } else {
+        u16::try_from(usize::from(settings.webrtc_port) + n)
+            .map_err(|_| std::io::Error::other("browsers' ports: webrtc_port + threads passes 65535"))?
+    };
+    for (i, ip) in [IpAddr::from(settings.bind_v4), IpAddr::from(settings.bind_v6)].into_iter().enumerate() {
+        match bind(ip, port) {
+            Ok(sock) => {
+                bound[i] = Some(sock.local_addr()?.port());
+                let _ = socket2::SockRef::from(&sock).set_recv_buffer_size(4 * 1024 * 1024);
+                let pktinfo = ip.is_unspecified()
+                    && if i == 0 {
+                        nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::Ipv4PacketInfo, &true).is_ok()
+                    } else {
+                        nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::Ipv6RecvPacketInfo, &true)
+                            .is_ok()
+                    };
+                let family = if i == 0 { Family::V4 } else { Family::V6 };
+                shared.push(SharedPort { sock, family, pktinfo });
+            }
+            Err(e) if i == 0 => {
+                return Err(std::io::Error::new(e.kind(), format!("browsers' shared port {ip}:{port}: {e}")));
+            }
+            Err(e) => warn!(error = %e, "no IPv6 port for browsers"),
+        }
+    }
+    Ok((shared, bound))
 }
 
 fn bind(ip: IpAddr, port: u16) -> std::io::Result<UdpSocket> {
@@ -596,7 +610,8 @@ impl Sent {
     }
 }
 
-/// A browser's leg on the thread that owns the shared port.
+/// A browser's leg, on its call's relay thread (which owns the shared port
+/// its candidate names).
 struct BrowserSide {
     leg: BrowserLeg,
     sent: Sent,
@@ -656,7 +671,7 @@ struct SockRef {
 }
 
 struct RelayThread {
-    /// The browsers' shared sockets (thread 0 only).
+    /// This thread's browser sockets (its own port per family).
     shared: Vec<SharedPort>,
     /// The node's DTLS certificate (only when browsers can reach the node).
     cert: Option<NodeCert>,

@@ -235,6 +235,9 @@ impl Node {
         });
         // One core per queue: each owns the transactions and calls of the
         // Call-IDs that hash to it, so the shards share nothing per call.
+        // The cores stop after the trunk tasks: a registration's Expires: 0
+        // goes through core 0 as a transaction before the calls are ended.
+        let core_stop = CancellationToken::new();
         let mut cores = Vec::with_capacity(inbound.len());
         let mut shard0 = None;
         for (shard, inbound) in inbound.into_iter().enumerate() {
@@ -254,12 +257,24 @@ impl Node {
                 responses: HashMap::new(),
                 own: HashMap::new(),
             };
-            cores.push(tokio::spawn(core.run(inbound, reply_rx, shutdown.clone())));
+            cores.push(tokio::spawn(core.run(inbound, reply_rx, core_stop.clone())));
         }
         // Pings and registrations go through core 0 (their Call-IDs say so).
-        if let Some(tx) = shard0 {
-            trunk_tasks::spawn(&ctx, tx, &transports, &shutdown);
-        }
+        let trunk_tasks = match shard0 {
+            Some(tx) => trunk_tasks::spawn(&ctx, tx, &transports, &shutdown),
+            None => Vec::new(),
+        };
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            // Bounded: a registrar that never answers holds the stop 3 s.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(3), async {
+                for t in trunk_tasks {
+                    let _ = t.await;
+                }
+            })
+            .await;
+            core_stop.cancel();
+        });
         Ok(Self { ctx, cores: Arc::new(Mutex::new(cores)) })
     }
 

@@ -41,15 +41,17 @@ pub(super) fn spawn(
     core: mpsc::Sender<ShardMsg>,
     transports: &Transports,
     stop: &CancellationToken,
-) {
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
     for t in ctx.trunks.outbound() {
         if !t.options_interval.is_zero() {
-            tokio::spawn(health(ctx.clone(), core.clone(), transports.clone(), t.clone(), stop.clone()));
+            tasks.push(tokio::spawn(health(ctx.clone(), core.clone(), transports.clone(), t.clone(), stop.clone())));
         }
         if t.registration.is_some() {
-            tokio::spawn(register(ctx.clone(), core.clone(), transports.clone(), t.clone(), stop.clone()));
+            tasks.push(tokio::spawn(register(ctx.clone(), core.clone(), transports.clone(), t.clone(), stop.clone())));
         }
     }
+    tasks
 }
 
 /// Sends `request` to `target` through core 0; its final answer, or the
