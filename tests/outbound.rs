@@ -560,3 +560,45 @@ fn an_outbound_proxy_gets_the_invite_with_a_route_to_itself() {
     let rec = &exactly_n_records(&mut d, 1)[0];
     assert_eq!(rec["outcome"], "completed", "{rec}");
 }
+
+/// One registration per cloud-PBX trunk across a fleet: two nodes on one
+/// PostgreSQL database, the first to start registers, the other stands
+/// by; when the first dies (SIGKILL: no unregistration, no release) the
+/// other takes the trunk over once the dead node's claim runs out.
+#[test]
+fn a_fleet_registers_a_cloud_trunk_once_and_another_node_takes_it_over() {
+    let url = tokio::runtime::Runtime::new().expect("runtime").block_on(common::pg_schema_url());
+    let reg_port = free_port_on(PBX2_IP);
+    let trunk = format!(
+        "[[trunk]]\nname = \"acme-cloud\"\nportal = \"acme\"\nsources = []\n\
+         [trunk.outbound]\ntarget = \"udp://{PBX2_IP}:{reg_port}\"\nusername = \"acct42\"\npassword = \"pw\"\n\
+         register = true\ndomain = \"provider.test\"\ncontact_user = \"tg-cloud\"\nregister_expires_s = 60\noptions_interval_s = 0\n"
+    );
+    let mut a = Daemon::prepare_db(&url, "node-a", &trunk);
+    a.cli(&["portal", "add", "--id", "acme", "--domain", "acme.example.com"]);
+    let mut b = Daemon::prepare_db(&url, "node-b", &trunk);
+    let registrar = sipp_start(Path::new("registrar_ok.xml"), None, PBX2_IP, reg_port, &["-m", "100"]);
+    a.start();
+    common::retry_until(10, "node-a registers", || {
+        let out = a.cli(&["trunks"]);
+        if out.contains("registered on node-a") { Ok(()) } else { Err(out) }
+    });
+    b.start();
+    b.wait_log(&["ready"]);
+    // B tries its claim at once and every 10 s: it stays with A.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(b.cli(&["trunks"]).contains("registered on node-a"), "one node registers the trunk");
+    assert!(!b.log_text().contains("registration claimed by this node"), "node-b stands by");
+    let killed = std::time::Instant::now();
+    a.kill();
+    common::retry_until(60, "node-b takes the trunk over", || {
+        let out = b.cli(&["trunks"]);
+        if out.contains("registered on node-b") { Ok(()) } else { Err(out) }
+    });
+    let took = killed.elapsed();
+    assert!(took <= std::time::Duration::from_secs(45), "within the claim's 30 s and a renewal: {took:?}");
+    b.wait_log(&["registration claimed by this node"]);
+    // node-b's registration is the registrar's answer to node-b (the row is
+    // written from the 200): both nodes registered, one after the other.
+    drop(registrar);
+}

@@ -179,6 +179,16 @@ impl Daemon {
         }
     }
 
+    /// Kills it outright (SIGKILL): a node that dies, leaving its leases
+    /// and claims behind.
+    #[allow(dead_code)]
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Stops with SIGTERM and returns the exit code (None if it had to be
     /// killed after 10 s).
     pub fn stop(&mut self) -> Option<i32> {
