@@ -94,7 +94,17 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     // everything before the daemon exits.
     let cdr_shutdown = CancellationToken::new();
     let (cdr, cdr_task) = CdrWriter::start(store.clone(), cdr_shutdown.clone());
-    let trunks = TrunkTable::new(&loaded.trunks);
+    let mut trunks = TrunkTable::new(&loaded.trunks);
+    // Trunk credentials kept in the database (`trunk set-credentials`) for
+    // trunks whose file names none.
+    match store.trunk_credentials().await {
+        Ok(stored) => {
+            for name in trunks.use_stored_credentials(&stored) {
+                info!(trunk = %name, "trunk credentials from the database");
+            }
+        }
+        Err(e) => warn!(error = %e, "trunk credentials not read from the database"),
+    }
     let mut config = node_config(&loaded);
     if loaded.media.anchor {
         raise_open_files_limit();

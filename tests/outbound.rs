@@ -602,3 +602,50 @@ fn a_fleet_registers_a_cloud_trunk_once_and_another_node_takes_it_over() {
     // written from the 200): both nodes registered, one after the other.
     drop(registrar);
 }
+
+/// A trunk whose file names no credentials answers its PBX's challenge
+/// with those stored in the database (`trunk set-credentials`, password on
+/// standard input); the CLI refuses a trunk the configuration does not have.
+#[test]
+fn trunk_credentials_can_live_in_the_database() {
+    let pbx_port = free_port_on(PBX_IP);
+    let mut d = Daemon::prepare(&config(
+        &format!(
+            "target = \"udp://{PBX_IP}:{pbx_port}\"\ncaller_number = \"+15550100\"\ncaller_id = [\"from\", \"pai\"]\n\
+             options_interval_s = 0\n"
+        ),
+        "",
+    ));
+    d.seed_portal("acme", "acme.example.com", &[("alice", "alice-secret-1")]);
+    let out = d.cli_stdin(
+        &["trunk", "set-credentials", "--trunk", "acme-pbx", "--username", "tg-trunk"],
+        Some("trunk-secret-9\n"),
+    );
+    assert!(out.contains("credentials stored for tg-trunk"), "{out}");
+    assert!(!out.contains("trunk-secret-9"), "never printed");
+    let refused = std::process::Command::new(common::bin())
+        .arg("--config")
+        .arg(&d.config)
+        .args(["trunk", "set-credentials", "--trunk", "nope", "--username", "x"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run");
+    assert_eq!(refused.status.code(), Some(2), "{}", String::from_utf8_lossy(&refused.stderr));
+    d.start();
+    d.wait_log(&["trunk credentials from the database", "acme-pbx"]);
+    let mp = free_port_on(PBX_IP).to_string();
+    let pbx = sipp_start(
+        Path::new("trunk_answer_auth.xml"),
+        None,
+        PBX_IP,
+        pbx_port,
+        &["-m", "1", "-mp", &mp, "-key", "audio", &format!("{CAPTURES}/g711a.pcap")],
+    );
+    let (ok, out) = user_call(&d, "alice", "alice-secret-1", "+15550001", "1000").wait();
+    assert!(ok, "{out}");
+    let (ok, out) = pbx.wait();
+    assert!(ok, "the PBX accepted the database's credentials:\n{out}");
+    assert!(!d.log_text().contains("trunk-secret-9"), "never logged");
+    let rec = &exactly_n_records(&mut d, 1)[0];
+    assert_eq!(rec["outcome"], "completed", "{rec}");
+}

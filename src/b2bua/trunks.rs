@@ -127,6 +127,25 @@ impl TrunkTable {
         self.trunks.iter().find(|t| t.sources.iter().any(|n| n.contains(&ip)))
     }
 
+    /// Gives the outbound trunks whose file names no credentials those
+    /// stored in the database ((trunk, username, password) rows); returns
+    /// the names of the trunks that took them. Called once, at start.
+    pub fn use_stored_credentials(&mut self, stored: &[(String, String, String)]) -> Vec<String> {
+        let mut taken = Vec::new();
+        for t in &mut self.outbound {
+            let Some((_, username, password)) = stored.iter().find(|(n, _, _)| *n == t.name) else { continue };
+            if t.credentials.is_some() {
+                continue;
+            }
+            if let Some(t) = std::sync::Arc::get_mut(t) {
+                t.credentials =
+                    Some(super::outbound::Credentials { username: username.clone(), password: password.clone() });
+                taken.push(t.name.clone());
+            }
+        }
+        taken
+    }
+
     /// The cloud-PBX trunk whose registered Contact has user part `user`.
     pub fn by_contact_user(&self, user: &str) -> Option<&std::sync::Arc<Trunk>> {
         self.trunks.iter().find(|t| t.contact_user.as_deref() == Some(user))

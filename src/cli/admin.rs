@@ -96,6 +96,7 @@ pub async fn dispatch(cmd: Command, loaded: &Loaded) -> Result<(), Failure> {
         Command::Cdr(a) => cdr(a, loaded).await,
         Command::Calls { node, json } => calls(node, json, loaded).await,
         Command::Trunks { json } => trunks(json, loaded).await,
+        Command::Trunk(c) => trunk_cmd(c, loaded).await,
     }
 }
 
@@ -615,6 +616,39 @@ async fn trunks(json: bool, loaded: &Loaded) -> Result<(), Failure> {
             })
             .collect::<Vec<_>>(),
     );
+    Ok(())
+}
+
+async fn trunk_cmd(cmd: crate::cli::TrunkCmd, loaded: &Loaded) -> Result<(), Failure> {
+    use crate::cli::TrunkCmd;
+    let find = |name: &str| {
+        loaded
+            .trunks
+            .iter()
+            .find(|t| t.trunk.name.get_ref() == name)
+            .ok_or_else(|| usage(format!("no trunk `{name}` in the configuration")))
+    };
+    match cmd {
+        TrunkCmd::SetCredentials { trunk, username } => {
+            let t = find(&trunk)?;
+            let Some(o) = t.outbound.as_ref() else {
+                return Err(usage(format!("trunk `{trunk}` has no [trunk.outbound]: it sends no calls")));
+            };
+            if o.credentials.is_some() {
+                eprintln!("note: {} names credentials for `{trunk}`; they win over the database's", t.file.display());
+            }
+            let password = read_password()?;
+            let now = clock::now_utc().timestamp();
+            open(loaded).await?.trunk_credentials_set(&trunk, &username, &password, now).await?;
+            info!(target: "audit", trunk = %trunk, username = %username, "trunk credentials stored");
+            println!("trunk {trunk}: credentials stored for {username} (taken at the daemon's next start)");
+        }
+        TrunkCmd::ClearCredentials { trunk } => {
+            let removed = open(loaded).await?.trunk_credentials_remove(&trunk).await?;
+            info!(target: "audit", trunk = %trunk, removed, "trunk credentials removed");
+            println!("trunk {trunk}: {}", if removed { "credentials removed" } else { "no stored credentials" });
+        }
+    }
     Ok(())
 }
 

@@ -74,6 +74,31 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// An outbound trunk's credentials kept in the database.
+    #[command(subcommand)]
+    Trunk(TrunkCmd),
+}
+
+/// `trunk …`
+#[derive(Debug, Subcommand)]
+pub enum TrunkCmd {
+    /// Store the credentials trunk NAME answers its PBX's challenges with
+    /// (for a trunk whose file names none; read at the daemon's start). The
+    /// password is read from standard input (first line), never argv.
+    SetCredentials {
+        /// Trunk name (with a [trunk.outbound] table).
+        #[arg(long)]
+        trunk: String,
+        /// Digest username.
+        #[arg(long)]
+        username: String,
+    },
+    /// Remove a trunk's stored credentials.
+    ClearCredentials {
+        /// Trunk name.
+        #[arg(long)]
+        trunk: String,
+    },
 }
 
 /// Licence fields shared by `portal add` and `licence set`.

@@ -1002,6 +1002,53 @@ impl Store {
         Ok(rows)
     }
 
+    /// Stores (or replaces) outbound trunk `trunk`'s credentials.
+    pub async fn trunk_credentials_set(
+        &self,
+        trunk: &str,
+        username: &str,
+        password: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        if username.is_empty() || password.is_empty() {
+            return Err(StoreError::Invalid {
+                field: "credentials",
+                detail: "username and password must not be empty".into(),
+            });
+        }
+        with_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO trunk_credentials (trunk, username, password, updated_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (trunk) DO UPDATE SET username = excluded.username, password = excluded.password,
+                   updated_at = excluded.updated_at",
+            )
+            .bind(trunk)
+            .bind(username)
+            .bind(password)
+            .bind(now)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(())
+    }
+
+    /// Removes trunk `trunk`'s credentials; whether there were any.
+    pub async fn trunk_credentials_remove(&self, trunk: &str) -> Result<bool, StoreError> {
+        let n = with_pool!(self, pool => {
+            sqlx::query("DELETE FROM trunk_credentials WHERE trunk = $1").bind(trunk).execute(pool).await?.rows_affected()
+        });
+        Ok(n > 0)
+    }
+
+    /// Every trunk's stored credentials: (trunk, username, password).
+    pub async fn trunk_credentials(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+        let rows = with_pool!(self, pool => {
+            sqlx::query_as("SELECT trunk, username, password FROM trunk_credentials ORDER BY trunk").fetch_all(pool).await?
+        });
+        Ok(rows)
+    }
+
     /// Writes call records (in one transaction).
     pub async fn call_records_insert(&self, records: &[CallRecord]) -> Result<(), StoreError> {
         if records.is_empty() {
