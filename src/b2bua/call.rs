@@ -1601,7 +1601,9 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
             // A challenge we could not answer is the trunk's failure (its
             // credentials), not the callee's answer.
             let trunk_failure = crate::b2bua::outbound::fails_over(status) || matches!(status, 401 | 407);
-            o.last_failure = if trunk_failure { 503 } else { status };
+            // The user hears a 6xx as it is; the trunks' own failures as
+            // 503 trunks-failed.
+            o.last_failure = if trunk_failure && status < 600 { 503 } else { status };
             if trunk_failure {
                 debug!(leg = leg.0, status, "trunk failed: next trunk");
             } else {

@@ -201,11 +201,13 @@ impl NumberRules {
 }
 
 /// Whether a failure of one trunk moves the call to the next: no answer
-/// (408, our INVITE timeout), a transport error or a server failure (5xx).
-/// 4xx and 6xx are the callee's or the number's answer: any other trunk
-/// would give the same (RFC 3261 §21.4, §21.6).
+/// (408, our INVITE timeout), a transport error, a server failure (5xx),
+/// or a global failure (6xx) that is not the callee's own answer — 600
+/// Busy Everywhere and 603 Decline are, like 486; 604, 606, 607, 608 may
+/// be one carrier's view. A 4xx is the callee's or the number's answer:
+/// another trunk would give the same (RFC 3261 §21.4).
 pub fn fails_over(status: u16) -> bool {
-    status == 408 || (500..=599).contains(&status)
+    status == 408 || (500..=599).contains(&status) || ((600..=699).contains(&status) && !matches!(status, 600 | 603))
 }
 
 /// A portal user's outbound permission (`user set --outbound`).
@@ -314,11 +316,11 @@ mod tests {
     }
 
     #[test]
-    fn failover_only_on_no_answer_transport_and_server_failures() {
-        for s in [408, 500, 502, 503, 504, 580] {
+    fn failover_on_no_answer_transport_server_and_global_failures_but_not_the_callees_answers() {
+        for s in [408, 500, 502, 503, 504, 580, 604, 606, 607, 608] {
             assert!(fails_over(s), "{s}");
         }
-        for s in [400, 403, 404, 480, 484, 486, 487, 488, 600, 603, 604, 606] {
+        for s in [400, 403, 404, 480, 484, 486, 487, 488, 600, 603] {
             assert!(!fails_over(s), "{s}");
         }
     }

@@ -295,8 +295,25 @@ pub struct SippChild {
 /// path) bound to `local_ip:port` (port 0 picks a free one); `remote` is the
 /// peer for a client scenario, `None` for a server (UAS) scenario.
 pub fn sipp_start(scenario: &Path, remote: Option<SocketAddr>, local_ip: &str, port: u16, extra: &[&str]) -> SippChild {
+    // A port picked free can be taken by another test before sipp binds
+    // it: sipp then exits at once ("Unable to bind main socket"); try
+    // another (only when the port was ours to pick).
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let picked = if port == 0 { free_port_on(local_ip) } else { port };
+        let mut s = sipp_spawn(scenario, remote, local_ip, picked, extra);
+        let lost_port = s.child.as_mut().and_then(|c| c.try_wait().ok().flatten()).is_some()
+            && std::fs::read_to_string(s.dir.path().join("err.log"))
+                .is_ok_and(|e| e.contains("Unable to bind main socket"));
+        if !(lost_port && port == 0 && attempt < 5) {
+            return s;
+        }
+    }
+}
+
+fn sipp_spawn(scenario: &Path, remote: Option<SocketAddr>, local_ip: &str, port: u16, extra: &[&str]) -> SippChild {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = if port == 0 { free_port_on(local_ip) } else { port };
     let scenario = if scenario.is_absolute() { scenario.to_owned() } else { scenarios().join(scenario) };
     let mut cmd = Command::new("sipp");
     if let Some(r) = remote {
@@ -320,8 +337,19 @@ pub fn sipp_start(scenario: &Path, remote: Option<SocketAddr>, local_ip: &str, p
     // Ready once it holds its port: a request sent before would meet a
     // closed port (ICMP unreachable) and fail the call for nothing.
     let addr = SocketAddr::new(local_ip.parse().expect("sipp address"), port);
-    for _ in 0..200 {
+    let mut child = child;
+    for i in 0..200 {
         if std::net::UdpSocket::bind(addr).is_err() {
+            if i == 0 {
+                // Taken before sipp could have bound it: by sipp, or by
+                // someone else (then sipp exits within moments).
+                for _ in 0..20 {
+                    if child.try_wait().ok().flatten().is_some() {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            }
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));

@@ -174,16 +174,17 @@ Call-ID: o1@alice\r\nCSeq: 3 BYE\r\nContent-Length: 0\r\n\r\n",
 
 #[test]
 fn a_busy_callee_is_the_answer_and_no_other_trunk_is_tried() {
-    for (status, outcome) in [(486, "busy"), (603, "declined"), (404, "failed")] {
+    for (status, outcome) in [(486, "busy"), (600, "busy"), (603, "declined"), (404, "failed")] {
         let mut w = World::outbound(vec![attempt("t1", 1, None), attempt("t2", 2, None)]);
         let (_, id1, _, inv1) = invites(&w.take()).remove(0);
         w.respond(id1, &reply(&inv1, 180, "p1", None, "sip:pbx@192.0.2.1"));
         w.respond(id1, &reply(&inv1, status, "p1", None, ""));
         let out = w.take();
         assert!(invites(&out).is_empty(), "{status}: no second trunk");
-        assert_eq!(status_of(&World::responses(&out, 1)), vec![180, status]);
+        let expected = if status == 600 { 486 } else { status };
+        assert_eq!(status_of(&World::responses(&out, 1)), vec![180, expected]);
         let rec = assert_one_end(&out, outcome);
-        assert_eq!((rec.sip_status, rec.trunk.as_deref()), (Some(i64::from(status)), Some("t1")));
+        assert_eq!((rec.sip_status, rec.trunk.as_deref()), (Some(i64::from(expected)), Some("t1")));
     }
 }
 
@@ -286,4 +287,20 @@ fn a_407_is_answered_with_the_trunks_credentials() {
     let sent = invites(&w.take());
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].2, addr("192.0.2.2:5060"));
+}
+
+/// A 604 from one carrier may not be another's: the next trunk is tried,
+/// and when it says the same, the user hears that 604 (not 503).
+#[test]
+fn a_604_fails_over_and_reaches_the_user_when_every_trunk_says_it() {
+    let mut w = World::outbound(vec![attempt("t1", 1, None), attempt("t2", 2, None)]);
+    let (_, id1, _, inv1) = invites(&w.take()).remove(0);
+    w.respond(id1, &reply(&inv1, 604, "p1", None, ""));
+    let sent = invites(&w.take());
+    assert_eq!(sent.len(), 1, "the second trunk");
+    let (_, id2, _, inv2) = sent[0].clone();
+    w.respond(id2, &reply(&inv2, 604, "p2", None, ""));
+    let out = w.take();
+    assert_eq!(status_of(&World::responses(&out, 1)), vec![604]);
+    assert_one_end(&out, "failed");
 }
