@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The signalling regression check (issue 11): the shared harness against
+# trunkgate (bench/run-harness.sh) and against Kamailio
+# (../shared/bench/run-kamailio.sh) back to back, same rates, same box,
+# then one table: CPU per call (µs) of each at every rate both ran clean
+# enough to compare, their ratio, and each one's max clean rate.
+#
+#   bench/compare-kamailio.sh                                  # default rates
+#   RATES="1000 2000 3000" CORRECTNESS=0 PROBE=0 bench/compare-kamailio.sh
+#   ORDER="trunkgate kamailio trunkgate" bench/compare-kamailio.sh   # A-B-A
+#
+# A benchmark, not a test: run it on a quiet box (nothing compiling) and
+# quote the ratio, which carries from one machine to another; the absolute
+# figures do not. Results: bench/results/compare-<time>/ (git-ignored),
+# one folder per run and summary.md.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+HARNESS=${HARNESS:-$ROOT/../shared/bench}
+ORDER=${ORDER:-trunkgate kamailio}
+OUT=${OUT:-$ROOT/bench/results/compare-$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$OUT"
+n=0
+for who in $ORDER; do
+    n=$((n + 1))
+    case $who in
+        trunkgate) OUT_DIR="$OUT/$n-trunkgate" "$ROOT/bench/run-harness.sh" ;;
+        kamailio) OUT_DIR="$OUT/$n-kamailio" "$HARNESS/run-kamailio.sh" ;;
+        *) echo "ORDER: trunkgate or kamailio, not $who" >&2; exit 2 ;;
+    esac
+done
+python3 - "$OUT" <<'PY' | tee "$OUT/summary.md"
+import glob, json, os, sys
+out = sys.argv[1]
+runs = []
+for d in sorted(glob.glob(os.path.join(out, "*-*"))):
+    if not os.path.isdir(d):
+        continue
+    steps = {}
+    for f in glob.glob(os.path.join(d, "load", "*", "summary.json")):
+        s = json.load(open(f))
+        steps[s["offered_cps"]] = s
+    runs.append((os.path.basename(d), steps))
+rates = sorted({r for _, steps in runs for r in steps})
+print("| run | " + " | ".join(f"{r} cps: µs/call (clean?)" for r in rates) + " | max clean cps |")
+print("|---|" + "---|" * (len(rates) + 1))
+best = {}
+for name, steps in runs:
+    cells = []
+    for r in rates:
+        s = steps.get(r)
+        if s is None:
+            cells.append("-")
+            continue
+        us = s["cpu"].get("sut_cpu_us_per_call")
+        cells.append(f'{us:.0f} ({"yes" if s["clean"] else "no"})' if us is not None else "-")
+    clean = [r for r, s in steps.items() if s["clean"]]
+    best[name] = max(clean) if clean else 0
+    print(f"| {name} | " + " | ".join(cells) + f" | {best[name]} |")
+print()
+tg = [(n, s) for n, s in runs if n.endswith("trunkgate")]
+km = [(n, s) for n, s in runs if n.endswith("kamailio")]
+if tg and km:
+    print("CPU per call, trunkgate ÷ Kamailio (target ≤ 0.67), at rates both ran clean:")
+    for r in rates:
+        t = [s[r]["cpu"]["sut_cpu_us_per_call"] for _, s in tg if r in s and s[r]["clean"]]
+        k = [s[r]["cpu"]["sut_cpu_us_per_call"] for _, s in km if r in s and s[r]["clean"]]
+        if t and k:
+            tm, kmn = sum(t) / len(t), sum(k) / len(k)
+            print(f"- {r} cps: {tm:.0f} / {kmn:.0f} µs = **{tm / kmn:.2f}**")
+    tb = max(best[n] for n, _ in tg)
+    kb = max(best[n] for n, _ in km)
+    if kb:
+        print(f"\nMax clean cps, trunkgate ÷ Kamailio (target ≥ 1.5): {tb} / {kb} = **{tb / kb:.2f}**")
+PY
+echo "summary: $OUT/summary.md"
