@@ -466,39 +466,16 @@ fn a_trunk_down_by_its_pings_is_skipped_until_it_answers_again() {
     assert_eq!((&rec["trunk"], &rec["outcome"]), (&"acme-backup".into(), &"completed".into()), "{rec}");
 }
 
-/// A user's INVITE without credentials, expecting `status` at once.
+/// A user's INVITE without credentials, expecting `status` at once: the
+/// refused scenario's second half (its INVITE with no authentication).
 fn user_unauthenticated_scenario(dir: &Path, status: u16) -> PathBuf {
-    let xml = format!(
-        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="user_unauthenticated_{status}">
-  <send retrans="500"><![CDATA[
-INVITE sip:[number]@acme.example.com SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-From: <sip:[user]@acme.example.com>;tag=[pid]U[call_number]
-To: <sip:[number]@acme.example.com>
-Call-ID: [call_id]
-CSeq: 1 INVITE
-Contact: <sip:[user]@[local_ip]:[local_port]>
-Max-Forwards: 70
-Content-Length: 0
-
-]]></send>
-  <recv response="100" optional="true"/>
-  <recv response="{status}"/>
-  <send><![CDATA[
-ACK sip:[number]@acme.example.com SIP/2.0
-[last_Via:]
-From: <sip:[user]@acme.example.com>;tag=[pid]U[call_number]
-[last_To:]
-Call-ID: [call_id]
-CSeq: 1 ACK
-Max-Forwards: 70
-Content-Length: 0
-
-]]></send>
-</scenario>
-"#
-    );
+    let refused = std::fs::read_to_string(user_refused_scenario(dir, status)).expect("scenario");
+    let start = refused.find("  <send retrans=\"500\">").expect("first INVITE");
+    let second = refused[start + 1..].find("  <send retrans=\"500\">").expect("second INVITE") + start + 1;
+    let xml = format!("{}{}", &refused[..start], &refused[second..])
+        .replace("[authentication]\n", "")
+        .replace(&format!("user_refused_{status}"), &format!("user_unauthenticated_{status}"));
+    assert!(!xml.contains("auth=\"true\"") && xml.contains("CSeq: 2 INVITE"), "{xml}");
     let p = dir.join(format!("user_unauthenticated_{status}.xml"));
     std::fs::write(&p, xml).expect("write scenario");
     p

@@ -1581,7 +1581,8 @@ pub fn is_token(s: &str, max: usize) -> bool {
     !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
-fn is_dialled_number(s: &str) -> bool {
+/// Digits with an optional leading `+` (and `*`, `#`), 1 to 32.
+pub fn is_dialled_number(s: &str) -> bool {
     let digits = s.strip_prefix('+').unwrap_or(s);
     !digits.is_empty() && digits.len() <= 32 && digits.bytes().all(|b| b.is_ascii_digit() || b == b'*' || b == b'#')
 }

@@ -203,19 +203,10 @@ impl Shard {
                 max_duration,
                 lease_id,
                 domain,
-                mut record,
+                record,
                 invite,
             } => {
-                crate::ops::metrics::call_admitted(record.trunk.as_deref().unwrap_or(""));
-                let Some(p) = self.pending.get(&key) else {
-                    // CANCELled (or timed out) while admission ran.
-                    self.release_lease(&lease_id, record.portal_id.as_deref());
-                    record.outcome = crate::cdr::Outcome::Cancelled.as_str().into();
-                    record.sip_status = Some(487);
-                    self.finish_record(record);
-                    return;
-                };
-                let peer = self.peer(p.target);
+                let Some((peer, record)) = self.admitted_peer(&key, &lease_id, record) else { return };
                 let groups: Vec<Vec<crate::b2bua::ForkTarget>> = groups
                     .into_iter()
                     .map(|g| {
@@ -252,11 +243,7 @@ impl Shard {
                         record,
                     },
                 );
-                self.ctx.active_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.calls.calls.insert(no, call);
-                self.calls.by_call_id.insert(a_call_id, no);
-                self.calls.by_invite.insert(key, no);
-                self.run_call(no, now);
+                self.add_call(no, call, a_call_id, key, now);
             }
         }
     }
@@ -303,20 +290,11 @@ impl Shard {
         max_duration: Duration,
         lease_id: String,
         domain: String,
-        mut record: CallRecord,
+        record: CallRecord,
         invite: Request,
         now: Instant,
     ) {
-        crate::ops::metrics::call_admitted(record.trunk.as_deref().unwrap_or(""));
-        let Some(p) = self.pending.get(&key) else {
-            // CANCELled (or timed out) while admission ran.
-            self.release_lease(&lease_id, record.portal_id.as_deref());
-            record.outcome = crate::cdr::Outcome::Cancelled.as_str().into();
-            record.sip_status = Some(487);
-            self.finish_record(record);
-            return;
-        };
-        let peer = self.peer(p.target);
+        let Some((peer, record)) = self.admitted_peer(&key, &lease_id, record) else { return };
         let attempts: Vec<crate::b2bua::TrunkAttempt> = attempts
             .into_iter()
             .map(|a| crate::b2bua::TrunkAttempt {
@@ -352,6 +330,26 @@ impl Shard {
                 record,
             },
         );
+        self.add_call(no, call, a_call_id, key, now);
+    }
+
+    /// An admitted call's INVITE still waiting: the caller's peer. If it
+    /// was CANCELled (or timed out) while admission ran, the channel goes
+    /// back and the record says so: `None`.
+    fn admitted_peer(&mut self, key: &TsxKey, lease_id: &str, mut record: CallRecord) -> Option<(Peer, CallRecord)> {
+        crate::ops::metrics::call_admitted(record.trunk.as_deref().unwrap_or(""));
+        if let Some(p) = self.pending.get(key) {
+            return Some((self.peer(p.target), record));
+        }
+        self.release_lease(lease_id, record.portal_id.as_deref());
+        record.outcome = crate::cdr::Outcome::Cancelled.as_str().into();
+        record.sip_status = Some(487);
+        self.finish_record(record);
+        None
+    }
+
+    /// A new call machine joins the core's calls and runs.
+    fn add_call(&mut self, no: CallNo, call: Call<TsxKey>, a_call_id: String, key: TsxKey, now: Instant) {
         self.ctx.active_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.calls.calls.insert(no, call);
         self.calls.by_call_id.insert(a_call_id, no);

@@ -120,10 +120,7 @@ pub(crate) async fn admit(ctx: Arc<Shared>, input: OutboundInput) -> AdmissionRe
     // What only an outbound call has: the number, the user's permission,
     // the trunks. Checked before the lease (a refused call must not hold a
     // channel even briefly).
-    let dialable = number.as_deref().filter(|n| {
-        let d = n.strip_prefix('+').unwrap_or(n);
-        !d.is_empty() && d.len() <= 32 && d.bytes().all(|b| b.is_ascii_digit() || b == b'*' || b == b'#')
-    });
+    let dialable = number.as_deref().filter(|n| crate::config::is_dialled_number(n));
     let permission = Permission::parse(&row.outbound).unwrap_or(Permission::None);
     // Trunks the pings found down are skipped while another is up.
     let mut trunks = ctx.trunks.outbound_for(&portal.id);
