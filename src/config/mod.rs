@@ -419,6 +419,13 @@ pub struct SipConfig {
     /// node. Default: 10000.
     #[serde(default = "default_max_calls")]
     pub max_calls: usize,
+    /// The longest a new INVITE may wait for its SIP core, in milliseconds:
+    /// one that waited longer is answered at once with `503` + Retry-After
+    /// (`overloaded`). This sheds the calls past what the node can carry,
+    /// whatever the cause, before its queues overflow; retransmissions and
+    /// requests within calls are never shed. 0 turns it off. Default: 100.
+    #[serde(default = "default_overload_queue_ms")]
+    pub overload_queue_ms: u64,
     /// What an INVITE from an address that is no trunk gets: `reject`
     /// (403 with `Warning: 399 … "unknown-trunk"`) or `ignore` (no answer at
     /// all, so scanners learn nothing; still logged). Default: `reject`.
@@ -467,6 +474,10 @@ pub enum UnknownTrunk {
 
 fn default_max_calls() -> usize {
     10_000
+}
+
+fn default_overload_queue_ms() -> u64 {
+    100
 }
 
 fn default_max_tcp_connections() -> usize {
@@ -581,6 +592,7 @@ impl Default for SipConfig {
             max_tcp_connections: default_max_tcp_connections(),
             tcp_idle_timeout_s: default_tcp_idle_timeout_s(),
             max_calls: default_max_calls(),
+            overload_queue_ms: default_overload_queue_ms(),
             unknown_trunk: UnknownTrunk::default(),
             cores: 0,
             session_expires_s: default_session_expires_s(),
@@ -1261,6 +1273,14 @@ fn validate(config: &Config, trunks: &[LoadedTrunk], main: &Path, sources: &Sour
     }
     if sip.t4_ms == 0 || sip.t4_ms > 600_000 {
         errors.push(sources.key_error(main, "t4_ms", "[sip] t4_ms must be between 1 and 600000"));
+    }
+    // Past T1 (500 ms) the PBX has retransmitted the INVITE it waits on.
+    if sip.overload_queue_ms > 10_000 {
+        errors.push(sources.key_error(
+            main,
+            "overload_queue_ms",
+            "[sip] overload_queue_ms must be at most 10000 (0 turns overload shedding off)",
+        ));
     }
 
     let reg = &config.registrar;

@@ -1499,7 +1499,7 @@ fn send_batch(fd: i32, headers: &mut MultiHeaders<SockaddrStorage>, bufs: &[[u8;
     }
 }
 
-fn to_std(a: &SockaddrStorage) -> Option<SocketAddr> {
+pub(crate) fn to_std(a: &SockaddrStorage) -> Option<SocketAddr> {
     if let Some(v4) = a.as_sockaddr_in() {
         return Some(SocketAddr::from((v4.ip(), v4.port())));
     }

@@ -59,11 +59,10 @@ pub(crate) fn caller_of(req: &Request) -> Option<String> {
     })
 }
 
-/// Decides on one INVITE.
-pub(crate) async fn admit(ctx: Arc<Shared>, input: AdmitInput) -> AdmissionResult {
-    let AdmitInput { key, request, trunk, node_overloaded, calls_this_second, source } = input;
-    let now = crate::clock::now_utc();
-    let a_call_id = request.headers().call_id().unwrap_or("").to_owned();
+/// An inbound call attempt's record as admission starts it, and the
+/// dialled number: shared by admission and by overload shedding, so a
+/// shed call is recorded as any other refusal.
+fn inbound_record(ctx: &Shared, request: &Request, trunk: &Trunk) -> (Option<String>, CallRecord) {
     // A call to a cloud-PBX trunk's registered Contact names us in the
     // Request-URI: the dialled number is elsewhere (To, Diversion).
     let to_contact =
@@ -75,18 +74,18 @@ pub(crate) async fn admit(ctx: Arc<Shared>, input: AdmitInput) -> AdmissionResul
     } else {
         trunk.number_from.clone()
     };
-    let number = dialled_number(&request, &sources).map(|d| d.number);
-    let mut record = CallRecord {
+    let number = dialled_number(request, &sources).map(|d| d.number);
+    let record = CallRecord {
         id: 0,
-        call_id: a_call_id.clone(),
+        call_id: request.headers().call_id().unwrap_or("").to_owned(),
         node_id: ctx.config.node_id.clone(),
         portal_id: Some(trunk.portal.as_str().to_owned()),
         trunk: Some(trunk.name.clone()),
         direction: "inbound".into(),
-        caller: caller_of(&request),
+        caller: caller_of(request),
         callee: number.clone(),
         target_user: None,
-        started_at: now.timestamp(),
+        started_at: crate::clock::now_utc().timestamp(),
         answered_at: None,
         ended_at: None,
         outcome: String::new(),
@@ -94,13 +93,19 @@ pub(crate) async fn admit(ctx: Arc<Shared>, input: AdmitInput) -> AdmissionResul
         reason: None,
         media: None,
     };
+    (number, record)
+}
 
-    // Rows 2-5 on the cached snapshot, and row 7's verdict held back until
-    // row 6 (the channel count) has run. A shared
-    // trunk (`portal = "*"`) belongs to the portal owning the Request-URI's
-    // domain; every other trunk to its configured portal id.
-    let snapshot = ctx.cache.get();
-    let (portal_id, portal) = if trunk.portal.as_str() == "*" {
+/// The portal a trunk's call is for: a shared trunk (`portal = "*"`)
+/// belongs to the portal owning the Request-URI's domain; every other trunk
+/// to its configured portal id. The id is `@<domain>` when no portal has
+/// the domain (rate-counted by it, refused as not found).
+fn portal_for(
+    snapshot: &crate::licences::Snapshot,
+    trunk: &Trunk,
+    request: &Request,
+) -> (crate::admission::PortalId, Option<Arc<crate::admission::PortalSnapshot>>) {
+    if trunk.portal.as_str() == "*" {
         let domain = match request.uri() {
             Uri::Sip(u) => u.host_str().trim_end_matches('.').to_owned(),
             _ => String::new(),
@@ -111,7 +116,30 @@ pub(crate) async fn admit(ctx: Arc<Shared>, input: AdmitInput) -> AdmissionResul
         }
     } else {
         (trunk.portal.clone(), snapshot.portal(&trunk.portal).cloned())
-    };
+    }
+}
+
+/// A trunk's INVITE shed by overload control (`overload.rs`): refused as
+/// `overloaded` without going through admission, recorded like any
+/// refusal.
+pub(crate) fn shed(ctx: &Shared, key: TsxKey, request: &Request, trunk: &Trunk) -> AdmissionResult {
+    let (_, mut record) = inbound_record(ctx, request, trunk);
+    let (_, portal) = portal_for(&ctx.cache.get(), trunk, request);
+    record.portal_id = portal.map(|p| p.id.as_str().to_owned());
+    refuse(ctx, key, Reason::Overloaded, "node is shedding load: calls queue too long".into(), record)
+}
+
+/// Decides on one INVITE.
+pub(crate) async fn admit(ctx: Arc<Shared>, input: AdmitInput) -> AdmissionResult {
+    let AdmitInput { key, request, trunk, node_overloaded, calls_this_second, source } = input;
+    let now = crate::clock::now_utc();
+    let a_call_id = request.headers().call_id().unwrap_or("").to_owned();
+    let (number, mut record) = inbound_record(&ctx, &request, &trunk);
+
+    // Rows 2-5 on the cached snapshot, and row 7's verdict held back until
+    // row 6 (the channel count) has run.
+    let snapshot = ctx.cache.get();
+    let (portal_id, portal) = portal_for(&snapshot, &trunk, &request);
     record.portal_id = portal.as_ref().map(|p| p.id.as_str().to_owned());
     let call = CallRequest { portal: portal_id, node_overloaded };
     let awaiting = match admission::decide_licence(&call, portal.as_deref(), calls_this_second, now) {

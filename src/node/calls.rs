@@ -175,6 +175,29 @@ impl Shard {
         Peer { target, local }
     }
 
+    /// A refusal's answer to `request`: its status, Warning and, where the
+    /// reason says so, Retry-After (the current overload's for
+    /// `overloaded`, else 5 s).
+    pub(super) fn refusal_response(
+        &self,
+        request: &crate::sip::message::Request,
+        answer: &crate::admission::Answer,
+        reason: crate::admission::Reason,
+        now: Instant,
+    ) -> Response {
+        let status = answer.status;
+        let mut resp = Response::from_request(request, status, crate::sip::message::status::reason_phrase(status));
+        let _ = resp.headers_mut().push(HeaderName::Warning, self.ctx.warning(&answer.warning));
+        if answer.retry_after {
+            let secs = match reason {
+                crate::admission::Reason::Overloaded => self.overload.retry_after_s(now),
+                _ => 5,
+            };
+            let _ = resp.headers_mut().push(HeaderName::RetryAfter, secs.to_string());
+        }
+        resp
+    }
+
     /// The admission task's verdict arrives.
     pub(super) fn handle_admission(&mut self, result: AdmissionResult, now: Instant) {
         match result {
@@ -186,13 +209,7 @@ impl Shard {
                 crate::ops::metrics::call_refused(reason.as_str());
                 self.finish_record(record);
                 let Some(p) = self.pending.get(&key) else { return };
-                let status = answer.status;
-                let mut resp =
-                    Response::from_request(&p.request, status, crate::sip::message::status::reason_phrase(status));
-                let _ = resp.headers_mut().push(HeaderName::Warning, self.ctx.warning(&answer.warning));
-                if answer.retry_after {
-                    let _ = resp.headers_mut().push(HeaderName::RetryAfter, "5");
-                }
+                let resp = self.refusal_response(&p.request, &answer, reason, now);
                 self.respond(key, resp, now);
             }
             AdmissionResult::Admit {

@@ -16,6 +16,7 @@ mod admit;
 mod calls;
 mod lockout;
 mod outbound;
+mod overload;
 mod register;
 mod trunk_tasks;
 mod via;
@@ -69,6 +70,9 @@ pub struct NodeConfig {
     /// Calls in progress on this node above which new calls are shed
     /// (`503 overloaded` with Retry-After, so the PBX fails over).
     pub max_calls: usize,
+    /// The longest a new INVITE may wait for its core before it is shed
+    /// (`overload.rs`); zero never sheds.
+    pub overload_queue: std::time::Duration,
     /// Give no answer to INVITEs from addresses that are no trunk.
     pub ignore_unknown_trunks: bool,
     /// The SIP answer to each refusal reason (`[admission.answers]`).
@@ -256,6 +260,7 @@ impl Node {
                 cdr: cdr.clone(),
                 responses: HashMap::new(),
                 own: HashMap::new(),
+                overload: overload::Overload::new(ctx.config.overload_queue),
             };
             cores.push(tokio::spawn(core.run(inbound, reply_rx, core_stop.clone())));
         }
@@ -308,6 +313,8 @@ struct Shard {
     shard: usize,
     /// The node's own requests (pings, registrations) awaiting their answer.
     own: HashMap<TsxKey, tokio::sync::oneshot::Sender<Result<Response, u16>>>,
+    /// Sheds new INVITEs that queued too long.
+    overload: overload::Overload,
 }
 
 impl Shard {
@@ -436,7 +443,9 @@ impl Shard {
 
     fn handle_inbound(&mut self, inb: Inbound, now: Instant) {
         match inb.message {
-            Ok(Message::Request(req)) => self.handle_request(req, inb.transport, inb.remote, inb.conn, now),
+            Ok(Message::Request(req)) => {
+                self.handle_request(req, inb.transport, inb.remote, inb.conn, inb.received, now)
+            }
             Ok(Message::Response(resp)) => {
                 if let Err(reason) = check_response(&resp) {
                     debug!(remote = %inb.remote, ?reason, "response discarded");
@@ -482,6 +491,7 @@ impl Shard {
         transport: Transport,
         remote: SocketAddr,
         conn: Option<crate::transport::ConnId>,
+        received: Instant,
         now: Instant,
     ) {
         // Without a usable Via no response can be routed: drop.
@@ -538,7 +548,7 @@ impl Shard {
         match matched {
             RequestMatch::New(key) => {
                 self.pending.insert(key.clone(), Pending { request: req, target });
-                self.dispatch(key, transport, remote, now);
+                self.dispatch(key, transport, remote, received, now);
             }
             RequestMatch::Cancel { key, target: invite } => {
                 self.pending.insert(key.clone(), Pending { request: req.clone(), target });
@@ -569,7 +579,7 @@ impl Shard {
     }
 
     /// A new server transaction: protocol checks, then the method's handler.
-    fn dispatch(&mut self, key: TsxKey, transport: Transport, remote: SocketAddr, now: Instant) {
+    fn dispatch(&mut self, key: TsxKey, transport: Transport, remote: SocketAddr, received: Instant, now: Instant) {
         let Some(p) = self.pending.get(&key) else { return };
         let req = &p.request;
         if let Err(rej) = check_request(req, &self.ctx.check) {
@@ -605,7 +615,7 @@ impl Shard {
                     self.respond(key, resp, now);
                 }
             }
-            Method::Invite => self.new_call(key, transport, remote, now),
+            Method::Invite => self.new_call(key, transport, remote, received, now),
             _ => {
                 // Out-of-dialog requests we do not serve.
                 let resp = Response::from_request(req, 481, "Call/Transaction Does Not Exist");
@@ -672,13 +682,37 @@ impl Shard {
     /// (a non-trunk source naming a portal we serve), an outbound call;
     /// else refused as from an unknown trunk. Each is admitted by the
     /// licence rules, the route or the trunks, and the channel lease.
-    fn new_call(&mut self, key: TsxKey, transport: Transport, remote: SocketAddr, now: Instant) {
+    fn new_call(&mut self, key: TsxKey, transport: Transport, remote: SocketAddr, received: Instant, now: Instant) {
         let Some(p) = self.pending.get(&key) else { return };
         let request = p.request.clone();
         let trunk = self.trunk_of(transport, remote, &request);
-        if trunk.is_none()
-            && let Some(portal) = outbound::portal_of(&self.ctx, &request)
+        let portal = if trunk.is_none() { outbound::portal_of(&self.ctx, &request) } else { None };
+        // Row 2 by time in queue, as soon as the source is known to be a
+        // trunk or a portal's user: a shed call costs one answer, not a
+        // call's work. A portal user is shed before authentication, so
+        // like a challenge it leaves no record (it is no one yet).
+        if (trunk.is_some() || portal.is_some())
+            && let overload::Verdict::Shed { .. } = self.overload.check(now, received)
         {
+            match &trunk {
+                Some(trunk) => {
+                    let result = admit::shed(&self.ctx, key, &request, trunk);
+                    self.handle_admission(result, now);
+                }
+                None => {
+                    crate::ops::metrics::call_refused(crate::admission::Reason::Overloaded.as_str());
+                    let refusal = crate::admission::Refusal {
+                        reason: crate::admission::Reason::Overloaded,
+                        detail: "node is shedding load: calls queue too long".into(),
+                    };
+                    let answer = self.ctx.config.answers.answer_refusal(&refusal);
+                    let resp = self.refusal_response(&request, &answer, crate::admission::Reason::Overloaded, now);
+                    self.respond(key, resp, now);
+                }
+            }
+            return;
+        }
+        if let Some(portal) = portal {
             let calls_this_second = self.count_rate(portal.id.clone());
             let input = outbound::OutboundInput {
                 key,
@@ -701,8 +735,7 @@ impl Shard {
             };
             let answer = self.ctx.config.answers.answer_refusal(&refusal);
             let status = answer.status;
-            let mut resp = Response::from_request(&request, status, crate::sip::message::status::reason_phrase(status));
-            let _ = resp.headers_mut().push(HeaderName::Warning, self.ctx.warning(&answer.warning));
+            let resp = self.refusal_response(&request, &answer, refusal.reason, now);
             self.respond(key, resp, now);
             let unix = unix_now_i64();
             self.cdr.record(crate::store::CallRecord {

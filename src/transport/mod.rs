@@ -60,6 +60,9 @@ pub struct Inbound {
     pub conn: Option<ConnId>,
     /// The message, or why it could not be parsed.
     pub message: Result<Message, ParseError>,
+    /// When it was read off the socket: a core sees how long it queued
+    /// (overload control).
+    pub received: std::time::Instant,
 }
 
 impl Inbound {

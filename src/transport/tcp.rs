@@ -122,10 +122,10 @@ async fn run_connection(
                         }
                         Ok(Some(StreamEvent::KeepAlive(KeepAlive::Pong))) => {}
                         Ok(Some(StreamEvent::Message(m))) => shared.deliver(Inbound {
-                            transport: Transport::Tcp, local, remote, conn: Some(id), message: Ok(m),
+                            transport: Transport::Tcp, local, remote, conn: Some(id), message: Ok(m), received: crate::clock::instant(),
                         }),
                         Ok(Some(StreamEvent::BadRequest(e))) => shared.deliver(Inbound {
-                            transport: Transport::Tcp, local, remote, conn: Some(id), message: Err(e),
+                            transport: Transport::Tcp, local, remote, conn: Some(id), message: Err(e), received: crate::clock::instant(),
                         }),
                         Err(e) => {
                             warn!(conn = id.0, %remote, error = %e, "tcp framing error: closing");

@@ -256,7 +256,7 @@ async fn run(listener: Arc<Listener>, addrs: ConnAddrs, mut socket: WebSocket) {
                 if let Err(ParseError::Empty) = message {
                     continue;
                 }
-                shared.deliver(Inbound { transport, local, remote, conn: Some(id), message });
+                shared.deliver(Inbound { transport, local, remote, conn: Some(id), message, received: crate::clock::instant() });
             }
         }
     };

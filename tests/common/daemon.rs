@@ -189,6 +189,14 @@ impl Daemon {
         }
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, …) to the running daemon.
+    #[allow(dead_code)]
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("daemon running").id();
+        let ok = Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status();
+        assert!(ok.is_ok_and(|s| s.success()), "kill -{signal} {pid}");
+    }
+
     /// Stops with SIGTERM and returns the exit code (None if it had to be
     /// killed after 10 s).
     pub fn stop(&mut self) -> Option<i32> {
