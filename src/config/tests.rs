@@ -261,6 +261,16 @@ fn timer_errors_name_their_line() {
 }
 
 #[test]
+fn overload_queue_is_bounded_and_zero_turns_it_off() {
+    let err = load_text("[sip]\ncores = 1\noverload_queue_ms = 20000\n").expect_err("too long");
+    assert_eq!(err.0.len(), 1, "{err}");
+    assert!(err.0[0].message.contains("overload_queue_ms must be at most 10000"), "{err}");
+    assert_eq!(err.0[0].location.line, 3);
+    assert_eq!(load_text("[sip]\noverload_queue_ms = 0\n").expect("off").config.sip.overload_queue_ms, 0);
+    assert_eq!(load_text("").expect("default").config.sip.overload_queue_ms, 100);
+}
+
+#[test]
 fn database_url_defaults_to_state_dir_and_env_overrides() {
     let l = load_text("state_dir = \"/srv/tg\"\n").expect("valid");
     assert_eq!(l.database_url, "sqlite:///srv/tg/trunkgate.db");
