@@ -119,6 +119,7 @@ both!(
     call_records_round_trip,
     one_node_registers_a_trunk_until_its_claim_expires,
     user_outbound_settings,
+    lease_batches_land_as_their_final_state,
 );
 
 both_url!(licence_cache_follows_changes);
@@ -520,4 +521,46 @@ async fn user_outbound_settings(store: Store) {
         store.user_set_outbound("p1", "nobody", Some("none"), None).await,
         Err(StoreError::NotFound { .. })
     ));
+}
+
+/// The node's write-behind lease batches (multi-row statements): each
+/// lease ends as its last change left it, also across batches, and the
+/// portal's activity is its latest take.
+async fn lease_batches_land_as_their_final_state(store: Store) {
+    use trunkgate::store::LeaseOp;
+    let t0 = t(T0);
+    add(&store, "p", "p.example.com", free(), t0).await;
+    let at = t0.timestamp();
+    let take = |id: &str, s: i64| LeaseOp::Take {
+        call_id: id.into(),
+        portal: "p".into(),
+        node_id: "n1".into(),
+        acquired_at: at + s,
+        expires_at: at + s + 60,
+    };
+    let release = |id: &str| LeaseOp::Release { call_id: id.into() };
+    let media = |id: &str, m: &str| LeaseOp::Media { call_id: id.into(), media: m.into() };
+    // 600 calls (more than one statement's rows), every third ended within
+    // the batch; "m" gets media after its take.
+    let mut first: Vec<LeaseOp> = (0..600).map(|i| take(&format!("c{i}"), 0)).collect();
+    first.extend((0..600).step_by(3).map(|i| release(&format!("c{i}"))));
+    first.extend([take("m", 1), media("m", "{\"a\":1}")]);
+    store.apply_lease_ops(&first).await.expect("first batch");
+    // The next batch ends calls of the first, updates media of one of them
+    // and takes one again.
+    let second = vec![release("c1"), media("c2", "{\"b\":2}"), release("m"), take("c0", 2)];
+    store.apply_lease_ops(&second).await.expect("second batch");
+
+    let mut held: Vec<(String, Option<String>)> =
+        store.calls_in_progress(None, t0).await.expect("leases").into_iter().map(|l| (l.call_id, l.media)).collect();
+    held.sort();
+    let mut want: Vec<(String, Option<String>)> = (0..600)
+        .filter(|i| (i % 3 != 0 || *i == 0) && *i != 1)
+        .map(|i| (format!("c{i}"), (i == 2).then(|| "{\"b\":2}".to_owned())))
+        .collect();
+    want.sort();
+    assert_eq!(held.len(), 600 - 200 + 1 - 1, "c0 back, c1 gone");
+    assert_eq!(held, want);
+    let portal = store.portal("p").await.expect("q").expect("portal");
+    assert_eq!(portal.last_activity_at, Some(at + 2), "the latest take");
 }

@@ -826,6 +826,9 @@ fn allow_value(check: &CheckConfig) -> String {
     check.allow.iter().map(Method::as_str).collect::<Vec<_>>().join(", ")
 }
 
+/// How long the lease writer lets changes gather before a batch.
+const LEASE_BATCH_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Writes lease changes in batches, in order: each batch is one
 /// transaction, so a node starting and ending thousands of calls a second
 /// commits a few dozen times. A batch that fails is retried within a second
@@ -839,6 +842,9 @@ async fn write_leases(store: Store, mut rx: mpsc::UnboundedReceiver<crate::store
                 Some(op) => batch.push(op),
                 None => return,
             }
+            // Let the moment's changes gather: one transaction for them
+            // all, not one per call (a few dozen a second when busy).
+            tokio::time::sleep_until(tokio::time::Instant::now() + LEASE_BATCH_WAIT).await;
         }
         while batch.len() < 1000 {
             match rx.try_recv() {

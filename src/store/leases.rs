@@ -265,50 +265,54 @@ impl Store {
         if ops.is_empty() {
             return Ok(());
         }
+        // A few statements per batch, not one per change: each statement is
+        // a round trip to SQLite's worker thread (two thread wake-ups), and
+        // a busy node makes thousands of changes a second.
+        let plan = LeasePlan::of(ops);
         with_tx!(self, tx => {
-            for op in ops {
-                match op {
-                    LeaseOp::Take { call_id, portal, node_id, acquired_at, expires_at } => {
-                        sqlx::query(
-                            "INSERT INTO call_leases (call_id, portal_id, node_id, acquired_at, expires_at)
-                             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (call_id) DO NOTHING",
-                        )
-                        .bind(call_id)
-                        .bind(portal)
-                        .bind(node_id)
-                        .bind(acquired_at)
-                        .bind(expires_at)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                    LeaseOp::Release { call_id } => {
-                        sqlx::query("DELETE FROM call_leases WHERE call_id = $1").bind(call_id).execute(&mut *tx).await?;
-                    }
-                    LeaseOp::Media { call_id, media } => {
-                        sqlx::query("UPDATE call_leases SET media = $2 WHERE call_id = $1")
-                            .bind(call_id)
-                            .bind(media)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
+            for chunk in plan.gone.chunks(ROWS_PER_STATEMENT) {
+                let mut q = sqlx::QueryBuilder::new("DELETE FROM call_leases WHERE call_id IN (");
+                let mut list = q.separated(", ");
+                for id in chunk {
+                    list.push_bind(*id);
                 }
+                list.push_unseparated(")");
+                q.build().execute(&mut *tx).await?;
+            }
+            for chunk in plan.taken.chunks(ROWS_PER_STATEMENT) {
+                let mut q = sqlx::QueryBuilder::new(
+                    "INSERT INTO call_leases (call_id, portal_id, node_id, acquired_at, expires_at, media) ",
+                );
+                q.push_values(chunk, |mut row, t| {
+                    row.push_bind(t.call_id)
+                        .push_bind(t.portal)
+                        .push_bind(t.node_id)
+                        .push_bind(t.acquired_at)
+                        .push_bind(t.expires_at)
+                        .push_bind(t.media);
+                });
+                // Taken again after a release in this batch (or written by an
+                // earlier one): the latest take is the row.
+                q.push(
+                    " ON CONFLICT (call_id) DO UPDATE SET portal_id = excluded.portal_id, node_id = excluded.node_id,
+                      acquired_at = excluded.acquired_at, expires_at = excluded.expires_at, media = excluded.media",
+                );
+                q.build().execute(&mut *tx).await?;
+            }
+            for (call_id, media) in &plan.media {
+                sqlx::query("UPDATE call_leases SET media = $2 WHERE call_id = $1")
+                    .bind(*call_id)
+                    .bind(*media)
+                    .execute(&mut *tx)
+                    .await?;
             }
             // Activity: once per portal per batch.
-            let mut touched: Vec<(&str, i64)> = Vec::new();
-            for op in ops {
-                if let LeaseOp::Take { portal, acquired_at, .. } = op {
-                    match touched.iter_mut().find(|(p, _)| p == portal) {
-                        Some((_, at)) => *at = (*at).max(*acquired_at),
-                        None => touched.push((portal.as_str(), *acquired_at)),
-                    }
-                }
-            }
-            for (portal, at) in touched {
+            for (portal, at) in &plan.touched {
                 sqlx::query(
                     "UPDATE portals SET last_activity_at = $2 WHERE id = $1 AND (last_activity_at IS NULL OR last_activity_at < $2)",
                 )
-                .bind(portal)
-                .bind(at)
+                .bind(*portal)
+                .bind(*at)
                 .execute(&mut *tx)
                 .await?;
             }
@@ -325,12 +329,14 @@ impl Store {
         }
         let n = with_tx!(self, tx => {
             let mut n = 0;
-            for id in call_ids {
-                n += sqlx::query("DELETE FROM call_leases WHERE call_id = $1")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
+            for chunk in call_ids.chunks(ROWS_PER_STATEMENT) {
+                let mut q = sqlx::QueryBuilder::new("DELETE FROM call_leases WHERE call_id IN (");
+                let mut list = q.separated(", ");
+                for id in chunk {
+                    list.push_bind(id);
+                }
+                list.push_unseparated(")");
+                n += q.build().execute(&mut *tx).await?.rows_affected();
             }
             n
         });
@@ -393,6 +399,89 @@ impl Store {
     }
 }
 
+/// Rows per multi-row statement (well under SQLite's and PostgreSQL's
+/// limits on bound values).
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// A row to insert: a lease taken in the batch and still held at its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Taken<'a> {
+    call_id: &'a str,
+    portal: &'a str,
+    node_id: &'a str,
+    acquired_at: i64,
+    expires_at: i64,
+    media: Option<&'a str>,
+}
+
+/// What a batch of lease changes leaves, per lease: applied in order, a
+/// batch's changes to one lease reduce to its final state, so a call that
+/// began and ended within the batch is never inserted (its id goes in the
+/// DELETE, in case an earlier batch wrote it).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct LeasePlan<'a> {
+    /// Leases ended (whether or not a row was written for them).
+    gone: Vec<&'a str>,
+    /// Leases to write, with the media figures they had by the batch's end.
+    taken: Vec<Taken<'a>>,
+    /// Media figures of leases written by an earlier batch.
+    media: Vec<(&'a str, &'a str)>,
+    /// Each portal that took a channel, with its latest take.
+    touched: Vec<(&'a str, i64)>,
+}
+
+impl<'a> LeasePlan<'a> {
+    fn of(ops: &'a [LeaseOp]) -> Self {
+        enum Last<'a> {
+            Taken(Taken<'a>),
+            Gone,
+            Media(&'a str),
+        }
+        let mut order: Vec<&'a str> = Vec::new();
+        let mut last: std::collections::HashMap<&'a str, Last<'a>> = std::collections::HashMap::new();
+        let mut touched: Vec<(&'a str, i64)> = Vec::new();
+        for op in ops {
+            let (id, next) = match op {
+                LeaseOp::Take { call_id, portal, node_id, acquired_at, expires_at } => {
+                    match touched.iter_mut().find(|(p, _)| p == portal) {
+                        Some((_, at)) => *at = (*at).max(*acquired_at),
+                        None => touched.push((portal.as_str(), *acquired_at)),
+                    }
+                    let t = Taken {
+                        call_id,
+                        portal,
+                        node_id,
+                        acquired_at: *acquired_at,
+                        expires_at: *expires_at,
+                        media: None,
+                    };
+                    (call_id.as_str(), Last::Taken(t))
+                }
+                LeaseOp::Release { call_id } => (call_id.as_str(), Last::Gone),
+                LeaseOp::Media { call_id, media } => match last.get(call_id.as_str()) {
+                    Some(Last::Taken(t)) => (call_id.as_str(), Last::Taken(Taken { media: Some(media), ..*t })),
+                    // No row left to update.
+                    Some(Last::Gone) => continue,
+                    Some(Last::Media(_)) | None => (call_id.as_str(), Last::Media(media)),
+                },
+            };
+            if last.insert(id, next).is_none() {
+                order.push(id);
+            }
+        }
+        let mut plan = LeasePlan { touched, ..Self::default() };
+        for id in order {
+            match last.remove(id) {
+                Some(Last::Taken(t)) => plan.taken.push(t),
+                Some(Last::Gone) => plan.gone.push(id),
+                Some(Last::Media(m)) => plan.media.push((id, m)),
+                None => {}
+            }
+        }
+        plan
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -404,5 +493,42 @@ mod tests {
         assert_eq!(ttl_secs(Duration::from_millis(1500)).ok(), Some(2));
         assert_eq!(ttl_secs(Duration::MAX).ok(), Some(i64::MAX));
         assert!(matches!(ttl_secs(Duration::ZERO), Err(StoreError::Invalid { field: "ttl", .. })));
+    }
+
+    #[test]
+    fn a_batch_reduces_to_each_leases_final_state() {
+        let take = |id: &str, portal: &str, at: i64| LeaseOp::Take {
+            call_id: id.into(),
+            portal: portal.into(),
+            node_id: "n".into(),
+            acquired_at: at,
+            expires_at: at + 60,
+        };
+        let release = |id: &str| LeaseOp::Release { call_id: id.into() };
+        let media = |id: &str, m: &str| LeaseOp::Media { call_id: id.into(), media: m.into() };
+        let ops = vec![
+            take("x", "p1", 10), // begins and ends in the batch
+            take("y", "p2", 11), // still held: written with its media
+            media("y", "{y}"),
+            release("x"),
+            release("z"),      // taken by an earlier batch
+            media("w", "{w}"), // held since an earlier batch
+            media("v", "{v}"), // media, then the end: only the end
+            release("v"),
+            take("u", "p1", 12), // ended, then taken again: the new take
+            release("u"),
+            take("u", "p1", 13),
+        ];
+        let plan = LeasePlan::of(&ops);
+        assert_eq!(plan.gone, vec!["x", "z", "v"]);
+        assert_eq!(
+            plan.taken,
+            vec![
+                Taken { call_id: "y", portal: "p2", node_id: "n", acquired_at: 11, expires_at: 71, media: Some("{y}") },
+                Taken { call_id: "u", portal: "p1", node_id: "n", acquired_at: 13, expires_at: 73, media: None },
+            ]
+        );
+        assert_eq!(plan.media, vec![("w", "{w}")]);
+        assert_eq!(plan.touched, vec![("p1", 13), ("p2", 11)]);
     }
 }

@@ -1054,30 +1054,32 @@ impl Store {
         if records.is_empty() {
             return Ok(());
         }
+        // One multi-row INSERT per chunk, not one statement per record:
+        // each statement is a round trip to SQLite's worker thread.
         with_tx!(self, tx => {
-            for r in records {
-                sqlx::query(
+            for chunk in records.chunks(500) {
+                let mut q = sqlx::QueryBuilder::new(
                     "INSERT INTO call_records (call_id, node_id, portal_id, trunk, direction, caller, callee, target_user,
-                       started_at, answered_at, ended_at, outcome, sip_status, reason, media)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-                )
-                .bind(&r.call_id)
-                .bind(&r.node_id)
-                .bind(&r.portal_id)
-                .bind(&r.trunk)
-                .bind(&r.direction)
-                .bind(&r.caller)
-                .bind(&r.callee)
-                .bind(&r.target_user)
-                .bind(r.started_at)
-                .bind(r.answered_at)
-                .bind(r.ended_at)
-                .bind(&r.outcome)
-                .bind(r.sip_status)
-                .bind(&r.reason)
-                .bind(&r.media)
-                .execute(&mut *tx)
-                .await?;
+                       started_at, answered_at, ended_at, outcome, sip_status, reason, media) ",
+                );
+                q.push_values(chunk, |mut row, r| {
+                    row.push_bind(&r.call_id)
+                        .push_bind(&r.node_id)
+                        .push_bind(&r.portal_id)
+                        .push_bind(&r.trunk)
+                        .push_bind(&r.direction)
+                        .push_bind(&r.caller)
+                        .push_bind(&r.callee)
+                        .push_bind(&r.target_user)
+                        .push_bind(r.started_at)
+                        .push_bind(r.answered_at)
+                        .push_bind(r.ended_at)
+                        .push_bind(&r.outcome)
+                        .push_bind(r.sip_status)
+                        .push_bind(&r.reason)
+                        .push_bind(&r.media);
+                });
+                q.build().execute(&mut *tx).await?;
             }
         });
         Ok(())
