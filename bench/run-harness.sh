@@ -35,6 +35,7 @@ max_connections = ${DB_MAX_CONNECTIONS:-4}
 [sip]
 listen = ["udp://127.0.0.1:5060"]
 max_calls = 100000
+overload_queue_ms = ${OVERLOAD_QUEUE_MS:-50}
 # Signalling only, like the Kamailio reference (which relays no media):
 # media anchoring is measured by bench/run-media.sh against rtpengine.
 [media]
@@ -63,7 +64,8 @@ done
 # Started directly (not through the tg function) so $! is trunkgate itself.
 "$TG" --config "$WORK/trunkgate.toml" run >"$WORK/trunkgate.log" 2>&1 &
 PID=$!
-trap 'kill -TERM $PID 2>/dev/null; wait $PID 2>/dev/null; rm -rf "$WORK"' EXIT
+# TRUNKGATE_LOG=path keeps the daemon's log (the work folder is removed).
+trap 'kill -TERM $PID 2>/dev/null; wait $PID 2>/dev/null; [ -z "${TRUNKGATE_LOG:-}" ] || cp "$WORK/trunkgate.log" "$TRUNKGATE_LOG"; rm -rf "$WORK"' EXIT
 for _ in $(seq 100); do grep -q '"ready"\|ready' "$WORK/trunkgate.log" 2>/dev/null && break; sleep 0.1; done
 OUT_DIR=${OUT_DIR:-$ROOT/bench/results/trunkgate-$(date +%Y%m%d-%H%M%S)}
 export OUT_DIR

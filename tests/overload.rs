@@ -1,8 +1,9 @@
 //! Overload control against the real daemon, with sipp as the PBX and as
 //! the portal user's phone. The daemon is frozen (SIGSTOP) while the PBX
 //! sends: every message then waits in the socket's buffer, and the kernel's
-//! receive stamp shows the core how long. New INVITEs that waited past
-//! `overload_queue_ms` are shed with `503` + Retry-After (`overloaded`) and
+//! receive stamp shows the core how long. The backlog stood above
+//! `overload_queue_ms` for far longer than overload control's interval, so
+//! its new INVITEs are shed with `503` + Retry-After (`overloaded`) and
 //! recorded; the BYEs of calls already up, which waited as long, are never
 //! shed; calls placed once the queue has drained are admitted.
 
@@ -14,7 +15,7 @@ use std::time::Duration;
 use common::calls::{PBX_IP, exactly_n_records, leases};
 use common::daemon::{Daemon, sipp_start};
 
-/// Overload shedding past 50 ms in a core's queue; a trunk from 127.0.0.2
+/// Overload control's target wait 50 ms; a trunk from 127.0.0.2
 /// for portal `acme` whose +15550001 rings alice.
 const CONFIG: &str = "overload_queue_ms = 50\n\
 [[trunk]]\nname = \"acme-pbx\"\nportal = \"acme\"\nsources = [\"127.0.0.2/32\"]\n\

@@ -419,11 +419,13 @@ pub struct SipConfig {
     /// node. Default: 10000.
     #[serde(default = "default_max_calls")]
     pub max_calls: usize,
-    /// The longest a new INVITE may wait for its SIP core, in milliseconds:
-    /// one that waited longer is answered at once with `503` + Retry-After
-    /// (`overloaded`). This sheds the calls past what the node can carry,
-    /// whatever the cause, before its queues overflow; retransmissions and
-    /// requests within calls are never shed. 0 turns it off. Default: 100.
+    /// Overload control's target wait in a SIP core's queue, milliseconds.
+    /// When messages keep waiting longer than this for 200 ms (a standing
+    /// queue, not a burst), each new INVITE that waited past it is answered
+    /// at once with `503` + Retry-After (`overloaded`): the calls past what
+    /// the node can carry are shed, whatever the cause, before its queues
+    /// overflow. Retransmissions and requests within calls are never shed.
+    /// 0 turns it off. Default: 50.
     #[serde(default = "default_overload_queue_ms")]
     pub overload_queue_ms: u64,
     /// What an INVITE from an address that is no trunk gets: `reject`
@@ -477,7 +479,7 @@ fn default_max_calls() -> usize {
 }
 
 fn default_overload_queue_ms() -> u64 {
-    100
+    50
 }
 
 fn default_max_tcp_connections() -> usize {

@@ -267,7 +267,7 @@ fn overload_queue_is_bounded_and_zero_turns_it_off() {
     assert!(err.0[0].message.contains("overload_queue_ms must be at most 10000"), "{err}");
     assert_eq!(err.0[0].location.line, 3);
     assert_eq!(load_text("[sip]\noverload_queue_ms = 0\n").expect("off").config.sip.overload_queue_ms, 0);
-    assert_eq!(load_text("").expect("default").config.sip.overload_queue_ms, 100);
+    assert_eq!(load_text("").expect("default").config.sip.overload_queue_ms, 50);
 }
 
 #[test]

@@ -70,8 +70,8 @@ pub struct NodeConfig {
     /// Calls in progress on this node above which new calls are shed
     /// (`503 overloaded` with Retry-After, so the PBX fails over).
     pub max_calls: usize,
-    /// The longest a new INVITE may wait for its core before it is shed
-    /// (`overload.rs`); zero never sheds.
+    /// The target wait in a core's queue: past it for `overload::INTERVAL`,
+    /// new INVITEs are shed (`overload.rs`); zero never sheds.
     pub overload_queue: std::time::Duration,
     /// Give no answer to INVITEs from addresses that are no trunk.
     pub ignore_unknown_trunks: bool,
@@ -442,6 +442,7 @@ impl Shard {
     }
 
     fn handle_inbound(&mut self, inb: Inbound, now: Instant) {
+        self.overload.observe(now, inb.received);
         match inb.message {
             Ok(Message::Request(req)) => {
                 self.handle_request(req, inb.transport, inb.remote, inb.conn, inb.received, now)
