@@ -22,7 +22,9 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 HARNESS=${HARNESS:-$ROOT/../shared/bench}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-cargo build --release --manifest-path "$ROOT/Cargo.toml"
+# Without OUT_DIR (the harness's results folder): build scripts read that
+# variable, so cargo would rebuild every crate that has one.
+env -u OUT_DIR cargo build --release --manifest-path "$ROOT/Cargo.toml"
 TG="$CARGO_TARGET_DIR/release/trunkgate"
 WORK=$(mktemp -d /tmp/trunkgate-bench.XXXXXX)
 cat >"$WORK/trunkgate.toml" <<TOML

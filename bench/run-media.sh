@@ -93,7 +93,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 # --- build ------------------------------------------------------------------------
 log "building (release): trunkgate, mediaload"
-cargo build --release --locked --manifest-path "$ROOT/Cargo.toml" -p trunkgate -p mediaload
+env -u OUT_DIR cargo build --release --locked --manifest-path "$ROOT/Cargo.toml" -p trunkgate -p mediaload
 ML_BIN="$CARGO_TARGET_DIR/release/mediaload"
 ML() { nice -n "$GEN_NICE" "$ML_BIN" "$@"; }
 TG="$CARGO_TARGET_DIR/release/trunkgate"
