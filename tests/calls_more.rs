@@ -452,3 +452,60 @@ fn database_unreachable_new_calls_get_503_database_unavailable() {
         "{records:#?}"
     );
 }
+
+/// A fleet node whose database answers but has no connection free in time
+/// (saturated: here its one pooled connection waits on a portal row that
+/// another session holds locked) sheds the next call as `overloaded`, with
+/// Retry-After: not `database-unavailable`, which is for a database that
+/// does not answer. The call that waited is admitted once the lock goes.
+#[test]
+fn database_saturated_new_calls_get_503_overloaded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let url = rt.block_on(common::pg_schema_url());
+    let mut d = Daemon::prepare_db(&url, "node-a", TRUNK);
+    // One pooled connection, given up on after 500 ms.
+    let text = std::fs::read_to_string(&d.config).expect("config");
+    let text = text.replacen("[database]\n", "[database]\nmax_connections = 1\nacquire_timeout_ms = 500\n", 1);
+    std::fs::write(&d.config, text).expect("config");
+    d.seed_portal("acme", "acme.example.com", &[("alice", "alice-secret-1")]);
+    d.cli(&["plan", "set", "free", "--max-cps", "unlimited"]);
+    d.start();
+    let user = phone(&d, "alice", "user_answer.xml", &[]);
+
+    // Another session holds the portal's row: an admission waits on it.
+    let lock = rt.block_on(async {
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await.expect("connect");
+        sqlx::query("BEGIN").execute(&mut conn).await.expect("begin");
+        sqlx::query("SELECT 1 FROM portals WHERE id = 'acme' FOR UPDATE").execute(&mut conn).await.expect("lock");
+        conn
+    });
+    let waiting = pbx(&d, Path::new("pbx_call.xml"), "+15550001", &["-d", "500"]);
+    // Its INVITE reaches the admission (and the lock) within moments.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (ok, out) = pbx(&d, &pbx_refused_scenario(dir.path(), 503), "+15550001", &[]).wait();
+    assert!(ok, "503 while the database is saturated:\n{out}\n{}", d.log_text());
+    assert!(out.contains("Warning: 399 node-a \"overloaded: shared database saturated"), "{out}");
+    assert!(out.contains("Retry-After:"), "{out}");
+    assert!(d.log_text().contains("database saturated during admission"), "{}", d.log_text());
+
+    // The lock goes: the waiting call is admitted and completes.
+    rt.block_on(async move {
+        let mut conn = lock;
+        sqlx::query("COMMIT").execute(&mut conn).await.expect("commit");
+    });
+    let (ok, out) = waiting.wait();
+    assert!(ok, "the call that waited on the lock went through:\n{out}\n{}", d.log_text());
+    assert!(user.wait().0, "phone side");
+    let records = wait_cdr(&d, 2);
+    let mut got: Vec<(String, Option<String>)> = records
+        .iter()
+        .map(|r| (r["outcome"].as_str().unwrap_or("").to_owned(), r["reason"].as_str().map(str::to_owned)))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![("completed".to_owned(), None), ("refused".to_owned(), Some("overloaded".to_owned()))],
+        "{records:#?}"
+    );
+}

@@ -321,6 +321,12 @@ pub(crate) async fn take_channel(
         Ok(LeaseOutcome::Busy { active }) => {
             Err((Reason::ChannelsBusy, format!("{active} of {channels} channels busy")))
         }
+        // Saturated, not gone: overload, shed like any (the PBX may try
+        // another node, which may have connections to spare).
+        Err(e) if ctx.store.is_saturated(&e) => {
+            warn!(error = %e, "database saturated during admission: call shed as overloaded");
+            Err((Reason::Overloaded, "shared database saturated: no connection free in time".into()))
+        }
         Err(e) if e.is_unavailable() => {
             warn!(error = %e, "database unavailable during admission");
             Err((Reason::DatabaseUnavailable, "shared database unreachable".into()))

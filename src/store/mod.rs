@@ -294,6 +294,20 @@ impl Store {
         }
     }
 
+    /// Whether `e` means the database is saturated rather than
+    /// unreachable: no pooled connection came free within the acquire
+    /// timeout while the pool is full, every connection busy with a query.
+    /// A database that does not answer leaves the pool short: its
+    /// connections fail and are closed, and new ones cannot connect. (One
+    /// whose connections all hang mid-query, a black-holed network, looks
+    /// saturated until they fail.)
+    pub fn is_saturated(&self, e: &StoreError) -> bool {
+        matches!(e, StoreError::Database(sqlx::Error::PoolTimedOut))
+            && with_pool!(self, pool => {
+                pool.num_idle() == 0 && pool.size() >= pool.options().get_max_connections()
+            })
+    }
+
     /// Closes every pooled connection.
     pub async fn close(&self) {
         with_pool!(self, pool => pool.close().await)
