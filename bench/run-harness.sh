@@ -38,6 +38,7 @@ max_connections = ${DB_MAX_CONNECTIONS:-4}
 listen = ["udp://127.0.0.1:5060"]
 max_calls = 100000
 overload_queue_ms = ${OVERLOAD_QUEUE_MS:-50}
+cores = ${SIP_CORES:-0}
 # Signalling only, like the Kamailio reference (which relays no media):
 # media anchoring is measured by bench/run-media.sh against rtpengine.
 [media]
