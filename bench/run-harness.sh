@@ -17,7 +17,9 @@
 # Warning carries the stable reason tokens (`channels-busy: ...`), not
 # Kamailio's prose. Results land in bench/results/ (git-ignored).
 # Harness variables (RATES, CORRECTNESS, PROBE, …) pass through; DB_MAX_CONNECTIONS
-# sets the SQLite pool size (default 4).
+# sets the SQLite pool size (default 4), OVERLOAD_QUEUE_MS overload control's
+# target wait (default 50, 0 = off), SIP_CORES `[sip] cores` (default 0: one
+# per CPU); TRUNKGATE_LOG=path keeps the daemon's log.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 HARNESS=${HARNESS:-$ROOT/../shared/bench}
