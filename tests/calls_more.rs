@@ -441,16 +441,7 @@ fn database_unreachable_new_calls_get_503_database_unavailable() {
     assert!(user.wait().0, "phone side of the call in progress");
     proxy.restore();
     let records = wait_cdr(&d, 2);
-    let mut got: Vec<(String, Option<String>)> = records
-        .iter()
-        .map(|r| (r["outcome"].as_str().unwrap_or("").to_owned(), r["reason"].as_str().map(str::to_owned)))
-        .collect();
-    got.sort();
-    assert_eq!(
-        got,
-        vec![("completed".to_owned(), None), ("refused".to_owned(), Some("database-unavailable".to_owned()))],
-        "{records:#?}"
-    );
+    assert_eq!(outcomes(&records), [("completed", None), ("refused", Some("database-unavailable"))], "{records:#?}");
 }
 
 /// A fleet node whose database answers but has no connection free in time
@@ -498,14 +489,13 @@ fn database_saturated_new_calls_get_503_overloaded() {
     assert!(ok, "the call that waited on the lock went through:\n{out}\n{}", d.log_text());
     assert!(user.wait().0, "phone side");
     let records = wait_cdr(&d, 2);
-    let mut got: Vec<(String, Option<String>)> = records
-        .iter()
-        .map(|r| (r["outcome"].as_str().unwrap_or("").to_owned(), r["reason"].as_str().map(str::to_owned)))
-        .collect();
+    assert_eq!(outcomes(&records), [("completed", None), ("refused", Some("overloaded"))], "{records:#?}");
+}
+
+/// Each record's (outcome, reason), sorted.
+fn outcomes(records: &[Value]) -> Vec<(&str, Option<&str>)> {
+    let mut got: Vec<(&str, Option<&str>)> =
+        records.iter().map(|r| (r["outcome"].as_str().unwrap_or(""), r["reason"].as_str())).collect();
     got.sort();
-    assert_eq!(
-        got,
-        vec![("completed".to_owned(), None), ("refused".to_owned(), Some("overloaded".to_owned()))],
-        "{records:#?}"
-    );
+    got
 }
