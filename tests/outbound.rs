@@ -158,14 +158,7 @@ fn baresip_calls_out_through_a_pbx_that_challenges_and_they_hear_each_other() {
     std::fs::write(d.dir.path().join("pbx.secret"), "trunk-secret-9\n").expect("secret");
     d.seed_portal("acme", "acme.example.com", &[("alice", "alice-secret-1")]);
     d.start();
-    let mp = free_port_on(PBX_IP).to_string();
-    let pbx = sipp_start(
-        Path::new("trunk_answer_auth.xml"),
-        None,
-        PBX_IP,
-        pbx_port,
-        &["-m", "1", "-mp", &mp, "-key", "audio", &format!("{CAPTURES}/g711a.pcap")],
-    );
+    let pbx = pbx_answering_with_auth(pbx_port);
     let phone =
         Baresip::builder("alice", "acme.example.com", "alice-secret-1", d.udp).control().silence_secs(9).start();
     phone.command("dial sip:+15550001@acme.example.com");
@@ -610,14 +603,7 @@ fn trunk_credentials_can_live_in_the_database() {
     assert_eq!(refused.status.code(), Some(2), "{}", String::from_utf8_lossy(&refused.stderr));
     d.start();
     d.wait_log(&["trunk credentials from the database", "acme-pbx"]);
-    let mp = free_port_on(PBX_IP).to_string();
-    let pbx = sipp_start(
-        Path::new("trunk_answer_auth.xml"),
-        None,
-        PBX_IP,
-        pbx_port,
-        &["-m", "1", "-mp", &mp, "-key", "audio", &format!("{CAPTURES}/g711a.pcap")],
-    );
+    let pbx = pbx_answering_with_auth(pbx_port);
     let (ok, out) = user_call(&d, "alice", "alice-secret-1", "+15550001", "1000").wait();
     assert!(ok, "{out}");
     let (ok, out) = pbx.wait();
@@ -625,4 +611,17 @@ fn trunk_credentials_can_live_in_the_database() {
     assert!(!d.log_text().contains("trunk-secret-9"), "never logged");
     let rec = &exactly_n_records(&mut d, 1)[0];
     assert_eq!(rec["outcome"], "completed", "{rec}");
+}
+
+/// The PBX on `pbx_port` that challenges one call with 401, checks the
+/// answer and answers with the G.711 A-law capture as audio.
+fn pbx_answering_with_auth(pbx_port: u16) -> SippChild {
+    let mp = free_port_on(PBX_IP).to_string();
+    sipp_start(
+        Path::new("trunk_answer_auth.xml"),
+        None,
+        PBX_IP,
+        pbx_port,
+        &["-m", "1", "-mp", &mp, "-key", "audio", &format!("{CAPTURES}/g711a.pcap")],
+    )
 }

@@ -323,16 +323,7 @@ impl BrowserLeg {
                         out.push(BrowserOutput::Gone);
                         return None;
                     }
-                    Event::RtpPacket(p) => {
-                        let mut pkt = Vec::with_capacity(12 + p.payload.len());
-                        pkt.push(0x80);
-                        pkt.push((u8::from(p.header.marker) << 7) | (*p.header.payload_type & 0x7f));
-                        pkt.extend_from_slice(&p.header.sequence_number.to_be_bytes());
-                        pkt.extend_from_slice(&p.header.timestamp.to_be_bytes());
-                        pkt.extend_from_slice(&(*p.header.ssrc).to_be_bytes());
-                        pkt.extend_from_slice(&p.payload);
-                        out.push(BrowserOutput::Rtp(pkt));
-                    }
+                    Event::RtpPacket(p) => out.push(BrowserOutput::Rtp(rtp_bytes(&p))),
                     _ => {}
                 },
                 Err(_) => {
@@ -538,6 +529,19 @@ fn random_token(n: usize) -> String {
     let mut b = vec![0u8; n];
     let _ = getrandom::fill(&mut b);
     b.iter().map(|x| char::from(ALPHABET[usize::from(*x) % ALPHABET.len()])).collect()
+}
+
+/// A decrypted RTP packet from str0m as plain RTP bytes (version 2, no
+/// CSRCs or extensions: what the PBX side relays).
+pub fn rtp_bytes(p: &str0m::rtp::RtpPacket) -> Vec<u8> {
+    let mut pkt = Vec::with_capacity(12 + p.payload.len());
+    pkt.push(0x80);
+    pkt.push((u8::from(p.header.marker) << 7) | (*p.header.payload_type & 0x7f));
+    pkt.extend_from_slice(&p.header.sequence_number.to_be_bytes());
+    pkt.extend_from_slice(&p.header.timestamp.to_be_bytes());
+    pkt.extend_from_slice(&(*p.header.ssrc).to_be_bytes());
+    pkt.extend_from_slice(&p.payload);
+    pkt
 }
 
 #[cfg(test)]

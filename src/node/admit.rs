@@ -119,6 +119,9 @@ fn portal_for(
     }
 }
 
+/// Why a call shed by overload control was refused (its Warning text).
+pub(crate) const SHED_DETAIL: &str = "node is shedding load: calls queue too long";
+
 /// A trunk's INVITE shed by overload control (`overload.rs`): refused as
 /// `overloaded` without going through admission, recorded like any
 /// refusal.
@@ -126,7 +129,7 @@ pub(crate) fn shed(ctx: &Shared, key: TsxKey, request: &Request, trunk: &Trunk) 
     let (_, mut record) = inbound_record(ctx, request, trunk);
     let (_, portal) = portal_for(&ctx.cache.get(), trunk, request);
     record.portal_id = portal.map(|p| p.id.as_str().to_owned());
-    refuse(ctx, key, Reason::Overloaded, "node is shedding load: calls queue too long".into(), record)
+    refuse(ctx, key, Reason::Overloaded, SHED_DETAIL.into(), record)
 }
 
 /// Decides on one INVITE.

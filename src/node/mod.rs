@@ -704,7 +704,7 @@ impl Shard {
                     crate::ops::metrics::call_refused(crate::admission::Reason::Overloaded.as_str());
                     let refusal = crate::admission::Refusal {
                         reason: crate::admission::Reason::Overloaded,
-                        detail: "node is shedding load: calls queue too long".into(),
+                        detail: admit::SHED_DETAIL.into(),
                     };
                     let answer = self.ctx.config.answers.answer_refusal(&refusal);
                     let resp = self.refusal_response(&request, &answer, crate::admission::Reason::Overloaded, now);

@@ -224,16 +224,7 @@ impl Peer {
                         self.die("ICE disconnected".into(), out);
                         return;
                     }
-                    Event::RtpPacket(p) => {
-                        let mut pkt = Vec::with_capacity(12 + p.payload.len());
-                        pkt.push(0x80);
-                        pkt.push((u8::from(p.header.marker) << 7) | (*p.header.payload_type & 0x7f));
-                        pkt.extend_from_slice(&p.header.sequence_number.to_be_bytes());
-                        pkt.extend_from_slice(&p.header.timestamp.to_be_bytes());
-                        pkt.extend_from_slice(&(*p.header.ssrc).to_be_bytes());
-                        pkt.extend_from_slice(&p.payload);
-                        out.push(PeerEvent::Rtp(pkt));
-                    }
+                    Event::RtpPacket(p) => out.push(PeerEvent::Rtp(trunkgate::media::webrtc::rtp_bytes(&p))),
                     _ => {}
                 },
                 Err(e) => {
