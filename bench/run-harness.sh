@@ -20,6 +20,10 @@
 # sets the SQLite pool size (default 4), OVERLOAD_QUEUE_MS overload control's
 # target wait (default 50, 0 = off), SIP_CORES `[sip] cores` (default 0: one
 # per CPU); TRUNKGATE_LOG=path keeps the daemon's log.
+# DATABASE=postgres runs the node as a fleet node on the local PostgreSQL
+# (PG_URL, default postgres://postgres@127.0.0.1:5432, trust auth) in a
+# database created empty for the run (trunkgate_bench), and reports
+# PostgreSQL's own CPU over the run beside the harness's report.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 HARNESS=${HARNESS:-$ROOT/../shared/bench}
@@ -29,12 +33,29 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 env -u OUT_DIR cargo build --release --manifest-path "$ROOT/Cargo.toml"
 TG="$CARGO_TARGET_DIR/release/trunkgate"
 WORK=$(mktemp -d /tmp/trunkgate-bench.XXXXXX)
+DB_URL_LINE=""
+if [ "${DATABASE:-sqlite}" = postgres ]; then
+    PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432}
+    psql "$PG_URL/postgres" -qAt -c "DROP DATABASE IF EXISTS trunkgate_bench" -c "CREATE DATABASE trunkgate_bench" >/dev/null
+    DB_URL_LINE="url = \"$PG_URL/trunkgate_bench\""
+    # The postmaster: its tree is every backend of every session.
+    PG_PID=$(pgrep -o -x postgres)
+fi
+pg_ticks() {
+    local t=0 p v
+    for p in $PG_PID $(pgrep -P "$PG_PID"); do
+        v=$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat" 2>/dev/null) || continue
+        t=$((t + ${v:-0}))
+    done
+    echo "$t"
+}
 cat >"$WORK/trunkgate.toml" <<TOML
 node_id = "bench"
 state_dir = "$WORK/state"
 [log]
 level = "warn,trunkgate::daemon=info"
 [database]
+$DB_URL_LINE
 max_connections = ${DB_MAX_CONNECTIONS:-4}
 [sip]
 listen = ["udp://127.0.0.1:5060"]
@@ -74,6 +95,21 @@ trap 'kill -TERM $PID 2>/dev/null; wait $PID 2>/dev/null; [ -z "${TRUNKGATE_LOG:
 for _ in $(seq 100); do grep -q '"ready"\|ready' "$WORK/trunkgate.log" 2>/dev/null && break; sleep 0.1; done
 OUT_DIR=${OUT_DIR:-$ROOT/bench/results/trunkgate-$(date +%Y%m%d-%H%M%S)}
 export OUT_DIR
-TARGET=127.0.0.1:5060 SUT_PID=$PID SUT_NAME="trunkgate $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo dev)" \
+[ -z "${PG_PID:-}" ] || PG0=$(pg_ticks)
+TARGET=127.0.0.1:5060 SUT_PID=$PID SUT_NAME="trunkgate $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo dev) (${DATABASE:-sqlite})" \
     EXPECT_REASONS=0 "$HARNESS/run-target.sh"
+if [ -n "${PG_PID:-}" ]; then
+    PG1=$(pg_ticks)
+    # Every call the harness made has its record (written behind): wait for
+    # the count to settle, then PostgreSQL's CPU per recorded call.
+    prev=-1
+    for _ in $(seq 30); do
+        n=$(psql "$PG_URL/trunkgate_bench" -qAt -c "SELECT COUNT(*) FROM call_records")
+        [ "$n" = "$prev" ] && break
+        prev=$n; sleep 1
+    done
+    awk -v t=$((PG1 - PG0)) -v hz="$(getconf CLK_TCK)" -v n="$n" 'BEGIN {
+        printf "PostgreSQL CPU over the run: %.1f s for %d call records: %.0f us per call\n", t / hz, n, n ? t / hz / n * 1e6 : 0
+    }' | tee -a "$OUT_DIR/report.md"
+fi
 echo "report: $OUT_DIR/report.md"

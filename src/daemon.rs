@@ -5,12 +5,14 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::b2bua::TrunkTable;
 use crate::cdr::CdrWriter;
 use crate::config::Loaded;
 use crate::licences::LicenceCache;
+use crate::node::channels::Channels;
 use crate::node::{LockoutConfig, Node, NodeConfig};
 use crate::ops::systemd;
 use crate::registrar::RegistrarConfig;
@@ -89,7 +91,15 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         Ok(n) => warn!(leases = n, "released the leases of this node's previous run"),
         Err(e) => warn!(error = %e, "could not release this node's old leases; they will expire"),
     }
-    tokio::spawn(renew_leases(store.clone(), loaded.node_id.clone(), shutdown.clone()));
+    match store.release_node_allowances(&loaded.node_id).await {
+        Ok(0) => {}
+        Ok(n) => warn!(allowances = n, "released the channel allowances of this node's previous run"),
+        Err(e) => warn!(error = %e, "could not release this node's old channel allowances; they will expire"),
+    }
+    let channels = Arc::new(Channels::for_store(&store, &loaded.node_id, crate::node::LEASE_TTL));
+    tokio::spawn(channels.clone().listen_for_asks(loaded.database_url.clone(), shutdown.clone()));
+    tokio::spawn(channels.clone().watch_database(shutdown.clone()));
+    tokio::spawn(renew_leases(store.clone(), channels.clone(), loaded.node_id.clone(), shutdown.clone()));
     // Call records are written in batches by their own task, which flushes
     // everything before the daemon exits.
     let cdr_shutdown = CancellationToken::new();
@@ -134,7 +144,8 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
             warn!("browsers cannot take calls without [media] anchor = true: their offers would be refused");
         }
     }
-    let node = Node::start(config, store.clone(), cache, trunks, cdr, transports, inbound_rx, shutdown.clone())?;
+    let node =
+        Node::start(config, store.clone(), channels, cache, trunks, cdr, transports, inbound_rx, shutdown.clone())?;
 
     systemd::ready("serving");
     info!("ready");
@@ -151,6 +162,9 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         Ok(0) => {}
         Ok(n) => info!(leases = n, "released the leases of calls cut by the stop"),
         Err(e) => warn!(error = %e, "leases not released; they will expire"),
+    }
+    if let Err(e) = store.release_node_allowances(&loaded.node_id).await {
+        warn!(error = %e, "channel allowances not released; they will expire");
     }
     cdr_shutdown.cancel();
     if cdr_task.await.is_err() {
@@ -188,9 +202,10 @@ fn lock_sqlite(db: &std::path::Path) -> anyhow::Result<std::fs::File> {
     }
 }
 
-/// Renews this node's call leases every third of their lifetime, so the
-/// channels of a node that dies come back when its leases expire.
-async fn renew_leases(store: Store, node_id: String, shutdown: CancellationToken) {
+/// Renews this node's call leases and channel allowances every third of
+/// their lifetime, so the channels of a node that dies come back when they
+/// expire.
+async fn renew_leases(store: Store, channels: Arc<Channels>, node_id: String, shutdown: CancellationToken) {
     let ttl = crate::node::LEASE_TTL;
     let mut tick = tokio::time::interval(ttl / 3);
     loop {
@@ -198,9 +213,13 @@ async fn renew_leases(store: Store, node_id: String, shutdown: CancellationToken
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let until = crate::clock::now_utc() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::seconds(60));
+        let now = crate::clock::now_utc();
+        let until = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::seconds(60));
         if let Err(e) = store.renew_leases(&node_id, until).await {
             warn!(error = %e, "lease renewal failed");
+        }
+        if let Err(e) = channels.renew(now, until).await {
+            warn!(error = %e, "channel allowance renewal failed");
         }
     }
 }

@@ -636,6 +636,86 @@ fn two_nodes_on_postgresql_share_the_channels() {
     assert!(phone.wait().0, "the phone took both calls");
 }
 
+/// A fleet node killed (SIGKILL: no release, no renewal) while it holds
+/// the portal's only channel: the other node refuses with 486 while the
+/// dead node's allowance lives (checked 5 s before it expires), and admits
+/// once it has expired. No over-admission, and the channel is not lost.
+#[test]
+fn a_killed_fleet_nodes_channel_comes_back_when_its_allowance_expires() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = tokio::runtime::Runtime::new().expect("runtime").block_on(common::pg_schema_url());
+    let mut a = Daemon::prepare_db(&url, "node-a", TRUNK);
+    a.cli(&["portal", "add", "--id", "acme", "--domain", "acme.example.com"]);
+    a.cli(&[
+        "extension",
+        "add",
+        "--portal",
+        "acme",
+        "--channels",
+        "1",
+        "--valid-from",
+        "2020-01-01T00:00:00Z",
+        "--valid-until",
+        "2099-01-01T00:00:00Z",
+    ]);
+    a.cli_stdin(&["user", "add", "--portal", "acme", "--username", "alice"], Some("alice-secret-1\n"));
+    let mut b = Daemon::prepare_db(&url, "node-b", TRUNK);
+    a.start();
+    b.start();
+    let phone = sipp_start(Path::new("user_answer.xml"), None, "127.0.0.1", 0, &["-m", "2"]);
+    a.cli(&[
+        "user",
+        "set-contact",
+        "--portal",
+        "acme",
+        "--username",
+        "alice",
+        "--contact",
+        &format!("sip:alice@127.0.0.1:{}", phone.port),
+    ]);
+    let _held = pbx(&a, Path::new("pbx_call.xml"), "+15550001", &["-d", "300000"]);
+    wait_calls(&b, "node A's call never held a lease", |l| l.iter().any(|c| c["node_id"] == "node-a"));
+    a.kill();
+    let expires = pg_scalar(&url, "SELECT expires_at FROM channel_allowances WHERE node_id = 'node-a'");
+    let wait_until = |unix: i64| {
+        let now = common::wall_unix();
+        if unix > now {
+            std::thread::sleep(std::time::Duration::from_secs(u64::try_from(unix - now).unwrap_or(0)));
+        }
+    };
+    let (ok, out) = pbx(&b, &pbx_refused_scenario(dir.path(), 486), "+15550001", &[]).wait();
+    assert!(ok, "node A's allowance holds the only channel:\n{out}");
+    wait_until(expires - 5);
+    let (ok, out) = pbx(&b, &pbx_refused_scenario(dir.path(), 486), "+15550001", &[]).wait();
+    assert!(ok, "5 s before node A's allowance expires, still refused:\n{out}");
+    // Alice's phone still holds the cut call: a fresh one for the next.
+    drop(phone);
+    let phone = sipp_start(Path::new("user_answer.xml"), None, "127.0.0.1", 0, &["-m", "1"]);
+    b.cli(&[
+        "user",
+        "set-contact",
+        "--portal",
+        "acme",
+        "--username",
+        "alice",
+        "--contact",
+        &format!("sip:alice@127.0.0.1:{}", phone.port),
+    ]);
+    wait_until(expires + 1);
+    let (ok, out) = pbx(&b, Path::new("pbx_call.xml"), "+15550001", &["-d", "100"]).wait();
+    assert!(ok, "node B admits once node A's allowance has expired:\n{out}");
+    assert!(phone.wait().0, "alice answered on node B");
+}
+
+/// One integer from the fleet's PostgreSQL schema.
+fn pg_scalar(url: &str, sql: &str) -> i64 {
+    use sqlx::Connection;
+    tokio::runtime::Runtime::new().expect("runtime").block_on(async {
+        let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned())).fetch_one(&mut conn).await.expect(sql)
+    })
+}
+
 /// Runs `sql` on the fleet's PostgreSQL schema.
 fn pg_exec(url: &str, sql: &str) {
     use sqlx::Connection;

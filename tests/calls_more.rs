@@ -408,8 +408,8 @@ impl PgProxy {
 }
 
 /// The shared database lost under a fleet node (PostgreSQL behind a proxy
-/// the test cuts): a call already up goes on to its end, a new INVITE is
-/// refused at once with 503, `Warning: 399 <node> "database-unavailable…"`
+/// the test cuts): a call already up goes on to its end; once the node's
+/// check finds the database gone, a new INVITE is refused at once with 503, `Warning: 399 <node> "database-unavailable…"`
 /// and Retry-After (fail closed); once the database is back, both attempts
 /// are in the call records.
 #[test]
@@ -428,6 +428,10 @@ fn database_unreachable_new_calls_get_503_database_unavailable() {
     });
     proxy.cut();
     let started = common::wall_now();
+    // The node holds an allowance of the portal's channels, so it would
+    // not need the database for this call: its check of the database
+    // (every half second) is what makes it fail closed.
+    d.wait_log(&["database unreachable: new calls refused"]);
     let (ok, out) = pbx(&d, &pbx_refused_scenario(dir.path(), 503), "+15550001", &[]).wait();
     let took = common::wall_now() - started;
     assert!(ok, "503 while the database is unreachable:\n{out}\n{}", d.log_text());

@@ -17,7 +17,7 @@ use crate::b2bua::{Trunk, dialled_number};
 use crate::registrar::Aor;
 use crate::sip::message::{Request, Uri};
 use crate::sip::transaction::TsxKey;
-use crate::store::{CallRecord, LeaseOutcome, LeaseRequest, StoreError};
+use crate::store::{CallRecord, LeaseOutcome, StoreError};
 use crate::transport::{Target, Transport};
 
 /// How long a lease lives without renewal; the node renews every third.
@@ -274,11 +274,9 @@ pub(crate) async fn admit(ctx: Arc<Shared>, input: AdmitInput) -> AdmissionResul
 }
 
 /// Row 6: takes one of the portal's `channels` for lease `lease_id`, or
-/// says why not. Single node (SQLite): the node is the only one counting
-/// this database's channels, so it counts in memory, exactly, and records
-/// the lease behind (in order with its release). A fleet counts in the
-/// database, atomically across nodes. Inbound and outbound calls share
-/// the count.
+/// says why not. The node counts (see [`super::channels`]) and records the
+/// lease behind, in order with its release. Inbound and outbound calls
+/// share the count.
 pub(crate) async fn take_channel(
     ctx: &Shared,
     portal: &str,
@@ -286,39 +284,17 @@ pub(crate) async fn take_channel(
     lease_id: &str,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), (Reason, String)> {
-    let admitted = match &ctx.local_channels {
-        Some(local) => {
-            let taken = local.lock().map(|mut counts| {
-                let n = counts.entry(portal.to_owned()).or_insert(0);
-                if *n < channels {
-                    *n += 1;
-                    Ok(*n)
-                } else {
-                    Err(*n)
-                }
-            });
-            match taken {
-                Ok(Ok(active_after)) => {
-                    let at = now.timestamp();
-                    let _ = ctx.lease_ops.send(crate::store::LeaseOp::Take {
-                        call_id: lease_id.to_owned(),
-                        portal: portal.to_owned(),
-                        node_id: ctx.config.node_id.clone(),
-                        acquired_at: at,
-                        expires_at: at + i64::try_from(LEASE_TTL.as_secs()).unwrap_or(60),
-                    });
-                    Ok(LeaseOutcome::Admitted { active_after })
-                }
-                Ok(Err(active)) => Ok(LeaseOutcome::Busy { active }),
-                Err(_) => Ok(LeaseOutcome::Busy { active: channels }),
-            }
-        }
-        None => {
-            let lease =
-                LeaseRequest { portal, call_id: lease_id, node_id: &ctx.config.node_id, channels, now, ttl: LEASE_TTL };
-            ctx.store.admit_call(&lease).await
-        }
-    };
+    let admitted = ctx.channels.take(portal, channels, now).await;
+    if let Ok(LeaseOutcome::Admitted { .. }) = admitted {
+        let at = now.timestamp();
+        let _ = ctx.lease_ops.send(crate::store::LeaseOp::Take {
+            call_id: lease_id.to_owned(),
+            portal: portal.to_owned(),
+            node_id: ctx.config.node_id.clone(),
+            acquired_at: at,
+            expires_at: at + i64::try_from(LEASE_TTL.as_secs()).unwrap_or(60),
+        });
+    }
     match admitted {
         Ok(LeaseOutcome::Admitted { .. }) => Ok(()),
         Ok(LeaseOutcome::Busy { active }) => {
@@ -351,11 +327,7 @@ pub(crate) async fn active_calls(
     portal: &str,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<u32, StoreError> {
-    match &ctx.local_channels {
-        // A poisoned lock counts as full: refuse rather than over-admit.
-        Some(local) => Ok(local.lock().map(|c| c.get(portal).copied().unwrap_or(0)).unwrap_or(u32::MAX)),
-        None => ctx.store.active_calls(portal, now).await,
-    }
+    if ctx.channels.is_fleet() { ctx.store.active_calls(portal, now).await } else { Ok(ctx.channels.in_use(portal)) }
 }
 
 /// A static contact `sip:user@IP:PORT[;transport=tcp]` → where to send.

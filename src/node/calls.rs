@@ -714,14 +714,11 @@ impl Shard {
         }
     }
 
-    /// Gives a call's channel back: the node's count (single node) and the
-    /// lease row (batched by `write_leases`).
+    /// Gives a call's channel back: the node's count and the lease row
+    /// (batched by `write_leases`).
     pub(super) fn release_lease(&self, lease_id: &str, portal: Option<&str>) {
-        if let (Some(local), Some(portal)) = (&self.ctx.local_channels, portal)
-            && let Ok(mut counts) = local.lock()
-            && let Some(n) = counts.get_mut(portal)
-        {
-            *n = n.saturating_sub(1);
+        if let Some(portal) = portal {
+            self.ctx.channels.release(portal);
         }
         let _ = self.ctx.lease_ops.send(crate::store::LeaseOp::Release { call_id: lease_id.to_owned() });
     }

@@ -14,6 +14,7 @@
 
 mod admit;
 mod calls;
+pub mod channels;
 mod lockout;
 mod outbound;
 mod overload;
@@ -103,10 +104,10 @@ pub(crate) struct Shared {
     rates: Mutex<HashMap<crate::admission::PortalId, (u64, u32)>>,
     /// Calls in progress on this node, all shards.
     active_calls: std::sync::atomic::AtomicUsize,
-    /// Single node (SQLite): each portal's calls in progress, counted here
-    /// and only recorded in the database (write-behind, in order, batched).
-    /// `None` for a fleet (PostgreSQL): the database counts, atomically.
-    pub local_channels: Option<Mutex<HashMap<String, u32>>>,
+    /// Each portal's calls in progress on this node, counted here (against
+    /// the channels on a single node, against the node's allowance on a
+    /// fleet) and recorded as leases behind (in order, batched).
+    pub channels: Arc<channels::Channels>,
     /// Lease changes for the batching writer.
     pub lease_ops: mpsc::UnboundedSender<crate::store::LeaseOp>,
     /// Outbound trunks the OPTIONS pings found down (outbound calls skip
@@ -198,6 +199,7 @@ impl Node {
     pub fn start(
         config: NodeConfig,
         store: Store,
+        channels: Arc<channels::Channels>,
         cache: LicenceCache,
         trunks: crate::b2bua::TrunkTable,
         cdr: crate::cdr::CdrWriter,
@@ -227,7 +229,7 @@ impl Node {
             trunks,
             rates: Mutex::new(HashMap::new()),
             active_calls: std::sync::atomic::AtomicUsize::new(0),
-            local_channels: (store.kind() == crate::store::BackendKind::Sqlite).then(|| Mutex::new(HashMap::new())),
+            channels,
             lease_ops: lease_tx,
             trunks_down: Mutex::new(std::collections::HashSet::new()),
             config,
@@ -853,8 +855,7 @@ async fn write_leases(store: Store, mut rx: mpsc::UnboundedReceiver<crate::store
                 Err(_) => break,
             }
         }
-        // Releases of a fleet's leases only: takes are written by the
-        // admission itself there, so the batch is all releases.
+        // A batch of releases only: one DELETE.
         let result = if batch.iter().all(|op| matches!(op, LeaseOp::Release { .. })) {
             let ids: Vec<String> = batch
                 .iter()

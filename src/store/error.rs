@@ -55,6 +55,15 @@ pub enum StoreError {
     /// The database failed or is unreachable: retry later, check the server.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// The node found the database not answering (its periodic check, or a
+    /// request that failed) and has not reached it since: fail closed.
+    #[error("database unreachable: {0}")]
+    Unreachable(String),
+    /// The database answers, but too slowly for this request: every
+    /// connection, or the request's turn, stayed busy past the acquire
+    /// timeout. Overload, not unreachability.
+    #[error("database saturated: {0}")]
+    Saturated(String),
     /// The embedded migrations could not be applied (a newer schema, or a
     /// modified migration).
     #[error("database migration: {0}")]
@@ -65,6 +74,6 @@ impl StoreError {
     /// True when the database itself could not be reached or failed (not a
     /// refusal of the request): callers fail closed with `database-unavailable`.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, StoreError::Database(_))
+        matches!(self, StoreError::Database(_) | StoreError::Unreachable(_) | StoreError::Saturated(_))
     }
 }

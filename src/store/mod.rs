@@ -27,6 +27,7 @@ use crate::admission::model::{BlockReason, Plan, PortalSnapshot};
 use crate::config::DatabaseConfig;
 use crate::credentials::{self, Ha1};
 
+pub use allowances::{ALLOWANCES_CHANNEL, AllowanceRow, BATCH_MAX, Grant, GrantRequest, grant_size};
 pub use error::StoreError;
 pub use leases::{LeaseOp, LeaseOutcome, LeaseRequest, LeaseRow};
 pub use rows::{
@@ -176,6 +177,7 @@ macro_rules! write_licence {
 }
 
 // After the macros: `macro_rules!` are in scope only below their definition.
+mod allowances;
 mod leases;
 
 pub(crate) fn ts(t: DateTime<Utc>) -> i64 {
@@ -302,10 +304,24 @@ impl Store {
     /// whose connections all hang mid-query, a black-holed network, looks
     /// saturated until they fail.)
     pub fn is_saturated(&self, e: &StoreError) -> bool {
-        matches!(e, StoreError::Database(sqlx::Error::PoolTimedOut))
-            && with_pool!(self, pool => {
-                pool.num_idle() == 0 && pool.size() >= pool.options().get_max_connections()
-            })
+        matches!(e, StoreError::Saturated(_))
+            || matches!(e, StoreError::Database(sqlx::Error::PoolTimedOut))
+                && with_pool!(self, pool => {
+                    pool.num_idle() == 0 && pool.size() >= pool.options().get_max_connections()
+                })
+    }
+
+    /// How long a request waits for a pooled connection before it fails.
+    pub fn acquire_timeout(&self) -> std::time::Duration {
+        with_pool!(self, pool => pool.options().get_acquire_timeout())
+    }
+
+    /// A round trip to the database (`SELECT 1`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        with_pool!(self, pool => {
+            sqlx::query("SELECT 1").execute(pool).await?;
+        });
+        Ok(())
     }
 
     /// Closes every pooled connection.

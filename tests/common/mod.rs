@@ -98,6 +98,14 @@ pub mod daemon;
 pub fn wall_now() -> std::time::Instant {
     std::time::Instant::now()
 }
+
+/// Unix seconds now (to wait for a time the database holds).
+#[allow(clippy::disallowed_methods, dead_code)]
+pub fn wall_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
 pub mod baresip;
 pub mod browser;
 pub mod ws;
