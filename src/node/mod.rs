@@ -167,6 +167,10 @@ pub(crate) enum ShardMsg {
     /// PBX), without Via: sent as a client transaction; its final
     /// response (or 408/503) goes back on `reply`.
     Send { request: Request, target: Target, reply: tokio::sync::oneshot::Sender<Result<Response, u16>> },
+    /// A connection closed (TCP, TLS, WebSocket).
+    Closed(crate::transport::Closed),
+    /// Connection-closed notices were lost (the broadcast overflowed).
+    ClosedLagged(u64),
 }
 
 /// Seconds between the live media figures written to each call's lease.
@@ -264,6 +268,27 @@ impl Node {
                 own: HashMap::new(),
                 overload: overload::Overload::new(ctx.config.overload_queue),
             };
+            // Connection-closed notices reach the core as messages: a
+            // broadcast receiver polled in its loop would join and leave the
+            // broadcast's waiter list (a lock each way) on every wake-up.
+            let mut closed = transports.closed();
+            let (notices, stop) = (core.replies.clone(), core_stop.clone());
+            tokio::spawn(async move {
+                loop {
+                    let msg = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        c = closed.recv() => match c {
+                            Ok(c) => ShardMsg::Closed(c),
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => ShardMsg::ClosedLagged(missed),
+                            // The transports outlive the cores: not reached.
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                        },
+                    };
+                    if notices.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+            });
             cores.push(tokio::spawn(core.run(inbound, reply_rx, core_stop.clone())));
         }
         // Pings and registrations go through core 0 (their Call-IDs say so).
@@ -328,15 +353,28 @@ impl Shard {
     ) {
         let mut expire_tick = tokio::time::interval(std::time::Duration::from_secs(1));
         let mut ticks: u64 = 0;
-        let mut closed = self.transports.closed();
+        // Made once, not per wake-up: a fresh `cancelled()` or `sleep_until`
+        // per loop registers with (and leaves) the token's waiter list or
+        // the timer wheel each time a message comes, locks included.
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
+        let timer = tokio::time::sleep_until(tokio::time::Instant::now());
+        tokio::pin!(timer);
+        let mut armed: Option<tokio::time::Instant> = None;
         loop {
             let deadline = [self.layer.poll_timeout(), self.calls.next_deadline()]
                 .into_iter()
                 .flatten()
                 .min()
                 .map(tokio::time::Instant::from_std);
+            if deadline != armed {
+                if let Some(d) = deadline {
+                    timer.as_mut().reset(d);
+                }
+                armed = deadline;
+            }
             tokio::select! {
-                _ = shutdown.cancelled() => {
+                _ = &mut cancelled => {
                     self.end_all_calls(crate::clock::instant());
                     return;
                 }
@@ -355,15 +393,6 @@ impl Shard {
                     }
                     None => return,
                 },
-                c = closed.recv() => match c {
-                    Ok(c) => self.handle_connection_closed(c, crate::clock::instant()),
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
-                        warn!(missed, "connection-closed notices overflowed: sweeping");
-                        self.sweep_closed_connections(crate::clock::instant());
-                    }
-                    // The transports outlive the cores: not reached.
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => closed = self.transports.closed(),
-                },
                 Some(m) = replies.recv() => match m {
                     ShardMsg::Reply { key, response } => self.respond(key, response, crate::clock::instant()),
                     ShardMsg::Admission(result) => self.handle_admission(*result, crate::clock::instant()),
@@ -371,8 +400,14 @@ impl Shard {
                     ShardMsg::LegGone(no, leg) => self.handle_leg_gone(no, leg, crate::clock::instant()),
                     ShardMsg::MediaDtmf(no, leg, digit, ms) => self.handle_media_dtmf(no, leg, digit, ms, crate::clock::instant()),
                     ShardMsg::Send { request, target, reply } => self.send_own(request, target, reply, crate::clock::instant()),
+                    ShardMsg::Closed(c) => self.handle_connection_closed(c, crate::clock::instant()),
+                    ShardMsg::ClosedLagged(missed) => {
+                        warn!(missed, "connection-closed notices overflowed: sweeping");
+                        self.sweep_closed_connections(crate::clock::instant());
+                    }
                 },
-                _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
+                _ = &mut timer, if armed.is_some() => {
+                    armed = None;
                     let now = crate::clock::instant();
                     self.layer.handle_timeout(now);
                     self.handle_call_timers(now);

@@ -63,9 +63,12 @@ pub(super) async fn receive_loop(shared: Arc<Shared>, local: SocketAddr, sock: A
     let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; size]).collect();
     let mut meta = [Meta::default(); BATCH];
     let fd = sock.as_raw_fd();
+    // Once, not per wake-up (see the SIP core's loop).
+    let cancelled = shared.shutdown.cancelled();
+    tokio::pin!(cancelled);
     loop {
         tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
+            _ = &mut cancelled => return,
             r = sock.readable() => if let Err(e) = r {
                 debug!(error = %e, "udp socket not readable");
                 continue;
