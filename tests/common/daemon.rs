@@ -320,6 +320,22 @@ pub fn sipp_start(scenario: &Path, remote: Option<SocketAddr>, local_ip: &str, p
     }
 }
 
+/// Whether some socket holds UDP `addr` (IPv4), read from /proc/net/udp.
+/// Not by binding it: a probe that binds the port for a moment can take
+/// it from the sipp starting beside it ("Unable to bind main socket").
+fn udp_bound(addr: SocketAddr) -> bool {
+    let std::net::IpAddr::V4(ip) = addr.ip() else { return std::net::UdpSocket::bind(addr).is_err() };
+    // The kernel prints the address as the in-memory u32, in hex.
+    let local = format!("{:08X}:{:04X}", u32::from_ne_bytes(ip.octets()), addr.port());
+    let wildcard = format!("00000000:{:04X}", addr.port());
+    std::fs::read_to_string("/proc/net/udp").is_ok_and(|table| {
+        table
+            .lines()
+            .skip(1)
+            .any(|line| line.split_whitespace().nth(1).is_some_and(|l| l.eq_ignore_ascii_case(&local) || l == wildcard))
+    })
+}
+
 fn sipp_spawn(scenario: &Path, remote: Option<SocketAddr>, local_ip: &str, port: u16, extra: &[&str]) -> SippChild {
     let dir = tempfile::tempdir().expect("tempdir");
     let scenario = if scenario.is_absolute() { scenario.to_owned() } else { scenarios().join(scenario) };
@@ -347,7 +363,7 @@ fn sipp_spawn(scenario: &Path, remote: Option<SocketAddr>, local_ip: &str, port:
     let addr = SocketAddr::new(local_ip.parse().expect("sipp address"), port);
     let mut child = child;
     for i in 0..200 {
-        if std::net::UdpSocket::bind(addr).is_err() {
+        if udp_bound(addr) {
             if i == 0 {
                 // Taken before sipp could have bound it: by sipp, or by
                 // someone else (then sipp exits within moments).
