@@ -19,7 +19,8 @@
 # Harness variables (RATES, CORRECTNESS, PROBE, …) pass through; DB_MAX_CONNECTIONS
 # sets the SQLite pool size (default 4), OVERLOAD_QUEUE_MS overload control's
 # target wait (default 50, 0 = off), SIP_CORES `[sip] cores` (default 0: one
-# per CPU); TRUNKGATE_LOG=path keeps the daemon's log.
+# per CPU); TRUNKGATE_LOG=path keeps the daemon's log; TRUNKGATE_BIN=path
+# runs that binary instead of building one (A-B-A of two builds).
 # DATABASE=postgres runs the node as a fleet node on the local PostgreSQL
 # (PG_URL, default postgres://postgres@127.0.0.1:5432, trust auth) in a
 # database created empty for the run (trunkgate_bench), and reports
@@ -30,8 +31,12 @@ HARNESS=${HARNESS:-$ROOT/../shared/bench}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 # Without OUT_DIR (the harness's results folder): build scripts read that
 # variable, so cargo would rebuild every crate that has one.
-env -u OUT_DIR cargo build --release --manifest-path "$ROOT/Cargo.toml"
-TG="$CARGO_TARGET_DIR/release/trunkgate"
+if [ -n "${TRUNKGATE_BIN:-}" ]; then
+    TG=$TRUNKGATE_BIN
+else
+    env -u OUT_DIR cargo build --release --manifest-path "$ROOT/Cargo.toml"
+    TG="$CARGO_TARGET_DIR/release/trunkgate"
+fi
 WORK=$(mktemp -d /tmp/trunkgate-bench.XXXXXX)
 DB_URL_LINE=""
 if [ "${DATABASE:-sqlite}" = postgres ]; then
@@ -96,7 +101,7 @@ for _ in $(seq 100); do grep -q '"ready"\|ready' "$WORK/trunkgate.log" 2>/dev/nu
 OUT_DIR=${OUT_DIR:-$ROOT/bench/results/trunkgate-$(date +%Y%m%d-%H%M%S)}
 export OUT_DIR
 [ -z "${PG_PID:-}" ] || PG0=$(pg_ticks)
-TARGET=127.0.0.1:5060 SUT_PID=$PID SUT_NAME="trunkgate $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo dev) (${DATABASE:-sqlite})" \
+TARGET=127.0.0.1:5060 SUT_PID=$PID SUT_NAME="trunkgate ${TRUNKGATE_BIN:-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo dev)} (${DATABASE:-sqlite})" \
     EXPECT_REASONS=0 "$HARNESS/run-target.sh"
 if [ -n "${PG_PID:-}" ]; then
     PG1=$(pg_ticks)
