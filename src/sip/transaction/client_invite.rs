@@ -56,8 +56,10 @@ pub struct ClientInvite<M> {
     state: ClientInviteState,
     config: TimerConfig,
     reliability: Reliability,
-    /// The INVITE, resent on each Timer A.
-    request: M,
+    /// The INVITE, resent on each Timer A; dropped with the first response
+    /// (Timer A stops then), so a transaction kept 32 s in Accepted does
+    /// not keep the INVITE's bytes.
+    request: Option<M>,
     /// The non-2xx ACK, once the caller built it; resent on each
     /// retransmitted final response.
     ack: Option<M>,
@@ -83,7 +85,7 @@ impl<M: Clone> ClientInvite<M> {
             config,
             reliability,
             transmits: VecDeque::from([request.clone()]),
-            request,
+            request: Some(request),
             ack: None,
             timer_a_interval: config.timer_a(),
             timers,
@@ -99,6 +101,7 @@ impl<M: Clone> ClientInvite<M> {
     /// A response matching this transaction arrived.
     pub fn handle_response(&mut self, now: Instant, status: StatusCode) {
         use ClientInviteState::{Accepted, Calling, Completed, Proceeding, Terminated};
+        self.request = None;
         match (self.state, status.class()) {
             (Calling | Proceeding, StatusClass::Provisional) => {
                 self.timers.stop(Timer::A);
@@ -175,7 +178,9 @@ impl<M: Clone> ClientInvite<M> {
         while let Some(timer) = self.timers.pop_expired(now, &mut fired) {
             match timer {
                 Timer::A if self.state == ClientInviteState::Calling => {
-                    self.transmits.push_back(self.request.clone());
+                    if let Some(request) = &self.request {
+                        self.transmits.push_back(request.clone());
+                    }
                     // §17.1.1.2: doubled each time, no cap; B ends it.
                     self.timer_a_interval = self.config.doubled(self.timer_a_interval, false);
                     self.timers.set(Timer::A, now + self.timer_a_interval);

@@ -160,6 +160,9 @@ impl<M: Clone> ServerInvite<M> {
                 self.timers.stop(Timer::Trying);
                 self.timers.set(Timer::L, now + self.config.timer_l());
                 self.state = Accepted;
+                // Accepted absorbs INVITE retransmissions: the 1xx is no
+                // longer resent, so not kept for the 32 s of Timer L.
+                self.provisional = None;
                 // Not kept: RFC 6026 leaves 2xx retransmission to the TU.
                 self.transmits.push_back(response);
             }
@@ -170,6 +173,7 @@ impl<M: Clone> ServerInvite<M> {
                 }
                 self.timers.set(Timer::H, now + self.config.timer_h());
                 self.state = Completed;
+                self.provisional = None;
                 self.transmits.push_back(response.clone());
                 self.final_response = Some(response);
             }
