@@ -48,9 +48,34 @@ async fn node(url: &str, id: &str, stop: &CancellationToken) -> Arc<Channels> {
     channels
 }
 
+/// A fresh schema with portal `p`, and nodes `a` and `b` on it (stopped by
+/// the token).
+async fn two_nodes() -> (Store, CancellationToken, Arc<Channels>, Arc<Channels>) {
+    let url = common::pg_schema_url().await;
+    let store = open(&url).await;
+    portal(&store, "p").await;
+    let stop = CancellationToken::new();
+    let (a, b) = (node(&url, "a", &stop).await, node(&url, "b", &stop).await);
+    (store, stop, a, b)
+}
+
 /// Σ granted of the portal's unexpired allowances at `now`.
 async fn granted(store: &Store, portal: &str, now: DateTime<Utc>) -> Vec<(String, i64)> {
     store.allowances(Some(portal), now).await.expect("allowances").into_iter().map(|r| (r.node_id, r.granted)).collect()
+}
+
+/// The portal's allowances once `ok` holds of them (what a background grant
+/// or return leaves), or as they are after 2 s.
+async fn wait_granted(store: &Store, now: DateTime<Utc>, ok: impl Fn(&[(String, i64)]) -> bool) -> Vec<(String, i64)> {
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        held = granted(store, "p", now).await;
+        if ok(&held) {
+            break;
+        }
+        tokio::time::sleep_until(tokio::time::Instant::now() + StdDuration::from_millis(20)).await;
+    }
+    held
 }
 
 async fn take(node: &Channels, channels: u32, now: DateTime<Utc>) -> LeaseOutcome {
@@ -168,25 +193,14 @@ async fn racing_nodes_never_admit_past_the_channels() {
 /// refused on either node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ten_channels_split_seven_and_three_are_all_admitted_and_no_eleventh() {
-    let url = common::pg_schema_url().await;
-    let store = open(&url).await;
-    portal(&store, "p").await;
-    let stop = CancellationToken::new();
-    let (a, b) = (node(&url, "a", &stop).await, node(&url, "b", &stop).await);
+    let (store, stop, a, b) = two_nodes().await;
     settle().await;
     let now = t(T0);
     for i in 1..=7 {
         assert_eq!(take(&a, 10, now).await, LeaseOutcome::Admitted { active_after: i }, "A's call {i}");
     }
     // Its last batch (asked in the background as the room ran low) lands.
-    let mut held = Vec::new();
-    for _ in 0..100 {
-        held = granted(&store, "p", now).await;
-        if held.iter().any(|(n, g)| n == "a" && *g > 7) {
-            break;
-        }
-        tokio::time::sleep_until(tokio::time::Instant::now() + StdDuration::from_millis(20)).await;
-    }
+    let held = wait_granted(&store, now, |h| h.iter().any(|(n, g)| n == "a" && *g > 7)).await;
     assert!(held.iter().any(|(n, g)| n == "a" && *g > 7), "A holds spare beyond its 7 calls: {held:?}");
     for i in 1..=3 {
         assert_eq!(take(&b, 10, now).await, LeaseOutcome::Admitted { active_after: i }, "B's call {i}");
@@ -198,13 +212,8 @@ async fn ten_channels_split_seven_and_three_are_all_admitted_and_no_eleventh() {
     // One of A's calls ends: near the limit its channel goes back to the
     // database at once (behind the call's end), for B to take.
     a.release("p");
-    for _ in 0..100 {
-        if granted(&store, "p", now).await.contains(&("a".to_owned(), 6)) {
-            break;
-        }
-        tokio::time::sleep_until(tokio::time::Instant::now() + StdDuration::from_millis(20)).await;
-    }
-    assert_eq!(granted(&store, "p", now).await, vec![("a".to_owned(), 6), ("b".to_owned(), 3)]);
+    let held = wait_granted(&store, now, |h| h.contains(&("a".to_owned(), 6))).await;
+    assert_eq!(held, vec![("a".to_owned(), 6), ("b".to_owned(), 3)]);
     assert_eq!(take(&b, 10, now).await, LeaseOutcome::Admitted { active_after: 4 });
     assert_eq!(granted(&store, "p", now).await.iter().map(|(_, g)| g).sum::<i64>(), 10);
     stop.cancel();
@@ -247,11 +256,7 @@ async fn a_dead_nodes_channels_come_back_when_its_allowance_expires_not_before()
 /// call, not used as it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn renewal_keeps_an_allowance_and_an_expired_one_is_asked_again() {
-    let url = common::pg_schema_url().await;
-    let store = open(&url).await;
-    portal(&store, "p").await;
-    let stop = CancellationToken::new();
-    let (a, b) = (node(&url, "a", &stop).await, node(&url, "b", &stop).await);
+    let (store, stop, a, b) = two_nodes().await;
     let t0 = t(T0);
     assert!(take(&a, 2, t0).await.is_admitted());
     assert!(take(&a, 2, t0).await.is_admitted());

@@ -584,12 +584,10 @@ fn evenly_spreads_calls_across_users() {
     assert!(users.contains(&"alice".to_owned()) && users.contains(&"bob".to_owned()), "{users:?}");
 }
 
-/// A fleet: two nodes on one PostgreSQL database count the portal's
-/// channels together. With one channel, a call up on node A makes node B
-/// answer 486 channels-busy; once it ends, node B admits.
-#[test]
-fn two_nodes_on_postgresql_share_the_channels() {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// Two fleet nodes (node-a, node-b) on a fresh PostgreSQL schema, started,
+/// sharing portal acme with one channel, whose user alice answers on a
+/// sipp phone (two calls).
+fn fleet_of_two() -> (String, Daemon, Daemon, SippChild) {
     let url = tokio::runtime::Runtime::new().expect("runtime").block_on(common::pg_schema_url());
     let mut a = Daemon::prepare_db(&url, "node-a", TRUNK);
     a.cli(&["portal", "add", "--id", "acme", "--domain", "acme.example.com"]);
@@ -610,16 +608,22 @@ fn two_nodes_on_postgresql_share_the_channels() {
     a.start();
     b.start();
     let phone = sipp_start(Path::new("user_answer.xml"), None, "127.0.0.1", 0, &["-m", "2"]);
-    a.cli(&[
-        "user",
-        "set-contact",
-        "--portal",
-        "acme",
-        "--username",
-        "alice",
-        "--contact",
-        &format!("sip:alice@127.0.0.1:{}", phone.port),
-    ]);
+    set_alice_contact(&a, phone.port);
+    (url, a, b, phone)
+}
+
+fn set_alice_contact(d: &Daemon, port: u16) {
+    let contact = format!("sip:alice@127.0.0.1:{port}");
+    d.cli(&["user", "set-contact", "--portal", "acme", "--username", "alice", "--contact", &contact]);
+}
+
+/// A fleet: two nodes on one PostgreSQL database count the portal's
+/// channels together. With one channel, a call up on node A makes node B
+/// answer 486 channels-busy; once it ends, node B admits.
+#[test]
+fn two_nodes_on_postgresql_share_the_channels() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_url, a, b, phone) = fleet_of_two();
     // A call held for 3 s on node A…
     let call_a = pbx(&a, Path::new("pbx_call.xml"), "+15550001", &["-d", "3000"]);
     wait_calls(&b, "node A's call never held a lease", |l| l.iter().any(|c| c["node_id"] == "node-a"));
@@ -643,36 +647,7 @@ fn two_nodes_on_postgresql_share_the_channels() {
 #[test]
 fn a_killed_fleet_nodes_channel_comes_back_when_its_allowance_expires() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let url = tokio::runtime::Runtime::new().expect("runtime").block_on(common::pg_schema_url());
-    let mut a = Daemon::prepare_db(&url, "node-a", TRUNK);
-    a.cli(&["portal", "add", "--id", "acme", "--domain", "acme.example.com"]);
-    a.cli(&[
-        "extension",
-        "add",
-        "--portal",
-        "acme",
-        "--channels",
-        "1",
-        "--valid-from",
-        "2020-01-01T00:00:00Z",
-        "--valid-until",
-        "2099-01-01T00:00:00Z",
-    ]);
-    a.cli_stdin(&["user", "add", "--portal", "acme", "--username", "alice"], Some("alice-secret-1\n"));
-    let mut b = Daemon::prepare_db(&url, "node-b", TRUNK);
-    a.start();
-    b.start();
-    let phone = sipp_start(Path::new("user_answer.xml"), None, "127.0.0.1", 0, &["-m", "2"]);
-    a.cli(&[
-        "user",
-        "set-contact",
-        "--portal",
-        "acme",
-        "--username",
-        "alice",
-        "--contact",
-        &format!("sip:alice@127.0.0.1:{}", phone.port),
-    ]);
+    let (url, mut a, b, phone) = fleet_of_two();
     let _held = pbx(&a, Path::new("pbx_call.xml"), "+15550001", &["-d", "300000"]);
     wait_calls(&b, "node A's call never held a lease", |l| l.iter().any(|c| c["node_id"] == "node-a"));
     a.kill();
@@ -691,16 +666,7 @@ fn a_killed_fleet_nodes_channel_comes_back_when_its_allowance_expires() {
     // Alice's phone still holds the cut call: a fresh one for the next.
     drop(phone);
     let phone = sipp_start(Path::new("user_answer.xml"), None, "127.0.0.1", 0, &["-m", "1"]);
-    b.cli(&[
-        "user",
-        "set-contact",
-        "--portal",
-        "acme",
-        "--username",
-        "alice",
-        "--contact",
-        &format!("sip:alice@127.0.0.1:{}", phone.port),
-    ]);
+    set_alice_contact(&b, phone.port);
     wait_until(expires + 1);
     let (ok, out) = pbx(&b, Path::new("pbx_call.xml"), "+15550001", &["-d", "100"]).wait();
     assert!(ok, "node B admits once node A's allowance has expired:\n{out}");

@@ -123,20 +123,9 @@ impl Store {
     pub async fn allowance_grant(&self, req: &GrantRequest<'_>) -> Result<Grant, StoreError> {
         let now = ts(req.now);
         let expires_at = now.saturating_add(whole_secs(req.ttl));
-        let is_postgres = matches!(self.backend, Backend::Postgres(_));
         let grant = with_tx!(self, tx => {
-            // The portal row is the mutex of its grants (as of per-call
-            // admission, see `leases`): NO KEY UPDATE does not hold up the
-            // inserts of users or extensions.
-            let lock = if is_postgres {
-                "SELECT 1 FROM portals WHERE id = $1 FOR NO KEY UPDATE"
-            } else {
-                "SELECT 1 FROM portals WHERE id = $1"
-            };
-            let found: Option<i32> = sqlx::query_scalar(lock).bind(req.portal).fetch_optional(&mut *tx).await?;
-            if found.is_none() {
-                return Err(StoreError::NotFound { what: "portal", id: req.portal.to_owned() });
-            }
+            // Grants of this portal wait here for the one before.
+            lock_portal!(self, tx, req.portal);
             sqlx::query("DELETE FROM channel_allowances WHERE portal_id = $1 AND expires_at <= $2")
                 .bind(req.portal)
                 .bind(now)

@@ -161,23 +161,9 @@ impl Store {
     pub async fn admit_call(&self, req: &LeaseRequest<'_>) -> Result<LeaseOutcome, StoreError> {
         let now = ts(req.now);
         let expires_at = now.saturating_add(ttl_secs(req.ttl)?);
-        let is_postgres = matches!(self.backend, Backend::Postgres(_));
         let outcome = with_tx!(self, tx => {
-            // The portal row is the mutex of its channels. On PostgreSQL the
-            // row lock makes concurrent admissions of this portal wait here;
-            // NO KEY UPDATE is the lock the `last_activity_at` update below
-            // takes anyway, and unlike FOR UPDATE it does not hold up inserts
-            // of users or extensions (whose foreign keys take KEY SHARE).
-            // SQLite already holds the database's write lock.
-            let lock = if is_postgres {
-                "SELECT 1 FROM portals WHERE id = $1 FOR NO KEY UPDATE"
-            } else {
-                "SELECT 1 FROM portals WHERE id = $1"
-            };
-            let found: Option<i32> = sqlx::query_scalar(lock).bind(req.portal).fetch_optional(&mut *tx).await?;
-            if found.is_none() {
-                return Err(StoreError::NotFound { what: "portal", id: req.portal.to_owned() });
-            }
+            // Admissions of this portal wait here for the one before.
+            lock_portal!(self, tx, req.portal);
             let held: Option<(String, i64)> =
                 sqlx::query_as("SELECT portal_id, expires_at FROM call_leases WHERE call_id = $1")
                     .bind(req.call_id)

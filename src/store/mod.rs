@@ -122,6 +122,28 @@ macro_rules! bump {
 /// PostgreSQL NOTIFY channel for licence-relevant changes.
 pub const CHANGES_CHANNEL: &str = "trunkgate_changes";
 
+/// Locks portal `$id`'s row until the transaction ends, or fails with
+/// `NotFound`. The row is the mutex of the portal's channels: per-call
+/// admissions (`leases`) and allowance grants (`allowances`) of one portal
+/// queue behind each other there, while other portals proceed. PostgreSQL:
+/// NO KEY UPDATE, the lock an update of `last_activity_at` takes anyway,
+/// which unlike FOR UPDATE does not hold up inserts of users or extensions
+/// (their foreign keys take KEY SHARE). SQLite already holds the database's
+/// write lock (`BEGIN IMMEDIATE`).
+macro_rules! lock_portal {
+    ($store:expr, $tx:ident, $id:expr) => {{
+        let sql = if matches!($store.backend, Backend::Postgres(_)) {
+            "SELECT 1 FROM portals WHERE id = $1 FOR NO KEY UPDATE"
+        } else {
+            "SELECT 1 FROM portals WHERE id = $1"
+        };
+        let found: Option<i32> = sqlx::query_scalar(sql).bind($id).fetch_optional(&mut *$tx).await?;
+        if found.is_none() {
+            return Err(StoreError::NotFound { what: "portal", id: $id.to_owned() });
+        }
+    }};
+}
+
 /// Fails unless plan `$plan` exists.
 macro_rules! require_plan {
     ($tx:ident, $plan:expr) => {{
