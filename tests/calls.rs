@@ -650,6 +650,15 @@ fn a_killed_fleet_nodes_channel_comes_back_when_its_allowance_expires() {
     let (url, mut a, b, phone) = fleet_of_two();
     let _held = pbx(&a, Path::new("pbx_call.xml"), "+15550001", &["-d", "300000"]);
     wait_calls(&b, "node A's call never held a lease", |l| l.iter().any(|c| c["node_id"] == "node-a"));
+    // The operator's view: node A holds the portal's one channel.
+    let held: serde_json::Value = serde_json::from_str(&b.cli(&["channels", "--json"])).expect("json");
+    let held: Vec<_> = held
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|r| (r["portal_id"].as_str(), r["node_id"].as_str(), r["granted"].as_i64()))
+        .collect();
+    assert_eq!(held, [(Some("acme"), Some("node-a"), Some(1))]);
     a.kill();
     let expires = pg_scalar(&url, "SELECT expires_at FROM channel_allowances WHERE node_id = 'node-a'");
     let wait_until = |unix: i64| {

@@ -95,6 +95,7 @@ pub async fn dispatch(cmd: Command, loaded: &Loaded) -> Result<(), Failure> {
         Command::Admission(c) => explain(c, loaded).await,
         Command::Cdr(a) => cdr(a, loaded).await,
         Command::Calls { node, json } => calls(node, json, loaded).await,
+        Command::Channels { portal, json } => channels(portal, json, loaded).await,
         Command::Trunks { json } => trunks(json, loaded).await,
         Command::Trunk(c) => trunk_cmd(c, loaded).await,
     }
@@ -649,6 +650,21 @@ async fn trunk_cmd(cmd: crate::cli::TrunkCmd, loaded: &Loaded) -> Result<(), Fai
             println!("trunk {trunk}: {}", if removed { "credentials removed" } else { "no stored credentials" });
         }
     }
+    Ok(())
+}
+
+async fn channels(portal: Option<String>, json: bool, loaded: &Loaded) -> Result<(), Failure> {
+    let rows = open(loaded).await?.allowances(portal.as_deref(), clock::now_utc()).await?;
+    if json {
+        return print_json(&rows);
+    }
+    table(
+        &["PORTAL", "NODE", "GRANTED", "UNTIL"],
+        &rows
+            .iter()
+            .map(|r| vec![r.portal_id.clone(), r.node_id.clone(), r.granted.to_string(), format_ts(r.expires_at)])
+            .collect::<Vec<_>>(),
+    );
     Ok(())
 }
 

@@ -66,6 +66,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the channel allowances the nodes of a fleet hold: per portal
+    /// and node, the channels the node may admit calls on without asking
+    /// the database, and until when unless renewed (PostgreSQL; a single
+    /// node counts in memory and holds none).
+    Channels {
+        /// Only this portal's.
+        #[arg(long)]
+        portal: Option<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the trunks: inbound sources, outbound target, cloud-PBX
     /// registration (which node holds it, registered / registering /
     /// failed with the last answer / waiting) and each node's health view.
