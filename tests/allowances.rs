@@ -306,9 +306,14 @@ async fn concurrent_grants_never_sum_past_the_channels() {
     assert_eq!(i64::from(sum), rows);
     assert!(rows <= 20, "Σ granted {rows} > 20");
     // Lowering never raises, and zero removes the row.
-    store.allowance_lower("p", "n0", 50).await.expect("lower");
-    store.allowance_lower("p", "n1", 0).await.expect("lower");
+    let before = granted(&store, "p", now).await;
+    let (big, held) = before.iter().find(|(_, g)| *g >= 2).cloned().expect("the first grant is a batch");
+    let other = before.iter().find(|(n, _)| *n != big).map(|(n, _)| n.clone()).expect("two nodes hold some");
+    store.allowance_lower("p", &big, 50).await.expect("lower");
+    store.allowance_lower("p", &other, 0).await.expect("lower");
     let after = granted(&store, "p", now).await;
-    assert!(!after.iter().any(|(n, _)| n == "n1"), "{after:?}");
-    assert!(after.iter().map(|(_, g)| g).sum::<i64>() <= rows);
+    assert!(after.contains(&(big.clone(), held)), "raised by a lowering: {after:?}");
+    assert!(!after.iter().any(|(n, _)| *n == other), "{after:?}");
+    store.allowance_lower("p", &big, 1).await.expect("lower");
+    assert!(granted(&store, "p", now).await.contains(&(big, 1)));
 }

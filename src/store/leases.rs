@@ -1,11 +1,18 @@
-//! Call leases: how the fleet counts a portal's calls in progress.
+//! Call leases: the record of each call in progress across the fleet.
 //!
 //! A call in progress holds one `call_leases` row (call, portal, node,
-//! expiry) that its node renews; the leases of a node that died expire and
-//! their channels come back. [`Store::admit_call`] counts and inserts in one
+//! expiry) that its node renews; the leases of a node that died expire.
+//! The daemon counts channels in memory (against the channels on a single
+//! node, against its allowance on a fleet: see `allowances` and
+//! `crate::node::channels`) and writes leases behind, in batches
+//! ([`Store::apply_lease_ops`]); they serve `trunkgate calls`, live media
+//! figures, the count behind a refusal's order, and cleanup after a node's
+//! death.
+//!
+//! [`Store::admit_call`] is the exact per-call alternative the fleet used
+//! before allowances (decision 0006): it counts and inserts in one
 //! transaction that concurrent admissions of the same portal cannot
-//! interleave with, so two nodes racing for a portal's last channel never
-//! both win:
+//! interleave with. The daemon no longer calls it.
 //!
 //! - PostgreSQL (READ COMMITTED) locks the portal row first, so admissions of
 //!   one portal queue behind each other while other portals proceed; each
