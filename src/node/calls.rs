@@ -389,9 +389,9 @@ impl Shard {
                     self.respond(tsx, response, now);
                 }
                 Command::Request { id, leg, peer, request } => self.start_request(no, id, leg, peer, request, now),
-                Command::Ack { peer, request } => self.send_ack(&peer, request),
+                Command::Ack { peer, request } => self.send_ack(&peer, request, now),
                 Command::Retransmit { peer, response } => {
-                    let _ = self.transports.send(&peer.target, Bytes::from(response.to_bytes()));
+                    self.send(&peer.target, Bytes::from(response.to_bytes()), None, now);
                 }
                 Command::Route { call_id } => {
                     self.calls.by_call_id.insert(call_id, no);
@@ -468,9 +468,9 @@ impl Shard {
     }
 
     /// An ACK of a 2xx: no transaction; a Via of its own.
-    fn send_ack(&self, peer: &Peer, mut ack: Request) {
+    fn send_ack(&mut self, peer: &Peer, mut ack: Request, now: Instant) {
         let _ = ack.headers_mut().push_front(HeaderName::Via, via_header(peer, &new_branch(&self.ctx)));
-        let _ = self.transports.send(&peer.target, Bytes::from(ack.to_bytes()));
+        self.send(&peer.target, Bytes::from(ack.to_bytes()), None, now);
     }
 
     /// A response on a client transaction of ours.
@@ -487,26 +487,26 @@ impl Shard {
                 call.handle_response(now, id, resp);
                 self.run_call(no, now);
             }
-            None if key.is_invite() && (200..300).contains(&resp.status()) => self.hang_up_orphan(key, resp),
+            None if key.is_invite() && (200..300).contains(&resp.status()) => self.hang_up_orphan(key, resp, now),
             None => {}
         }
     }
 
     /// A fork answered after its call was dropped: ACK that 2xx and end
     /// its dialog with a BYE, so the phone does not ring into nothing.
-    fn hang_up_orphan(&mut self, key: &TsxKey, resp: &Response) {
+    fn hang_up_orphan(&mut self, key: &TsxKey, resp: &Response, now: Instant) {
         let Some((invite, target)) = self.calls.fork_invites.get(key).cloned() else { return };
         let Ok(mut dialog) = Dialog::uac(&invite, resp) else { return };
         let peer = self.peer(target);
         let seq = invite.headers().cseq().map(|c| c.seq).unwrap_or(1);
         if let Ok(ack) = dialog.ack(seq).build() {
-            self.send_ack(&peer, ack);
+            self.send_ack(&peer, ack, now);
         }
         debug!("answer for a finished call: ACK and BYE");
         if let Ok(mut bye) = dialog.request(Method::Bye).build() {
             // Fire and forget: a lost BYE leaves the phone to time out.
             let _ = bye.headers_mut().push_front(HeaderName::Via, via_header(&peer, &new_branch(&self.ctx)));
-            let _ = self.transports.send(&target, Bytes::from(bye.to_bytes()));
+            self.send(&target, Bytes::from(bye.to_bytes()), None, now);
         }
     }
 

@@ -267,6 +267,7 @@ impl Node {
                 responses: HashMap::new(),
                 own: HashMap::new(),
                 overload: overload::Overload::new(ctx.config.overload_queue),
+                outbox: crate::transport::Outbox::default(),
             };
             // Connection-closed notices reach the core as messages: a
             // broadcast receiver polled in its loop would join and leave the
@@ -342,6 +343,9 @@ struct Shard {
     own: HashMap<TsxKey, tokio::sync::oneshot::Sender<Result<Response, u16>>>,
     /// Sheds new INVITEs that queued too long.
     overload: overload::Overload,
+    /// This turn's UDP datagrams, sent together when the turn ends
+    /// ([`Shard::flush`]); a transaction's carry its key for its error.
+    outbox: crate::transport::Outbox<TsxKey>,
 }
 
 impl Shard {
@@ -375,7 +379,9 @@ impl Shard {
             }
             tokio::select! {
                 _ = &mut cancelled => {
-                    self.end_all_calls(crate::clock::instant());
+                    let now = crate::clock::instant();
+                    self.end_all_calls(now);
+                    self.flush(now);
                     return;
                 }
                 m = inbound.recv() => match m {
@@ -426,7 +432,45 @@ impl Shard {
                     }
                 }
             }
-            self.drain(crate::clock::instant());
+            let now = crate::clock::instant();
+            self.drain(now);
+            self.flush(now);
+        }
+    }
+
+    /// Queues `data` for `target`: UDP goes out with the rest of the turn
+    /// ([`Self::flush`]), streams at once. `key` is the transaction that
+    /// sends it, told of a failure; other senders ignore theirs (as a
+    /// datagram lost on the wire).
+    fn send(&mut self, target: &Target, data: Bytes, key: Option<TsxKey>, now: Instant) {
+        let failed = self.transports.send_queued(&mut self.outbox, target, data, key.clone());
+        if let Err(e) = failed {
+            debug!(error = %e, "send failed");
+            if let Some(key) = key {
+                let _ = self.layer.handle_transport_error(now, &key);
+            }
+        }
+    }
+
+    /// Sends the turn's datagrams (one `sendmmsg` per batch) before the core
+    /// waits again. A transaction whose datagram failed hears of it and may
+    /// send more (its TU's answer to the error): bounded rounds.
+    fn flush(&mut self, now: Instant) {
+        for _ in 0..4 {
+            if self.outbox.is_empty() {
+                return;
+            }
+            let failed = self.transports.flush(&mut self.outbox);
+            if failed.is_empty() {
+                return;
+            }
+            for (key, e) in failed {
+                debug!(error = %e, "send failed");
+                if let Some(key) = key {
+                    let _ = self.layer.handle_transport_error(now, &key);
+                }
+            }
+            self.drain(now);
         }
     }
 
@@ -471,10 +515,7 @@ impl Shard {
             }
         }
         while let Some(t) = self.layer.poll_transmit() {
-            if let Err(e) = self.transports.send(&t.payload.target, t.payload.data) {
-                debug!(error = %e, "send failed");
-                let _ = self.layer.handle_transport_error(now, &t.key);
-            }
+            self.send(&t.payload.target, t.payload.data, Some(t.key), now);
         }
     }
 
@@ -517,7 +558,7 @@ impl Shard {
                 let resp = Response::from_headers(headers, status, &reason);
                 let target = Target { transport: inb.transport, addr: inb.remote, conn: inb.conn };
                 debug!(remote = %inb.remote, %reason, "malformed request answered 400");
-                let _ = self.transports.send(&target, Bytes::from(resp.to_bytes()));
+                self.send(&target, Bytes::from(resp.to_bytes()), None, now);
             }
             Err(e) => debug!(remote = %inb.remote, error = %e, "unparsable message dropped"),
         }

@@ -3,9 +3,10 @@
 //! Receive tasks parse what arrives (datagram parsing and stream framing
 //! run on whichever worker thread holds the socket, not in the SIP core)
 //! and hand [`Inbound`] items to the core over a bounded channel. Sending
-//! is synchronous and never blocks the core: UDP uses `try_send_to` (a full
-//! socket buffer is packet loss, which SIP retransmission covers), TCP
-//! queues to the connection's writer task.
+//! is synchronous and never blocks the core: UDP uses `try_send_to`, or
+//! `sendmmsg` for the datagrams a core queued in its [`Outbox`] during one
+//! turn (a full socket buffer is packet loss, which SIP retransmission
+//! covers), TCP queues to the connection's writer task.
 //!
 //! SIP over TLS will sit beside these behind the same [`Target`] /
 //! [`Transports::send`] interface.
@@ -166,6 +167,29 @@ pub enum SendError {
     },
 }
 
+/// UDP datagrams a SIP core queued during one turn of its loop, sent
+/// together at the turn's end ([`Transports::flush`]): one `sendmmsg`
+/// instead of a `sendto` each. `K` names what sent each (a transaction),
+/// for its error.
+#[derive(Debug)]
+pub struct Outbox<K> {
+    datagrams: Vec<(SocketAddr, Bytes)>,
+    keys: Vec<Option<K>>,
+}
+
+impl<K> Default for Outbox<K> {
+    fn default() -> Self {
+        Self { datagrams: Vec::new(), keys: Vec::new() }
+    }
+}
+
+impl<K> Outbox<K> {
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.datagrams.is_empty()
+    }
+}
+
 /// A bound socket, as reported to the operator and the tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bound {
@@ -310,6 +334,40 @@ impl Transports {
         }
     }
 
+    /// Queues `data` for `target` in `outbox` when it goes by UDP (sent by
+    /// [`Self::flush`]), else sends it now as [`Self::send`] does. `key`
+    /// comes back with the datagram's error, if sending it fails.
+    pub fn send_queued<K>(
+        &self,
+        outbox: &mut Outbox<K>,
+        target: &Target,
+        data: Bytes,
+        key: Option<K>,
+    ) -> Result<(), SendError> {
+        match target.transport {
+            Transport::Udp => {
+                outbox.datagrams.push((target.addr, data));
+                outbox.keys.push(key);
+                Ok(())
+            }
+            _ => self.send(target, data),
+        }
+    }
+
+    /// Sends every datagram queued in `outbox`, in order, batched
+    /// (`sendmmsg`), and empties it: the keys and errors of those that
+    /// failed.
+    pub fn flush<K>(&self, outbox: &mut Outbox<K>) -> Vec<(Option<K>, SendError)> {
+        let mut failed = Vec::new();
+        udp::send_many(&self.shared, &outbox.datagrams, |i, e| failed.push((i, e)));
+        outbox.datagrams.clear();
+        let mut keys = std::mem::take(&mut outbox.keys);
+        let out = failed.into_iter().map(|(i, e)| (keys.get_mut(i).and_then(Option::take), e)).collect();
+        keys.clear();
+        outbox.keys = keys;
+        out
+    }
+
     /// Connections that close from now on (WebSocket): a lagging receiver
     /// misses some and should check [`Self::is_open`] for what it holds.
     pub fn closed(&self) -> tokio::sync::broadcast::Receiver<Closed> {
@@ -345,5 +403,75 @@ impl Shared {
         if let Err(mpsc::error::TrySendError::Full(item)) = queue.try_send(item) {
             tracing::warn!(remote = %item.remote, transport = item.transport.as_str(), "SIP core saturated: message dropped");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node's transports on one loopback UDP socket, and a peer socket.
+    async fn udp_pair() -> (Transports, std::net::UdpSocket) {
+        let listen = [ListenAddr { transport: Transport::Udp, addr: "127.0.0.1:0".parse().unwrap() }];
+        let (tx, _rx) = mpsc::channel(16);
+        let t =
+            Transports::bind(&listen, TransportConfig::default(), vec![tx], CancellationToken::new()).await.unwrap();
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        (t, peer)
+    }
+
+    fn udp(addr: SocketAddr) -> Target {
+        Target { transport: Transport::Udp, addr, conn: None }
+    }
+
+    #[tokio::test]
+    async fn a_turns_datagrams_arrive_in_order_and_failures_come_back_with_their_keys() {
+        let (t, peer) = udp_pair().await;
+        let to = peer.local_addr().unwrap();
+        let mut outbox = Outbox::default();
+        // More than one batch, a datagram no socket can send (IPv6: none
+        // bound) and one the kernel refuses (broadcast without
+        // SO_BROADCAST) in the middle of the batches.
+        for i in 0..70u32 {
+            let (target, data) = match i {
+                10 => (udp("[::1]:5060".parse().unwrap()), Bytes::from_static(b"v6")),
+                40 => (udp("255.255.255.255:9".parse().unwrap()), Bytes::from_static(b"broadcast")),
+                _ => (udp(to), Bytes::from(format!("datagram {i}"))),
+            };
+            t.send_queued(&mut outbox, &target, data, Some(i)).unwrap();
+        }
+        assert!(!outbox.is_empty());
+        let failed = t.flush(&mut outbox);
+        assert!(outbox.is_empty());
+        let keys: Vec<_> = failed.iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys, [Some(10), Some(40)]);
+        assert!(matches!(failed[0].1, SendError::NoTransport { transport: "udp", .. }), "{:?}", failed[0].1);
+        assert!(matches!(failed[1].1, SendError::Udp { .. }), "{:?}", failed[1].1);
+        let mut buf = [0u8; 64];
+        for i in (0..70u32).filter(|i| *i != 10 && *i != 40) {
+            let n = peer.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..n], format!("datagram {i}").as_bytes());
+        }
+        // Nothing else came, and an empty outbox sends nothing.
+        peer.set_nonblocking(true).unwrap();
+        assert!(peer.recv(&mut buf).is_err());
+        assert!(t.flush(&mut outbox).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_single_datagram_is_sent_and_its_failure_reported() {
+        let (t, peer) = udp_pair().await;
+        let mut outbox = Outbox::default();
+        t.send_queued(&mut outbox, &udp(peer.local_addr().unwrap()), Bytes::from_static(b"one"), Some(1)).unwrap();
+        assert!(t.flush(&mut outbox).is_empty());
+        let mut buf = [0u8; 8];
+        let n = peer.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"one");
+        let target = udp("255.255.255.255:9".parse().unwrap());
+        t.send_queued(&mut outbox, &target, Bytes::from_static(b"x"), Some(2)).unwrap();
+        let failed = t.flush(&mut outbox);
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].0, Some(2));
     }
 }
