@@ -32,5 +32,5 @@ pub use model::{
 };
 pub use rules::{
     AwaitingChannel, ChannelGrant, INACTIVITY_DAYS, LicencePhase, LicenceState, PortalBlock, channels_in_force, decide,
-    decide_licence, licence_state, may_register, may_target, portal_block,
+    decide_licence, decide_licence_untraced, licence_state, may_register, may_target, portal_block,
 };

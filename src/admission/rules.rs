@@ -324,11 +324,23 @@ fn grant(portal: &PortalSnapshot, state: &LicenceState, now: DateTime<Utc>) -> C
 }
 
 /// The trace being built by [`decide`].
-struct Trace(Vec<Check>);
+/// The checks of one decision, as `admission explain` shows them. An
+/// untraced decision (the node's, where nothing reads the passed checks)
+/// keeps only a failure, and never formats a passed check's detail.
+struct Trace {
+    checks: Vec<Check>,
+    passes: bool,
+}
 
 impl Trace {
-    fn pass(&mut self, name: CheckName, detail: impl Into<String>) {
-        self.0.push(Check { name, outcome: Outcome::Pass, detail: detail.into() });
+    fn new(passes: bool) -> Self {
+        Self { checks: Vec::new(), passes }
+    }
+
+    fn pass(&mut self, name: CheckName, detail: impl FnOnce() -> String) {
+        if self.passes {
+            self.checks.push(Check { name, outcome: Outcome::Pass, detail: detail() });
+        }
     }
 
     /// Records the failed check and returns the refusal it decides; both
@@ -336,7 +348,7 @@ impl Trace {
     /// header agree.
     fn fail(&mut self, name: CheckName, reason: Reason, detail: impl Into<String>) -> Refusal {
         let detail = detail.into();
-        self.0.push(Check { name, outcome: Outcome::Fail, detail: detail.clone() });
+        self.checks.push(Check { name, outcome: Outcome::Fail, detail: detail.clone() });
         Refusal { reason, detail }
     }
 }
@@ -396,10 +408,13 @@ pub fn decide(
 pub struct AwaitingChannel {
     channels: u32,
     effective_plan: Plan,
-    /// Rows 2 to 5, all passed.
+    /// Rows 2 to 5, all passed (empty when untraced).
     trace: Vec<Check>,
-    /// Row 7's check, to be recorded after row 6's.
-    rate: Check,
+    /// Whether passed checks are traced.
+    traced: bool,
+    /// Row 7's check, to be recorded after row 6's (`None` when untraced
+    /// and passed).
+    rate: Option<Check>,
     /// Row 7's refusal, if the rate is at its limit.
     rate_refusal: Option<Refusal>,
 }
@@ -423,24 +438,24 @@ impl AwaitingChannel {
     /// Rows 6 then 7, with `active_calls` the portal's calls in progress
     /// across the fleet, not counting this call.
     pub fn decide(self, active_calls: u32) -> Decision {
-        let AwaitingChannel { channels, effective_plan, trace, rate, rate_refusal } = self;
-        let mut trace = Trace(trace);
+        let AwaitingChannel { channels, effective_plan, trace, traced, rate, rate_refusal } = self;
+        let mut trace = Trace { checks: trace, passes: traced };
         // Row 6.
-        let calls = plural(active_calls, "call");
+        let calls = || plural(active_calls, "call");
         if active_calls >= channels {
             let refusal = trace.fail(
                 CheckName::Busy,
                 Reason::ChannelsBusy,
-                format!("{calls} in progress, all {} busy", plural(channels, "channel")),
+                format!("{} in progress, all {} busy", calls(), plural(channels, "channel")),
             );
-            return Decision::Refuse { refusal, trace: trace.0 };
+            return Decision::Refuse { refusal, trace: trace.checks };
         }
-        trace.pass(CheckName::Busy, format!("{calls} in progress, {channels} channels"));
+        trace.pass(CheckName::Busy, || format!("{} in progress, {channels} channels", calls()));
         // Row 7.
-        trace.0.push(rate);
+        trace.checks.extend(rate);
         match rate_refusal {
-            Some(refusal) => Decision::Refuse { refusal, trace: trace.0 },
-            None => Decision::Admit { channels, effective_plan, trace: trace.0 },
+            Some(refusal) => Decision::Refuse { refusal, trace: trace.checks },
+            None => Decision::Admit { channels, effective_plan, trace: trace.checks },
         }
     }
 }
@@ -454,37 +469,68 @@ pub fn decide_licence(
     calls_this_second: u32,
     now: DateTime<Utc>,
 ) -> Result<AwaitingChannel, Decision> {
-    let mut trace = Trace(Vec::new());
+    licence_checks(request, portal, calls_this_second, now, Trace::new(true))
+}
+
+/// [`decide_licence`] without the passed checks in the trace: the same
+/// verdict and the same refusal detail, and no text formatted for checks
+/// nobody reads. The node's path, once per call attempt.
+pub fn decide_licence_untraced(
+    request: &CallRequest,
+    portal: Option<&PortalSnapshot>,
+    calls_this_second: u32,
+    now: DateTime<Utc>,
+) -> Result<AwaitingChannel, Decision> {
+    licence_checks(request, portal, calls_this_second, now, Trace::new(false))
+}
+
+fn licence_checks(
+    request: &CallRequest,
+    portal: Option<&PortalSnapshot>,
+    calls_this_second: u32,
+    now: DateTime<Utc>,
+    mut trace: Trace,
+) -> Result<AwaitingChannel, Decision> {
     match run_licence_checks(request, portal, now, &mut trace) {
         Ok((portal, channels, effective_plan)) => {
-            let (rate, rate_refusal) = rate_check(portal, &effective_plan, calls_this_second);
-            Ok(AwaitingChannel { channels, effective_plan, trace: trace.0, rate, rate_refusal })
+            let (rate, rate_refusal) = rate_check(portal, &effective_plan, calls_this_second, trace.passes);
+            let traced = trace.passes;
+            Ok(AwaitingChannel { channels, effective_plan, trace: trace.checks, traced, rate, rate_refusal })
         }
-        Err(refusal) => Err(Decision::Refuse { refusal, trace: trace.0 }),
+        Err(refusal) => Err(Decision::Refuse { refusal, trace: trace.checks }),
     }
 }
 
-/// Row 7: the check as the trace shows it, and the refusal if it failed.
-fn rate_check(portal: &PortalSnapshot, plan: &Plan, calls_this_second: u32) -> (Check, Option<Refusal>) {
-    let (max_cps, source) = match portal.max_cps_override {
-        Some(max) => (Some(max), "portal override".to_owned()),
-        None => (portal.limits.for_plan(plan).max_cps, format!("plan {}", plan.describe())),
+/// Row 7: the check as the trace shows it (when traced or failed), and the
+/// refusal if it failed.
+fn rate_check(
+    portal: &PortalSnapshot,
+    plan: &Plan,
+    calls_this_second: u32,
+    traced: bool,
+) -> (Option<Check>, Option<Refusal>) {
+    let max_cps = match portal.max_cps_override {
+        Some(max) => Some(max),
+        None => portal.limits.for_plan(plan).max_cps,
+    };
+    let failed = max_cps.is_some_and(|max| calls_this_second >= max);
+    if !failed && !traced {
+        return (None, None);
+    }
+    let source = match portal.max_cps_override {
+        Some(_) => "portal override".to_owned(),
+        None => format!("plan {}", plan.describe()),
     };
     let calls = plural(calls_this_second, "call");
-    match max_cps {
-        Some(max) => {
-            let detail = format!("{calls} this second, limit {max} per second ({source})");
-            if calls_this_second >= max {
-                let refusal = Refusal { reason: Reason::RateLimited, detail: detail.clone() };
-                (Check { name: CheckName::Rate, outcome: Outcome::Fail, detail }, Some(refusal))
-            } else {
-                (Check { name: CheckName::Rate, outcome: Outcome::Pass, detail }, None)
-            }
-        }
-        None => {
-            let detail = format!("{calls} this second, no limit ({source})");
-            (Check { name: CheckName::Rate, outcome: Outcome::Pass, detail }, None)
-        }
+    let detail = match max_cps {
+        Some(max) => format!("{calls} this second, limit {max} per second ({source})"),
+        None => format!("{calls} this second, no limit ({source})"),
+    };
+    if failed {
+        let refusal = Refusal { reason: Reason::RateLimited, detail: detail.clone() };
+        (Some(Check { name: CheckName::Rate, outcome: Outcome::Fail, detail }), Some(refusal))
+    } else {
+        (Some(Check { name: CheckName::Rate, outcome: Outcome::Pass, detail }), None)
     }
 }
 
@@ -498,7 +544,7 @@ fn run_licence_checks<'p>(
     if request.node_overloaded {
         return Err(trace.fail(CheckName::Overload, Reason::Overloaded, "node is shedding load"));
     }
-    trace.pass(CheckName::Overload, "node accepts new calls");
+    trace.pass(CheckName::Overload, || "node accepts new calls".into());
 
     // Row 3.
     let Some(portal) = portal else {
@@ -511,41 +557,40 @@ fn run_licence_checks<'p>(
             format!("snapshot is of portal {}, not of portal {}", portal.id, request.portal),
         ));
     }
-    let who = format!("portal {} ({})", portal.id, portal.domain);
+    let who = || format!("portal {} ({})", portal.id, portal.domain);
     match portal.status {
         PortalStatus::Deleting => {
-            return Err(trace.fail(CheckName::Portal, Reason::PortalDeleted, format!("{who} is being deleted")));
+            return Err(trace.fail(CheckName::Portal, Reason::PortalDeleted, format!("{} is being deleted", who())));
         }
         PortalStatus::Deleted => {
-            return Err(trace.fail(CheckName::Portal, Reason::PortalDeleted, format!("{who} is deleted")));
+            return Err(trace.fail(CheckName::Portal, Reason::PortalDeleted, format!("{} is deleted", who())));
         }
-        status => trace.pass(CheckName::Portal, format!("{who} exists, status {status}")),
+        status => trace.pass(CheckName::Portal, || format!("{} exists, status {status}", who())),
     }
 
     // Row 4: stored block, expired licence, inactivity.
     if let Some(block) = stored_block(portal) {
         return Err(trace.fail(CheckName::Block, block.reason(), block.to_string()));
     }
-    trace.pass(CheckName::Block, "no stored block");
+    trace.pass(CheckName::Block, || "no stored block".into());
 
     let state = licence_state(portal, now);
     // No effective plan means the licence ended under `block`.
     let Some(plan) = state.effective_plan() else {
         return Err(trace.fail(CheckName::Licence, Reason::LicenceExpired, state.to_string()));
     };
-    trace.pass(CheckName::Licence, state.to_string());
+    trace.pass(CheckName::Licence, || state.to_string());
 
     if let Some(block) = inactivity_block(portal, &state, now) {
         return Err(trace.fail(CheckName::Inactivity, block.reason(), block.to_string()));
     }
     if plan.is_free() {
         let (last, deadline) = inactivity_deadline(portal);
-        trace.pass(
-            CheckName::Inactivity,
-            format!("free plan, last activity {}, inactive from {}", fmt_time(&last), fmt_time(&deadline)),
-        );
+        trace.pass(CheckName::Inactivity, || {
+            format!("free plan, last activity {}, inactive from {}", fmt_time(&last), fmt_time(&deadline))
+        });
     } else {
-        trace.pass(CheckName::Inactivity, format!("inactivity does not apply to plan {}", plan.describe()));
+        trace.pass(CheckName::Inactivity, || format!("inactivity does not apply to plan {}", plan.describe()));
     }
 
     // Row 5.
@@ -558,8 +603,7 @@ fn run_licence_checks<'p>(
             format!("no SIP connector extension in force and plan {} includes no channel", plan.describe()),
         ));
     }
-    trace.pass(
-        CheckName::Channels,
+    trace.pass(CheckName::Channels, || {
         format!(
             "{} in force: {} from {} extension(s), {} included in plan {}",
             plural(channels, "channel"),
@@ -567,8 +611,8 @@ fn run_licence_checks<'p>(
             grant.extensions_in_force,
             grant.included,
             plan.describe()
-        ),
-    );
+        )
+    });
 
     Ok((portal, channels, plan))
 }

@@ -1019,6 +1019,51 @@ fn decide_licence_holds_the_rate_verdict_until_the_channel_count() {
     assert_eq!(refused, call(&blocked, load(0, 0), t(START)));
 }
 
+/// The node's untraced path decides exactly as the traced one, with the
+/// same refusal detail (the `Warning` text), and keeps only the failed
+/// check.
+#[test]
+fn untraced_decisions_equal_traced_ones_but_keep_only_the_failure() {
+    let paid = paid_portal(ExpiryPolicy::Block);
+    let mut blocked = paid.clone();
+    blocked.status = PortalStatus::Blocked(BlockReason::Manual);
+    let free = free_portal(START);
+    let mut deleted = paid.clone();
+    deleted.status = PortalStatus::Deleted;
+    // (portal, active calls, calls this second)
+    let cases = [
+        (&paid, 0, 0),
+        (&paid, 2, 9),
+        (&paid, 3, 0),
+        (&paid, 2, 10),
+        (&paid, 3, 10),
+        (&blocked, 0, 0),
+        (&deleted, 0, 0),
+        (&free, 0, 0),
+        (&free, 0, 1000),
+    ];
+    for (p, active, cps) in cases {
+        let request = CallRequest { portal: p.id.clone(), node_overloaded: false };
+        let traced = decide_licence(&request, Some(p), cps, t(START)).map(|a| a.decide(active));
+        let untraced = decide_licence_untraced(&request, Some(p), cps, t(START)).map(|a| a.decide(active));
+        let (traced, untraced) = (traced.unwrap_or_else(|d| d), untraced.unwrap_or_else(|d| d));
+        assert_eq!(untraced.reason(), traced.reason(), "{p:?} {active} {cps}");
+        assert_eq!(untraced.refusal(), traced.refusal(), "{p:?} {active} {cps}");
+        let failed: Vec<&Check> = traced.trace().iter().filter(|c| c.outcome == Outcome::Fail).collect();
+        let kept: Vec<&Check> = untraced.trace().iter().collect();
+        assert_eq!(kept, failed, "{traced}");
+        assert!(traced.trace().len() > kept.len(), "{traced}");
+    }
+    // Overloaded and unknown portals too.
+    let request = CallRequest { portal: paid.id.clone(), node_overloaded: true };
+    let refused = decide_licence_untraced(&request, Some(&paid), 0, t(START)).expect_err("overloaded");
+    assert_eq!(refused.reason(), Some(Reason::Overloaded));
+    assert_eq!(refused.trace().len(), 1);
+    let request = CallRequest { portal: paid.id.clone(), node_overloaded: false };
+    let refused = decide_licence_untraced(&request, None, 0, t(START)).expect_err("no portal");
+    assert_eq!(refused.reason(), Some(Reason::PortalNotFound));
+}
+
 #[test]
 fn portal_rate_override_replaces_the_plan_limit() {
     // (override, plan max_cps, calls this second, admitted)

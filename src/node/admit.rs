@@ -145,7 +145,7 @@ pub(crate) async fn admit(ctx: Arc<Shared>, input: AdmitInput) -> AdmissionResul
     let (portal_id, portal) = portal_for(&snapshot, &trunk, &request);
     record.portal_id = portal.as_ref().map(|p| p.id.as_str().to_owned());
     let call = CallRequest { portal: portal_id, node_overloaded };
-    let awaiting = match admission::decide_licence(&call, portal.as_deref(), calls_this_second, now) {
+    let awaiting = match admission::decide_licence_untraced(&call, portal.as_deref(), calls_this_second, now) {
         Ok(awaiting) => awaiting,
         Err(decision) => {
             // `decide_licence` fails only with a refusal; the fallback is

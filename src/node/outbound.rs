@@ -105,7 +105,7 @@ pub(crate) async fn admit(ctx: Arc<Shared>, input: OutboundInput) -> AdmissionRe
     // Rows 2-5 (node load, portal, block, licence), then the channel and
     // the rate in the table's order: exactly as for an inbound call.
     let call = CallRequest { portal: portal.id.clone(), node_overloaded };
-    let awaiting = match admission::decide_licence(&call, Some(&portal), calls_this_second, now) {
+    let awaiting = match admission::decide_licence_untraced(&call, Some(&portal), calls_this_second, now) {
         Ok(awaiting) => awaiting,
         Err(decision) => {
             let refusal = decision
