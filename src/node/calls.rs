@@ -100,7 +100,7 @@ impl Ids for ShardIds {
     }
 
     fn call_id(&self) -> String {
-        crate::sip::shard::b_leg_call_id(self.shard, &format!("b{}", self.ctx.new_tag().replace('.', "")))
+        crate::sip::shard::b_leg_call_id(self.shard, &self.ctx.new_token("b", ""))
     }
 
     fn cnonce(&self) -> String {
@@ -736,7 +736,7 @@ impl Shard {
 
 /// A fresh RFC 3261 branch (magic cookie + a unique token).
 fn new_branch(ctx: &super::Shared) -> String {
-    format!("z9hG4bK{}", ctx.new_tag().replace('.', ""))
+    ctx.new_token("z9hG4bK", "")
 }
 
 /// Our Via for a request sent to `peer`.

@@ -208,24 +208,31 @@ impl Response {
     /// Adds `;tag=<tag>` to the To header unless it already has a tag
     /// (RFC 3261 §8.2.6.2). The tag must be a token.
     pub fn with_to_tag(mut self, tag: &str) -> Result<Self, BuildError> {
+        self.set_to_tag(tag)?;
+        Ok(self)
+    }
+
+    /// [`with_to_tag`](Self::with_to_tag) in place; on error the response
+    /// is left as it was.
+    pub fn set_to_tag(&mut self, tag: &str) -> Result<(), BuildError> {
         if !super::scan::is_token_str(tag.as_bytes()) {
             return Err(BuildError::InvalidTag);
         }
         let Some(pos) = self.headers.iter().position(|h| *h.name() == HeaderName::To) else {
-            return Ok(self);
+            return Ok(());
         };
         let Some(old) = self.headers.iter().nth(pos).map(|h| h.value_bytes().clone()) else {
-            return Ok(self);
+            return Ok(());
         };
         if super::typed::has_tag(&old) {
-            return Ok(self);
+            return Ok(());
         }
         let mut v = Vec::with_capacity(old.len() + tag.len() + 5);
         v.extend_from_slice(&old);
         v.extend_from_slice(b";tag=");
         v.extend_from_slice(tag.as_bytes());
         self.headers.replace_at(pos, Header::new_unchecked(HeaderName::To, Bytes::from(v)));
-        Ok(self)
+        Ok(())
     }
 
     /// The status code (100..=699).
