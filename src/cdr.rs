@@ -12,8 +12,9 @@
 //! The hand-over is an **unbounded** channel: `record` is called from call
 //! handling that must neither wait nor lose the record, and a bounded
 //! channel would force one of the two when full. Memory is bounded one step
-//! later instead, in one place: the task drains the channel into its buffer
-//! as records come, and the buffer holds at most
+//! later instead, in one place: the task takes the channel's records into
+//! its buffer on each interval and whenever a full batch is waiting (it is
+//! not woken per record), and the buffer holds at most
 //! [`CdrSettings::max_buffered`] records; past that (a long outage) the
 //! oldest are dropped, counted in [`CdrStats::dropped`] and logged as errors.
 //!
@@ -65,9 +66,11 @@ impl Outcome {
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -131,7 +134,20 @@ pub struct CdrStats {
 #[derive(Debug, Clone)]
 pub struct CdrWriter {
     tx: mpsc::UnboundedSender<CallRecord>,
+    queued: Arc<Queued>,
     stats: watch::Receiver<CdrStats>,
+}
+
+/// Records handed over and not yet taken by the task, and the signal that
+/// a full batch is waiting. The task is not woken per record (at thousands
+/// of calls a second that is thousands of wake-ups, often of a parked
+/// thread): it takes the channel's records on its interval, or when the
+/// record that makes a full batch rings.
+#[derive(Debug)]
+struct Queued {
+    count: AtomicUsize,
+    batch_max: usize,
+    full: Notify,
 }
 
 /// The writer task: run it once (see [`CdrTask::run`]).
@@ -167,8 +183,16 @@ impl CdrWriter {
     /// Cancel the writer's shutdown token only once nothing records any
     /// more: a record queued after the task finished is lost, and logged.
     pub fn record(&self, record: CallRecord) {
-        if let Err(mpsc::error::SendError(r)) = self.tx.send(record) {
-            error!(call_id = %r.call_id, outcome = %r.outcome, "call record after the writer stopped: lost");
+        // Counted before it is sent, so the task (which counts down as it
+        // takes) never sees fewer than it holds.
+        let before = self.queued.count.fetch_add(1, Ordering::Relaxed);
+        match self.tx.send(record) {
+            Ok(()) if before + 1 == self.queued.batch_max => self.queued.full.notify_one(),
+            Ok(()) => {}
+            Err(mpsc::error::SendError(r)) => {
+                self.queued.count.fetch_sub(1, Ordering::Relaxed);
+                error!(call_id = %r.call_id, outcome = %r.outcome, "call record after the writer stopped: lost");
+            }
         }
     }
 
@@ -223,6 +247,7 @@ fn next_backoff(current: Option<Duration>, min: Duration, max: Duration) -> Dura
 struct Flusher<S> {
     sink: S,
     rx: mpsc::UnboundedReceiver<CallRecord>,
+    queued: Arc<Queued>,
     buf: VecDeque<CallRecord>,
     settings: CdrSettings,
     stats: CdrStats,
@@ -240,9 +265,12 @@ impl<S: Sink> Flusher<S> {
         settings.max_buffered = settings.max_buffered.max(settings.batch_max);
         let (tx, rx) = mpsc::unbounded_channel();
         let (stats_tx, stats) = watch::channel(CdrStats::default());
+        let queued =
+            Arc::new(Queued { count: AtomicUsize::new(0), batch_max: settings.batch_max, full: Notify::new() });
         let flusher = Flusher {
             sink,
             rx,
+            queued: queued.clone(),
             buf: VecDeque::new(),
             settings,
             stats: CdrStats::default(),
@@ -251,7 +279,7 @@ impl<S: Sink> Flusher<S> {
             retry_at: None,
             overflowed: 0,
         };
-        (CdrWriter { tx, stats }, flusher)
+        (CdrWriter { tx, queued, stats }, flusher)
     }
 
     async fn run(mut self, shutdown: CancellationToken) {
@@ -260,11 +288,14 @@ impl<S: Sink> Flusher<S> {
         let every = self.settings.flush_interval;
         let mut tick = tokio::time::interval_at(Instant::now() + every, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let queued = self.queued.clone();
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
         loop {
             let retry_at = self.retry_at;
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => break,
+                _ = &mut cancelled => break,
                 _ = async {
                     match retry_at {
                         Some(t) => tokio::time::sleep_until(t).await,
@@ -272,22 +303,22 @@ impl<S: Sink> Flusher<S> {
                     }
                 } => {
                     self.retry_at = None;
+                    self.take_queued();
                     self.flush().await;
                 }
                 _ = tick.tick() => {
+                    let open = self.take_queued();
                     if self.retry_at.is_none() && !self.buf.is_empty() {
                         self.flush().await;
                     }
-                }
-                r = self.rx.recv() => {
-                    let Some(record) = r else { break };
-                    self.push(record);
-                    while self.buf.len() < self.settings.batch_max {
-                        let Ok(record) = self.rx.try_recv() else { break };
-                        self.push(record);
+                    if !open {
+                        break;
                     }
-                    if self.retry_at.is_none() && self.buf.len() >= self.settings.batch_max {
-                        self.flush().await;
+                }
+                _ = queued.full.notified() => {
+                    self.take_queued();
+                    if self.retry_at.is_none() {
+                        self.flush_full().await;
                     }
                 }
             }
@@ -296,13 +327,26 @@ impl<S: Sink> Flusher<S> {
         self.finish().await;
     }
 
+    /// Takes every record waiting in the channel into the buffer (which
+    /// drops the oldest over its cap). False once every writer is gone.
+    fn take_queued(&mut self) -> bool {
+        loop {
+            match self.rx.try_recv() {
+                Ok(record) => {
+                    self.queued.count.fetch_sub(1, Ordering::Relaxed);
+                    self.push(record);
+                }
+                Err(mpsc::error::TryRecvError::Empty) => return true,
+                Err(mpsc::error::TryRecvError::Disconnected) => return false,
+            }
+        }
+    }
+
     /// Shutdown: take what is still in the channel and write everything,
     /// retrying until the grace runs out.
     async fn finish(&mut self) {
         self.rx.close();
-        while let Ok(record) = self.rx.try_recv() {
-            self.push(record);
-        }
+        self.take_queued();
         let grace = self.settings.shutdown_grace;
         let written = tokio::time::timeout(grace, async {
             loop {
@@ -348,20 +392,7 @@ impl<S: Sink> Flusher<S> {
     /// failed: the rest is kept and a retry is scheduled.
     async fn flush(&mut self) -> bool {
         while !self.buf.is_empty() {
-            let n = self.buf.len().min(self.settings.batch_max);
-            let res = self.sink.insert(&self.buf.make_contiguous()[..n]).await;
-            let res = match res {
-                Ok(()) => {
-                    self.buf.drain(..n);
-                    self.stats.written += n as u64;
-                    self.stats.batches += 1;
-                    Ok(())
-                }
-                Err(e) if is_rejection(&e) => self.write_one_by_one(n).await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = res {
-                self.failed(&e);
+            if !self.write_batch().await {
                 return false;
             }
         }
@@ -369,8 +400,39 @@ impl<S: Sink> Flusher<S> {
         true
     }
 
-    /// A batch was refused: writes its `n` records alone, dropping those
-    /// refused in turn.
+    /// Writes the full batches held; a partial one waits for the interval.
+    async fn flush_full(&mut self) {
+        while self.buf.len() >= self.settings.batch_max {
+            if !self.write_batch().await {
+                return;
+            }
+        }
+    }
+
+    /// Writes the oldest batch held. False when the database failed (a
+    /// retry is scheduled).
+    async fn write_batch(&mut self) -> bool {
+        let n = self.buf.len().min(self.settings.batch_max);
+        let res = self.sink.insert(&self.buf.make_contiguous()[..n]).await;
+        let res = match res {
+            Ok(()) => {
+                self.buf.drain(..n);
+                self.stats.written += n as u64;
+                self.stats.batches += 1;
+                Ok(())
+            }
+            Err(e) if is_rejection(&e) => self.write_one_by_one(n).await,
+            Err(e) => Err(e),
+        };
+        match res {
+            Ok(()) => true,
+            Err(e) => {
+                self.failed(&e);
+                false
+            }
+        }
+    }
+
     async fn write_one_by_one(&mut self, n: usize) -> Result<(), StoreError> {
         for _ in 0..n {
             let Some(record) = self.buf.front() else { break };
@@ -412,7 +474,7 @@ impl<S: Sink> Flusher<S> {
     }
 
     fn publish(&mut self) {
-        self.stats.pending = self.buf.len();
+        self.stats.pending = self.buf.len() + self.queued.count.load(Ordering::Relaxed);
         let stats = self.stats;
         self.stats_tx.send_if_modified(|s| {
             let changed = *s != stats;
