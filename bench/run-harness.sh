@@ -19,7 +19,7 @@
 # Harness variables (RATES, CORRECTNESS, PROBE, …) pass through; DB_MAX_CONNECTIONS
 # sets the SQLite pool size (default 4), OVERLOAD_QUEUE_MS overload control's
 # target wait (default 50, 0 = off), SIP_CORES `[sip] cores` (default 0: one
-# per CPU); TRUNKGATE_LOG=path keeps the daemon's log; TRUNKGATE_BIN=path
+# per two CPUs); TRUNKGATE_LOG=path keeps the daemon's log; TRUNKGATE_BIN=path
 # runs that binary instead of building one (A-B-A of two builds).
 # DATABASE=postgres runs the node as a fleet node on the local PostgreSQL
 # (PG_URL, default postgres://postgres@127.0.0.1:5432, trust auth) in a

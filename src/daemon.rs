@@ -73,11 +73,8 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         tls: loaded.tls.clone(),
         ..TransportConfig::default()
     };
-    // One SIP core per CPU: messages are spread by Call-ID.
-    let shards = match sip.cores {
-        0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).min(16),
-        n => n,
-    };
+    // Messages are spread over the SIP cores by Call-ID.
+    let shards = sip.resolved_cores();
     let (inbound_tx, inbound_rx): (Vec<_>, Vec<_>) = (0..shards).map(|_| tokio::sync::mpsc::channel(16_384)).unzip();
     let transports = Transports::bind(&loaded.listen, transport_config, inbound_tx, shutdown.clone()).await?;
     for b in transports.bound() {

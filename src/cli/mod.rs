@@ -391,7 +391,9 @@ pub fn main() -> ExitCode {
         }
     };
     crate::ops::logging::init(loaded.config.log.format, &loaded.config.log.level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // One worker thread per SIP core: see `SipConfig::resolved_cores`.
+    let workers = loaded.config.sip.resolved_cores();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

@@ -434,7 +434,9 @@ pub struct SipConfig {
     #[serde(default)]
     pub unknown_trunk: UnknownTrunk,
     /// SIP core tasks, each owning the transactions and calls of the
-    /// Call-IDs that hash to it; 0 means one per CPU. Default: 0.
+    /// Call-IDs that hash to it, and as many runtime worker threads to run
+    /// them; 0 means one per two CPUs, at least one (see
+    /// [`SipConfig::resolved_cores`]). Default: 0.
     #[serde(default)]
     pub cores: usize,
     /// RFC 4028 session interval asked of each leg, seconds: a leg whose
@@ -450,6 +452,26 @@ pub struct SipConfig {
     /// registrations and calls end with it). Default: 30.
     #[serde(default = "default_ws_ping_interval_s")]
     pub ws_ping_interval_s: u64,
+}
+
+impl SipConfig {
+    /// The SIP cores, and runtime worker threads, the node runs: `cores`,
+    /// or by default one per two CPUs (at least one, at most 16).
+    ///
+    /// Not one per CPU: a core's datagrams are received by a socket task
+    /// and sent by the kernel, whose network processing (on loopback, the
+    /// receiver's too), SQLite's writer thread and the media relays need
+    /// CPUs as well. With a worker per CPU the workers keep waking and
+    /// handing tasks to each other, and memory allocated on one thread is
+    /// freed on another; on a 2-CPU machine one worker took 15-25 % less
+    /// CPU per call than two, and was still clean at a rate where two
+    /// were not (bench/RESULTS.md, issue 11).
+    pub fn resolved_cores(&self) -> usize {
+        match self.cores {
+            0 => (std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get) / 2).clamp(1, 16),
+            n => n,
+        }
+    }
 }
 
 fn default_ws_ping_interval_s() -> u64 {

@@ -396,3 +396,13 @@ fn the_browsers_ports_one_per_relay_thread_stay_out_of_the_rtp_range() {
     let err = load(&p, &Overrides::default()).expect_err("past 65535").to_string();
     assert!(err.contains("at most 65535"), "{err}");
 }
+
+#[test]
+fn sip_cores_default_to_one_per_two_cpus() {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let loaded = load_text("[sip]\n").expect("loads");
+    assert_eq!(loaded.config.sip.cores, 0);
+    assert_eq!(loaded.config.sip.resolved_cores(), (cpus / 2).clamp(1, 16));
+    let loaded = load_text("[sip]\ncores = 3\n").expect("loads");
+    assert_eq!(loaded.config.sip.resolved_cores(), 3);
+}

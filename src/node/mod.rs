@@ -346,7 +346,8 @@ struct Shard {
     replies: mpsc::Sender<ShardMsg>,
     calls: calls::Calls,
     cdr: crate::cdr::CdrWriter,
-    /// The last response of each client transaction, for its events.
+    /// The response being handled, for its transaction's events (taken
+    /// out once they are drained).
     responses: HashMap<TsxKey, Response>,
     /// This core's index (B-leg Call-IDs carry it, see `crate::sip::shard`).
     shard: usize,
@@ -548,13 +549,17 @@ impl Shard {
                 let info = ResponseInfo { status, branch: via.branch(), method };
                 match self.layer.handle_response(now, &info) {
                     Some(key) => {
-                        self.responses.insert(key, resp);
+                        self.responses.insert(key.clone(), resp);
                         // Its event reads the response from the map: handle
                         // it now, before the next response of the same
                         // transaction (a 180 and a 200 in one burst) replaces
                         // it — else the 180's event saw the 200, the 180 was
                         // never relayed and the 200 was handled twice.
                         self.drain(now);
+                        // Its events (the response, the ACK a failure needs)
+                        // came out of that drain: not kept for the 32 s an
+                        // answered INVITE's transaction lives on (Timer M).
+                        self.responses.remove(&key);
                     }
                     None => debug!(remote = %inb.remote, status = resp.status(), "stray response dropped"),
                 }

@@ -40,9 +40,12 @@ impl Daemon {
 
     fn prepare_in(dir: tempfile::TempDir, db: &str, node_id: &str, extra: &str) -> Self {
         let config = dir.path().join("trunkgate.toml");
+        // Two SIP cores whatever the machine (the default is one per two
+        // CPUs): the calls' B legs then really cross cores by their
+        // Call-IDs, the path a larger machine takes.
         let text = format!(
             "node_id = \"{node_id}\"\nstate_dir = \"{}\"\n[log]\nformat = \"json\"\nlevel = \"info\"\n\
-             [database]\nurl = \"{db}\"\n[sip]\nlisten = [\"udp://127.0.0.1:0\", \"tcp://127.0.0.1:0\"]\n{extra}",
+             [database]\nurl = \"{db}\"\n[sip]\nlisten = [\"udp://127.0.0.1:0\", \"tcp://127.0.0.1:0\"]\ncores = 2\n{extra}",
             dir.path().join("state").display()
         );
         std::fs::write(&config, text).expect("write config");
