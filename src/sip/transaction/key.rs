@@ -6,6 +6,7 @@
 //! module never sees a message type, so the parser can change freely.
 
 use std::fmt;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use super::{Method, StatusCode};
@@ -81,11 +82,64 @@ pub enum Role {
 ///
 /// Cheap to clone (shared strings); ordered so it can sit in the layer's
 /// timer queue. The `Display` form is meant for logs.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// Hashed once, when made: a key is looked up in several maps per message
+/// (the layer's, the core's, the calls'), each of which would otherwise
+/// run SipHash over its strings again. The stored hash is itself a SipHash
+/// with a key random per process, so the maps stay as hard to flood with
+/// colliding branches as with the default hasher.
+#[derive(Clone)]
 pub struct TsxKey {
     role: Role,
     method: Method,
     id: KeyId,
+    hash: u64,
+}
+
+/// The per-process key of [`TsxKey`]'s stored hash.
+fn key_hasher() -> &'static std::collections::hash_map::RandomState {
+    static STATE: std::sync::OnceLock<std::collections::hash_map::RandomState> = std::sync::OnceLock::new();
+    STATE.get_or_init(std::collections::hash_map::RandomState::new)
+}
+
+impl TsxKey {
+    fn new(role: Role, method: Method, id: KeyId) -> TsxKey {
+        let hash = key_hasher().hash_one((role, &method, &id));
+        TsxKey { role, method, id, hash }
+    }
+}
+
+impl PartialEq for TsxKey {
+    fn eq(&self, other: &Self) -> bool {
+        // The hash first: unequal keys almost always differ there.
+        self.hash == other.hash && self.role == other.role && self.method == other.method && self.id == other.id
+    }
+}
+
+impl Eq for TsxKey {}
+
+impl std::hash::Hash for TsxKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl PartialOrd for TsxKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for TsxKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.role, &self.method, &self.id).cmp(&(other.role, &other.method, &other.id))
+    }
+}
+
+impl fmt::Debug for TsxKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TsxKey").field("role", &self.role).field("method", &self.method).field("id", &self.id).finish()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -152,7 +206,7 @@ impl MergeId {
 impl TsxKey {
     /// The key of a client transaction (§17.1.3).
     pub(super) fn client(method: Method, branch: &str) -> TsxKey {
-        TsxKey { role: Role::Client, method, id: KeyId::Branch { branch: branch.into(), sent_by: None } }
+        TsxKey::new(Role::Client, method, KeyId::Branch { branch: branch.into(), sent_by: None })
     }
 
     /// The key of the client transaction a response belongs to, if it
@@ -177,7 +231,7 @@ impl TsxKey {
                 branch: branch.map(Arc::from),
             })),
         };
-        TsxKey { role: Role::Server, method, id }
+        TsxKey::new(Role::Server, method, id)
     }
 
     /// The key of the server transaction `info` belongs to (§17.2.3): ACK
@@ -190,7 +244,7 @@ impl TsxKey {
     /// A server INVITE key for the same RFC 2543 request identity with
     /// another To tag (see [`LegacyId::with_to_tag`]).
     pub(super) fn with_legacy_id(&self, id: LegacyId) -> TsxKey {
-        TsxKey { role: self.role, method: self.method.clone(), id: KeyId::Rfc2543(Arc::new(id)) }
+        TsxKey::new(self.role, self.method.clone(), KeyId::Rfc2543(Arc::new(id)))
     }
 
     /// The RFC 2543 identity, for a server key built from a request

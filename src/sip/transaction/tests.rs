@@ -801,3 +801,38 @@ fn pair_accepted_call_leaves_2xx_reliability_to_the_tus() {
     // exchange, that is the dialogs' job.
     assert_eq!((pair.to_server, pair.to_client), (1, 1));
 }
+
+/// Keys are hashed once, when made: equal keys made apart hash and compare
+/// equal (a map finds one by the other), keys that differ anywhere do not,
+/// and the order is that of the fields, not of the hash.
+#[test]
+fn keys_made_apart_find_each_other_and_differ_where_their_fields_do() {
+    use std::collections::HashMap;
+    let a = TsxKey::server(&invite(BRANCH));
+    let same = TsxKey::server(&RequestInfo { sent_by: "CLIENT.EXAMPLE:5060", ..invite(BRANCH) });
+    let ack = TsxKey::server(&with_method(&invite(BRANCH), Method::ACK));
+    let cancel = TsxKey::server(&with_method(&invite(BRANCH), Method::new("CANCEL")));
+    let other_sender = TsxKey::server(&RequestInfo { sent_by: "other.example:5060", ..invite(BRANCH) });
+    let client = TsxKey::client(Method::INVITE, BRANCH);
+    let legacy = TsxKey::server(&invite("1234"));
+    let legacy_again = TsxKey::server(&invite("1234"));
+    assert_eq!(a, same);
+    assert_eq!(a, ack, "an ACK finds its INVITE");
+    assert_eq!(legacy, legacy_again);
+    for k in [&cancel, &other_sender, &client, &legacy] {
+        assert_ne!(&a, k);
+    }
+    let mut map = HashMap::new();
+    map.insert(a.clone(), 1);
+    map.insert(cancel.clone(), 2);
+    map.insert(client.clone(), 3);
+    map.insert(legacy.clone(), 4);
+    assert_eq!(map.get(&same), Some(&1));
+    assert_eq!(map.get(&ack), Some(&1));
+    assert_eq!(map.get(&legacy_again), Some(&4));
+    assert_eq!(map.get(&other_sender), None);
+    assert_eq!(map.len(), 4);
+    // Client keys sort before server keys, whatever their hashes.
+    assert!(client < a && client < legacy);
+    assert_eq!(a.cmp(&same), std::cmp::Ordering::Equal);
+}
