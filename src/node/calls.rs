@@ -454,6 +454,16 @@ impl Shard {
         match self.layer.start_client(now, tsx_method, &branch, reliability(&peer.target), out) {
             Ok(k) => {
                 if method == Method::Invite {
+                    // Held while the transaction lives (32 s after its
+                    // answer): only what the ACKs and BYE are built from.
+                    request.keep_only(&[
+                        HeaderName::Via,
+                        HeaderName::From,
+                        HeaderName::To,
+                        HeaderName::CallId,
+                        HeaderName::CSeq,
+                        HeaderName::Route,
+                    ]);
                     self.calls.fork_invites.insert(k.clone(), (request, peer.target));
                 }
                 self.calls.clients.insert(k, (no, id));

@@ -344,6 +344,11 @@ impl Headers {
         Ok(())
     }
 
+    /// Keeps the lines for which `keep` says so, in order.
+    pub fn retain(&mut self, keep: impl FnMut(&Header) -> bool) {
+        self.list.retain(keep);
+    }
+
     /// Removes every line with this name; returns how many were removed.
     pub fn remove_all(&mut self, name: &HeaderName) -> usize {
         let before = self.list.len();

@@ -139,6 +139,15 @@ impl Request {
         self.body = body;
     }
 
+    /// Keeps only the header lines named in `names`, and no body (nor its
+    /// Content-Length): what a UA holds of a request it sent, to build an
+    /// ACK or a BYE from it later, without holding on to the rest (nor to
+    /// the received message whose buffer a copied line or body shares).
+    pub fn keep_only(&mut self, names: &[HeaderName]) {
+        self.headers.retain(|h| names.contains(h.name()));
+        self.body = Bytes::new();
+    }
+
     /// Serializes the request (see the module documentation).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.encoded_len_hint());

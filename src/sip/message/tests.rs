@@ -610,3 +610,18 @@ fn every_final_failure_code_has_a_reason_phrase() {
     assert_eq!(reason_phrase(699), "Global Failure");
     assert!((400..=699).all(|code| reason_phrase(code) != "Unknown"));
 }
+
+#[test]
+fn keep_only_keeps_the_named_lines_in_order_and_drops_the_body() {
+    let text = "INVITE sip:a@example.com SIP/2.0\r\nVia: SIP/2.0/UDP h.example.com;branch=z9hG4bKx\r\n\
+                Route: <sip:p1.example.com;lr>\r\nFrom: <sip:b@example.com>;tag=1\r\nTo: <sip:a@example.com>\r\n\
+                Call-ID: id1\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\nUser-Agent: x\r\nRoute: <sip:p2.example.com;lr>\r\n\
+                Content-Type: application/sdp\r\nContent-Length: 4\r\n\r\nv=0\n";
+    let mut r = req(text.as_bytes());
+    r.keep_only(&[HeaderName::Via, HeaderName::From, HeaderName::CallId, HeaderName::CSeq, HeaderName::Route]);
+    let names: Vec<&str> = r.headers().iter().map(|h| h.name().as_str()).collect();
+    assert_eq!(names, ["Via", "Route", "From", "Call-ID", "CSeq", "Route"]);
+    assert!(r.body().is_empty());
+    assert_eq!(r.headers().call_id().ok(), Some("id1"));
+    assert_eq!(r.uri().as_str(), "sip:a@example.com");
+}
