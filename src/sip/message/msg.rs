@@ -95,7 +95,7 @@ pub struct Request {
 impl Request {
     /// Starts building a request.
     pub fn builder(method: Method, uri: Uri) -> RequestBuilder {
-        RequestBuilder { method, uri, headers: Headers::new(), body: None, error: None }
+        RequestBuilder { method, uri, lines: Lines::default(), body: None, error: None }
     }
 
     /// The method of the Request-Line.
@@ -183,7 +183,7 @@ impl Response {
         ResponseBuilder {
             status,
             reason: Bytes::copy_from_slice(reason.as_bytes()),
-            headers: Headers::new(),
+            lines: Lines::default(),
             body: None,
             error: None,
         }
@@ -389,12 +389,42 @@ fn set_content_length(headers: &mut Headers, len: usize) {
     headers.push_unchecked(Header::new_unchecked(HeaderName::ContentLength, Bytes::from(len.to_string())));
 }
 
+/// A builder's header lines: every value copied into one buffer, which the
+/// built message's headers then share (one allocation for all of them, and
+/// a copy of the message costs reference counts, not a copy of each line).
+#[derive(Debug, Default)]
+struct Lines {
+    buf: Vec<u8>,
+    lines: Vec<(HeaderName, std::ops::Range<usize>)>,
+}
+
+impl Lines {
+    fn push(&mut self, name: HeaderName, value: &[u8]) -> Result<(), BuildError> {
+        if value.iter().any(|b| matches!(b, b'\r' | b'\n')) {
+            return Err(BuildError::InvalidHeaderValue { name });
+        }
+        let start = self.buf.len();
+        self.buf.extend_from_slice(value);
+        self.lines.push((name, start..self.buf.len()));
+        Ok(())
+    }
+
+    fn into_headers(self) -> Headers {
+        let buf = Bytes::from(self.buf);
+        let mut headers = Headers::with_capacity(self.lines.len() + 2);
+        for (name, range) in self.lines {
+            headers.push_unchecked(Header::new_unchecked(name, buf.slice(range)));
+        }
+        headers
+    }
+}
+
 /// Builds a [`Request`]. Errors are reported by [`build`](Self::build).
 #[derive(Debug)]
 pub struct RequestBuilder {
     method: Method,
     uri: Uri,
-    headers: Headers,
+    lines: Lines,
     body: Option<(String, Bytes)>,
     error: Option<BuildError>,
 }
@@ -402,7 +432,7 @@ pub struct RequestBuilder {
 impl RequestBuilder {
     /// Appends a header line (the value must not contain CR or LF).
     pub fn header(mut self, name: HeaderName, value: impl AsRef<[u8]>) -> Self {
-        if let Err(e) = self.headers.push(name, value) {
+        if let Err(e) = self.lines.push(name, value.as_ref()) {
             self.error.get_or_insert(e);
         }
         self
@@ -420,7 +450,7 @@ impl RequestBuilder {
         if let Some(e) = self.error {
             return Err(e);
         }
-        let mut headers = self.headers;
+        let mut headers = self.lines.into_headers();
         let body = finish_body(&mut headers, self.body)?;
         Ok(Request { method: self.method, uri: self.uri, version: Version::SIP_2_0, headers, body })
     }
@@ -431,7 +461,7 @@ impl RequestBuilder {
 pub struct ResponseBuilder {
     status: u16,
     reason: Bytes,
-    headers: Headers,
+    lines: Lines,
     body: Option<(String, Bytes)>,
     error: Option<BuildError>,
 }
@@ -439,7 +469,7 @@ pub struct ResponseBuilder {
 impl ResponseBuilder {
     /// Appends a header line (the value must not contain CR or LF).
     pub fn header(mut self, name: HeaderName, value: impl AsRef<[u8]>) -> Self {
-        if let Err(e) = self.headers.push(name, value) {
+        if let Err(e) = self.lines.push(name, value.as_ref()) {
             self.error.get_or_insert(e);
         }
         self
@@ -462,7 +492,7 @@ impl ResponseBuilder {
         if self.reason.iter().any(|b| matches!(b, b'\r' | b'\n')) {
             return Err(BuildError::InvalidReason);
         }
-        let mut headers = self.headers;
+        let mut headers = self.lines.into_headers();
         let body = finish_body(&mut headers, self.body)?;
         Ok(Response { version: Version::SIP_2_0, status: self.status, reason: self.reason, headers, body })
     }

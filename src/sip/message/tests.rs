@@ -625,3 +625,30 @@ fn keep_only_keeps_the_named_lines_in_order_and_drops_the_body() {
     assert_eq!(r.headers().call_id().ok(), Some("id1"));
     assert_eq!(r.uri().as_str(), "sip:a@example.com");
 }
+
+#[test]
+fn a_built_messages_lines_share_one_buffer_and_a_copy_shares_it_too() {
+    let uri = Uri::parse("sip:a@example.com").unwrap();
+    let r = Request::builder(Method::Invite, uri)
+        .header(HeaderName::From, "<sip:b@example.com>;tag=1")
+        .header(HeaderName::To, "<sip:a@example.com>")
+        .header(HeaderName::CallId, "id1")
+        .build()
+        .unwrap();
+    let values: Vec<&Bytes> = r.headers().iter().take(3).map(|h| h.value_bytes()).collect();
+    // Each line's value starts where the one before ended: one buffer.
+    for w in values.windows(2) {
+        assert_eq!(w[0].as_ptr().wrapping_add(w[0].len()), w[1].as_ptr());
+    }
+    let copy = r.clone();
+    for (a, b) in r.headers().iter().zip(copy.headers().iter()) {
+        assert_eq!(a.value_bytes().as_ptr(), b.value_bytes().as_ptr());
+    }
+    let text = String::from_utf8(r.to_bytes()).unwrap();
+    assert!(text.starts_with("INVITE sip:a@example.com SIP/2.0\r\nFrom: <sip:b@example.com>;tag=1\r\nTo: <sip:a@example.com>\r\nCall-ID: id1\r\n"), "{text}");
+    // A line with CR or LF is refused as before.
+    let bad = Request::builder(Method::Invite, Uri::parse("sip:a@example.com").unwrap())
+        .header(HeaderName::Subject, "a\r\nb")
+        .build();
+    assert!(matches!(bad, Err(BuildError::InvalidHeaderValue { .. })), "{bad:?}");
+}
