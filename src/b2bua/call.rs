@@ -1443,8 +1443,8 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
     fn fork_answered(&mut self, now: Instant, leg: LegId, resp: &Response) {
         let idx = leg_index(leg);
         let Some(l) = self.legs.get_mut(idx) else { return };
-        let remote_tag = resp.headers().to().ok().and_then(|t| t.tag().map(str::to_owned));
-        let same_dialog = l.dialog.as_ref().is_some_and(|d| Some(&d.id().remote_tag) == remote_tag.as_ref());
+        let remote_tag = resp.headers().to_tag().ok().flatten();
+        let same_dialog = l.dialog.as_ref().is_some_and(|d| Some(d.id().remote_tag.as_str()) == remote_tag);
         if same_dialog {
             // A retransmitted 2xx: ACK it again (unless the ACK still waits
             // for its answer).

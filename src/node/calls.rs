@@ -446,7 +446,7 @@ impl Shard {
             (via_header(&peer, &branch), branch)
         };
         let _ = request.headers_mut().push_front(HeaderName::Via, &via);
-        if method == Method::Invite && request.headers().to().ok().and_then(|t| t.tag().map(str::len)).is_none() {
+        if method == Method::Invite && request.headers().to_tag().ok().flatten().is_none() {
             self.calls.invite_vias.insert((no, leg), via);
         }
         let out = Outgoing { target: peer.target, data: Bytes::from(request.to_bytes()) };

@@ -613,7 +613,7 @@ impl Shard {
         // that is no trunk gets no answer at all (and no transaction).
         if self.ctx.config.ignore_unknown_trunks
             && *req.method() == Method::Invite
-            && req.headers().to().ok().and_then(|t| t.tag().map(str::to_owned)).is_none()
+            && req.headers().to_tag().ok().flatten().is_none()
             && self.trunk_of(transport, remote, &req).is_none()
             && outbound::portal_of(&self.ctx, &req).is_none()
         {
@@ -623,20 +623,17 @@ impl Shard {
         }
         let matched = {
             let h = req.headers();
-            let from_tag = h.from().ok().and_then(|f| f.tag().map(str::to_owned));
-            let to_tag = h.to().ok().and_then(|t| t.tag().map(str::to_owned));
-            let call_id = h.call_id().unwrap_or("").to_owned();
-            let cseq = h.cseq().map(|c| c.seq).unwrap_or(0);
-            let uri = req.uri().as_str().to_owned();
+            let from_tag = h.from_tag().ok().flatten();
+            let to_tag = h.to_tag().ok().flatten();
             let info = RequestInfo {
                 method: tsx_method(req.method()),
                 branch: stamp.branch.as_deref(),
                 sent_by: &stamp.sent_by,
-                request_uri: &uri,
-                call_id: &call_id,
-                cseq,
-                from_tag: from_tag.as_deref(),
-                to_tag: to_tag.as_deref(),
+                request_uri: req.uri().as_str(),
+                call_id: h.call_id().unwrap_or(""),
+                cseq: h.cseq().map(|c| c.seq).unwrap_or(0),
+                from_tag,
+                to_tag,
             };
             self.layer.handle_request(now, &info, reliability)
         };
@@ -703,7 +700,7 @@ impl Shard {
                     let _ = replies.send(ShardMsg::Reply { key, response }).await;
                 });
             }
-            _ if req.headers().to().ok().and_then(|t| t.tag().map(str::to_owned)).is_some() => {
+            _ if req.headers().to_tag().ok().flatten().is_some() => {
                 let req = req.clone();
                 if !self.handle_in_dialog(&key, &req, now) {
                     let resp = Response::from_request(&req, 481, "Call/Transaction Does Not Exist");
@@ -881,7 +878,7 @@ impl Shard {
     /// final and 101-199 responses, and `Server`.
     fn respond(&mut self, key: TsxKey, mut resp: Response, now: Instant) {
         let status = resp.status();
-        if status > 100 && resp.headers().to().ok().is_some_and(|t| t.tag().is_none()) {
+        if status > 100 && resp.headers().to_tag().is_ok_and(|t| t.is_none()) {
             let tag = self.ctx.new_tag();
             let _ = resp.set_to_tag(&tag);
         }
@@ -900,9 +897,9 @@ impl Shard {
             return;
         };
         let Ok(status) = StatusCode::new(resp.status()) else { return };
-        let to_tag = resp.headers().to().ok().and_then(|t| t.tag().map(str::to_owned));
+        let to_tag = resp.headers().to_tag().ok().flatten();
         let out = Outgoing { target, data: Bytes::from(resp.to_bytes()) };
-        if let Err(e) = self.layer.send_response(now, key, status, to_tag.as_deref(), out) {
+        if let Err(e) = self.layer.send_response(now, key, status, to_tag, out) {
             warn!(error = %e, "response not sent");
         }
     }

@@ -75,8 +75,8 @@ impl<'a> RequestIds<'a> {
         let h = req.headers();
         Some(RequestIds {
             call_id: h.call_id().ok()?,
-            to_tag: h.to().ok()?.tag()?,
-            from_tag: h.from().ok().and_then(|f| f.tag()).unwrap_or(""),
+            to_tag: h.to_tag().ok()??,
+            from_tag: h.from_tag().ok().flatten().unwrap_or(""),
         })
     }
 }
@@ -137,11 +137,8 @@ impl Dialog {
         let remote_tag = from.tag().unwrap_or("").to_owned();
         let cseq = h.cseq().map_err(|_| DialogError::Header { header: "CSeq" })?.seq;
         let to_raw = header(h, &HeaderName::To, "To")?;
-        let local = if h.to().ok().and_then(|t| t.tag().map(str::len)).is_some() {
-            to_raw.to_owned()
-        } else {
-            format!("{to_raw};tag={local_tag}")
-        };
+        let local =
+            if h.to_tag().ok().flatten().is_some() { to_raw.to_owned() } else { format!("{to_raw};tag={local_tag}") };
         let route_set = h.record_routes().map(|rr| rr.iter().map(ToString::to_string).collect()).unwrap_or_default();
         Ok(Dialog {
             id: DialogId { call_id, local_tag: local_tag.to_owned(), remote_tag },

@@ -228,6 +228,39 @@ fn scalar_limits() {
 }
 
 #[test]
+fn a_tag_read_without_the_uri_is_the_parsed_values_tag() {
+    // The same answer as a full parse wherever the value parses: tags in
+    // quotes, in the URI's own parameters and of an addr-spec.
+    for v in [
+        "<sip:a@example.com>;tag=1",
+        "\"x;tag=2\" <sip:a@example.com;tag=3>;tag=4",
+        "Bob <sip:b@example.com;transport=tcp>",
+        "sip:c@example.com;tag=5;other",
+        "  \"Q\\\">\" <sip:d@example.com> ; tag = 6 ",
+        "<sip:e@example.com>;TAG=7;tag=8",
+    ] {
+        let b = Bytes::from(v);
+        let parsed = NameAddr::parse(&b).unwrap().tag();
+        assert_eq!(NameAddr::tag_in(&b).unwrap(), parsed, "{v}");
+    }
+    let b = Bytes::from("<sip:a@example.com>;tag=1");
+    assert_eq!(NameAddr::tag_in(&b).unwrap(), Some("1"));
+    let b = Bytes::from("\"x;tag=2\" <sip:a@example.com;tag=3>;tag=4");
+    assert_eq!(NameAddr::tag_in(&b).unwrap(), Some("4"));
+    // What breaks the value's framing breaks both.
+    for v in ["<sip:a@example.com;tag=1", "\"open <sip:a@example.com>", "<sip:a@x>;tag=1 junk", ""] {
+        let b = Bytes::from(v);
+        assert!(NameAddr::parse(&b).is_err() && NameAddr::tag_in(&b).is_err(), "{v}");
+    }
+    // The headers' accessors: missing and duplicated lines are errors.
+    let r = req(options("Content-Length: 0\r\n").as_bytes());
+    assert_eq!(r.headers().from_tag().unwrap(), r.headers().from().unwrap().tag());
+    assert_eq!(r.headers().to_tag().unwrap(), None);
+    let r = req(options("To: <sip:x@example.com>;tag=9\r\nContent-Length: 0\r\n").as_bytes());
+    assert!(r.headers().to_tag().is_err());
+}
+
+#[test]
 fn name_addr_forms() {
     let r = req(options(
         "Diversion: <sip:100@pbx.example.com>;reason=unconditional;counter=1, \"Ops\" <tel:+4930111>;reason=busy\r\n\
