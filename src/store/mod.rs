@@ -1109,7 +1109,7 @@ impl Store {
         // One multi-row INSERT per chunk, not one statement per record:
         // each statement is a round trip to SQLite's worker thread.
         with_tx!(self, tx => {
-            for chunk in records.chunks(500) {
+            for chunk in leases::statement_chunks(records) {
                 let mut q = sqlx::QueryBuilder::new(
                     "INSERT INTO call_records (call_id, node_id, portal_id, trunk, direction, caller, callee, target_user,
                        started_at, answered_at, ended_at, outcome, sip_status, reason, media) ",
