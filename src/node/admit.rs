@@ -177,7 +177,13 @@ pub(crate) async fn admit(ctx: Arc<Shared>, input: AdmitInput) -> AdmissionResul
             let row = match cached {
                 Some(r) => r,
                 // Not in the cache: maybe added a moment ago.
-                None => match ctx.store.user(portal.id.as_str(), &user).await {
+                // Boxed, as the other database waits here: an awaited
+                // future is held inline in this one's state, and this
+                // state is moved (copied) whole when the admission is
+                // started and at each nested call; sqlx's futures made it
+                // kilobytes (about 50,000 instructions of copying per
+                // call) for paths a single node's admitted call never takes.
+                None => match Box::pin(ctx.store.user(portal.id.as_str(), &user)).await {
                     Ok(Some(u)) => crate::store::UserBrief {
                         portal_id: u.portal_id,
                         username: u.username,
@@ -217,7 +223,7 @@ pub(crate) async fn admit(ctx: Arc<Shared>, input: AdmitInput) -> AdmissionResul
                 // The cache may be a moment behind a contact just set: ask
                 // the database before calling the user unreachable (only on
                 // this rare path, never per admitted call).
-                if let Ok(Some(fresh)) = ctx.store.user(portal.id.as_str(), &user).await
+                if let Ok(Some(fresh)) = Box::pin(ctx.store.user(portal.id.as_str(), &user)).await
                     && !fresh.disabled
                     && let Some(contact) = fresh.static_contact.as_deref()
                     && let Some(t) = static_target(contact)
@@ -235,7 +241,7 @@ pub(crate) async fn admit(ctx: Arc<Shared>, input: AdmitInput) -> AdmissionResul
     if awaiting.rate_refusal().is_some() || route.is_none() || groups.is_empty() {
         // Refused whatever the channel count: count the channels without
         // taking one, so rows 6 and 7 answer in the table's order.
-        let active = match active_calls(&ctx, portal.id.as_str(), now).await {
+        let active = match Box::pin(active_calls(&ctx, portal.id.as_str(), now)).await {
             Ok(active) => active,
             Err(e) => {
                 warn!(error = %e, "database unavailable during admission");
@@ -327,7 +333,11 @@ pub(crate) async fn active_calls(
     portal: &str,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<u32, StoreError> {
-    if ctx.channels.is_fleet() { ctx.store.active_calls(portal, now).await } else { Ok(ctx.channels.in_use(portal)) }
+    if ctx.channels.is_fleet() {
+        Box::pin(ctx.store.active_calls(portal, now)).await
+    } else {
+        Ok(ctx.channels.in_use(portal))
+    }
 }
 
 /// A static contact `sip:user@IP:PORT[;transport=tcp]` → where to send.

@@ -129,7 +129,10 @@ impl Channels {
                 // A poisoned lock counts as full: refuse rather than over-admit.
                 Err(_) => LeaseOutcome::Busy { active: channels },
             }),
-            Inner::Fleet(fleet) => fleet.take(portal, channels, now).await,
+            // Boxed: held inline, the fleet's grant (a timeout, a lock and
+            // database calls) made every single-node admission's future
+            // kilobytes larger, copied at each step of its start.
+            Inner::Fleet(fleet) => Box::pin(fleet.take(portal, channels, now)).await,
         }
     }
 

@@ -218,7 +218,15 @@ type ContentLength = Option<Result<u64, ContentLengthError>>;
 /// the Content-Length verdict and where the body starts.
 fn parse_headers(buf: &Bytes, mut pos: usize, framing: Framing) -> Result<(Headers, ContentLength, usize), ParseError> {
     let s: &[u8] = buf;
-    let mut headers = Headers::with_capacity(16);
+    // Sized to the header section's line count (folds make it an upper
+    // bound), not a fixed guess: 16 lines were 1 KiB and more, past glibc's
+    // per-thread cache, so each message's index took the allocator's slow
+    // path (and often a realloc beyond 16); an exact size also holds less
+    // for the transactions that keep the message.
+    let rest = s.get(pos..).unwrap_or_default();
+    let head = memchr::memmem::find(rest, b"\r\n\r\n").map_or(rest, |end| rest.get(..end + 2).unwrap_or(rest));
+    let lines = memchr::memchr_iter(b'\n', head).count().clamp(1, 64);
+    let mut headers = Headers::with_capacity(lines);
     let mut cl: ContentLength = None;
     let mut cur: Option<Pending> = None;
     let mut line = 1usize;
