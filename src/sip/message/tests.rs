@@ -685,3 +685,20 @@ fn a_built_messages_lines_share_one_buffer_and_a_copy_shares_it_too() {
         .build();
     assert!(matches!(bad, Err(BuildError::InvalidHeaderValue { .. })), "{bad:?}");
 }
+
+#[test]
+fn folded_values_go_out_with_crlf_folds_and_others_byte_for_byte() {
+    // An LF-only message: its folds leave as CRLF folds; a CRLF fold stays
+    // as it came; a value without a fold is copied as it is.
+    let lf = b"OPTIONS sip:a@example.com SIP/2.0\nVia: SIP/2.0/UDP h.example.com;branch=z9hG4bKx\n\
+               From: <sip:b@example.com>;tag=1\nTo: <sip:a@example.com>\nCall-ID: id1\n\
+               CSeq: 1 OPTIONS\nMax-Forwards: 70\nSubject: one\n two\n\tthree\nContent-Length: 0\n\n";
+    let r = req(lf);
+    let out = String::from_utf8(r.to_bytes()).unwrap();
+    assert!(out.contains("\r\nSubject: one\r\n two\r\n\tthree\r\n"), "{out:?}");
+    assert!(!out.replace("\r\n", "").contains('\n'), "{out:?}");
+    let crlf = options("Subject: one\r\n two\r\nContent-Length: 0\r\n");
+    let out = String::from_utf8(req(crlf.as_bytes()).to_bytes()).unwrap();
+    assert!(out.contains("\r\nSubject: one\r\n two\r\nContent-Length: 0\r\n"), "{out:?}");
+    assert!(out.contains("\r\nFrom: <sip:b@example.com>;tag=1\r\n"), "{out:?}");
+}
