@@ -404,6 +404,16 @@ async fn call_records_round_trip(store: Store) {
     let since = store.call_records(Some("p1"), DateTime::from_timestamp(200, 0), 10).await.expect("q");
     assert_eq!(since.len(), 1);
     assert_eq!(since[0].reason.as_deref(), Some("channels-busy"));
+    // A batch larger than one statement's rows (it goes as 256 + 32 + 8 +
+    // 4): every record written, once, with its own fields.
+    let batch: Vec<_> = (0..300).map(|i| rec(&format!("big-{i}"), "p3", 1_000 + i)).collect();
+    store.call_records_insert(&batch).await.expect("insert 300");
+    let big = store.call_records(Some("p3"), None, 1_000).await.expect("q");
+    assert_eq!(big.len(), 300);
+    let mut seen: Vec<(String, i64)> = big.into_iter().map(|r| (r.call_id, r.started_at)).collect();
+    seen.sort_by_key(|(_, at)| *at);
+    let want: Vec<(String, i64)> = (0..300).map(|i| (format!("big-{i}"), 1_000 + i)).collect();
+    assert_eq!(seen, want);
 }
 
 /// The cache reflects a block (and a new portal) after a refresh; with the

@@ -392,33 +392,9 @@ impl Store {
     }
 }
 
-/// Most rows per multi-row statement (well under SQLite's and PostgreSQL's
+/// Rows per multi-row statement (well under SQLite's and PostgreSQL's
 /// limits on bound values).
-const ROWS_PER_STATEMENT: usize = 256;
-
-/// `items` in chunks whose sizes are powers of two, largest first (a batch
-/// of 300 goes as 256 + 32 + 8 + 4): a multi-row statement's text depends
-/// on its row count, and the connection's statement cache (100 texts)
-/// keeps a prepared statement per text. The call records' batches (one per
-/// 200 ms, hundreds of rows under load) came in so many sizes that SQLite
-/// parsed a 300-row INSERT anew for nearly every batch: a fifth of its
-/// thread's time at 1500 calls per second. In these chunks they reuse at
-/// most nine texts. The lease writer's batches (10 ms, a few dozen rows)
-/// stay one statement each: their few sizes stay cached, and splitting
-/// them would cost more round trips to SQLite's thread than it saves.
-pub(crate) fn statement_chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
-    std::iter::from_fn(move || {
-        if items.is_empty() {
-            return None;
-        }
-        let n = items.len().min(ROWS_PER_STATEMENT);
-        // The largest power of two not above n.
-        let size = 1 << (usize::BITS - 1 - n.leading_zeros());
-        let (chunk, rest) = items.split_at(size);
-        items = rest;
-        Some(chunk)
-    })
-}
+const ROWS_PER_STATEMENT: usize = 500;
 
 /// A row to insert: a lease taken in the batch and still held at its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -501,26 +477,6 @@ impl<'a> LeasePlan<'a> {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn statements_come_in_power_of_two_chunks_largest_first_covering_the_batch_in_order() {
-        let items: Vec<u32> = (0..1000).collect();
-        let sizes = |n: usize| super::statement_chunks(&items[..n]).map(<[u32]>::len).collect::<Vec<_>>();
-        assert_eq!(sizes(0), Vec::<usize>::new());
-        assert_eq!(sizes(1), [1]);
-        assert_eq!(sizes(300), [256, 32, 8, 4]);
-        assert_eq!(sizes(255), [128, 64, 32, 16, 8, 4, 2, 1]);
-        assert_eq!(sizes(1000), [256, 256, 256, 128, 64, 32, 8]);
-        // Every batch size from 1 to 1000 uses only the nine texts, and the
-        // chunks put back together are the batch in order.
-        let mut texts = std::collections::BTreeSet::new();
-        for n in 1..=1000 {
-            let joined: Vec<u32> = super::statement_chunks(&items[..n]).flatten().copied().collect();
-            assert_eq!(joined, items[..n]);
-            texts.extend(sizes(n));
-        }
-        assert_eq!(texts.into_iter().collect::<Vec<_>>(), [1, 2, 4, 8, 16, 32, 64, 128, 256]);
-    }
-
     use super::*;
 
     #[test]
