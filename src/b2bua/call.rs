@@ -115,7 +115,13 @@ pub struct Peer {
 impl Peer {
     /// Our Contact toward this peer.
     pub fn contact(&self) -> String {
-        format!("<sip:trunkgate@{}{}>", self.local, self.target.transport.uri_param())
+        let param = self.target.transport.uri_param();
+        let mut c = String::with_capacity(64 + param.len());
+        c.push_str("<sip:trunkgate@");
+        crate::sip::text::push_socket_addr(&mut c, self.local);
+        c.push_str(param);
+        c.push('>');
+        c
     }
 }
 
@@ -1120,11 +1126,18 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
             .and_then(|f| f.display_name().map(|d| d.text().replace('"', "")))
             .filter(|d| !d.is_empty());
         let from_tag = self.ids.tag();
-        let from = match display {
-            Some(d) => format!("\"{d}\" <sip:{caller}@{}>;tag={from_tag}", self.domain),
-            None => format!("<sip:{caller}@{}>;tag={from_tag}", self.domain),
-        };
-        let to = format!("<sip:{}@{}>", t.user, self.domain);
+        let mut from = String::with_capacity(
+            display.as_ref().map_or(0, |d| d.len() + 3) + caller.len() + self.domain.len() + from_tag.len() + 13,
+        );
+        if let Some(d) = &display {
+            from.push('"');
+            from.push_str(d);
+            from.push_str("\" ");
+        }
+        for part in ["<sip:", caller.as_str(), "@", self.domain.as_str(), ">;tag=", from_tag.as_str()] {
+            from.push_str(part);
+        }
+        let to = ["<sip:", t.user.as_str(), "@", self.domain.as_str(), ">"].concat();
         self.place_leg(NewLeg {
             uri,
             from,
@@ -1310,7 +1323,8 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
         let h = invite.headers_mut();
         h.remove_all(&HeaderName::Authorization);
         h.remove_all(&HeaderName::ProxyAuthorization);
-        if h.set(HeaderName::CSeq, format!("{seq} INVITE")).and_then(|()| h.push(header, value)).is_err() {
+        if h.set(HeaderName::CSeq, crate::sip::text::cseq(seq, "INVITE")).and_then(|()| h.push(header, value)).is_err()
+        {
             return false;
         }
         debug!(leg = leg.0, status = resp.status(), "challenge answered: INVITE sent again");
@@ -1380,7 +1394,7 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
         let mut invite = l.invite.clone();
         let h = invite.headers_mut();
         let set = h
-            .set(HeaderName::CSeq, format!("{seq} INVITE"))
+            .set(HeaderName::CSeq, crate::sip::text::cseq(seq, "INVITE"))
             .and_then(|()| h.set(HeaderName::SessionExpires, interval.as_secs().to_string()))
             .and_then(|()| h.set(HeaderName::MinSe, min.as_secs().to_string()));
         if set.is_err() {
@@ -1633,7 +1647,7 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
                 }
             }
             let seq = h.cseq().map(|c| c.seq).unwrap_or(1);
-            b = b.header(HeaderName::CSeq, format!("{seq} CANCEL")).header(HeaderName::MaxForwards, "70");
+            b = b.header(HeaderName::CSeq, crate::sip::text::cseq(seq, "CANCEL")).header(HeaderName::MaxForwards, "70");
             let (peer, lid) = (l.peer, l.id);
             self.legs[i].state = LegState::Ended;
             self.close_media(lid);

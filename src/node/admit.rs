@@ -161,7 +161,7 @@ pub(crate) async fn admit(ctx: Arc<Shared>, input: AdmitInput) -> AdmissionResul
     let Some(portal) = portal else {
         return refuse(&ctx, key, Reason::PortalNotFound, "no such portal".into(), record);
     };
-    let lease_id = format!("{}/{}/{}", ctx.config.node_id, trunk.name, a_call_id);
+    let lease_id = [ctx.config.node_id.as_str(), "/", trunk.name.as_str(), "/", a_call_id.as_str()].concat();
 
     // Row 8: the route and who can be rung. Checked before the lease is
     // taken (a refused call must not hold a channel even briefly); if the

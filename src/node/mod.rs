@@ -44,6 +44,7 @@ use crate::sip::digest::{Authenticator, DigestConfig};
 use crate::sip::message::{
     CheckConfig, HeaderName, Message, Method, ParseError, Request, Response, check_request, check_response,
 };
+use crate::sip::transaction::key::TsxMap;
 use crate::sip::transaction::{
     Event, Reliability, RequestInfo, RequestMatch, ResponseInfo, StatusCode, TimerConfig, TransactionLayer, TsxKey,
 };
@@ -128,10 +129,11 @@ impl Shared {
     /// (hex): a fresh token for tags, branches and Call-IDs, built in one
     /// allocation (one per call leg, transaction and dialog adds up).
     pub fn new_token(&self, lead: &str, sep: &str) -> String {
-        use std::fmt::Write;
         let mut s = String::with_capacity(lead.len() + sep.len() + 32);
         s.push_str(lead);
-        let _ = write!(s, "{:x}{sep}{:x}", self.tag_prefix, self.tag_seq.fetch_add(1, Ordering::Relaxed));
+        crate::sip::text::push_hex(&mut s, self.tag_prefix);
+        s.push_str(sep);
+        crate::sip::text::push_hex(&mut s, self.tag_seq.fetch_add(1, Ordering::Relaxed));
         s
     }
 
@@ -270,13 +272,13 @@ impl Node {
                 ctx: ctx.clone(),
                 shard,
                 layer: TransactionLayer::new(ctx.config.timers),
-                pending: HashMap::new(),
+                pending: TsxMap::default(),
                 transports: transports.clone(),
                 replies: reply_tx,
                 calls: calls::Calls::default(),
                 cdr: cdr.clone(),
-                responses: HashMap::new(),
-                own: HashMap::new(),
+                responses: TsxMap::default(),
+                own: TsxMap::default(),
                 overload: overload::Overload::new(ctx.config.overload_queue),
                 outbox: crate::transport::Outbox::default(),
             };
@@ -341,18 +343,18 @@ impl Node {
 struct Shard {
     ctx: Arc<Shared>,
     layer: TransactionLayer<Outgoing>,
-    pending: HashMap<TsxKey, Pending>,
+    pending: TsxMap<Pending>,
     transports: Transports,
     replies: mpsc::Sender<ShardMsg>,
     calls: calls::Calls,
     cdr: crate::cdr::CdrWriter,
     /// The response being handled, for its transaction's events (taken
     /// out once they are drained).
-    responses: HashMap<TsxKey, Response>,
+    responses: TsxMap<Response>,
     /// This core's index (B-leg Call-IDs carry it, see `crate::sip::shard`).
     shard: usize,
     /// The node's own requests (pings, registrations) awaiting their answer.
-    own: HashMap<TsxKey, tokio::sync::oneshot::Sender<Result<Response, u16>>>,
+    own: TsxMap<tokio::sync::oneshot::Sender<Result<Response, u16>>>,
     /// Sheds new INVITEs that queued too long.
     overload: overload::Overload,
     /// This turn's UDP datagrams, sent together when the turn ends
@@ -621,7 +623,7 @@ impl Shard {
             crate::ops::metrics::call_refused(crate::admission::Reason::UnknownTrunk.as_str());
             return;
         }
-        let matched = {
+        let (matched, in_dialog) = {
             let h = req.headers();
             let from_tag = h.from_tag().ok().flatten();
             let to_tag = h.to_tag().ok().flatten();
@@ -635,12 +637,12 @@ impl Shard {
                 from_tag,
                 to_tag,
             };
-            self.layer.handle_request(now, &info, reliability)
+            (self.layer.handle_request(now, &info, reliability), to_tag.is_some())
         };
         match matched {
             RequestMatch::New(key) => {
                 self.pending.insert(key.clone(), Pending { request: req, target });
-                self.dispatch(key, transport, remote, received, now);
+                self.dispatch(key, transport, remote, in_dialog, received, now);
             }
             RequestMatch::Cancel { key, target: invite } => {
                 self.pending.insert(key.clone(), Pending { request: req.clone(), target });
@@ -670,8 +672,17 @@ impl Shard {
         }
     }
 
-    /// A new server transaction: protocol checks, then the method's handler.
-    fn dispatch(&mut self, key: TsxKey, transport: Transport, remote: SocketAddr, received: Instant, now: Instant) {
+    /// A new server transaction: protocol checks, then the method's handler
+    /// (`in_dialog`: the request has a To tag).
+    fn dispatch(
+        &mut self,
+        key: TsxKey,
+        transport: Transport,
+        remote: SocketAddr,
+        in_dialog: bool,
+        received: Instant,
+        now: Instant,
+    ) {
         let Some(p) = self.pending.get(&key) else { return };
         let req = &p.request;
         if let Err(rej) = check_request(req, &self.ctx.check) {
@@ -700,7 +711,7 @@ impl Shard {
                     let _ = replies.send(ShardMsg::Reply { key, response }).await;
                 });
             }
-            _ if req.headers().to_tag().ok().flatten().is_some() => {
+            _ if in_dialog => {
                 let req = req.clone();
                 if !self.handle_in_dialog(&key, &req, now) {
                     let resp = Response::from_request(&req, 481, "Call/Transaction Does Not Exist");

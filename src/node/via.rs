@@ -28,10 +28,12 @@ pub fn stamp(req: &Request, remote: SocketAddr) -> Option<Stamp> {
     let vias = req.headers().vias().ok()?;
     let top = vias.first()?;
     let port = top.port();
-    let sent_by = match port {
-        Some(p) => format!("{}:{p}", top.host_str()),
-        None => top.host_str().to_owned(),
-    };
+    let mut sent_by = String::with_capacity(top.host_str().len() + 6);
+    sent_by.push_str(top.host_str());
+    if let Some(p) = port {
+        sent_by.push(':');
+        crate::sip::text::push_dec(&mut sent_by, p);
+    }
     let host_ip: Option<IpAddr> = match top.host() {
         Host::Ipv4(a) => Some(IpAddr::V4(a)),
         Host::Ipv6(a) => Some(IpAddr::V6(a)),
@@ -40,16 +42,17 @@ pub fn stamp(req: &Request, remote: SocketAddr) -> Option<Stamp> {
     let rport = top.rport();
     let wants_rport = matches!(rport, Some(Rport::Requested));
     let needs_received = host_ip != Some(remote.ip()) || wants_rport;
-    let mut value = top.as_str().to_owned();
-    let mut changed = false;
-    if wants_rport {
-        value = fill_rport(&value, remote.port());
-        changed = true;
+    let add_received = needs_received && top.received_str().is_none();
+    // The top value rewritten only when it changes (most trunks' requests
+    // arrive from the address their Via names, without rport).
+    let changed = wants_rport || add_received;
+    let mut value = String::new();
+    if changed {
+        value = if wants_rport { fill_rport(top.as_str(), remote.port()) } else { top.as_str().to_owned() };
     }
-    if needs_received && top.received_str().is_none() {
+    if add_received {
         // RFC 5118 §4.5: no brackets around an IPv6 received value.
         value.push_str(&format!(";received={}", remote.ip()));
-        changed = true;
     }
     let reply_addr = if rport.is_some() { remote } else { SocketAddr::new(remote.ip(), port.unwrap_or(5060)) };
     let new_via_value = changed.then(|| {

@@ -138,7 +138,7 @@ impl Dialog {
         let cseq = h.cseq().map_err(|_| DialogError::Header { header: "CSeq" })?.seq;
         let to_raw = header(h, &HeaderName::To, "To")?;
         let local =
-            if h.to_tag().ok().flatten().is_some() { to_raw.to_owned() } else { format!("{to_raw};tag={local_tag}") };
+            if h.to_tag().ok().flatten().is_some() { to_raw.to_owned() } else { [to_raw, ";tag=", local_tag].concat() };
         let route_set = h.record_routes().map(|rr| rr.iter().map(ToString::to_string).collect()).unwrap_or_default();
         Ok(Dialog {
             id: DialogId { call_id, local_tag: local_tag.to_owned(), remote_tag },
@@ -264,7 +264,7 @@ impl Dialog {
             .header(HeaderName::From, &self.local)
             .header(HeaderName::To, &self.remote)
             .header(HeaderName::CallId, &self.id.call_id)
-            .header(HeaderName::CSeq, format!("{seq} {}", method.as_str()));
+            .header(HeaderName::CSeq, crate::sip::text::cseq(seq, method.as_str()));
         for r in routes {
             b = b.header(HeaderName::Route, r);
         }

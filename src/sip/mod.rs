@@ -11,4 +11,5 @@ pub mod digest;
 pub mod message;
 pub mod registration;
 pub mod shard;
+pub mod text;
 pub mod transaction;

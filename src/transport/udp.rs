@@ -85,9 +85,20 @@ pub(super) async fn receive_loop(shared: Arc<Shared>, local: SocketAddr, sock: A
             let headers = slot
                 .get_or_insert_with(|| MultiHeaders::preallocate(BATCH, Some(nix::cmsg_space!(nix::libc::timespec))));
             for _ in 0..BATCHES_PER_WAKE {
-                let n = match sock.try_io(Interest::READABLE, || receive_batch(fd, headers, &mut bufs, &mut meta)) {
+                // A batch short of BATCH emptied the socket's queue: the
+                // closure then reports WouldBlock so that tokio clears the
+                // readiness now, instead of a second `recvmmsg` finding
+                // nothing (a syscall per wake-up). A datagram arriving
+                // after it raises a new edge, which tokio's readiness
+                // ticks keep from being lost.
+                let mut got = 0;
+                let r = sock.try_io(Interest::READABLE, || {
+                    got = receive_batch(fd, headers, &mut bufs, &mut meta)?;
+                    if got < BATCH { Err(std::io::ErrorKind::WouldBlock.into()) } else { Ok(got) }
+                });
+                let n = match r {
                     Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => got,
                     Err(e) => {
                         debug!(error = %e, "udp receive error");
                         break;

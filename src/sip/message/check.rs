@@ -427,8 +427,7 @@ pub fn check_response(resp: &Response) -> Result<(), ResponseDiscard> {
     if resp.version() != Version::SIP_2_0 {
         return Err(ResponseDiscard::Version { version: resp.version() });
     }
-    resp.validate().map_err(ResponseDiscard::Malformed)?;
-    let count = resp.headers().vias().map_err(|e| ResponseDiscard::Malformed(e.into()))?.len();
+    let count = resp.validate_counting_vias().map_err(ResponseDiscard::Malformed)?;
     if count > 1 {
         return Err(ResponseDiscard::MultipleVias { count });
     }

@@ -89,15 +89,21 @@ impl Response {
     /// Checks what a response must satisfy to be matched to a transaction:
     /// at least one well-formed Via, From, To, Call-ID and CSeq.
     pub fn validate(&self) -> Result<(), ValidationError> {
+        self.validate_counting_vias().map(|_| ())
+    }
+
+    /// [`Response::validate`], giving the number of Via values (a UAC
+    /// discards a response with more than one): the Vias parsed once.
+    pub(crate) fn validate_counting_vias(&self) -> Result<usize, ValidationError> {
         let h = &self.headers;
         if !h.contains(&HeaderName::Via) {
             return Err(HeaderError::Missing { name: HeaderName::Via }.into());
         }
-        h.vias()?;
+        let vias = h.vias()?.len();
         h.from()?;
         h.to()?;
         h.call_id()?;
         h.cseq()?;
-        Ok(())
+        Ok(vias)
     }
 }

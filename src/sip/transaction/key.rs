@@ -124,6 +124,46 @@ impl std::hash::Hash for TsxKey {
     }
 }
 
+/// A map keyed by transactions, hashed by the key's stored hash alone
+/// ([`StoredHash`]).
+pub type TsxMap<V> = std::collections::HashMap<TsxKey, V, KeyHashing>;
+
+/// Builds [`StoredHash`] hashers: a [`TsxKey`]'s hash is already a keyed
+/// SipHash of its fields (secret per process, so a peer cannot aim at a
+/// bucket), and hashing that value again with a fresh SipHash on every
+/// lookup (a dozen per call) bought nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KeyHashing;
+
+impl BuildHasher for KeyHashing {
+    type Hasher = StoredHash;
+
+    fn build_hasher(&self) -> StoredHash {
+        StoredHash(0)
+    }
+}
+
+/// Gives back the `u64` written to it ([`TsxKey`] writes its stored hash);
+/// other input (never a `TsxKey`'s) is folded in FNV-1a fashion.
+#[derive(Debug, Clone, Copy)]
+pub struct StoredHash(u64);
+
+impl std::hash::Hasher for StoredHash {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 ^= v;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 impl PartialOrd for TsxKey {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))

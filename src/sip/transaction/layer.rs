@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::key::MergeId;
+use super::key::{MergeId, TsxMap};
 use super::{
     AckDisposition, ClientInvite, ClientInviteState, ClientNonInvite, ClientNonInviteState, Event, MAGIC_COOKIE,
     Method, Reliability, RequestInfo, ResponseInfo, ServerInvite, ServerInviteState, ServerNonInvite,
@@ -196,7 +196,7 @@ pub struct TransactionLayer<M = Arc<[u8]>> {
     /// rehash, which moves every slot into fresh memory, cost several times
     /// what the entries themselves do (a heap profile at 500 cps: 24 MB
     /// per core in this table alone).
-    entries: HashMap<TsxKey, Box<Entry<M>>>,
+    entries: TsxMap<Box<Entry<M>>>,
     /// Every armed deadline, earliest first: `poll_timeout` is O(log n)
     /// however many transactions are alive.
     timeouts: BTreeSet<(Instant, TsxKey)>,
@@ -204,7 +204,7 @@ pub struct TransactionLayer<M = Arc<[u8]>> {
     merges: HashMap<MergeId, TsxKey>,
     /// RFC 2543 ACK matching: the INVITE's identity with the To tag of the
     /// final response sent, which the ACK carries (§17.2.3).
-    legacy_acks: HashMap<TsxKey, TsxKey>,
+    legacy_acks: TsxMap<TsxKey>,
     transmits: VecDeque<Transmit<M>>,
     events: VecDeque<(TsxKey, Event)>,
 }
@@ -220,10 +220,10 @@ impl<M: Clone> TransactionLayer<M> {
     pub fn new(config: TimerConfig) -> TransactionLayer<M> {
         TransactionLayer {
             config,
-            entries: HashMap::new(),
+            entries: TsxMap::default(),
             timeouts: BTreeSet::new(),
             merges: HashMap::new(),
-            legacy_acks: HashMap::new(),
+            legacy_acks: TsxMap::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
