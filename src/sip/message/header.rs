@@ -18,7 +18,7 @@ pub struct OtherName(Bytes);
 impl OtherName {
     /// The name as written.
     pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.0).unwrap_or("")
+        super::scan::text(&self.0).unwrap_or("")
     }
 }
 
@@ -258,7 +258,7 @@ impl Header {
 
     /// The value as text when it is UTF-8.
     pub fn value_str(&self) -> Option<&str> {
-        std::str::from_utf8(&self.value).ok()
+        super::scan::text(&self.value)
     }
 }
 

@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use super::scan::{next_header_param, pct_decode, unquote_lossy};
+use super::scan::{next_header_param, pct_decode, text, unquote_lossy};
 
 /// Where a parameter list comes from, which decides how it is scanned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +43,7 @@ impl<'a> Params<'a> {
 
     /// The parameters exactly as written, from the first `;`.
     pub fn as_str(&self) -> &'a str {
-        std::str::from_utf8(self.raw).unwrap_or("")
+        text(self.raw).unwrap_or("")
     }
 
     /// The parameters in order.
@@ -150,19 +150,19 @@ impl<'a> Iterator for ParamIter<'a> {
                         Some(eq) => (item.get(..eq)?, item.get(eq + 1..)),
                         None => (item, None),
                     };
-                    let Ok(name) = std::str::from_utf8(name) else {
+                    let Some(name) = text(name) else {
                         continue;
                     };
-                    let value = value.and_then(|v| std::str::from_utf8(v).ok());
+                    let value = value.and_then(text);
                     return Some(Param { name, value });
                 }
                 Kind::Header => {
                     let p = next_header_param(self.raw, self.pos).ok()??;
                     self.pos = p.end;
-                    let Ok(name) = std::str::from_utf8(p.name) else {
+                    let Some(name) = text(p.name) else {
                         continue;
                     };
-                    let value = p.value.and_then(|v| std::str::from_utf8(v).ok());
+                    let value = p.value.and_then(text);
                     return Some(Param { name, value });
                 }
             }

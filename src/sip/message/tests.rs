@@ -238,6 +238,10 @@ fn a_tag_read_without_the_uri_is_the_parsed_values_tag() {
         "sip:c@example.com;tag=5;other",
         "  \"Q\\\">\" <sip:d@example.com> ; tag = 6 ",
         "<sip:e@example.com>;TAG=7;tag=8",
+        // The first `tag` decides, with or without a value.
+        "<sip:f@example.com>;tag;tag=9",
+        // Non-ASCII UTF-8 in a quoted parameter value.
+        "<sip:g@example.com>;x=\"Müller\";tag=10",
     ] {
         let b = Bytes::from(v);
         let parsed = NameAddr::parse(&b).unwrap().tag();
@@ -247,6 +251,11 @@ fn a_tag_read_without_the_uri_is_the_parsed_values_tag() {
     assert_eq!(NameAddr::tag_in(&b).unwrap(), Some("1"));
     let b = Bytes::from("\"x;tag=2\" <sip:a@example.com;tag=3>;tag=4");
     assert_eq!(NameAddr::tag_in(&b).unwrap(), Some("4"));
+    let b = Bytes::from("<sip:f@example.com>;tag;tag=9");
+    assert_eq!(NameAddr::tag_in(&b).unwrap(), None);
+    // A parameter that is not UTF-8 is refused by both.
+    let b = Bytes::from(&b"<sip:h@example.com>;x=\"\xff\";tag=11"[..]);
+    assert!(NameAddr::parse(&b).is_err() && NameAddr::tag_in(&b).is_err());
     // What breaks the value's framing breaks both.
     for v in ["<sip:a@example.com;tag=1", "\"open <sip:a@example.com>", "<sip:a@x>;tag=1 junk", ""] {
         let b = Bytes::from(v);

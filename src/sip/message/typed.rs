@@ -22,8 +22,8 @@ use super::header::{Header, HeaderName, Headers};
 use super::method::Method;
 use super::params::{Param, Params};
 use super::scan::{
-    is_token, is_ws, list_continue, parse_decimal, quoted_end, run_end, scan_header_params, skip_ws, token_end, trim,
-    unquote_lossy, utf8,
+    is_token, is_ws, list_continue, parse_decimal, quoted_end, run_end, scan_header_params, scan_header_params_finding,
+    skip_ws, text, token_end, trim, unquote_lossy, utf8,
 };
 use super::uri::{Host, Uri, parse_host, parse_port};
 
@@ -68,7 +68,7 @@ fn params_slice(s: &[u8], from: usize, to: usize) -> Params<'_> {
 
 /// Text of a slice that is ASCII by construction.
 fn ascii(s: &[u8]) -> &str {
-    std::str::from_utf8(s).unwrap_or("")
+    text(s).unwrap_or("")
 }
 
 // ---------------------------------------------------------------- Via ---
@@ -383,9 +383,9 @@ impl<'a> NameAddr<'a> {
     /// alone still gives its tag here; such a request is refused by its
     /// checks (`check_request`) all the same.
     pub fn tag_in(buf: &'a Bytes) -> Result<Option<&'a str>, ValueError> {
-        let (d, _) = Delimited::of(buf, 0)?;
+        let (d, _) = Delimited::finding(buf, 0, Some("tag"))?;
         expect_end(buf, d.params_end)?;
-        Ok(d.params.value("tag"))
+        Ok(d.found)
     }
 }
 
@@ -396,11 +396,19 @@ struct Delimited<'a> {
     angle_brackets: bool,
     params: Params<'a>,
     params_end: usize,
+    /// The value of the parameter asked for by [`Delimited::finding`].
+    found: Option<&'a str>,
 }
 
 impl<'a> Delimited<'a> {
     /// The parts of the value starting at `i`, and its URI's text.
     fn of(buf: &'a Bytes, i: usize) -> Result<(Self, &'a [u8]), ValueError> {
+        Self::finding(buf, i, None)
+    }
+
+    /// [`Delimited::of`], with the value of the first header parameter
+    /// named `find` picked up while the parameters are scanned.
+    fn finding(buf: &'a Bytes, i: usize, find: Option<&str>) -> Result<(Self, &'a [u8]), ValueError> {
         let s: &'a [u8] = buf.as_ref();
         let start = skip_ws(s, i);
         let (display_name, open) = match s.get(start) {
@@ -457,9 +465,9 @@ impl<'a> Delimited<'a> {
                 (text, end, false)
             }
         };
-        let params_end = scan_header_params(s, after)?;
+        let (params_end, found) = scan_header_params_finding(s, after, find)?;
         let params = params_slice(s, after, params_end);
-        Ok((Delimited { start, display_name, angle_brackets, params, params_end }, uri))
+        Ok((Delimited { start, display_name, angle_brackets, params, params_end, found }, uri))
     }
 }
 

@@ -63,8 +63,7 @@ pub(crate) fn parse_host(s: &[u8]) -> Result<HostKind, UriError> {
     match s {
         [] => Err(UriError::InvalidHost),
         [b'[', inner @ .., b']'] => parse_ipv6(inner).map(HostKind::Ipv6),
-        _ if s.iter().all(|b| b.is_ascii_digit() || *b == b'.') => std::str::from_utf8(s)
-            .ok()
+        _ if s.iter().all(|b| b.is_ascii_digit() || *b == b'.') => super::scan::text(s)
             .and_then(|t| t.parse::<Ipv4Addr>().ok())
             .map(HostKind::Ipv4)
             .ok_or(UriError::InvalidHost),
@@ -84,7 +83,7 @@ pub(crate) fn parse_host(s: &[u8]) -> Result<HostKind, UriError> {
 /// RFC 3261's ABNF allows before an embedded IPv4 part (`2001:db8:::192.0.2.1`,
 /// RFC 5118 §4.10).
 fn parse_ipv6(inner: &[u8]) -> Result<Ipv6Addr, UriError> {
-    let text = std::str::from_utf8(inner).map_err(|_| UriError::InvalidHost)?;
+    let text = super::scan::text(inner).ok_or(UriError::InvalidHost)?;
     if let Ok(a) = text.parse::<Ipv6Addr>() {
         return Ok(a);
     }
@@ -99,7 +98,7 @@ pub(crate) fn parse_port(s: &[u8]) -> Result<u16, UriError> {
     if s.is_empty() || s.len() > 5 || !s.iter().all(u8::is_ascii_digit) {
         return Err(UriError::InvalidPort);
     }
-    std::str::from_utf8(s).ok().and_then(|t| t.parse::<u16>().ok()).ok_or(UriError::InvalidPort)
+    super::scan::text(s).and_then(|t| t.parse::<u16>().ok()).ok_or(UriError::InvalidPort)
 }
 
 /// A byte range inside a URI's raw text.
@@ -117,7 +116,7 @@ impl Span {
 
 /// Text of an ASCII-validated span.
 fn span_str(raw: &Bytes, span: Span) -> &str {
-    std::str::from_utf8(span.of(raw)).unwrap_or("")
+    super::scan::text(span.of(raw)).unwrap_or("")
 }
 
 /// A URI of any scheme.
@@ -175,7 +174,7 @@ impl Uri {
 
     /// The whole URI exactly as written.
     pub fn as_str(&self) -> &str {
-        std::str::from_utf8(self.raw()).unwrap_or("")
+        super::scan::text(self.raw()).unwrap_or("")
     }
 
     /// The raw text.
@@ -391,7 +390,7 @@ impl SipUri {
 
     /// The whole URI as written.
     pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.raw).unwrap_or("")
+        super::scan::text(&self.raw).unwrap_or("")
     }
 }
 
@@ -478,7 +477,7 @@ impl TelUri {
 
     /// The whole URI as written.
     pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.raw).unwrap_or("")
+        super::scan::text(&self.raw).unwrap_or("")
     }
 }
 
@@ -497,12 +496,12 @@ impl OtherUri {
 
     /// Everything after `scheme:`.
     pub fn opaque(&self) -> &str {
-        std::str::from_utf8(self.raw.get(self.colon + 1..).unwrap_or_default()).unwrap_or("")
+        super::scan::text(self.raw.get(self.colon + 1..).unwrap_or_default()).unwrap_or("")
     }
 
     /// The whole URI as written.
     pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.raw).unwrap_or("")
+        super::scan::text(&self.raw).unwrap_or("")
     }
 }
 
