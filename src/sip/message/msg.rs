@@ -50,6 +50,21 @@ impl Default for Version {
     }
 }
 
+impl Version {
+    /// Appends the version as written on the wire (`SIP/2.0` without the
+    /// formatting machinery: every serialized message starts with it).
+    fn write_to(&self, out: &mut Vec<u8>) {
+        if *self == Self::SIP_2_0 {
+            out.extend_from_slice(b"SIP/2.0");
+        } else {
+            out.extend_from_slice(b"SIP/");
+            out.extend_from_slice(itoa::Buffer::new().format(self.major).as_bytes());
+            out.push(b'.');
+            out.extend_from_slice(itoa::Buffer::new().format(self.minor).as_bytes());
+        }
+    }
+}
+
 impl fmt::Display for Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SIP/{}.{}", self.major, self.minor)
@@ -155,7 +170,7 @@ impl Request {
         out.push(b' ');
         out.extend_from_slice(self.uri.raw());
         out.push(b' ');
-        out.extend_from_slice(self.version.to_string().as_bytes());
+        self.version.write_to(&mut out);
         out.extend_from_slice(b"\r\n");
         write_rest(&mut out, &self.headers, &self.body);
         out
@@ -290,9 +305,9 @@ impl Response {
         let mut out = Vec::with_capacity(
             64 + self.reason.len() + self.body.len() + self.headers.iter().map(|h| h.value().len() + 24).sum::<usize>(),
         );
-        out.extend_from_slice(self.version.to_string().as_bytes());
+        self.version.write_to(&mut out);
         out.push(b' ');
-        out.extend_from_slice(self.status.to_string().as_bytes());
+        out.extend_from_slice(itoa::Buffer::new().format(self.status).as_bytes());
         out.push(b' ');
         out.extend_from_slice(&self.reason);
         out.extend_from_slice(b"\r\n");
@@ -364,7 +379,7 @@ fn write_rest(out: &mut Vec<u8>, headers: &Headers, body: &Bytes) {
     }
     if !has_cl {
         out.extend_from_slice(b"Content-Length: ");
-        out.extend_from_slice(body.len().to_string().as_bytes());
+        out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");

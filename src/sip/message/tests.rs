@@ -711,3 +711,29 @@ fn folded_values_go_out_with_crlf_folds_and_others_byte_for_byte() {
     assert!(out.contains("\r\nSubject: one\r\n two\r\nContent-Length: 0\r\n"), "{out:?}");
     assert!(out.contains("\r\nFrom: <sip:b@example.com>;tag=1\r\n"), "{out:?}");
 }
+
+#[test]
+fn start_lines_and_content_length_are_written_as_their_numbers() {
+    // SIP/2.0 and other versions, three-digit statuses, a Content-Length
+    // added for a message built without one.
+    let r = resp(
+        b"SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP h.example.com;branch=z9hG4bKx\r\n\
+                   From: <sip:b@example.com>;tag=1\r\nTo: <sip:a@example.com>;tag=2\r\nCall-ID: id1\r\n\
+                   CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert!(r.to_bytes().starts_with(b"SIP/2.0 180 Ringing\r\n"));
+    let r = resp(
+        b"SIP/12.3 604 Does Not Exist Anywhere\r\nVia: SIP/2.0/UDP h.example.com;branch=z9hG4bKx\r\n\
+                   From: <sip:b@example.com>;tag=1\r\nTo: <sip:a@example.com>;tag=2\r\nCall-ID: id1\r\n\
+                   CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert!(r.to_bytes().starts_with(b"SIP/12.3 604 Does Not Exist Anywhere\r\n"));
+    let built = Request::builder(Method::Message, Uri::parse("sip:a@example.com").unwrap())
+        .header(HeaderName::CallId, "c")
+        .body("text/plain", Bytes::from_static(b"0123456789ab"))
+        .build()
+        .unwrap();
+    let out = String::from_utf8(built.to_bytes()).unwrap();
+    assert!(out.starts_with("MESSAGE sip:a@example.com SIP/2.0\r\n"), "{out:?}");
+    assert!(out.ends_with("Content-Length: 12\r\n\r\n0123456789ab"), "{out:?}");
+}
