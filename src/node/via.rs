@@ -43,19 +43,15 @@ pub fn stamp(req: &Request, remote: SocketAddr) -> Option<Stamp> {
     let wants_rport = matches!(rport, Some(Rport::Requested));
     let needs_received = host_ip != Some(remote.ip()) || wants_rport;
     let add_received = needs_received && top.received_str().is_none();
-    // The top value rewritten only when it changes (most trunks' requests
-    // arrive from the address their Via names, without rport).
-    let changed = wants_rport || add_received;
-    let mut value = String::new();
-    if changed {
-        value = if wants_rport { fill_rport(top.as_str(), remote.port()) } else { top.as_str().to_owned() };
-    }
-    if add_received {
-        // RFC 5118 §4.5: no brackets around an IPv6 received value.
-        value.push_str(&format!(";received={}", remote.ip()));
-    }
     let reply_addr = if rport.is_some() { remote } else { SocketAddr::new(remote.ip(), port.unwrap_or(5060)) };
-    let new_via_value = changed.then(|| {
+    // The Via rewritten only when its top value changes (most trunks'
+    // requests come from the address their Via names, without rport).
+    let new_via_value = (wants_rport || add_received).then(|| {
+        let mut value = if wants_rport { fill_rport(top.as_str(), remote.port()) } else { top.as_str().to_owned() };
+        if add_received {
+            // RFC 5118 §4.5: no brackets around an IPv6 received value.
+            value.push_str(&format!(";received={}", remote.ip()));
+        }
         let mut all = vec![value];
         all.extend(vias.iter().skip(1).map(|v| v.as_str().to_owned()));
         all.join(", ")
