@@ -349,6 +349,27 @@ impl Headers {
         self.list.retain(keep);
     }
 
+    /// Copies every value into one buffer of its own, sized to fit, and
+    /// the list to a vector of its length: for lines held long, which
+    /// otherwise keep alive the whole buffer they were sliced from (a
+    /// received datagram, a built message's every line) and the list's
+    /// spare capacity.
+    pub(crate) fn compact(&mut self) {
+        let mut buf = Vec::with_capacity(self.list.iter().map(|h| h.value.len()).sum());
+        for h in &self.list {
+            buf.extend_from_slice(&h.value);
+        }
+        let buf = Bytes::from(buf);
+        let mut list = Vec::with_capacity(self.list.len());
+        let mut at = 0;
+        for h in self.list.drain(..) {
+            let end = at + h.value.len();
+            list.push(Header { name: h.name, value: buf.slice(at..end) });
+            at = end;
+        }
+        self.list = list;
+    }
+
     /// Removes every line with this name; returns how many were removed.
     pub fn remove_all(&mut self, name: &HeaderName) -> usize {
         let before = self.list.len();

@@ -157,9 +157,11 @@ impl Request {
     /// Keeps only the header lines named in `names`, and no body (nor its
     /// Content-Length): what a UA holds of a request it sent, to build an
     /// ACK or a BYE from it later, without holding on to the rest (nor to
-    /// the received message whose buffer a copied line or body shares).
+    /// the received message whose buffer a copied line or body shares):
+    /// the kept lines are copied into a buffer of their own.
     pub fn keep_only(&mut self, names: &[HeaderName]) {
         self.headers.retain(|h| names.contains(h.name()));
+        self.headers.compact();
         self.body = Bytes::new();
     }
 

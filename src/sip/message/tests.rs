@@ -660,12 +660,35 @@ fn keep_only_keeps_the_named_lines_in_order_and_drops_the_body() {
                 Call-ID: id1\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\nUser-Agent: x\r\nRoute: <sip:p2.example.com;lr>\r\n\
                 Content-Type: application/sdp\r\nContent-Length: 4\r\n\r\nv=0\n";
     let mut r = req(text.as_bytes());
+    // A copy shares the datagram and keeps it alive (its addresses cannot be
+    // reused) while the kept lines are checked against it.
+    let original = r.clone();
+    let datagram = original.headers().iter().map(|h| h.value().as_ptr() as usize);
+    let (lo, hi) = (datagram.clone().min().unwrap(), datagram.max().unwrap());
     r.keep_only(&[HeaderName::Via, HeaderName::From, HeaderName::CallId, HeaderName::CSeq, HeaderName::Route]);
     let names: Vec<&str> = r.headers().iter().map(|h| h.name().as_str()).collect();
     assert_eq!(names, ["Via", "Route", "From", "Call-ID", "CSeq", "Route"]);
     assert!(r.body().is_empty());
     assert_eq!(r.headers().call_id().ok(), Some("id1"));
     assert_eq!(r.uri().as_str(), "sip:a@example.com");
+    // The kept lines no longer pin the received datagram: their values sit
+    // back to back in one buffer of their own, outside the original.
+    let values: Vec<&[u8]> = r.headers().iter().map(|h| h.value()).collect();
+    for v in &values {
+        assert!(!(lo..=hi).contains(&(v.as_ptr() as usize)), "a kept line still points into the datagram");
+    }
+    for pair in values.windows(2) {
+        assert_eq!(pair[0].as_ptr_range().end, pair[1].as_ptr(), "kept lines are contiguous");
+    }
+    let expected: Vec<&[u8]> = vec![
+        b"SIP/2.0/UDP h.example.com;branch=z9hG4bKx",
+        b"<sip:p1.example.com;lr>",
+        b"<sip:b@example.com>;tag=1",
+        b"id1",
+        b"1 INVITE",
+        b"<sip:p2.example.com;lr>",
+    ];
+    assert_eq!(values, expected);
 }
 
 #[test]
