@@ -21,7 +21,7 @@
 //! the call may ring for minutes, and the TU (the B2BUA's ring timeout, or
 //! a CANCEL) ends it. Timer C would be that guard, but it is a proxy's.
 
-use std::collections::VecDeque;
+use super::outputs::Outputs;
 use std::time::{Duration, Instant};
 
 use super::layer::TsxState;
@@ -66,8 +66,8 @@ pub struct ClientInvite<M> {
     /// The interval Timer A was last armed with.
     timer_a_interval: Duration,
     timers: TimerTable,
-    transmits: VecDeque<M>,
-    events: VecDeque<Event>,
+    transmits: Outputs<M>,
+    events: Outputs<Event>,
 }
 
 impl<M: Clone> ClientInvite<M> {
@@ -84,12 +84,12 @@ impl<M: Clone> ClientInvite<M> {
             state: ClientInviteState::Calling,
             config,
             reliability,
-            transmits: VecDeque::from([request.clone()]),
+            transmits: Outputs::one(request.clone()),
             request: Some(request),
             ack: None,
             timer_a_interval: config.timer_a(),
             timers,
-            events: VecDeque::new(),
+            events: Outputs::default(),
         }
     }
 

@@ -16,7 +16,7 @@
 //! Timer F keeps running in Proceeding (unlike the INVITE's Timer B): a
 //! non-INVITE request must be answered within 64*T1 whatever the 1xx says.
 
-use std::collections::VecDeque;
+use super::outputs::Outputs;
 use std::time::{Duration, Instant};
 
 use super::timers::TimerTable;
@@ -52,8 +52,8 @@ pub struct ClientNonInvite<M> {
     /// The interval Timer E was last armed with.
     timer_e_interval: Duration,
     timers: TimerTable,
-    transmits: VecDeque<M>,
-    events: VecDeque<Event>,
+    transmits: Outputs<M>,
+    events: Outputs<Event>,
 }
 
 impl<M: Clone> ClientNonInvite<M> {
@@ -70,11 +70,11 @@ impl<M: Clone> ClientNonInvite<M> {
             state: ClientNonInviteState::Trying,
             config,
             reliability,
-            transmits: VecDeque::from([request.clone()]),
+            transmits: Outputs::one(request.clone()),
             request,
             timer_e_interval: config.timer_e(),
             timers,
-            events: VecDeque::new(),
+            events: Outputs::default(),
         }
     }
 

@@ -71,6 +71,7 @@ pub mod client_non_invite;
 pub mod error;
 pub mod key;
 pub mod layer;
+mod outputs;
 pub mod server_invite;
 pub mod server_non_invite;
 pub mod timers;

@@ -23,7 +23,7 @@
 //! others       transport error        TransportError to TU            Terminated
 //! ```
 
-use std::collections::VecDeque;
+use super::outputs::Outputs;
 use std::time::{Duration, Instant};
 
 use super::layer::TsxState;
@@ -73,8 +73,8 @@ pub struct ServerInvite<M> {
     /// The interval Timer G was last armed with.
     timer_g_interval: Duration,
     timers: TimerTable,
-    transmits: VecDeque<M>,
-    events: VecDeque<Event>,
+    transmits: Outputs<M>,
+    events: Outputs<Event>,
 }
 
 impl<M: Clone> ServerInvite<M> {
@@ -91,8 +91,8 @@ impl<M: Clone> ServerInvite<M> {
             final_response: None,
             timer_g_interval: config.timer_g(),
             timers,
-            transmits: VecDeque::new(),
-            events: VecDeque::new(),
+            transmits: Outputs::default(),
+            events: Outputs::default(),
         }
     }
 

@@ -16,7 +16,7 @@
 //! as long as the TU takes (§17.2.2), which is why trunkgate's TU answers
 //! every request it accepts.
 
-use std::collections::VecDeque;
+use super::outputs::Outputs;
 use std::time::Instant;
 
 use super::layer::TsxState;
@@ -46,8 +46,8 @@ pub struct ServerNonInvite<M> {
     /// The last response sent, resent on request retransmissions.
     last_response: Option<M>,
     timers: TimerTable,
-    transmits: VecDeque<M>,
-    events: VecDeque<Event>,
+    transmits: Outputs<M>,
+    events: Outputs<Event>,
 }
 
 impl<M: Clone> ServerNonInvite<M> {
@@ -61,8 +61,8 @@ impl<M: Clone> ServerNonInvite<M> {
             reliability,
             last_response: None,
             timers: TimerTable::default(),
-            transmits: VecDeque::new(),
-            events: VecDeque::new(),
+            transmits: Outputs::default(),
+            events: Outputs::default(),
         }
     }
 
