@@ -929,12 +929,27 @@ fn allow_value(check: &CheckConfig) -> String {
     check.allow.iter().map(Method::as_str).collect::<Vec<_>>().join(", ")
 }
 
-/// How long the lease writer lets changes gather before a batch.
-const LEASE_BATCH_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
+/// How long the lease writer lets changes gather before a batch: the
+/// call records' rhythm ([`crate::cdr::CdrSettings::flush_interval`]).
+///
+/// The rows are a record, not the count: a single node counts its channels
+/// in memory and a fleet node against its allowance
+/// ([`crate::store::Store::apply_lease_ops`], [`channels`]), so a lease
+/// written a fifth of a second late admits nothing it should not. Was
+/// 10 ms: a hundred commits a second at 3000 calls a second, each
+/// rewriting the same few leaf pages of the table and its two indexes to
+/// the WAL, and a call shorter than the wait (a refused fork, a missed
+/// call) now never reaches the table at all.
+const LEASE_BATCH_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The most changes one batch takes: 20,000 per wait is 50,000 calls
+/// beginning and ending a second, far past a node's capacity, so the
+/// writer never falls behind its channel for want of room in a batch.
+const LEASE_BATCH_MAX: usize = 20_000;
 
 /// Writes lease changes in batches, in order: each batch is one
 /// transaction, so a node starting and ending thousands of calls a second
-/// commits a few dozen times. A batch that fails is retried within a second
+/// commits five times a second. A batch that fails is retried within a second
 /// (this node renews its leases, so one left behind would never expire).
 async fn write_leases(store: Store, mut rx: mpsc::UnboundedReceiver<crate::store::LeaseOp>) {
     use crate::store::LeaseOp;
@@ -949,7 +964,7 @@ async fn write_leases(store: Store, mut rx: mpsc::UnboundedReceiver<crate::store
             // all, not one per call (a few dozen a second when busy).
             tokio::time::sleep_until(tokio::time::Instant::now() + LEASE_BATCH_WAIT).await;
         }
-        while batch.len() < 1000 {
+        while batch.len() < LEASE_BATCH_MAX {
             match rx.try_recv() {
                 Ok(op) => batch.push(op),
                 Err(_) => break,

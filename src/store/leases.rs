@@ -263,7 +263,7 @@ impl Store {
         // a busy node makes thousands of changes a second.
         let plan = LeasePlan::of(ops);
         with_tx!(self, tx => {
-            for chunk in plan.gone.chunks(ROWS_PER_STATEMENT) {
+            for chunk in super::statement_chunks(&plan.gone) {
                 let mut q = sqlx::QueryBuilder::new("DELETE FROM call_leases WHERE call_id IN (");
                 let mut list = q.separated(", ");
                 for id in chunk {
@@ -272,7 +272,7 @@ impl Store {
                 list.push_unseparated(")");
                 q.build().execute(&mut *tx).await?;
             }
-            for chunk in plan.taken.chunks(ROWS_PER_STATEMENT) {
+            for chunk in super::statement_chunks(&plan.taken) {
                 let mut q = sqlx::QueryBuilder::new(
                     "INSERT INTO call_leases (call_id, portal_id, node_id, acquired_at, expires_at, media) ",
                 );
@@ -322,7 +322,7 @@ impl Store {
         }
         let n = with_tx!(self, tx => {
             let mut n = 0;
-            for chunk in call_ids.chunks(ROWS_PER_STATEMENT) {
+            for chunk in super::statement_chunks(call_ids) {
                 let mut q = sqlx::QueryBuilder::new("DELETE FROM call_leases WHERE call_id IN (");
                 let mut list = q.separated(", ");
                 for id in chunk {
@@ -391,10 +391,6 @@ impl Store {
         Ok(rows)
     }
 }
-
-/// Rows per multi-row statement (well under SQLite's and PostgreSQL's
-/// limits on bound values).
-const ROWS_PER_STATEMENT: usize = 500;
 
 /// A row to insert: a lease taken in the batch and still held at its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1170,10 +1170,9 @@ const RECORDS_PER_STATEMENT: usize = 256;
 /// 200 ms, hundreds of rows under load) came in so many sizes that SQLite
 /// parsed a 300-row INSERT anew for nearly every batch: a fifth of its
 /// thread's time at 1500 calls per second. In these chunks they reuse at
-/// most nine texts. The lease writer's batches (10 ms, a few dozen rows)
-/// stay one statement each: their few sizes stay cached, and splitting
-/// them would cost more round trips to SQLite's thread than it saves.
-fn statement_chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
+/// most nine texts. The lease writer's batches (also 200 ms) go the same
+/// way.
+pub(crate) fn statement_chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
     std::iter::from_fn(move || {
         if items.is_empty() {
             return None;
