@@ -133,8 +133,8 @@ impl Dialog {
     ) -> Result<Dialog, DialogError> {
         let h = invite.headers();
         let call_id = h.call_id().map_err(|_| DialogError::Header { header: "Call-ID" })?.to_owned();
-        let from = h.from().map_err(|_| DialogError::Header { header: "From" })?;
-        let remote_tag = from.tag().unwrap_or("").to_owned();
+        // The tag alone: the INVITE was validated on arrival, URI included.
+        let remote_tag = h.from_tag().map_err(|_| DialogError::Header { header: "From" })?.unwrap_or("").to_owned();
         let cseq = h.cseq().map_err(|_| DialogError::Header { header: "CSeq" })?.seq;
         let to_raw = header(h, &HeaderName::To, "To")?;
         let local =
@@ -159,10 +159,11 @@ impl Dialog {
     pub fn uac(invite: &Request, resp: &Response) -> Result<Dialog, DialogError> {
         let h = invite.headers();
         let rh = resp.headers();
-        let to = rh.to().map_err(|_| DialogError::Header { header: "To" })?;
-        let remote_tag = to.tag().ok_or(DialogError::NoRemoteTag)?.to_owned();
-        let from = h.from().map_err(|_| DialogError::Header { header: "From" })?;
-        let local_tag = from.tag().unwrap_or("").to_owned();
+        // The tags alone: the response was validated on arrival (URIs
+        // included) and the INVITE is ours.
+        let remote_tag =
+            rh.to_tag().map_err(|_| DialogError::Header { header: "To" })?.ok_or(DialogError::NoRemoteTag)?.to_owned();
+        let local_tag = h.from_tag().map_err(|_| DialogError::Header { header: "From" })?.unwrap_or("").to_owned();
         let call_id = h.call_id().map_err(|_| DialogError::Header { header: "Call-ID" })?.to_owned();
         let local_seq = h.cseq().map_err(|_| DialogError::Header { header: "CSeq" })?.seq;
         let route_set =

@@ -1163,5 +1163,5 @@ impl Headers {
 
 /// The first header param of a value, for quick looks such as a To tag.
 pub(crate) fn has_tag(buf: &Bytes) -> bool {
-    NameAddr::parse(buf).is_ok_and(|n| n.tag().is_some())
+    NameAddr::tag_in(buf).is_ok_and(|t| t.is_some())
 }
