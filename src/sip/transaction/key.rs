@@ -126,7 +126,14 @@ impl std::hash::Hash for TsxKey {
 
 /// A map keyed by transactions, hashed by the key's stored hash alone
 /// ([`StoredHash`]).
-pub type TsxMap<V> = std::collections::HashMap<TsxKey, V, KeyHashing>;
+///
+/// griddle's map, not std's: a busy node keeps hundreds of thousands of
+/// transactions (each 32 s after its answer), and std's map, when it
+/// doubles, moves every entry into the new table in the one insert that
+/// crossed the line: 15-30 ms during which the SIP core answered nothing
+/// (a scheduler trace at 3000 calls a second). griddle moves a few
+/// entries with each insert instead.
+pub type TsxMap<V> = griddle::HashMap<TsxKey, V, KeyHashing>;
 
 /// Builds [`StoredHash`] hashers: a [`TsxKey`]'s hash is already a keyed
 /// SipHash of its fields (secret per process, so a peer cannot aim at a
@@ -216,13 +223,41 @@ impl LegacyId {
 
 /// The identity §8.2.2.2 compares for merged requests: From tag, Call-ID
 /// and CSeq (number and method).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+///
+/// Hashed once, when made, as [`TsxKey`] is (same keyed SipHash), so its
+/// map ([`MergeMap`]) hashes by the stored value: one entry per new INVITE
+/// lives the transaction's 32 s, and a table of a hundred thousand that
+/// rehashed its strings with SipHash when it grew held the SIP core for
+/// some 50 ms (a scheduler trace at 3000 calls a second).
+#[derive(Clone, Debug)]
 pub(super) struct MergeId {
     from_tag: Arc<str>,
     call_id: Arc<str>,
     cseq: u32,
     method: Method,
+    hash: u64,
 }
+
+impl PartialEq for MergeId {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash
+            && self.cseq == other.cseq
+            && self.method == other.method
+            && self.call_id == other.call_id
+            && self.from_tag == other.from_tag
+    }
+}
+
+impl Eq for MergeId {}
+
+impl std::hash::Hash for MergeId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+/// Merged-request identities, hashed by their stored hash ([`StoredHash`]).
+pub(super) type MergeMap<V> = griddle::HashMap<MergeId, V, KeyHashing>;
 
 impl MergeId {
     /// The merge identity of an out-of-dialog request, or `None` when the
@@ -234,11 +269,14 @@ impl MergeId {
         if info.to_tag.is_some() || info.method.is_ack() || info.method.is_cancel() {
             return None;
         }
+        let from_tag = info.from_tag?;
+        let hash = key_hasher().hash_one((from_tag, info.call_id, info.cseq, &info.method));
         Some(MergeId {
-            from_tag: info.from_tag?.into(),
+            from_tag: from_tag.into(),
             call_id: info.call_id.into(),
             cseq: info.cseq,
             method: info.method.clone(),
+            hash,
         })
     }
 }

@@ -1,11 +1,11 @@
 //! The transaction table: matching (§17.1.3, §17.2.3, RFC 2543, CANCEL,
 //! merged requests), aggregated timers, removal of terminated machines.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::key::{MergeId, TsxMap};
+use super::key::{MergeId, MergeMap, TsxMap};
 use super::{
     AckDisposition, ClientInvite, ClientInviteState, ClientNonInvite, ClientNonInviteState, Event, MAGIC_COOKIE,
     Method, Reliability, RequestInfo, ResponseInfo, ServerInvite, ServerInviteState, ServerNonInvite,
@@ -201,7 +201,7 @@ pub struct TransactionLayer<M = Arc<[u8]>> {
     /// however many transactions are alive.
     timeouts: BTreeSet<(Instant, TsxKey)>,
     /// §8.2.2.2: out-of-dialog requests by From tag, Call-ID and CSeq.
-    merges: HashMap<MergeId, TsxKey>,
+    merges: MergeMap<TsxKey>,
     /// RFC 2543 ACK matching: the INVITE's identity with the To tag of the
     /// final response sent, which the ACK carries (§17.2.3).
     legacy_acks: TsxMap<TsxKey>,
@@ -222,7 +222,7 @@ impl<M: Clone> TransactionLayer<M> {
             config,
             entries: TsxMap::default(),
             timeouts: BTreeSet::new(),
-            merges: HashMap::new(),
+            merges: MergeMap::default(),
             legacy_acks: TsxMap::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
