@@ -20,8 +20,9 @@
 # sets the SQLite pool size (default 4), OVERLOAD_QUEUE_MS overload control's
 # target wait (default 50, 0 = off), SIP_CORES `[sip] cores` (default 0: one
 # per two CPUs); BENCH_NICE the daemon's nice level (default -10 as root,
-# the harness's own for Kamailio and SIPp); TRUNKGATE_LOG=path keeps the daemon's log; TRUNKGATE_BIN=path
-# runs that binary instead of building one (A-B-A of two builds).
+# the harness's own for Kamailio and SIPp); TRUNKGATE_LOG=path keeps the
+# daemon's log; TRUNKGATE_BIN=path runs that binary instead of building one
+# (A-B-A of two builds).
 # DATABASE=postgres runs the node as a fleet node on the local PostgreSQL
 # (PG_URL, default postgres://postgres@127.0.0.1:5432, trust auth) in a
 # database created empty for the run (trunkgate_bench), and reports
