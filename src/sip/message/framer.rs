@@ -49,6 +49,10 @@ pub enum KeepAlive {
 
 /// What the framer found in the stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "returned and matched at once by the connection's reader; boxing the message would cost an allocation per message"
+)]
 pub enum StreamEvent {
     /// A complete message.
     Message(Message),

@@ -6,6 +6,7 @@
 //! by the accessors in [`typed`](super::typed).
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
@@ -269,10 +270,50 @@ impl fmt::Debug for Header {
 }
 
 /// The header lines of a message, in order.
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub struct Headers {
     list: Vec<Header>,
+    /// Where the From and To tags are, found on the first ask: a call asks
+    /// for them some twenty times across its messages (transaction
+    /// matching, dialog and leg lookups), each time a scan of every line
+    /// for the one From or To, then of its parameters. Any change to the
+    /// lines forgets them.
+    tags: TagCache,
 }
+
+impl PartialEq for Headers {
+    fn eq(&self, other: &Self) -> bool {
+        self.list == other.list
+    }
+}
+
+impl Eq for Headers {}
+
+/// Where the From and To tags are once asked for, each packed in a word:
+/// 0 not known yet, [`NO_TAG`] known to have none, else a tag's
+/// place. Written by `&self` readers (two may race and store the same
+/// value), so atomics; only a well-formed header's answer is kept, an
+/// error is found again on every ask.
+#[derive(Default)]
+struct TagCache {
+    from: AtomicU64,
+    to: AtomicU64,
+}
+
+impl Clone for TagCache {
+    fn clone(&self) -> Self {
+        TagCache {
+            from: AtomicU64::new(self.from.load(Ordering::Relaxed)),
+            to: AtomicU64::new(self.to.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+/// The header has no tag.
+const NO_TAG: u64 = 1;
+/// Marks a packed place: line, start and end, 21 bits each.
+const TAG_AT: u64 = 1 << 63;
+const FIELD: u64 = (1 << 21) - 1;
 
 impl Headers {
     /// An empty list.
@@ -281,14 +322,20 @@ impl Headers {
     }
 
     pub(crate) fn with_capacity(n: usize) -> Self {
-        Self { list: Vec::with_capacity(n) }
+        Self { list: Vec::with_capacity(n), tags: TagCache::default() }
     }
 
     pub(crate) fn push_unchecked(&mut self, header: Header) {
+        // Appended: the lines before keep their places, and only a second
+        // From or To changes an answer.
+        if matches!(header.name, HeaderName::From | HeaderName::To) {
+            self.forget_tags();
+        }
         self.list.push(header);
     }
 
     pub(crate) fn replace_at(&mut self, pos: usize, header: Header) {
+        self.forget_tags();
         if let Some(slot) = self.list.get_mut(pos) {
             *slot = header;
         }
@@ -332,6 +379,9 @@ impl Headers {
 
     /// Appends a line. The value must not contain CR or LF.
     pub fn push(&mut self, name: HeaderName, value: impl AsRef<[u8]>) -> Result<(), super::BuildError> {
+        if matches!(name, HeaderName::From | HeaderName::To) {
+            self.forget_tags();
+        }
         let value = checked_value(&name, value.as_ref())?;
         self.list.push(Header { name, value });
         Ok(())
@@ -339,6 +389,7 @@ impl Headers {
 
     /// Inserts a line before all others (for a new top Via).
     pub fn push_front(&mut self, name: HeaderName, value: impl AsRef<[u8]>) -> Result<(), super::BuildError> {
+        self.forget_tags();
         let value = checked_value(&name, value.as_ref())?;
         self.list.insert(0, Header { name, value });
         Ok(())
@@ -346,6 +397,7 @@ impl Headers {
 
     /// Keeps the lines for which `keep` says so, in order.
     pub fn retain(&mut self, keep: impl FnMut(&Header) -> bool) {
+        self.forget_tags();
         self.list.retain(keep);
     }
 
@@ -355,6 +407,7 @@ impl Headers {
     /// received datagram, a built message's every line) and the list's
     /// spare capacity.
     pub(crate) fn compact(&mut self) {
+        self.forget_tags();
         let mut buf = Vec::with_capacity(self.list.iter().map(|h| h.value.len()).sum());
         for h in &self.list {
             buf.extend_from_slice(&h.value);
@@ -372,6 +425,7 @@ impl Headers {
 
     /// Removes every line with this name; returns how many were removed.
     pub fn remove_all(&mut self, name: &HeaderName) -> usize {
+        self.forget_tags();
         let before = self.list.len();
         self.list.retain(|h| h.name != *name);
         before - self.list.len()
@@ -380,6 +434,7 @@ impl Headers {
     /// Replaces every line with this name by one line (appended at the
     /// position of the first removed line, or at the end).
     pub fn set(&mut self, name: HeaderName, value: impl AsRef<[u8]>) -> Result<(), super::BuildError> {
+        self.forget_tags();
         let value = checked_value(&name, value.as_ref())?;
         let pos = self.list.iter().position(|h| h.name == name);
         self.list.retain(|h| h.name != name);
@@ -393,9 +448,84 @@ impl Headers {
 
     /// Copies every line with this name from `other`, in order.
     pub fn copy_from(&mut self, other: &Headers, name: &HeaderName) {
+        self.forget_tags();
         for h in other.get_all(name) {
             self.list.push(h.clone());
         }
+    }
+}
+
+impl Headers {
+    /// The one line with this name: its index, or `Err(true)` when there
+    /// are more, `Err(false)` when there is none.
+    pub(crate) fn single_index(&self, name: &HeaderName) -> Result<usize, bool> {
+        let mut found = None;
+        for (i, h) in self.list.iter().enumerate() {
+            if h.name == *name {
+                if found.is_some() {
+                    return Err(true);
+                }
+                found = Some(i);
+            }
+        }
+        found.ok_or(false)
+    }
+
+    /// Forgets where the tags are: called by everything that changes the
+    /// lines in a way that can move a From or To or change its answer.
+    fn forget_tags(&mut self) {
+        *self.tags.from.get_mut() = 0;
+        *self.tags.to.get_mut() = 0;
+    }
+
+    /// The line at `i`.
+    pub(crate) fn at(&self, i: usize) -> Option<&Header> {
+        self.list.get(i)
+    }
+
+    /// The From tag's (`from`) or To tag's remembered answer, if asked
+    /// before.
+    pub(crate) fn cached_tag(&self, from: bool) -> Option<Option<&str>> {
+        let cell = if from { &self.tags.from } else { &self.tags.to };
+        let v = cell.load(Ordering::Relaxed);
+        if v == 0 {
+            return None;
+        }
+        if v == NO_TAG {
+            return Some(None);
+        }
+        let (line, start, end) = ((v >> 42) & FIELD, (v >> 21) & FIELD, v & FIELD);
+        let h = self.list.get(usize::try_from(line).ok()?)?;
+        let tag = h.value.get(usize::try_from(start).ok()?..usize::try_from(end).ok()?)?;
+        // Tags are tokens: ASCII, checked when found.
+        Some(super::scan::text(tag))
+    }
+
+    /// Remembers the From (`from`) or To tag's answer: `tag`, found in line
+    /// `line`'s value, or none. A tag not inside that value, or too far
+    /// into a huge message to pack, is not remembered.
+    pub(crate) fn cache_tag(&self, from: bool, line: usize, tag: Option<&str>) {
+        let cell = if from { &self.tags.from } else { &self.tags.to };
+        let v = match tag {
+            None => NO_TAG,
+            Some(t) => {
+                let Some(h) = self.list.get(line) else { return };
+                let start = t.as_ptr().addr().wrapping_sub(h.value.as_ptr().addr());
+                let end = start.wrapping_add(t.len());
+                if start > h.value.len() || end > h.value.len() {
+                    return;
+                }
+                let (Ok(line), Ok(start), Ok(end)) = (u64::try_from(line), u64::try_from(start), u64::try_from(end))
+                else {
+                    return;
+                };
+                if line > FIELD || end > FIELD {
+                    return;
+                }
+                TAG_AT | line << 42 | start << 21 | end
+            }
+        };
+        cell.store(v, Ordering::Relaxed);
     }
 }
 
@@ -417,7 +547,7 @@ impl<'a> IntoIterator for &'a Headers {
 /// Values given by the program may not contain CR or LF (no header
 /// injection, no folding in what we send).
 fn checked_value(name: &HeaderName, value: &[u8]) -> Result<Bytes, super::BuildError> {
-    if value.iter().any(|b| matches!(b, b'\r' | b'\n')) {
+    if memchr::memchr2(b'\r', b'\n', value).is_some() {
         return Err(super::BuildError::InvalidHeaderValue { name: name.clone() });
     }
     Ok(Bytes::copy_from_slice(value))

@@ -423,7 +423,7 @@ struct Lines {
 
 impl Lines {
     fn push(&mut self, name: HeaderName, value: &[u8]) -> Result<(), BuildError> {
-        if value.iter().any(|b| matches!(b, b'\r' | b'\n')) {
+        if memchr::memchr2(b'\r', b'\n', value).is_some() {
             return Err(BuildError::InvalidHeaderValue { name });
         }
         let start = self.buf.len();

@@ -269,6 +269,43 @@ fn a_tag_read_without_the_uri_is_the_parsed_values_tag() {
     assert!(r.headers().to_tag().is_err());
 }
 
+/// The From and To tags are remembered once found, and forgotten by any
+/// change to the lines: a remembered answer never outlives the line it came
+/// from.
+#[test]
+fn remembered_tags_follow_changes_to_the_lines() {
+    let mut r = req(options("Content-Length: 0\r\n").as_bytes());
+    // Asked twice: the second answer (remembered) is the first one.
+    assert_eq!(r.headers().from_tag().unwrap(), Some("1"));
+    assert_eq!(r.headers().from_tag().unwrap(), Some("1"));
+    assert_eq!(r.headers().to_tag().unwrap(), None);
+    assert_eq!(r.headers().to_tag().unwrap(), None);
+    // Asking does not change what the headers are equal to.
+    let fresh = req(options("Content-Length: 0\r\n").as_bytes());
+    assert_eq!(r.headers(), fresh.headers());
+    // A line pushed in front moves the From: still found, at its new place.
+    r.headers_mut().push_front(HeaderName::Via, "SIP/2.0/UDP p.example.com;branch=z9hG4bKp").unwrap();
+    assert_eq!(r.headers().from_tag().unwrap(), Some("1"));
+    // Replaced: the new tag, not the remembered one.
+    r.headers_mut().set(HeaderName::To, "<sip:a@example.com>;tag=abc").unwrap();
+    assert_eq!(r.headers().to_tag().unwrap(), Some("abc"));
+    r.headers_mut().set(HeaderName::From, "<sip:b@example.com>;tag=2").unwrap();
+    assert_eq!(r.headers().from_tag().unwrap(), Some("2"));
+    // A second To makes the To an error again; removing both, missing.
+    r.headers_mut().push(HeaderName::To, "<sip:c@example.com>;tag=d").unwrap();
+    assert!(matches!(r.headers().to_tag(), Err(HeaderError::Duplicate { .. })));
+    r.headers_mut().remove_all(&HeaderName::To);
+    assert!(matches!(r.headers().to_tag(), Err(HeaderError::Missing { .. })));
+    // Kept lines copied into a buffer of their own: read from there.
+    let mut c = r.clone();
+    c.headers_mut().retain(|h| h.name() != &HeaderName::Via);
+    assert_eq!(c.headers().from_tag().unwrap(), Some("2"));
+    // A clone keeps its own answers, right for its own lines.
+    let mut d = c.clone();
+    d.headers_mut().set(HeaderName::From, "<sip:b@example.com>;tag=3").unwrap();
+    assert_eq!((c.headers().from_tag().unwrap(), d.headers().from_tag().unwrap()), (Some("2"), Some("3")));
+}
+
 #[test]
 fn name_addr_forms() {
     let r = req(options(

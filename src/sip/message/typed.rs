@@ -895,13 +895,10 @@ fn invalid(name: HeaderName, problem: ValueError) -> HeaderError {
 impl Headers {
     /// The only line with this name: `Missing` or `Duplicate` otherwise.
     pub fn single(&self, name: HeaderName) -> Result<&Header, HeaderError> {
-        let mut it = self.get_all(&name);
-        let first = it.next();
-        let dup = it.next().is_some();
-        match (first, dup) {
-            (None, _) => Err(HeaderError::Missing { name }),
-            (Some(_), true) => Err(HeaderError::Duplicate { name }),
-            (Some(h), false) => Ok(h),
+        match self.single_index(&name) {
+            Ok(i) => self.at(i).ok_or_else(|| HeaderError::Missing { name }),
+            Err(true) => Err(HeaderError::Duplicate { name }),
+            Err(false) => Err(HeaderError::Missing { name }),
         }
     }
 
@@ -979,8 +976,19 @@ impl Headers {
     }
 
     fn tag_of(&self, name: HeaderName) -> Result<Option<&str>, HeaderError> {
-        let h = self.single(name.clone())?;
-        NameAddr::tag_in(h.value_bytes()).map_err(|e| invalid(name, e))
+        let from = name == HeaderName::From;
+        if let Some(tag) = self.cached_tag(from) {
+            return Ok(tag);
+        }
+        let line = match self.single_index(&name) {
+            Ok(i) => i,
+            Err(true) => return Err(HeaderError::Duplicate { name }),
+            Err(false) => return Err(HeaderError::Missing { name }),
+        };
+        let Some(h) = self.at(line) else { return Err(HeaderError::Missing { name }) };
+        let tag = NameAddr::tag_in(h.value_bytes()).map_err(|e| invalid(name, e))?;
+        self.cache_tag(from, line, tag);
+        Ok(tag)
     }
 
     fn name_addr(&self, name: HeaderName) -> Result<NameAddr<'_>, HeaderError> {
