@@ -32,8 +32,22 @@ n=0
 for who in $ORDER; do
     n=$((n + 1))
     case $who in
-        trunkgate) OUT_DIR="$OUT/$n-trunkgate" "$ROOT/bench/run-harness.sh" ;;
-        kamailio) OUT_DIR="$OUT/$n-kamailio" "$HARNESS/run-kamailio.sh" ;;
+        trunkgate)
+            # Item 4's latency is compared at Kamailio's max clean rate: after
+            # a Kamailio run, trunkgate is probed there too (beside 200 cps
+            # and its own max), unless PROBE_RATES says otherwise.
+            probes=${PROBE_RATES:-200 ${KAM_MAX:+$KAM_MAX }max}
+            OUT_DIR="$OUT/$n-trunkgate" PROBE_RATES=$probes "$ROOT/bench/run-harness.sh"
+            ;;
+        kamailio)
+            OUT_DIR="$OUT/$n-kamailio" "$HARNESS/run-kamailio.sh"
+            KAM_MAX=$(python3 - "$OUT/$n-kamailio" <<'PY'
+import glob, json, os, sys
+clean = [json.load(open(f)) for f in glob.glob(os.path.join(sys.argv[1], "load", "*", "summary.json"))]
+print(max([s["offered_cps"] for s in clean if s["clean"]], default=""))
+PY
+)
+            ;;
         *) echo "ORDER: trunkgate or kamailio, not $who" >&2; exit 2 ;;
     esac
 done
@@ -80,5 +94,24 @@ if tg and km:
     kb = max(best[n] for n, _ in km)
     if kb:
         print(f"\nMax clean cps, trunkgate ÷ Kamailio (target ≥ 1.5): {tb} / {kb} = **{tb / kb:.2f}**")
+    # The tcpdump probes (INVITE in -> 200 out on the wire, µs), at each
+    # Kamailio run's max clean rate.
+    def probe(d, rate):
+        f = os.path.join(out, d, "probe", f"{rate:05d}cps", "latency.json")
+        if not os.path.exists(f):
+            return None
+        p = json.load(open(f)).get("setup_wire_us") or {}
+        return p.get("p50"), p.get("p99")
+    lines = []
+    for kn, _ in km:
+        if not best[kn]:
+            continue
+        for n, _ in runs:
+            got = probe(n, best[kn])
+            if got and got[1] is not None:
+                lines.append(f"- {n} at {best[kn]} cps: p50 {got[0]:.0f} µs, p99 **{got[1]:.0f}** µs")
+    if lines:
+        print("\nSetup latency at Kamailio's max clean rate (tcpdump probe; target: trunkgate's p99 ≤ Kamailio's):")
+        print("\n".join(dict.fromkeys(lines)))
 PY
 echo "summary: $OUT/summary.md"
