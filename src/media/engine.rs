@@ -6,8 +6,8 @@
 //!
 //! Calls talk to their thread through [`StreamHandle`] (control messages
 //! and an eventfd to wake it); the thread talks back through the stream's
-//! event callback (media timeout) and its [`Figures`] (atomics it alone
-//! writes, read by anyone). Port pairs come from the engine's pools and go
+//! event callback (media timeout) and its [`Figures`] (a snapshot it alone
+//! writes once per wake-up, read by anyone). Port pairs come from the engine's pools and go
 //! back only after their sockets are closed, so a port is never handed out
 //! while still bound.
 
@@ -90,26 +90,20 @@ impl Family {
     }
 }
 
-/// One direction's figures, shared: written by the relay thread alone
-/// (plain stores), read by the call and the node.
-#[derive(Debug, Default)]
+/// One side's figures: what its leg sent us and what we sent it.
+#[derive(Debug, Default, Clone, Copy)]
 struct SideFigures {
-    packets: AtomicU64,
-    bytes: AtomicU64,
-    lost: AtomicU64,
-    jitter: AtomicU64,
-    stray: AtomicU64,
-    rtcp: AtomicU64,
-    held: AtomicU64,
-    sent_packets: AtomicU64,
-    sent_bytes: AtomicU64,
-    sent_rtcp: AtomicU64,
+    rx: DirectionStats,
+    sent: Sent,
 }
 
 /// A stream's live figures, per side (A: the trunk leg; B: the other).
+/// Written by the relay thread once per wake-up, after that wake-up's
+/// packets have left, and always as a whole: a reader never sees a packet
+/// counted in on one side and not yet out on the other.
 #[derive(Debug, Default)]
 pub struct Figures {
-    sides: [SideFigures; 2],
+    sides: Mutex<[SideFigures; 2]>,
     clock_rate: AtomicU64,
 }
 
@@ -139,41 +133,35 @@ pub struct LegFigures {
 }
 
 impl Figures {
-    /// The figures of side `side`'s leg.
-    pub fn leg(&self, side: Side) -> LegFigures {
-        let (me, other) = (&self.sides[side.index()], &self.sides[side.other().index()]);
+    /// Both legs' figures, from one snapshot: `[A, B]`.
+    pub fn legs(&self) -> [LegFigures; 2] {
+        let sides = *self.sides.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let rate = self.clock_rate.load(Ordering::Relaxed).max(1);
-        let jitter = me.jitter.load(Ordering::Relaxed);
-        LegFigures {
-            rx_packets: me.packets.load(Ordering::Relaxed),
-            rx_bytes: me.bytes.load(Ordering::Relaxed),
-            rx_lost: me.lost.load(Ordering::Relaxed),
-            rx_jitter_ms: (jitter as f64 * 1000.0 / rate as f64 * 100.0).round() / 100.0,
-            rx_stray: me.stray.load(Ordering::Relaxed),
-            rx_rtcp: me.rtcp.load(Ordering::Relaxed),
-            tx_packets: me.sent_packets.load(Ordering::Relaxed),
-            tx_bytes: me.sent_bytes.load(Ordering::Relaxed),
-            tx_rtcp: me.sent_rtcp.load(Ordering::Relaxed),
-            tx_held: other.held.load(Ordering::Relaxed),
+        let leg = |me: &SideFigures, other: &SideFigures| LegFigures {
+            rx_packets: me.rx.packets,
+            rx_bytes: me.rx.bytes,
+            rx_lost: me.rx.lost,
+            rx_jitter_ms: (f64::from(me.rx.jitter) * 1000.0 / rate as f64 * 100.0).round() / 100.0,
+            rx_stray: me.rx.stray,
+            rx_rtcp: me.rx.rtcp_packets,
+            tx_packets: me.sent.packets,
+            tx_bytes: me.sent.bytes,
+            tx_rtcp: me.sent.rtcp,
+            tx_held: other.rx.held,
+        };
+        [leg(&sides[0], &sides[1]), leg(&sides[1], &sides[0])]
+    }
+
+    /// Writes what each side received and, where the side still has a
+    /// leg, what it was sent (a closed leg keeps its last count).
+    fn publish(&self, rx: [DirectionStats; 2], sent: [Option<Sent>; 2]) {
+        let mut sides = self.sides.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (i, side) in sides.iter_mut().enumerate() {
+            side.rx = rx[i];
+            if let Some(s) = sent[i] {
+                side.sent = s;
+            }
         }
-    }
-
-    fn publish(&self, side: Side, st: &DirectionStats) {
-        let f = &self.sides[side.index()];
-        f.packets.store(st.packets, Ordering::Relaxed);
-        f.bytes.store(st.bytes, Ordering::Relaxed);
-        f.lost.store(st.lost, Ordering::Relaxed);
-        f.jitter.store(u64::from(st.jitter), Ordering::Relaxed);
-        f.stray.store(st.stray, Ordering::Relaxed);
-        f.rtcp.store(st.rtcp_packets, Ordering::Relaxed);
-        f.held.store(st.held, Ordering::Relaxed);
-    }
-
-    fn sent(&self, side: Side, sent: &Sent) {
-        let f = &self.sides[side.index()];
-        f.sent_packets.store(sent.packets, Ordering::Relaxed);
-        f.sent_bytes.store(sent.bytes, Ordering::Relaxed);
-        f.sent_rtcp.store(sent.rtcp, Ordering::Relaxed);
     }
 }
 
@@ -368,6 +356,7 @@ impl MediaEngine {
                 timeout: settings.timeout,
                 hold_timeout: settings.hold_timeout,
                 outs: Vec::with_capacity(BATCH),
+                dirty: Vec::new(),
                 send_ring: None,
                 use_io_uring: settings.io_uring,
             };
@@ -642,9 +631,20 @@ struct Stream {
     /// Since when timeouts count (None: not armed).
     armed: Option<Instant>,
     timed_out: bool,
+    /// Its figures changed in this wake-up and are published at its end.
+    dirty: bool,
 }
 
 impl Stream {
+    /// Publishes both sides' figures as one snapshot.
+    fn publish(&self) {
+        let sent = |side: Side| {
+            let slot = self.slot_of(side)?;
+            self.legs.get(&slot).map(|l| l.sent).or_else(|| self.browsers.get(&slot).map(|b| b.sent))
+        };
+        self.figures.publish([self.relay.stats(Side::A), self.relay.stats(Side::B)], [sent(Side::A), sent(Side::B)]);
+    }
+
     fn side_of(&self, slot: u16) -> Option<Side> {
         if slot == 0 {
             Some(Side::A)
@@ -696,6 +696,8 @@ struct RelayThread {
     hold_timeout: Option<Duration>,
     /// The current batch's packets to send (kept: no allocation per batch).
     outs: Vec<Out>,
+    /// Streams whose figures changed in this wake-up.
+    dirty: Vec<u64>,
     /// Sends of a whole wake-up in one submission (None: no io_uring).
     send_ring: Option<SendRing>,
     use_io_uring: bool,
@@ -855,6 +857,7 @@ impl RelayThread {
             if self.browser_deadline.is_some_and(|d| now >= d) {
                 self.browser_timeouts(now);
             }
+            self.publish_dirty();
             if now >= next_tick {
                 self.tick(now);
                 next_tick = now + TICK;
@@ -907,6 +910,7 @@ impl RelayThread {
                         held: false,
                         armed: None,
                         timed_out: false,
+                        dirty: false,
                     },
                 );
             }
@@ -991,7 +995,7 @@ impl RelayThread {
                         leg.sent.add(p.len(), false);
                     }
                 }
-                s.figures.sent(side, &leg.sent);
+                self.mark(id);
             }
         }
     }
@@ -1139,14 +1143,11 @@ impl RelayThread {
     /// leg `slot`, encrypted and sent.
     fn send_to_browser(&mut self, now: Instant, id: u64, slot: u16, pkt: &[u8]) {
         let Some(s) = self.streams.get_mut(&id) else { return };
-        let side = s.side_of(slot);
         let Some(b) = s.browsers.get_mut(&slot) else { return };
         if b.leg.write_rtp(now, pkt) {
             b.sent.add(pkt.len(), false);
-            if let Some(side) = side {
-                s.figures.sent(side, &b.sent);
-            }
         }
+        self.mark(id);
         self.drive_browser(now, id, slot);
     }
 
@@ -1193,12 +1194,14 @@ impl RelayThread {
                             };
                             if sock.send_to(&pkt, to).is_ok() {
                                 dest.sent.add(pkt.len(), false);
-                                s.figures.sent(other, &dest.sent);
                             }
                         }
                         _ => {}
                     }
-                    s.figures.publish(side, &s.relay.stats(side));
+                    if !s.dirty {
+                        s.dirty = true;
+                        self.dirty.push(id);
+                    }
                 }
                 BrowserOutput::Gone => {
                     debug!(slot, "browser leg gone (ICE or DTLS)");
@@ -1306,8 +1309,9 @@ impl RelayThread {
             };
             outs.push(Out { fd, to: SockaddrStorage::from(to), buf: i, len: *len, side: other, rtcp });
         }
-        if let Some(side) = side {
-            s.figures.publish(side, &s.relay.stats(side));
+        if !s.dirty {
+            s.dirty = true;
+            self.dirty.push(r.stream);
         }
         // With io_uring: queued, and sent with every other socket's packets
         // of this wake-up in one submission (see `SendRing`).
@@ -1338,7 +1342,6 @@ impl RelayThread {
             for o in &group[..sent] {
                 if let Some(leg) = s.slot_of(o.side).and_then(|slot| s.legs.get_mut(&slot)) {
                     leg.sent.add(o.len, o.rtcp);
-                    s.figures.sent(o.side, &leg.sent);
                 }
             }
             start = end;
@@ -1353,9 +1356,30 @@ impl RelayThread {
             let Some(s) = streams.get_mut(&stream) else { return };
             if let Some(leg) = s.slot_of(side).and_then(|slot| s.legs.get_mut(&slot)) {
                 leg.sent.add(len, rtcp);
-                s.figures.sent(side, &leg.sent);
             }
         });
+    }
+
+    /// Marks stream `id`'s figures for publishing at the wake-up's end.
+    fn mark(&mut self, id: u64) {
+        if let Some(s) = self.streams.get_mut(&id)
+            && !s.dirty
+        {
+            s.dirty = true;
+            self.dirty.push(id);
+        }
+    }
+
+    /// Publishes the figures of every stream whose packets moved in this
+    /// wake-up, once they have all left: a packet is counted in and out
+    /// in the same snapshot.
+    fn publish_dirty(&mut self) {
+        for id in self.dirty.drain(..) {
+            if let Some(s) = self.streams.get_mut(&id) {
+                s.dirty = false;
+                s.publish();
+            }
+        }
     }
 
     /// Media timeouts.

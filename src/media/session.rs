@@ -184,7 +184,7 @@ impl RelayMedia {
     /// The figures now, by role: the PBX's leg and the user's (an
     /// outbound call's first leg is the user's).
     pub fn figures(figures: &Figures, outbound: bool) -> CallFigures {
-        let (a, b) = (figures.leg(Side::A), figures.leg(Side::B));
+        let [a, b] = figures.legs();
         if outbound { CallFigures { pbx: b, user: a } } else { CallFigures { pbx: a, user: b } }
     }
 
@@ -567,6 +567,69 @@ m=audio 5000 RTP/AVP 8 96\na=rtpmap:8 PCMA/8000\na=rtpmap:96 telephone-event/800
         assert_eq!(c.offer(LegId::ORIGIN, LegId(1), &body(PBX)), Err(MediaError::PortsExhausted));
         drop((a, b, c));
         crate::media::session::tests::wait_until(|| full_engine.ports_in_use() == 0);
+    }
+
+    /// Figures are read while a phone's packets stream through: every
+    /// snapshot counts each packet in from the phone and out to the PBX
+    /// together (a call record read at the BYE agrees with itself), and at
+    /// the end every packet is counted once on each side.
+    #[test]
+    fn figures_count_each_packet_in_and_out_in_the_same_snapshot() {
+        use std::net::UdpSocket;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let (engine, min) = new_engine();
+        let pbx = UdpSocket::bind("127.0.0.1:0").expect("pbx socket");
+        let phone = UdpSocket::bind("127.0.0.1:0").expect("phone socket");
+        let sdp = |name: &str, port: u16| {
+            format!(
+                "v=0\no={name} 1 1 IN IP4 127.0.0.1\ns=-\nc=IN IP4 127.0.0.1\nt=0 0\n\
+                 m=audio {port} RTP/AVP 8\na=rtpmap:8 PCMA/8000\na=sendrecv\n"
+            )
+        };
+        let port = |s: &UdpSocket| s.local_addr().expect("addr").port();
+        let mut m = RelayMedia::new(&engine, Box::new(|_| {}), false);
+        let sip = SocketAddr::from(([127, 0, 0, 1], 5060));
+        m.add_leg(LegId::ORIGIN, sip, sip, false);
+        m.add_leg(LegId(1), sip, sip, false);
+        m.offer(LegId::ORIGIN, LegId(1), &body(&sdp("pbx", port(&pbx)))).expect("offer");
+        m.answer(LegId(1), LegId::ORIGIN, &body(&sdp("phone", port(&phone)))).expect("answer");
+        let figures = m.figures_handle();
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (figures, stop) = (figures.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (mut reads, mut torn) = (0u64, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    let [pbx, user] = figures.legs();
+                    reads += 1;
+                    if user.rx_packets != pbx.tx_packets && torn.len() < 5 {
+                        torn.push((user.rx_packets, pbx.tx_packets));
+                    }
+                }
+                (reads, torn)
+            })
+        };
+        // The phone's leg is the second pair; bursts so that the relay
+        // takes several packets per wake-up.
+        const N: u16 = 4000;
+        let to = SocketAddr::from(([127, 0, 0, 1], min + 2));
+        let mut pkt = [0xd5u8; 172];
+        for seq in 0..N {
+            pkt[..12].copy_from_slice(&[0x80, 8, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4]);
+            pkt[2..4].copy_from_slice(&seq.to_be_bytes());
+            pkt[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+            phone.send_to(&pkt, to).expect("send");
+            if seq % 16 == 15 {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+        }
+        wait_until(|| figures.legs()[1].rx_packets == u64::from(N));
+        stop.store(true, Ordering::Relaxed);
+        let (reads, torn) = reader.join().expect("reader");
+        assert_eq!(torn, [], "snapshots with a packet counted in and not out ({reads} reads)");
+        assert!(reads > 1000, "the reader ran beside the relay: {reads} reads");
+        let [to_pbx, from_phone] = figures.legs();
+        assert_eq!((from_phone.rx_packets, to_pbx.tx_packets, from_phone.rx_bytes), (4000, 4000, 4000 * 172));
     }
 
     /// The relay thread closes and gives back asynchronously.
