@@ -110,7 +110,7 @@ pub struct Request {
 impl Request {
     /// Starts building a request.
     pub fn builder(method: Method, uri: Uri) -> RequestBuilder {
-        RequestBuilder { method, uri, lines: Lines::default(), body: None, error: None }
+        RequestBuilder { method, uri, lines: Lines::new(), body: None, error: None }
     }
 
     /// The method of the Request-Line.
@@ -200,7 +200,7 @@ impl Response {
         ResponseBuilder {
             status,
             reason: Bytes::copy_from_slice(reason.as_bytes()),
-            lines: Lines::default(),
+            lines: Lines::new(),
             body: None,
             error: None,
         }
@@ -409,19 +409,28 @@ fn write_value(out: &mut Vec<u8>, v: &[u8]) {
 
 fn set_content_length(headers: &mut Headers, len: usize) {
     headers.remove_all(&HeaderName::ContentLength);
-    headers.push_unchecked(Header::new_unchecked(HeaderName::ContentLength, Bytes::from(len.to_string())));
+    // Most messages of a call have no body: their length costs nothing.
+    let value = if len == 0 { Bytes::from_static(b"0") } else { Bytes::from(len.to_string()) };
+    headers.push_unchecked(Header::new_unchecked(HeaderName::ContentLength, value));
 }
 
 /// A builder's header lines: every value copied into one buffer, which the
 /// built message's headers then share (one allocation for all of them, and
 /// a copy of the message costs reference counts, not a copy of each line).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Lines {
     buf: Vec<u8>,
     lines: Vec<(HeaderName, std::ops::Range<usize>)>,
 }
 
 impl Lines {
+    /// Sized for a dialog-forming request's lines at once: grown a line at
+    /// a time, the buffer was reallocated four times a message and the
+    /// list three (2 % of a call's instructions).
+    fn new() -> Lines {
+        Lines { buf: Vec::with_capacity(512), lines: Vec::with_capacity(12) }
+    }
+
     fn push(&mut self, name: HeaderName, value: &[u8]) -> Result<(), BuildError> {
         if memchr::memchr2(b'\r', b'\n', value).is_some() {
             return Err(BuildError::InvalidHeaderValue { name });

@@ -555,6 +555,23 @@ fn check_response_rules() {
     assert_eq!(check_response(&two), Err(ResponseDiscard::MultipleVias { count: 2 }));
     let v3 = resp(b"SIP/3.0 200 OK\r\nContent-Length: 0\r\n\r\n");
     assert!(matches!(check_response(&v3), Err(ResponseDiscard::Version { .. })));
+    // From and To are checked as far as matching needs: one each, their
+    // parts and parameters well-formed; the tags found are remembered. The
+    // URI itself is not parsed (nothing reads a response's).
+    let with = |from: &str, to: &str| {
+        resp(format!("SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n").as_bytes())
+    };
+    let odd_uri = with("<sip:a@[b>;tag=1", "\"C\" <sip:c@d>;tag=2");
+    assert!(odd_uri.headers().from().is_err(), "a URI the full parse refuses");
+    assert_eq!(check_response(&odd_uri), Ok(()));
+    assert_eq!((odd_uri.headers().from_tag(), odd_uri.headers().to_tag()), (Ok(Some("1")), Ok(Some("2"))));
+    let malformed = |r: &Response| matches!(check_response(r), Err(ResponseDiscard::Malformed(_)));
+    assert!(malformed(&with("<sip:a@b;tag=1", "<sip:c@d>;tag=2")), "unclosed <");
+    assert!(malformed(&with("<sip:a@b>;tag=1", "<sip:c@d>;tag=2;;")), "empty parameter");
+    assert!(malformed(&with("\"A <sip:a@b>;tag=1", "<sip:c@d>")), "unclosed quote");
+    assert!(malformed(&with("<sip:a@b>;tag=1, <sip:e@f>", "<sip:c@d>")), "two From values");
+    let missing_to = resp(b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n");
+    assert!(malformed(&missing_to));
 }
 
 fn drain(f: &mut StreamFramer) -> Result<Vec<StreamEvent>, FramingError> {
