@@ -115,5 +115,34 @@ if tg and km:
     if lines:
         print("\nSetup latency at Kamailio's max clean rate (tcpdump probe; target: trunkgate's p99 ≤ Kamailio's):")
         print("\n".join(dict.fromkeys(lines)))
+    # What bounds the clean maximum on a box shared with the generator:
+    # each run's last clean step, the box's busy share there and the CPU
+    # per call of the target and of both SIPps. The clean maxima's ratio
+    # follows (target + SIPp) per call, so 1.5 times Kamailio's needs
+    # trunkgate at (Kamailio's target + SIPp) / 1.5 - trunkgate's SIPp.
+    def knee(steps, rate):
+        s = steps.get(rate)
+        c = s and s.get("cpu") or {}
+        us, sut = c.get("sut_cpu_us_per_call"), c.get("sut_pct")
+        if not us or not sut:
+            return None
+        sipp = us * (c.get("uas_pct", 0) + c.get("uac_pct", 0)) / sut
+        return us, sipp, c.get("box_busy_pct")
+    knees = {n: knee(steps, best[n]) for n, steps in runs if best[n]}
+    print("\nAt each run's max clean rate (box: % busy of its capacity; µs of CPU per call):")
+    for n, k in knees.items():
+        if k:
+            busy = f"{k[2]:.0f} %" if k[2] is not None else "?"
+            print(f"- {n} at {best[n]} cps: box {busy}, target {k[0]:.0f} µs, SIPp {k[1]:.0f} µs, together {k[0] + k[1]:.0f} µs")
+    # Kamailio's runs at its best clean rate, as in the ratio above.
+    kk = [k for n, k in knees.items() if k and n.endswith("kamailio") and best[n] == max(best[m] for m, _ in km)]
+    tk = [k for n, k in knees.items() if k and n.endswith("trunkgate")]
+    if kk and tk:
+        kam = sum(k[0] + k[1] for k in kk) / len(kk)
+        kam_sut = sum(k[0] for k in kk) / len(kk)
+        sipp = sum(k[1] for k in tk) / len(tk)
+        need = kam / 1.5 - sipp
+        print(f"1.5 times Kamailio's max clean rate needs trunkgate at ≤ {need:.0f} µs per call at its knee "
+              f"({need / kam_sut:.2f} of Kamailio's {kam_sut:.0f}); it took {sum(k[0] for k in tk) / len(tk):.0f}.")
 PY
 echo "summary: $OUT/summary.md"
