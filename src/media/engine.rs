@@ -7,9 +7,9 @@
 //! Calls talk to their thread through [`StreamHandle`] (control messages
 //! and an eventfd to wake it); the thread talks back through the stream's
 //! event callback (media timeout) and its [`Figures`] (a snapshot it alone
-//! writes once per wake-up, read by anyone). Port pairs come from the engine's pools and go
-//! back only after their sockets are closed, so a port is never handed out
-//! while still bound.
+//! writes once per wake-up, read by anyone). Port pairs come from the
+//! engine's pools and go back only after their sockets are closed, so a
+//! port is never handed out while still bound.
 
 use std::collections::HashMap;
 use std::io::{IoSlice, IoSliceMut};
@@ -1198,10 +1198,7 @@ impl RelayThread {
                         }
                         _ => {}
                     }
-                    if !s.dirty {
-                        s.dirty = true;
-                        self.dirty.push(id);
-                    }
+                    mark(&mut self.dirty, s, id);
                 }
                 BrowserOutput::Gone => {
                     debug!(slot, "browser leg gone (ICE or DTLS)");
@@ -1309,10 +1306,7 @@ impl RelayThread {
             };
             outs.push(Out { fd, to: SockaddrStorage::from(to), buf: i, len: *len, side: other, rtcp });
         }
-        if !s.dirty {
-            s.dirty = true;
-            self.dirty.push(r.stream);
-        }
+        mark(&mut self.dirty, s, r.stream);
         // With io_uring: queued, and sent with every other socket's packets
         // of this wake-up in one submission (see `SendRing`).
         if let Some(ring) = self.send_ring.as_mut() {
@@ -1362,11 +1356,8 @@ impl RelayThread {
 
     /// Marks stream `id`'s figures for publishing at the wake-up's end.
     fn mark(&mut self, id: u64) {
-        if let Some(s) = self.streams.get_mut(&id)
-            && !s.dirty
-        {
-            s.dirty = true;
-            self.dirty.push(id);
+        if let Some(s) = self.streams.get_mut(&id) {
+            mark(&mut self.dirty, s, id);
         }
     }
 
@@ -1400,6 +1391,14 @@ impl RelayThread {
                 (s.events)(MediaEvent::Timeout);
             }
         }
+    }
+}
+
+/// Marks stream `s` (`id`) for publishing at the wake-up's end, once.
+fn mark(dirty: &mut Vec<u64>, s: &mut Stream, id: u64) {
+    if !s.dirty {
+        s.dirty = true;
+        dirty.push(id);
     }
 }
 

@@ -895,8 +895,13 @@ fn invalid(name: HeaderName, problem: ValueError) -> HeaderError {
 impl Headers {
     /// The only line with this name: `Missing` or `Duplicate` otherwise.
     pub fn single(&self, name: HeaderName) -> Result<&Header, HeaderError> {
+        self.single_at(name).map(|(_, h)| h)
+    }
+
+    /// [`Headers::single`], with the line's index.
+    fn single_at(&self, name: HeaderName) -> Result<(usize, &Header), HeaderError> {
         match self.single_index(&name) {
-            Ok(i) => self.at(i).ok_or_else(|| HeaderError::Missing { name }),
+            Ok(i) => self.at(i).map(|h| (i, h)).ok_or(HeaderError::Missing { name }),
             Err(true) => Err(HeaderError::Duplicate { name }),
             Err(false) => Err(HeaderError::Missing { name }),
         }
@@ -980,12 +985,7 @@ impl Headers {
         if let Some(tag) = self.cached_tag(from) {
             return Ok(tag);
         }
-        let line = match self.single_index(&name) {
-            Ok(i) => i,
-            Err(true) => return Err(HeaderError::Duplicate { name }),
-            Err(false) => return Err(HeaderError::Missing { name }),
-        };
-        let Some(h) = self.at(line) else { return Err(HeaderError::Missing { name }) };
+        let (line, h) = self.single_at(name.clone())?;
         let tag = NameAddr::tag_in(h.value_bytes()).map_err(|e| invalid(name, e))?;
         self.cache_tag(from, line, tag);
         Ok(tag)
