@@ -62,22 +62,55 @@ fn completed_call(phone_scenario: &str, pbx_scenario: &str, hold_ms: &str) -> (S
     (out, uout)
 }
 
-/// When sipp's message trace shows the first INVITE arriving, in seconds
-/// (sipp stamps each traced message with the wall clock, to the µs:
-/// `----…---- 2026-01-02 03:04:05.678901`, then `UDP message received`).
-fn invite_arrival(trace: &str) -> f64 {
+/// The messages of sipp's message trace: when each was sent or read (in
+/// seconds; sipp stamps each traced message with the wall clock, to the µs:
+/// `----…---- 2026-01-02 03:04:05.678901`, then `UDP message sent` or
+/// `UDP message received`), whether it was sent, and its first line.
+fn traced_messages(trace: &str) -> Vec<(f64, bool, String)> {
     let lines: Vec<&str> = trace.lines().collect();
+    let mut messages = Vec::new();
     for (i, line) in lines.iter().enumerate() {
         let Some(stamp) = line.strip_prefix("-----").map(|l| l.trim_start_matches('-').trim()) else { continue };
-        let received = lines.get(i + 1).is_some_and(|l| l.contains("message received"));
-        let invite = lines.iter().skip(i + 2).find(|l| !l.trim().is_empty()).is_some_and(|l| l.starts_with("INVITE "));
-        if received && invite {
-            let t = chrono::NaiveDateTime::parse_from_str(stamp, "%Y-%m-%d %H:%M:%S%.f")
-                .unwrap_or_else(|e| panic!("sipp trace stamp {stamp:?}: {e}"));
-            return t.and_utc().timestamp_micros() as f64 / 1e6;
+        let Some(what) = lines.get(i + 1) else { continue };
+        let sent = what.contains("message sent");
+        if !sent && !what.contains("message received") {
+            continue;
         }
+        let first = lines.iter().skip(i + 2).find(|l| !l.trim().is_empty()).map_or("", |l| l.trim());
+        let t = chrono::NaiveDateTime::parse_from_str(stamp, "%Y-%m-%d %H:%M:%S%.f")
+            .unwrap_or_else(|e| panic!("sipp trace stamp {stamp:?}: {e}"));
+        messages.push((t.and_utc().timestamp_micros() as f64 / 1e6, sent, first.to_owned()));
     }
-    panic!("no INVITE received in the trace:\n{trace}")
+    messages
+}
+
+/// When sipp's message trace shows the first INVITE arriving.
+fn invite_arrival(trace: &str) -> f64 {
+    traced_messages(trace)
+        .into_iter()
+        .find(|(_, sent, first)| !sent && first.starts_with("INVITE "))
+        .map(|(t, ..)| t)
+        .unwrap_or_else(|| panic!("no INVITE received in the trace:\n{trace}"))
+}
+
+/// The PBX's view of one call from its trace: when its first INVITE left,
+/// and when each response came with its status, in order.
+fn responses_after_invite(trace: &str) -> (f64, Vec<(f64, u16)>) {
+    let messages = traced_messages(trace);
+    let invite = messages
+        .iter()
+        .find(|(_, sent, first)| *sent && first.starts_with("INVITE "))
+        .map(|(t, ..)| *t)
+        .unwrap_or_else(|| panic!("no INVITE sent in the trace:\n{trace}"));
+    let responses = messages
+        .iter()
+        .filter(|(_, sent, _)| !sent)
+        .filter_map(|(t, _, first)| {
+            let status = first.strip_prefix("SIP/2.0 ")?.get(..3)?.parse().ok()?;
+            Some((*t, status))
+        })
+        .collect();
+    (invite, responses)
 }
 
 /// Calls `number` (alice and bob, 2 s ring timeout) with both phones
@@ -122,6 +155,50 @@ fn in_order_invites_the_next_user_only_after_the_ring_timeout() {
         "in_order: bob's INVITE {gap:.3} s after alice's, expected the {RING_TIMEOUT_S} s ring timeout \
          (alice at {alice:.6}, bob at {bob:.6})"
     );
+}
+
+/// RFC 3261 §17.2.1: the 100 Trying is due only if nothing else has
+/// answered the INVITE 200 ms after it came. A phone that answers at once
+/// spares the PBX the 100 (any 100 it hears came no sooner than 200 ms
+/// after its INVITE); a phone silent for 400 ms gets it a 100 after 200 ms,
+/// and before the phone's answer.
+#[test]
+fn the_100_trying_comes_only_when_nothing_else_answers_within_200_ms() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut d = prepared(TRUNK);
+    d.start();
+    let user = phone(&d, "alice", "user_answer.xml", &[]);
+    let (ok, out) = pbx(&d, Path::new("pbx_call.xml"), "+15550001", &["-d", "100"]).wait();
+    let (uok, uout) = user.wait();
+    assert!(ok, "PBX side:\n{out}\nphone side:\n{uout}");
+    assert!(uok, "phone side:\n{uout}");
+    let (invite, responses) = responses_after_invite(&out);
+    assert_eq!(
+        responses.iter().filter(|(_, s)| *s == 200).count(),
+        2,
+        "the 200s of the INVITE and the BYE: {responses:?}"
+    );
+    for (t, status) in &responses {
+        if *status == 100 {
+            assert!(t - invite >= 0.2, "a 100 {:.3} s after the INVITE, though the phone answered at once", t - invite);
+        }
+    }
+    assert_eq!(exactly_n_records(&mut d, 1)[0]["outcome"], "completed");
+
+    // A new daemon: the one above keeps alice's first contact in its cache.
+    let mut d = prepared(TRUNK);
+    d.start();
+    let user = phone(&d, "alice", "user_reject_slowly.xml", &[]);
+    let (ok, out) = pbx(&d, &pbx_refused_scenario(dir.path(), 486), "+15550001", &[]).wait();
+    let (uok, uout) = user.wait();
+    assert!(ok, "PBX side:\n{out}\nphone side:\n{uout}");
+    assert!(uok, "phone side:\n{uout}");
+    let (invite, responses) = responses_after_invite(&out);
+    let statuses: Vec<u16> = responses.iter().map(|(_, s)| *s).collect();
+    assert_eq!(statuses, [100, 486], "{out}");
+    let trying = responses[0].0 - invite;
+    assert!(trying >= 0.2, "the 100 came {trying:.3} s after the INVITE, before its 200 ms were up");
+    assert_eq!(exactly_n_records(&mut d, 1)[0]["outcome"], "busy");
 }
 
 /// Every attempt leaves exactly one call record, whatever its fate: a

@@ -591,8 +591,8 @@ pub struct Call<S> {
 }
 
 impl<S: Clone + std::fmt::Debug> Call<S> {
-    /// Starts an admitted inbound call: 100 Trying to the PBX, the first
-    /// forks rung, the ring timer armed.
+    /// Starts an admitted inbound call: the first forks rung, the ring
+    /// timer armed.
     pub fn inbound(
         now: Instant,
         config: CallConfig,
@@ -622,8 +622,8 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
         c
     }
 
-    /// Starts an admitted outbound call: 100 Trying to the user, the first
-    /// trunk tried, its INVITE timeout armed. The next trunk is tried when
+    /// Starts an admitted outbound call: the first trunk tried, its INVITE
+    /// timeout armed. The next trunk is tried when
     /// one fails with no answer, a transport error or a server failure
     /// ([`crate::b2bua::outbound::fails_over`]).
     pub fn outbound(
@@ -651,8 +651,8 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
         c
     }
 
-    /// The call with its origin leg, 100 Trying sent (or refused at once
-    /// with 422 when the caller's session interval is too small).
+    /// The call with its origin leg (refused at once with 422 when the
+    /// caller's session interval is too small).
     fn with_origin(
         now: Instant,
         config: CallConfig,
@@ -682,7 +682,7 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
                 OfferAnswer::Stable
             },
             invite,
-            tsx: Some(tsx.clone()),
+            tsx: Some(tsx),
             local_tag,
             early: Vec::new(),
             dialog: None,
@@ -730,9 +730,11 @@ impl<S: Clone + std::fmt::Debug> Call<S> {
             c.end_unanswered_with(now, r, Outcome::Failed, Some(SESSION_INTERVAL_TOO_SMALL));
             return c;
         }
-        // 100 Trying at once: ringing may take a while.
-        let trying = Response::from_request(&c.legs[0].invite, 100, "Trying");
-        c.commands.push_back(Command::Respond { tsx, response: trying });
+        // No 100 Trying here: the server transaction asks for one
+        // (`Event::TryingDue`) only if nothing else has answered the INVITE
+        // 200 ms after it came (RFC 3261 §17.2.1). Most calls are answered
+        // or ringing by then, and one datagram fewer per call is less work
+        // for this node and for the PBX.
         c
     }
 

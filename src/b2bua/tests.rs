@@ -342,7 +342,7 @@ fn ring_all_rings_every_fork_at_once() {
     // The offer reached both forks; each fork has its own Call-ID and From tag.
     assert!(reqs.iter().all(|r| body_str(r.3.body()) == PBX_SDP));
     assert_ne!(reqs[0].3.headers().call_id().unwrap(), reqs[1].3.headers().call_id().unwrap());
-    assert_eq!(status_of(&World::responses(&out, 1)), [100]);
+    assert!(World::responses(&out, 1).is_empty(), "no 100 from the call: {out:?}");
     // The trunk leg is ours to answer; the forks are ours to place.
     let legs = w.call.legs();
     assert_eq!((legs[0].role(), legs[0].kind()), (call::Role::Uas, call::LegKind::Trunk));
@@ -849,7 +849,7 @@ fn every_fork_failing_answers_the_best_failure() {
 fn no_reachable_fork_answers_480_at_once() {
     let mut w = World::new(RingStrategy::RingAll, vec![], Some(PBX_SDP));
     let out = w.take();
-    assert_eq!(status_of(&World::responses(&out, 1)), [100, 480]);
+    assert_eq!(status_of(&World::responses(&out, 1)), [480]);
     assert_one_end(&out, "unavailable");
 }
 
@@ -1041,7 +1041,7 @@ fn too_small_session_interval_on_the_invite_gets_422_before_anything_rings() {
     let invite = pbx_invite_with("Supported: timer\r\nSession-Expires: 90\r\n", Some(PBX_SDP));
     let mut w = World::with(RingStrategy::RingAll, vec![vec![fork("alice", 1)]], invite, Box::new(Passthrough));
     let out = w.take();
-    assert_eq!(status_of(&World::responses(&out, 1)), [100]);
+    assert!(World::responses(&out, 1).is_empty(), "the 100 is the transaction's: {out:?}");
     assert_eq!(World::requests(&out).len(), 1);
 }
 

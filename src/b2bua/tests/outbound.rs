@@ -111,7 +111,7 @@ fn header(r: &Request, name: HeaderName) -> &str {
 fn the_first_trunk_gets_the_users_offer_with_the_trunks_number_and_caller_id() {
     let mut w = World::outbound(vec![attempt("t1", 1, None), attempt("t2", 2, None)]);
     let out = w.take();
-    assert_eq!(status_of(&World::responses(&out, 1)), vec![100]);
+    assert!(World::responses(&out, 1).is_empty(), "no 100 from the call: {out:?}");
     let sent = invites(&out);
     assert_eq!(sent.len(), 1, "one trunk at a time: {sent:?}");
     let (at, _, to, inv) = &sent[0];
