@@ -66,56 +66,36 @@ fn main() -> std::process::ExitCode {
 mod tests {
     use super::*;
 
-    /// An `ssize_t` option of jemalloc's, as it runs.
-    fn opt(name: &std::ffi::CStr) -> isize {
-        let mut value: isize = 0;
-        let mut len = std::mem::size_of::<isize>();
-        // SAFETY: `value` and `len` describe an `ssize_t` buffer, what the
-        // decay options are; nothing is written.
-        let rc = unsafe {
-            tikv_jemalloc_sys::mallctl(name.as_ptr(), (&raw mut value).cast(), &raw mut len, std::ptr::null_mut(), 0)
+    /// Reads jemalloc's control `name`, writing `new` to it first if given;
+    /// `T` must be the control's C type (`ssize_t`, `size_t`, `uint64_t`).
+    fn ctl<T: Copy + Default>(name: &std::ffi::CStr, new: Option<T>) -> T {
+        let mut value = T::default();
+        let mut len = std::mem::size_of::<T>();
+        let mut new = new;
+        let (newp, newlen) = match new.as_mut() {
+            Some(n) => ((n as *mut T).cast(), std::mem::size_of::<T>()),
+            None => (std::ptr::null_mut(), 0),
         };
+        // SAFETY: `value` and `len` describe a buffer of the control's type,
+        // `newp` and `newlen` one to read from (or nothing).
+        let rc =
+            unsafe { tikv_jemalloc_sys::mallctl(name.as_ptr(), (&raw mut value).cast(), &raw mut len, newp, newlen) };
         assert_eq!(rc, 0, "mallctl {name:?}");
         value
     }
 
-    /// Dirty pages held by all arenas, read afresh.
+    /// Dirty pages held by all arenas, read afresh (a new epoch first).
     fn dirty_pages() -> usize {
-        let mut epoch: u64 = 1;
-        let mut len = std::mem::size_of::<u64>();
-        // SAFETY: `epoch` is a `uint64_t` read and written, as the ctl wants.
-        let rc = unsafe {
-            tikv_jemalloc_sys::mallctl(
-                c"epoch".as_ptr(),
-                (&raw mut epoch).cast(),
-                &raw mut len,
-                (&raw mut epoch).cast(),
-                std::mem::size_of::<u64>(),
-            )
-        };
-        assert_eq!(rc, 0, "epoch");
-        let mut pages: usize = 0;
-        let mut len = std::mem::size_of::<usize>();
-        // SAFETY: `pages` is a `size_t` buffer, nothing is written.
-        let rc = unsafe {
-            tikv_jemalloc_sys::mallctl(
-                c"stats.arenas.4096.pdirty".as_ptr(),
-                (&raw mut pages).cast(),
-                &raw mut len,
-                std::ptr::null_mut(),
-                0,
-            )
-        };
-        assert_eq!(rc, 0, "stats.arenas.4096.pdirty");
-        pages
+        ctl::<u64>(c"epoch", Some(1));
+        ctl::<usize>(c"stats.arenas.4096.pdirty", None)
     }
 
     #[test]
     fn jemalloc_keeps_freed_pages_until_the_periodic_purge() {
         // The compiled-in options reached jemalloc (a misspelt symbol or
         // option would leave the 10 s default).
-        assert_eq!(opt(c"opt.dirty_decay_ms"), -1);
-        assert_eq!(opt(c"opt.muzzy_decay_ms"), -1);
+        assert_eq!(ctl::<isize>(c"opt.dirty_decay_ms", None), -1);
+        assert_eq!(ctl::<isize>(c"opt.muzzy_decay_ms", None), -1);
         // 64 MiB freed are held as dirty pages, and the purge hands them back.
         drop(std::hint::black_box(vec![1u8; 64 << 20]));
         let before = dirty_pages();

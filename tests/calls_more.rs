@@ -45,18 +45,25 @@ fn phone(d: &Daemon, user: &str, scenario: &str, extra: &[&str]) -> SippChild {
     s
 }
 
-/// One call to +15550001: alice's phone answers with `phone_scenario`, the
-/// PBX calls with `pbx_scenario` (holding `hold_ms`); both sides must pass
-/// their scenario's checks and the call must leave exactly one `completed`
-/// record. Returns what the PBX's and the phone's sipp printed.
-fn completed_call(phone_scenario: &str, pbx_scenario: &str, hold_ms: &str) -> (String, String) {
+/// One call to +15550001 on a new daemon: alice's phone answers with
+/// `phone_scenario`, the PBX calls with `pbx_scenario` (and sipp's `extra`
+/// arguments); both sides must pass their scenario's checks. Returns the
+/// daemon and what the PBX's and the phone's sipp printed.
+fn one_call(phone_scenario: &str, pbx_scenario: &Path, extra: &[&str]) -> (Daemon, String, String) {
     let mut d = prepared(TRUNK);
     d.start();
     let user = phone(&d, "alice", phone_scenario, &[]);
-    let (ok, out) = pbx(&d, Path::new(pbx_scenario), "+15550001", &["-d", hold_ms]).wait();
-    assert!(ok, "PBX side:\n{out}");
-    let (ok, uout) = user.wait();
-    assert!(ok, "phone side:\n{uout}");
+    let (ok, out) = pbx(&d, pbx_scenario, "+15550001", extra).wait();
+    let (uok, uout) = user.wait();
+    assert!(ok, "PBX side:\n{out}\nphone side:\n{uout}");
+    assert!(uok, "phone side:\n{uout}");
+    (d, out, uout)
+}
+
+/// [`one_call`] holding `hold_ms`, which must leave exactly one `completed`
+/// record.
+fn completed_call(phone_scenario: &str, pbx_scenario: &str, hold_ms: &str) -> (String, String) {
+    let (mut d, out, uout) = one_call(phone_scenario, Path::new(pbx_scenario), &["-d", hold_ms]);
     let rec = &exactly_n_records(&mut d, 1)[0];
     assert_eq!(rec["outcome"], "completed", "{rec}");
     (out, uout)
@@ -164,14 +171,7 @@ fn in_order_invites_the_next_user_only_after_the_ring_timeout() {
 /// and before the phone's answer.
 #[test]
 fn the_100_trying_comes_only_when_nothing_else_answers_within_200_ms() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut d = prepared(TRUNK);
-    d.start();
-    let user = phone(&d, "alice", "user_answer.xml", &[]);
-    let (ok, out) = pbx(&d, Path::new("pbx_call.xml"), "+15550001", &["-d", "100"]).wait();
-    let (uok, uout) = user.wait();
-    assert!(ok, "PBX side:\n{out}\nphone side:\n{uout}");
-    assert!(uok, "phone side:\n{uout}");
+    let (out, _) = completed_call("user_answer.xml", "pbx_call.xml", "100");
     let (invite, responses) = responses_after_invite(&out);
     assert_eq!(
         responses.iter().filter(|(_, s)| *s == 200).count(),
@@ -183,16 +183,9 @@ fn the_100_trying_comes_only_when_nothing_else_answers_within_200_ms() {
             assert!(t - invite >= 0.2, "a 100 {:.3} s after the INVITE, though the phone answered at once", t - invite);
         }
     }
-    assert_eq!(exactly_n_records(&mut d, 1)[0]["outcome"], "completed");
 
-    // A new daemon: the one above keeps alice's first contact in its cache.
-    let mut d = prepared(TRUNK);
-    d.start();
-    let user = phone(&d, "alice", "user_reject_slowly.xml", &[]);
-    let (ok, out) = pbx(&d, &pbx_refused_scenario(dir.path(), 486), "+15550001", &[]).wait();
-    let (uok, uout) = user.wait();
-    assert!(ok, "PBX side:\n{out}\nphone side:\n{uout}");
-    assert!(uok, "phone side:\n{uout}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut d, out, _) = one_call("user_reject_slowly.xml", &pbx_refused_scenario(dir.path(), 486), &[]);
     let (invite, responses) = responses_after_invite(&out);
     let statuses: Vec<u16> = responses.iter().map(|(_, s)| *s).collect();
     assert_eq!(statuses, [100, 486], "{out}");
