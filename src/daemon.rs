@@ -280,6 +280,7 @@ fn node_config(loaded: &Loaded) -> NodeConfig {
         },
         max_calls: c.sip.max_calls,
         overload_queue: Duration::from_millis(c.sip.overload_queue_ms),
+        send_thread_busy_pct: c.sip.send_thread_busy_pct,
         ignore_unknown_trunks: c.sip.unknown_trunk == crate::config::UnknownTrunk::Ignore,
         answers: loaded.answers,
         session_expires: Duration::from_secs(c.sip.session_expires_s),

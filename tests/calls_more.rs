@@ -199,8 +199,42 @@ fn the_100_trying_comes_only_when_nothing_else_answers_within_200_ms() {
 /// daemon, give three records with those outcomes, not one more.
 #[test]
 fn each_call_attempt_is_recorded_exactly_once() {
+    three_attempts_three_records(TRUNK);
+}
+
+/// The same three attempts on a node whose cores hand every datagram to
+/// their send threads (`send_thread_busy_pct = 0`; by default only a core
+/// busier than 70 % does): the calls go through whole, each recorded once.
+#[test]
+fn calls_are_whole_when_the_cores_hand_their_sends_to_the_send_threads() {
+    three_attempts_three_records(&format!("send_thread_busy_pct = 0\n{TRUNK}"));
+}
+
+/// A datagram the kernel refuses reaches its transaction as a transport
+/// error through the send thread too: a phone whose contact is the
+/// broadcast address (refused without SO_BROADCAST) fails at once: the
+/// call ends `unavailable` (480), not `no-answer` after the route's 3 s ring
+/// timeout, which is what an error lost on the way would leave.
+#[test]
+fn a_send_refused_on_the_send_thread_fails_the_leg_at_once() {
+    for config in [String::new(), "send_thread_busy_pct = 0\n".to_owned()] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut d = prepared(&format!("{config}{TRUNK}"));
+        d.start();
+        set_contact(&d, "acme", "alice", "255.255.255.255", 9);
+        let (ok, out) = pbx(&d, &pbx_refused_scenario(dir.path(), 480), "+15550001", &[]).wait();
+        assert!(ok, "{config:?}: PBX side:\n{out}\n{}", d.log_text());
+        let rec = &exactly_n_records(&mut d, 1)[0];
+        assert_eq!((rec["outcome"].as_str(), rec["sip_status"].as_i64()), (Some("unavailable"), Some(480)), "{rec}");
+    }
+}
+
+/// A completed call, a refused one (no route) and one the PBX cancels, on
+/// one daemon configured with `config`: three records with those outcomes,
+/// not one more.
+fn three_attempts_three_records(config: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut d = prepared(TRUNK);
+    let mut d = prepared(config);
     d.start();
     let user = phone(&d, "alice", "user_answer.xml", &[]);
     let port = user.port;

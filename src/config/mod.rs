@@ -428,6 +428,15 @@ pub struct SipConfig {
     /// 0 turns it off. Default: 50.
     #[serde(default = "default_overload_queue_ms")]
     pub overload_queue_ms: u64,
+    /// A SIP core whose thread is busier than this, percent of its time
+    /// over 100 ms, hands its UDP sends to a thread of its own, so the
+    /// kernel's share of each send (on loopback, the receiver's too: about
+    /// a fifth of a busy core) runs on another CPU; it sends them itself
+    /// again once it is 25 points below. Idle, a core sends itself: a
+    /// hand-over costs a wake-up. 0 = always hand over, 100 = never.
+    /// Default: 70.
+    #[serde(default = "default_send_thread_busy_pct")]
+    pub send_thread_busy_pct: u32,
     /// What an INVITE from an address that is no trunk gets: `reject`
     /// (403 with `Warning: 399 … "unknown-trunk"`) or `ignore` (no answer at
     /// all, so scanners learn nothing; still logged). Default: `reject`.
@@ -502,6 +511,10 @@ fn default_max_calls() -> usize {
 
 fn default_overload_queue_ms() -> u64 {
     50
+}
+
+fn default_send_thread_busy_pct() -> u32 {
+    70
 }
 
 fn default_max_tcp_connections() -> usize {
@@ -617,6 +630,7 @@ impl Default for SipConfig {
             tcp_idle_timeout_s: default_tcp_idle_timeout_s(),
             max_calls: default_max_calls(),
             overload_queue_ms: default_overload_queue_ms(),
+            send_thread_busy_pct: default_send_thread_busy_pct(),
             unknown_trunk: UnknownTrunk::default(),
             cores: 0,
             session_expires_s: default_session_expires_s(),
@@ -1304,6 +1318,14 @@ fn validate(config: &Config, trunks: &[LoadedTrunk], main: &Path, sources: &Sour
             main,
             "overload_queue_ms",
             "[sip] overload_queue_ms must be at most 10000 (0 turns overload shedding off)",
+        ));
+    }
+
+    if sip.send_thread_busy_pct > 100 {
+        errors.push(sources.key_error(
+            main,
+            "send_thread_busy_pct",
+            "[sip] send_thread_busy_pct must be at most 100 (100 = never hand sends over, 0 = always)",
         ));
     }
 

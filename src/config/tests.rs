@@ -271,6 +271,16 @@ fn overload_queue_is_bounded_and_zero_turns_it_off() {
 }
 
 #[test]
+fn send_thread_busy_pct_is_a_percentage() {
+    let err = load_text("[sip]\nsend_thread_busy_pct = 101\n").expect_err("over 100");
+    assert_eq!(err.0.len(), 1, "{err}");
+    assert!(err.0[0].message.contains("send_thread_busy_pct must be at most 100"), "{err}");
+    assert_eq!(err.0[0].location.line, 2);
+    assert_eq!(load_text("[sip]\nsend_thread_busy_pct = 0\n").expect("always").config.sip.send_thread_busy_pct, 0);
+    assert_eq!(load_text("").expect("default").config.sip.send_thread_busy_pct, 70);
+}
+
+#[test]
 fn database_url_defaults_to_state_dir_and_env_overrides() {
     let l = load_text("state_dir = \"/srv/tg\"\n").expect("valid");
     assert_eq!(l.database_url, "sqlite:///srv/tg/trunkgate.db");

@@ -16,6 +16,7 @@ mod admit;
 mod calls;
 pub mod channels;
 mod lockout;
+mod offload;
 mod outbound;
 mod overload;
 mod register;
@@ -75,6 +76,9 @@ pub struct NodeConfig {
     /// The target wait in a core's queue: past it for `overload::INTERVAL`,
     /// new INVITEs are shed (`overload.rs`); zero never sheds.
     pub overload_queue: std::time::Duration,
+    /// Busy share (percent of a core's thread) above which a core hands
+    /// its UDP sends to a thread of its own (`offload.rs`); 100 never.
+    pub send_thread_busy_pct: u32,
     /// Give no answer to INVITEs from addresses that are no trunk.
     pub ignore_unknown_trunks: bool,
     /// The SIP answer to each refusal reason (`[admission.answers]`).
@@ -184,6 +188,9 @@ pub(crate) enum ShardMsg {
     Closed(crate::transport::Closed),
     /// Connection-closed notices were lost (the broadcast overflowed).
     ClosedLagged(u64),
+    /// Datagrams the send thread could not send (their transactions hear
+    /// of it).
+    SendFailed(Vec<(Option<TsxKey>, crate::transport::SendError)>),
 }
 
 /// Seconds between the live media figures written to each call's lease.
@@ -268,7 +275,7 @@ impl Node {
             if shard == 0 {
                 shard0 = Some(reply_tx.clone());
             }
-            let core = Shard {
+            let mut core = Shard {
                 ctx: ctx.clone(),
                 shard,
                 layer: TransactionLayer::new(ctx.config.timers),
@@ -281,7 +288,19 @@ impl Node {
                 own: TsxMap::default(),
                 overload: overload::Overload::new(ctx.config.overload_queue),
                 outbox: crate::transport::Outbox::default(),
+                sender: None,
+                offload: offload::Switch::new(ctx.config.send_thread_busy_pct),
             };
+            if ctx.config.send_thread_busy_pct < 100 {
+                let failures = core.replies.clone();
+                // A failure report that finds the queue full is lost, as
+                // the datagram would be on the wire: the transaction
+                // retransmits or times out.
+                let report = move |failed| {
+                    let _ = failures.try_send(ShardMsg::SendFailed(failed));
+                };
+                core.sender = Some(transports.send_thread(format!("tg-send-{shard}"), report)?);
+            }
             // Connection-closed notices reach the core as messages: a
             // broadcast receiver polled in its loop would join and leave the
             // broadcast's waiter list (a lock each way) on every wake-up.
@@ -360,6 +379,11 @@ struct Shard {
     /// This turn's UDP datagrams, sent together when the turn ends
     /// ([`Shard::flush`]); a transaction's carry its key for its error.
     outbox: crate::transport::Outbox<TsxKey>,
+    /// The thread that sends them while this core is busy (`offload.rs`);
+    /// none with `send_thread_busy_pct = 100`.
+    sender: Option<crate::transport::SendThread<TsxKey>>,
+    /// Whether this core is busy enough to hand its sends over.
+    offload: offload::Switch,
 }
 
 impl Shard {
@@ -425,6 +449,7 @@ impl Shard {
                         warn!(missed, "connection-closed notices overflowed: sweeping");
                         self.sweep_closed_connections(crate::clock::instant());
                     }
+                    ShardMsg::SendFailed(failed) => self.report_send_failures(failed, crate::clock::instant()),
                 },
                 _ = &mut timer, if armed.is_some() => {
                     armed = None;
@@ -449,6 +474,11 @@ impl Shard {
             let now = crate::clock::instant();
             self.drain(now);
             self.flush(now);
+            if self.offload.due(now)
+                && let Some(cpu) = offload::thread_cpu_time()
+            {
+                self.offload.reading(now, std::thread::current().id(), cpu);
+            }
         }
     }
 
@@ -469,22 +499,39 @@ impl Shard {
     /// Sends the turn's datagrams (one `sendmmsg` per batch) before the core
     /// waits again. A transaction whose datagram failed hears of it and may
     /// send more (its TU's answer to the error): bounded rounds.
+    ///
+    /// A busy core hands them to its send thread instead (`offload.rs`),
+    /// and so does one whose earlier datagrams that thread still holds:
+    /// none overtakes another. Failures then come back as
+    /// [`ShardMsg::SendFailed`].
     fn flush(&mut self, now: Instant) {
         for _ in 0..4 {
             if self.outbox.is_empty() {
+                return;
+            }
+            if let Some(sender) = &self.sender
+                && (self.offload.on() || sender.busy())
+                && sender.hand_over(&mut self.outbox)
+            {
                 return;
             }
             let failed = self.transports.flush(&mut self.outbox);
             if failed.is_empty() {
                 return;
             }
-            for (key, e) in failed {
-                debug!(error = %e, "send failed");
-                if let Some(key) = key {
-                    let _ = self.layer.handle_transport_error(now, &key);
-                }
-            }
+            self.report_send_failures(failed, now);
             self.drain(now);
+        }
+    }
+
+    /// Tells each failed datagram's transaction of its error (from this
+    /// turn's flush, or from the send thread).
+    fn report_send_failures(&mut self, failed: Vec<(Option<TsxKey>, crate::transport::SendError)>, now: Instant) {
+        for (key, e) in failed {
+            debug!(error = %e, "send failed");
+            if let Some(key) = key {
+                let _ = self.layer.handle_transport_error(now, &key);
+            }
         }
     }
 

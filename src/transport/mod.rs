@@ -190,6 +190,47 @@ impl<K> Outbox<K> {
     }
 }
 
+/// A thread that sends a SIP core's datagrams for it
+/// ([`Transports::send_thread`]).
+///
+/// Why: on loopback, and on any box whose peer shares it (a co-located
+/// proxy, the load generator of a benchmark), a `sendmmsg` runs the
+/// kernel's whole delivery, the receiver's side included, in the sender's
+/// time: a fifth of a busy core's CPU. A core that is busy hands its
+/// datagrams here, so that work runs beside it; one that is not sends
+/// them itself, as a hand-over costs a wake-up of this thread.
+pub struct SendThread<K> {
+    tx: std::sync::mpsc::Sender<Outbox<K>>,
+    /// Outboxes sent and handed back, for reuse.
+    spare: std::sync::mpsc::Receiver<Outbox<K>>,
+    /// Outboxes handed over and not yet sent.
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl<K> SendThread<K> {
+    /// Hands `outbox`'s datagrams to the thread, leaving `outbox` empty;
+    /// false (and `outbox` as it was) if the thread is gone.
+    pub fn hand_over(&self, outbox: &mut Outbox<K>) -> bool {
+        let fresh = self.spare.try_recv().unwrap_or_default();
+        let full = std::mem::replace(outbox, fresh);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        match self.tx.send(full) {
+            Ok(()) => true,
+            Err(std::sync::mpsc::SendError(full)) => {
+                self.in_flight.fetch_sub(1, Ordering::Relaxed);
+                *outbox = full;
+                false
+            }
+        }
+    }
+
+    /// Whether datagrams handed over are still unsent: until they are, the
+    /// core's next ones go the same way, so that none overtakes another.
+    pub fn busy(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0
+    }
+}
+
 /// A bound socket, as reported to the operator and the tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bound {
@@ -368,6 +409,36 @@ impl Transports {
         out
     }
 
+    /// Starts a thread that sends the UDP datagrams of an [`Outbox`] handed
+    /// to it ([`SendThread::hand_over`]), in order, batched as
+    /// [`Self::flush`] does; `failed` gets the keys and errors of those that
+    /// failed, from that thread. The thread ends when the handle is
+    /// dropped.
+    pub fn send_thread<K: Send + 'static>(
+        &self,
+        name: String,
+        failed: impl Fn(Vec<(Option<K>, SendError)>) + Send + 'static,
+    ) -> std::io::Result<SendThread<K>> {
+        let (tx, rx) = std::sync::mpsc::channel::<Outbox<K>>();
+        let (spare_tx, spare) = std::sync::mpsc::channel::<Outbox<K>>();
+        let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let transports = self.clone();
+        let count = in_flight.clone();
+        std::thread::Builder::new().name(name).spawn(move || {
+            while let Ok(mut outbox) = rx.recv() {
+                let errors = transports.flush(&mut outbox);
+                count.fetch_sub(1, Ordering::Release);
+                if !errors.is_empty() {
+                    failed(errors);
+                }
+                // Back for reuse, its vectors' capacity kept; the core
+                // may be gone, and then it is dropped here.
+                let _ = spare_tx.send(outbox);
+            }
+        })?;
+        Ok(SendThread { tx, spare, in_flight })
+    }
+
     /// Connections that close from now on (WebSocket): a lagging receiver
     /// misses some and should check [`Self::is_open`] for what it holds.
     pub fn closed(&self) -> tokio::sync::broadcast::Receiver<Closed> {
@@ -457,6 +528,48 @@ mod tests {
         peer.set_nonblocking(true).unwrap();
         assert!(peer.recv(&mut buf).is_err());
         assert!(t.flush(&mut outbox).is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_send_thread_sends_handed_over_datagrams_in_order_and_reports_failures() {
+        let (t, peer) = udp_pair().await;
+        let to = peer.local_addr().unwrap();
+        let (report, failures) = std::sync::mpsc::channel();
+        let sender = t
+            .send_thread("test-send".into(), move |failed: Vec<(Option<u32>, SendError)>| {
+                report.send(failed.into_iter().map(|(k, e)| (k, e.to_string())).collect::<Vec<_>>()).unwrap();
+            })
+            .unwrap();
+        // Three outboxes handed over one after the other, the second with
+        // a datagram no socket can send (IPv6: none bound).
+        let mut outbox = Outbox::default();
+        for turn in 0..3u32 {
+            for i in 0..20u32 {
+                let n = turn * 20 + i;
+                let target = if n == 25 { udp("[::1]:5060".parse().unwrap()) } else { udp(to) };
+                t.send_queued(&mut outbox, &target, Bytes::from(format!("datagram {n}")), Some(n)).unwrap();
+            }
+            assert!(sender.hand_over(&mut outbox));
+            assert!(outbox.is_empty(), "handed over, not copied");
+        }
+        let mut buf = [0u8; 64];
+        for n in (0..60u32).filter(|n| *n != 25) {
+            let len = peer.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..len], format!("datagram {n}").as_bytes());
+        }
+        let failed = failures.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert_eq!(failed[0].0, Some(25));
+        assert!(failed[0].1.contains("no udp transport"), "{failed:?}");
+        // All sent: the core may send by itself again without overtaking.
+        let deadline = crate::clock::instant() + Duration::from_secs(5);
+        while sender.busy() {
+            assert!(crate::clock::instant() < deadline, "still busy");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        peer.set_nonblocking(true).unwrap();
+        assert!(peer.recv(&mut buf).is_err(), "nothing else came");
+        assert!(failures.try_recv().is_err(), "one report only");
     }
 
     #[tokio::test]
