@@ -47,7 +47,8 @@ use crate::sip::message::{
 };
 use crate::sip::transaction::key::TsxMap;
 use crate::sip::transaction::{
-    Event, Reliability, RequestInfo, RequestMatch, ResponseInfo, StatusCode, TimerConfig, TransactionLayer, TsxKey,
+    Event, Reliability, RequestInfo, RequestMatch, ResponseInfo, Role, StatusCode, TimerConfig, TransactionLayer,
+    TsxKey,
 };
 use crate::store::Store;
 use crate::transport::{Inbound, Target, Transports};
@@ -546,11 +547,18 @@ impl Shard {
                         self.send_through(&key, trying, now);
                     }
                 }
-                Event::Terminated => {
-                    self.pending.remove(&key);
-                    self.responses.remove(&key);
-                    self.client_terminated(&key, now);
-                }
+                // Each map holds one role's keys: a terminated server
+                // transaction is not looked for in the client maps (large
+                // and cold, they hold the 32 s of answered INVITEs).
+                Event::Terminated => match key.role() {
+                    Role::Server => {
+                        self.pending.remove(&key);
+                    }
+                    Role::Client => {
+                        self.responses.remove(&key);
+                        self.client_terminated(&key, now);
+                    }
+                },
                 Event::Timeout { timer } => {
                     debug!(?timer, "transaction timed out");
                     self.handle_client_failure(&key, 408, now);
