@@ -80,8 +80,7 @@ pub enum Role {
 /// the INVITE's transaction; CANCEL keeps its own method and so its own
 /// transaction.
 ///
-/// Cheap to clone (shared strings); ordered so it can sit in the layer's
-/// timer queue. The `Display` form is meant for logs.
+/// Cheap to clone (shared strings). The `Display` form is meant for logs.
 ///
 /// Hashed once, when made: a key is looked up in several maps per message
 /// (the layer's, the core's, the calls'), each of which would otherwise
@@ -171,25 +170,13 @@ impl std::hash::Hasher for StoredHash {
     }
 }
 
-impl PartialOrd for TsxKey {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for TsxKey {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.role, &self.method, &self.id).cmp(&(other.role, &other.method, &other.id))
-    }
-}
-
 impl fmt::Debug for TsxKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TsxKey").field("role", &self.role).field("method", &self.method).field("id", &self.id).finish()
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum KeyId {
     /// RFC 3261: the branch is unique; the sent-by guards against a
     /// client reusing another client's branch (server keys only).
@@ -202,7 +189,7 @@ enum KeyId {
 /// as its sent-by plus its branch, not as text: parameter order and
 /// spacing may legitimately differ between hops' rewrites, while these two
 /// identify the sending hop and its attempt.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(super) struct LegacyId {
     request_uri: Arc<str>,
     call_id: Arc<str>,

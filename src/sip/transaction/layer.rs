@@ -1,7 +1,7 @@
 //! The transaction table: matching (§17.1.3, §17.2.3, RFC 2543, CANCEL,
 //! merged requests), aggregated timers, removal of terminated machines.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -167,6 +167,9 @@ struct Entry<M> {
     machine: Machine<M>,
     /// The deadline this entry has in `TransactionLayer::timeouts`.
     scheduled: Option<Instant>,
+    /// Its number in order of creation: with the deadline, its place in
+    /// `TransactionLayer::timeouts`.
+    seq: u64,
     /// Its key in `TransactionLayer::merges`, if it registered one.
     merge_id: Option<MergeId>,
     /// Its alias in `TransactionLayer::legacy_acks`, if any.
@@ -199,7 +202,14 @@ pub struct TransactionLayer<M = Arc<[u8]>> {
     entries: TsxMap<Box<Entry<M>>>,
     /// Every armed deadline, earliest first: `poll_timeout` is O(log n)
     /// however many transactions are alive.
-    timeouts: BTreeSet<(Instant, TsxKey)>,
+    ///
+    /// Ordered by deadline, then by creation (`Entry::seq`): the many
+    /// transactions a turn arms for one instant (Timers J, L and M of
+    /// every call answered in it) are told apart by a number, not by
+    /// comparing their keys' strings, which sit in cold memory.
+    timeouts: BTreeMap<(Instant, u64), TsxKey>,
+    /// The next `Entry::seq`.
+    next_seq: u64,
     /// §8.2.2.2: out-of-dialog requests by From tag, Call-ID and CSeq.
     merges: MergeMap<TsxKey>,
     /// RFC 2543 ACK matching: the INVITE's identity with the To tag of the
@@ -221,7 +231,8 @@ impl<M: Clone> TransactionLayer<M> {
         TransactionLayer {
             config,
             entries: TsxMap::default(),
-            timeouts: BTreeSet::new(),
+            timeouts: BTreeMap::new(),
+            next_seq: 0,
             merges: MergeMap::default(),
             legacy_acks: TsxMap::default(),
             transmits: VecDeque::new(),
@@ -410,12 +421,11 @@ impl<M: Clone> TransactionLayer<M> {
         // Collected first so that a transaction re-armed for `now` fires on
         // the next call rather than looping here.
         let mut due = Vec::new();
-        while let Some((deadline, key)) = self.timeouts.pop_first() {
-            if deadline > now {
-                self.timeouts.insert((deadline, key));
+        while let Some(entry) = self.timeouts.first_entry() {
+            if entry.key().0 > now {
                 break;
             }
-            due.push(key);
+            due.push(entry.remove());
         }
         for key in due {
             if let Some(entry) = self.entries.get_mut(&key) {
@@ -443,7 +453,7 @@ impl<M: Clone> TransactionLayer<M> {
     /// is armed.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timeouts.first().map(|(deadline, _)| *deadline)
+        self.timeouts.first_key_value().map(|((deadline, _), _)| *deadline)
     }
 
     fn handle_ack(&mut self, now: Instant, key: TsxKey) -> RequestMatch {
@@ -476,7 +486,9 @@ impl<M: Clone> TransactionLayer<M> {
         if let Some(id) = &merge_id {
             self.merges.insert(id.clone(), key.clone());
         }
-        let entry = Entry { machine, scheduled: None, merge_id, legacy_ack: None };
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let entry = Entry { machine, scheduled: None, seq, merge_id, legacy_ack: None };
         self.entries.insert(key.clone(), Box::new(entry));
         self.sync(&key);
     }
@@ -496,10 +508,10 @@ impl<M: Clone> TransactionLayer<M> {
         let next = entry.machine.poll_timeout();
         if next != entry.scheduled {
             if let Some(old) = entry.scheduled {
-                self.timeouts.remove(&(old, key.clone()));
+                self.timeouts.remove(&(old, entry.seq));
             }
             if let Some(next) = next {
-                self.timeouts.insert((next, key.clone()));
+                self.timeouts.insert((next, entry.seq), key.clone());
             }
             entry.scheduled = next;
         }
@@ -507,7 +519,7 @@ impl<M: Clone> TransactionLayer<M> {
             && let Some(entry) = self.entries.remove(key)
         {
             if let Some(deadline) = entry.scheduled {
-                self.timeouts.remove(&(deadline, key.clone()));
+                self.timeouts.remove(&(deadline, entry.seq));
             }
             if let Some(id) = entry.merge_id
                 && self.merges.get(&id) == Some(key)
