@@ -291,6 +291,8 @@ impl Node {
                 outbox: crate::transport::Outbox::default(),
                 sender: None,
                 offload: offload::Switch::new(ctx.config.send_thread_busy_pct),
+                dropped_sends: 0,
+                dropped_warned: None,
             };
             if ctx.config.send_thread_busy_pct < 100 {
                 let failures = core.replies.clone();
@@ -385,6 +387,10 @@ struct Shard {
     sender: Option<crate::transport::SendThread<TsxKey>>,
     /// Whether this core is busy enough to hand its sends over.
     offload: offload::Switch,
+    /// Datagrams dropped since the last warning (a send thread that did
+    /// not keep up), and when that warning was.
+    dropped_sends: usize,
+    dropped_warned: Option<Instant>,
 }
 
 impl Shard {
@@ -512,9 +518,16 @@ impl Shard {
             }
             if let Some(sender) = &self.sender
                 && (self.offload.on() || sender.busy())
-                && sender.hand_over(&mut self.outbox)
             {
-                return;
+                match sender.hand_over(&mut self.outbox) {
+                    crate::transport::HandOver::Taken => return,
+                    crate::transport::HandOver::Full => {
+                        self.send_dropped(now);
+                        return;
+                    }
+                    // Sent here, as if the thread had never been.
+                    crate::transport::HandOver::Gone => {}
+                }
             }
             let failed = self.transports.flush(&mut self.outbox);
             if failed.is_empty() {
@@ -522,6 +535,21 @@ impl Shard {
             }
             self.report_send_failures(failed, now);
             self.drain(now);
+        }
+    }
+
+    /// The send thread holds too many unsent (it is starved of CPU): this
+    /// turn's datagrams are lost, as in a full socket buffer, and their
+    /// transactions retransmit. Counted, and told once a second at most.
+    fn send_dropped(&mut self, now: Instant) {
+        let n = self.outbox.len();
+        self.outbox.discard();
+        crate::ops::metrics::udp_send_dropped(n);
+        self.dropped_sends += n;
+        if self.dropped_warned.is_none_or(|at| now.saturating_duration_since(at) >= std::time::Duration::from_secs(1)) {
+            warn!(datagrams = self.dropped_sends, "send thread not keeping up: datagrams dropped");
+            self.dropped_sends = 0;
+            self.dropped_warned = Some(now);
         }
     }
 

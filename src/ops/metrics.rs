@@ -11,6 +11,15 @@ pub const CALLS_ENDED: &str = "trunkgate_calls_ended_total";
 /// Registrations refused or failed, by `reason`.
 pub const REGISTER_FAILURES: &str = "trunkgate_register_failures_total";
 
+/// UDP datagrams a SIP core dropped because its send thread held too many
+/// unsent (starved of CPU): loss as in a full socket buffer.
+pub const UDP_SEND_DROPPED: &str = "trunkgate_udp_send_dropped_total";
+
+/// Counts datagrams dropped unsent.
+pub fn udp_send_dropped(n: usize) {
+    metrics::counter!(UDP_SEND_DROPPED).increment(u64::try_from(n).unwrap_or(u64::MAX));
+}
+
 /// Counts a refused call under its reason token.
 pub fn call_refused(reason: &str) {
     metrics::counter!(CALLS_REFUSED, "reason" => reason.to_owned()).increment(1);
@@ -67,5 +76,26 @@ mod tests {
         assert_eq!(find(CALLS_REFUSED, "channels-busy"), Some(2));
         assert_eq!(find(CALLS_REFUSED, "not-licensed"), Some(1));
         assert_eq!(find(CALLS_ADMITTED, "acme-pbx"), Some(1));
+    }
+
+    #[test]
+    fn dropped_datagrams_are_counted_one_by_one() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            udp_send_dropped(12);
+            udp_send_dropped(3);
+        });
+        let dropped: Vec<u64> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter(|(key, ..)| key.key().name() == UDP_SEND_DROPPED)
+            .filter_map(|(.., value)| match value {
+                DebugValue::Counter(n) => Some(n),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(dropped, [15]);
     }
 }

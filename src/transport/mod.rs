@@ -188,6 +188,17 @@ impl<K> Outbox<K> {
     pub fn is_empty(&self) -> bool {
         self.datagrams.is_empty()
     }
+
+    /// How many datagrams are queued.
+    pub fn len(&self) -> usize {
+        self.datagrams.len()
+    }
+
+    /// Drops what is queued, unsent.
+    pub fn discard(&mut self) {
+        self.datagrams.clear();
+        self.keys.clear();
+    }
 }
 
 /// A thread that sends a SIP core's datagrams for it
@@ -207,19 +218,39 @@ pub struct SendThread<K> {
     in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
+/// Outboxes a [`SendThread`] may hold unsent: past this its thread is not
+/// keeping up (starved of CPU), and a core's further datagrams are lost as
+/// in a full socket buffer, rather than held without bound.
+pub const SEND_BACKLOG_MAX: usize = 256;
+
+/// What became of an outbox handed to a [`SendThread`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandOver {
+    /// Taken: the outbox is empty.
+    Taken,
+    /// Refused, the thread holding [`SEND_BACKLOG_MAX`] unsent: the outbox
+    /// is as it was.
+    Full,
+    /// The thread is gone: the outbox is as it was.
+    Gone,
+}
+
 impl<K> SendThread<K> {
-    /// Hands `outbox`'s datagrams to the thread, leaving `outbox` empty;
-    /// false (and `outbox` as it was) if the thread is gone.
-    pub fn hand_over(&self, outbox: &mut Outbox<K>) -> bool {
+    /// Hands `outbox`'s datagrams to the thread, leaving `outbox` empty,
+    /// unless it holds too many already or is gone.
+    pub fn hand_over(&self, outbox: &mut Outbox<K>) -> HandOver {
+        if self.in_flight.load(Ordering::Acquire) >= SEND_BACKLOG_MAX {
+            return HandOver::Full;
+        }
         let fresh = self.spare.try_recv().unwrap_or_default();
         let full = std::mem::replace(outbox, fresh);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         match self.tx.send(full) {
-            Ok(()) => true,
+            Ok(()) => HandOver::Taken,
             Err(std::sync::mpsc::SendError(full)) => {
                 self.in_flight.fetch_sub(1, Ordering::Relaxed);
                 *outbox = full;
-                false
+                HandOver::Gone
             }
         }
     }
@@ -549,7 +580,7 @@ mod tests {
                 let target = if n == 25 { udp("[::1]:5060".parse().unwrap()) } else { udp(to) };
                 t.send_queued(&mut outbox, &target, Bytes::from(format!("datagram {n}")), Some(n)).unwrap();
             }
-            assert!(sender.hand_over(&mut outbox));
+            assert_eq!(sender.hand_over(&mut outbox), HandOver::Taken);
             assert!(outbox.is_empty(), "handed over, not copied");
         }
         let mut buf = [0u8; 64];
@@ -570,6 +601,44 @@ mod tests {
         peer.set_nonblocking(true).unwrap();
         assert!(peer.recv(&mut buf).is_err(), "nothing else came");
         assert!(failures.try_recv().is_err(), "one report only");
+    }
+
+    #[tokio::test]
+    async fn a_send_thread_that_does_not_keep_up_refuses_more_than_its_backlog() {
+        let (t, peer) = udp_pair().await;
+        let to = peer.local_addr().unwrap();
+        // The thread reports the first outbox's failure, and the report
+        // blocks it until released: what a thread starved of CPU does.
+        let (entered_tx, entered) = std::sync::mpsc::channel::<()>();
+        let (release, blocked) = std::sync::mpsc::channel::<()>();
+        let blocked = std::sync::Mutex::new(blocked);
+        let sender = t
+            .send_thread("test-send".into(), move |_: Vec<(Option<u32>, SendError)>| {
+                let _ = entered_tx.send(());
+                let _ = blocked.lock().unwrap().recv();
+            })
+            .unwrap();
+        let mut outbox = Outbox::default();
+        t.send_queued(&mut outbox, &udp("[::1]:5060".parse().unwrap()), Bytes::from_static(b"v6"), Some(0)).unwrap();
+        assert_eq!(sender.hand_over(&mut outbox), HandOver::Taken);
+        entered.recv_timeout(Duration::from_secs(5)).unwrap();
+        for n in 1..=SEND_BACKLOG_MAX {
+            t.send_queued(&mut outbox, &udp(to), Bytes::from(format!("datagram {n}")), None).unwrap();
+            assert_eq!(sender.hand_over(&mut outbox), HandOver::Taken, "outbox {n}");
+        }
+        t.send_queued(&mut outbox, &udp(to), Bytes::from_static(b"one too many"), None).unwrap();
+        assert_eq!(sender.hand_over(&mut outbox), HandOver::Full);
+        assert_eq!(outbox.len(), 1, "a refused outbox is left as it was");
+        outbox.discard();
+        assert!(outbox.is_empty());
+        // Released, the thread sends everything it took, in order.
+        release.send(()).unwrap();
+        let mut buf = [0u8; 64];
+        for n in 1..=SEND_BACKLOG_MAX {
+            let len = peer.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..len], format!("datagram {n}").as_bytes());
+        }
+        drop(sender);
     }
 
     #[tokio::test]
