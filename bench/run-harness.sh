@@ -19,7 +19,8 @@
 # Harness variables (RATES, CORRECTNESS, PROBE, …) pass through; DB_MAX_CONNECTIONS
 # sets the SQLite pool size (default 4), OVERLOAD_QUEUE_MS overload control's
 # target wait (default 50, 0 = off), SIP_CORES `[sip] cores` (default 0: one
-# per two CPUs); BENCH_NICE the daemon's nice level (default -10 as root,
+# per two CPUs), SEND_THREAD_BUSY_PCT `[sip] send_thread_busy_pct` (default
+# 70; 100 = the cores always send themselves); BENCH_NICE the daemon's nice level (default -10 as root,
 # the harness's own for Kamailio and SIPp); TRUNKGATE_LOG=path keeps the
 # daemon's log; TRUNKGATE_BIN=path runs that binary instead of building one
 # (A-B-A of two builds).
@@ -69,6 +70,7 @@ listen = ["udp://127.0.0.1:5060"]
 max_calls = 100000
 overload_queue_ms = ${OVERLOAD_QUEUE_MS:-50}
 cores = ${SIP_CORES:-0}
+send_thread_busy_pct = ${SEND_THREAD_BUSY_PCT:-70}
 # Signalling only, like the Kamailio reference (which relays no media):
 # media anchoring is measured by bench/run-media.sh against rtpengine.
 [media]

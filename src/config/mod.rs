@@ -432,7 +432,7 @@ pub struct SipConfig {
     /// over 100 ms, hands its UDP sends to a thread of its own, so the
     /// kernel's share of each send (on loopback, the receiver's too: about
     /// a fifth of a busy core) runs on another CPU; it sends them itself
-    /// again once it is 25 points below. Idle, a core sends itself: a
+    /// again once it is 40 points below. Idle, a core sends itself: a
     /// hand-over costs a wake-up. 0 = always hand over, 100 = never.
     /// Default: 70.
     #[serde(default = "default_send_thread_busy_pct")]

@@ -33,7 +33,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 pub use admit::LEASE_TTL;
 pub use lockout::{Lockout, LockoutConfig};
@@ -481,10 +481,17 @@ impl Shard {
             let now = crate::clock::instant();
             self.drain(now);
             self.flush(now);
+            // The reading is taken in the condition; it may turn the switch.
             if self.offload.due(now)
                 && let Some(cpu) = offload::thread_cpu_time()
+                && let Some(busy) = self.offload.reading(now, std::thread::current().id(), cpu)
             {
-                self.offload.reading(now, std::thread::current().id(), cpu);
+                let core = self.shard;
+                if self.offload.on() {
+                    info!(core, busy_pct = busy, "SIP core busy: its UDP sends go to its send thread");
+                } else {
+                    info!(core, busy_pct = busy, "SIP core less busy: it sends its UDP datagrams itself again");
+                }
             }
         }
     }
