@@ -395,12 +395,26 @@ fn shared_trunk_call_goes_to_the_portal_of_the_request_uri_domain() {
     assert_eq!(got, vec![want("acme"), want("globex")], "{records:#?}");
 }
 
-/// SIGTERM while two calls are up: the daemon stops, and the database it
-/// leaves holds a record for each call (with its outcome and end) and no
-/// lease: every channel is given back.
+/// SIGTERM while two calls are up: the daemon stops, the phone gets a BYE
+/// for each call, and the database it leaves holds a record for each call
+/// (with its outcome and end) and no lease: every channel is given back.
 #[test]
 fn sigterm_with_calls_up_flushes_their_records_and_leases() {
-    let mut d = prepared(TRUNK);
+    sigterm_with_two_calls_up(TRUNK);
+}
+
+/// The same with every datagram going through the cores' send threads:
+/// the BYEs sent as the cores stop still reach the phone. (That a stopping
+/// core waits for its thread, rather than winning a race with the process's
+/// end, is `finishing_the_send_thread_waits_until_all_it_was_handed_is_sent`;
+/// here the thread wins that race even without the wait.)
+#[test]
+fn sigterm_with_calls_up_through_the_send_threads_still_sends_the_byes() {
+    sigterm_with_two_calls_up(&format!("send_thread_busy_pct = 0\n{TRUNK}"));
+}
+
+fn sigterm_with_two_calls_up(config: &str) {
+    let mut d = prepared(config);
     d.start();
     // The phone answers both calls; the PBX holds them for a minute.
     let users = sipp_start(Path::new("user_answer.xml"), None, "127.0.0.1", 0, &["-m", "2"]);
@@ -417,6 +431,8 @@ fn sigterm_with_calls_up_flushes_their_records_and_leases() {
         if l.len() == 2 { Ok(()) } else { Err(format!("{l:?}")) }
     });
     assert_eq!(d.stop(), Some(0), "clean stop:\n{}", d.log_text());
+    let (ok, out) = users.wait();
+    assert!(ok, "the phone got a BYE for each call:\n{out}");
     assert_eq!(leases(&d), Vec::<Value>::new(), "no lease left");
     let records = cdr(&d);
     assert_eq!(records.len(), 2, "one record per call cut by the stop: {records:#?}\n{}", d.log_text());

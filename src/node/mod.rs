@@ -426,6 +426,12 @@ impl Shard {
                 _ = &mut cancelled => {
                     let now = crate::clock::instant();
                     self.end_all_calls(now);
+                    // What the send thread holds goes out first, the calls'
+                    // BYEs after it from here: the process may end as soon
+                    // as the cores have returned.
+                    if let Some(sender) = self.sender.take() {
+                        sender.finish();
+                    }
                     self.flush(now);
                     return;
                 }

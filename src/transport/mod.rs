@@ -216,6 +216,7 @@ pub struct SendThread<K> {
     spare: std::sync::mpsc::Receiver<Outbox<K>>,
     /// Outboxes handed over and not yet sent.
     in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 /// Outboxes a [`SendThread`] may hold unsent: past this its thread is not
@@ -253,6 +254,15 @@ impl<K> SendThread<K> {
                 HandOver::Gone
             }
         }
+    }
+
+    /// Ends the thread once it has sent everything handed to it, and waits
+    /// for that: a core stopping sends its last datagrams (the BYEs of
+    /// its calls) after these, and the process may end right after.
+    pub fn finish(self) {
+        let SendThread { tx, thread, .. } = self;
+        drop(tx);
+        let _ = thread.join();
     }
 
     /// Whether datagrams handed over are still unsent: until they are, the
@@ -455,7 +465,7 @@ impl Transports {
         let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let transports = self.clone();
         let count = in_flight.clone();
-        std::thread::Builder::new().name(name).spawn(move || {
+        let thread = std::thread::Builder::new().name(name).spawn(move || {
             while let Ok(mut outbox) = rx.recv() {
                 let errors = transports.flush(&mut outbox);
                 count.fetch_sub(1, Ordering::Release);
@@ -467,7 +477,7 @@ impl Transports {
                 let _ = spare_tx.send(outbox);
             }
         })?;
-        Ok(SendThread { tx, spare, in_flight })
+        Ok(SendThread { tx, spare, in_flight, thread })
     }
 
     /// Connections that close from now on (WebSocket): a lagging receiver
@@ -601,6 +611,28 @@ mod tests {
         peer.set_nonblocking(true).unwrap();
         assert!(peer.recv(&mut buf).is_err(), "nothing else came");
         assert!(failures.try_recv().is_err(), "one report only");
+    }
+
+    #[tokio::test]
+    async fn finishing_the_send_thread_waits_until_all_it_was_handed_is_sent() {
+        let (t, peer) = udp_pair().await;
+        let to = peer.local_addr().unwrap();
+        let sender = t.send_thread("test-send".into(), |_: Vec<(Option<u32>, SendError)>| {}).unwrap();
+        let mut outbox = Outbox::default();
+        for turn in 0..4u32 {
+            for i in 0..50u32 {
+                t.send_queued(&mut outbox, &udp(to), Bytes::from(format!("datagram {}", turn * 50 + i)), None).unwrap();
+            }
+            assert_eq!(sender.hand_over(&mut outbox), HandOver::Taken);
+        }
+        sender.finish();
+        // Already in the peer's socket: read without waiting.
+        peer.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 64];
+        for n in 0..200u32 {
+            let len = peer.recv(&mut buf).unwrap_or_else(|e| panic!("datagram {n} not yet sent: {e}"));
+            assert_eq!(&buf[..len], format!("datagram {n}").as_bytes());
+        }
     }
 
     #[tokio::test]
