@@ -288,8 +288,13 @@ impl Store {
                 .synchronous(SqliteSynchronous::Normal)
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_millis(cfg.busy_timeout_ms));
+            // No ping before each acquire (sqlx's default): the connection
+            // is a file opened in this process, which no peer can drop, and
+            // the ping is a round trip to its worker thread, two thread
+            // wake-ups for every batch of leases or call records.
             let pool = SqlitePoolOptions::new()
                 .max_connections(cfg.max_connections.unwrap_or(4))
+                .test_before_acquire(false)
                 .acquire_timeout(Duration::from_millis(cfg.acquire_timeout_ms))
                 .connect_with(opts)
                 .await?;
