@@ -25,8 +25,10 @@ pub struct Stamp {
 /// Stamps `req`'s top Via for a request received from `remote`. `None` when
 /// the request has no parsable Via (no response can be routed).
 pub fn stamp(req: &Request, remote: SocketAddr) -> Option<Stamp> {
-    let vias = req.headers().vias().ok()?;
-    let top = vias.first()?;
+    // The top value only: the rest are needed (as text) only when the
+    // top one is rewritten, and the request's validation has parsed them
+    // all already.
+    let top = req.headers().top_via().ok()?;
     let port = top.port();
     let mut sent_by = String::with_capacity(top.host_str().len() + 6);
     sent_by.push_str(top.host_str());
@@ -53,6 +55,7 @@ pub fn stamp(req: &Request, remote: SocketAddr) -> Option<Stamp> {
             value.push_str(&format!(";received={}", remote.ip()));
         }
         let mut all = vec![value];
+        let vias = req.headers().vias().unwrap_or_default();
         all.extend(vias.iter().skip(1).map(|v| v.as_str().to_owned()));
         all.join(", ")
     });

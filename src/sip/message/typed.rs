@@ -954,7 +954,7 @@ impl Headers {
     pub fn top_via(&self) -> Result<Via<'_>, HeaderError> {
         let h = self.get(&HeaderName::Via).ok_or(HeaderError::Missing { name: HeaderName::Via })?;
         let s = h.value();
-        let (via, end) = Via::parse_at(s, 0).map_err(|e| invalid(HeaderName::Via, e))?;
+        let (via, end) = Via::parse_at(s, skip_ws(s, 0)).map_err(|e| invalid(HeaderName::Via, e))?;
         list_continue(s, end).map_err(|e| invalid(HeaderName::Via, e))?;
         Ok(via)
     }
