@@ -259,6 +259,10 @@ fn node_config(loaded: &Loaded) -> NodeConfig {
             t1: Duration::from_millis(c.sip.t1_ms),
             t2: Duration::from_millis(c.sip.t2_ms),
             t4: Duration::from_millis(c.sip.t4_ms),
+            linger_grid: Some(crate::sip::transaction::Grid {
+                origin: crate::clock::instant(),
+                step: crate::sip::transaction::LINGER_GRID,
+            }),
         },
         registrar: RegistrarConfig {
             min_expires: Duration::from_secs(c.registrar.min_expires_s),

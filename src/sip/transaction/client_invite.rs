@@ -112,14 +112,14 @@ impl<M: Clone> ClientInvite<M> {
             (Calling | Proceeding, StatusClass::Success) => {
                 self.timers.stop(Timer::A);
                 self.timers.stop(Timer::B);
-                self.timers.set(Timer::M, now + self.config.timer_m());
+                self.timers.set(Timer::M, self.config.linger(now, self.config.timer_m()));
                 self.state = Accepted;
                 self.events.push_back(Event::Response { status });
             }
             (Calling | Proceeding, _) => {
                 self.timers.stop(Timer::A);
                 self.timers.stop(Timer::B);
-                self.timers.set(Timer::D, now + self.config.timer_d(self.reliability));
+                self.timers.set(Timer::D, self.config.linger(now, self.config.timer_d(self.reliability)));
                 self.state = Completed;
                 // The ACK first: it is then on the wire before whatever the
                 // TU sends in reaction (the INVITE again with credentials

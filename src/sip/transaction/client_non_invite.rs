@@ -96,7 +96,7 @@ impl<M: Clone> ClientNonInvite<M> {
             Trying | Proceeding => {
                 self.timers.stop(Timer::E);
                 self.timers.stop(Timer::F);
-                self.timers.set(Timer::K, now + self.config.timer_k(self.reliability));
+                self.timers.set(Timer::K, self.config.linger(now, self.config.timer_k(self.reliability)));
                 self.state = Completed;
                 self.events.push_back(Event::Response { status });
             }

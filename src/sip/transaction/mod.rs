@@ -89,7 +89,7 @@ pub use key::{MAGIC_COOKIE, RequestInfo, ResponseInfo, Role, TsxKey};
 pub use layer::{RequestMatch, TransactionLayer, Transmit, TsxState};
 pub use server_invite::{AckDisposition, ServerInvite, ServerInviteState};
 pub use server_non_invite::{ServerNonInvite, ServerNonInviteState};
-pub use timers::{TIMER_D_MIN, TRYING_DELAY, Timer, TimerConfig};
+pub use timers::{Grid, LINGER_GRID, TIMER_D_MIN, TRYING_DELAY, Timer, TimerConfig};
 
 /// Whether the transport carrying a transaction retransmits by itself.
 ///

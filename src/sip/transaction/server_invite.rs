@@ -131,7 +131,7 @@ impl<M: Clone> ServerInvite<M> {
             ServerInviteState::Completed => {
                 self.timers.stop(Timer::G);
                 self.timers.stop(Timer::H);
-                self.timers.set(Timer::I, now + self.config.timer_i(self.reliability));
+                self.timers.set(Timer::I, self.config.linger(now, self.config.timer_i(self.reliability)));
                 self.state = ServerInviteState::Confirmed;
                 AckDisposition::Absorbed
             }
@@ -158,7 +158,7 @@ impl<M: Clone> ServerInvite<M> {
             }
             (Proceeding, StatusClass::Success) => {
                 self.timers.stop(Timer::Trying);
-                self.timers.set(Timer::L, now + self.config.timer_l());
+                self.timers.set(Timer::L, self.config.linger(now, self.config.timer_l()));
                 self.state = Accepted;
                 // Accepted absorbs INVITE retransmissions: the 1xx is no
                 // longer resent, so not kept for the 32 s of Timer L.

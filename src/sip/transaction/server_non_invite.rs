@@ -94,7 +94,7 @@ impl<M: Clone> ServerNonInvite<M> {
                     self.state = ServerNonInviteState::Proceeding;
                 } else {
                     self.state = ServerNonInviteState::Completed;
-                    self.timers.set(Timer::J, now + self.config.timer_j(self.reliability));
+                    self.timers.set(Timer::J, self.config.linger(now, self.config.timer_j(self.reliability)));
                 }
                 self.transmits.push_back(response.clone());
                 self.last_response = Some(response);

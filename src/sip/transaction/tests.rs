@@ -172,14 +172,12 @@ struct LayerRun {
 
 impl LayerRun {
     fn new() -> LayerRun {
+        LayerRun::with_config(TimerConfig::default())
+    }
+
+    fn with_config(config: TimerConfig) -> LayerRun {
         let base = base_instant();
-        LayerRun {
-            layer: TransactionLayer::new(TimerConfig::default()),
-            base,
-            now: base,
-            sent: Vec::new(),
-            events: Vec::new(),
-        }
+        LayerRun { layer: TransactionLayer::new(config), base, now: base, sent: Vec::new(), events: Vec::new() }
     }
 
     fn offset(&self) -> u64 {
@@ -577,6 +575,44 @@ fn terminated_transactions_are_removed_after_their_event() {
     // A late retransmission now starts afresh: the TU sees it again, as
     // §17.2.2 accepts after Timer J.
     assert!(matches!(run.request(&with_method(&invite(BRANCH), Method::new("BYE"))), RequestMatch::New(_)));
+}
+
+#[test]
+fn lingering_timers_on_a_grid_share_expiries_and_retransmissions_stay_exact() {
+    let grid = Grid { origin: base_instant(), step: ms(100) };
+    let mut run = LayerRun::with_config(TimerConfig { linger_grid: Some(grid), ..TimerConfig::default() });
+    // Five BYEs answered 10 ms apart (Timer J), and one client INVITE
+    // started with them (Timer A, a retransmission: not lingering).
+    let mut keys = Vec::new();
+    for i in 0..5u64 {
+        run.run_until(ms(i * 10));
+        let branch: &'static str = ["z9hG4bK-b0", "z9hG4bK-b1", "z9hG4bK-b2", "z9hG4bK-b3", "z9hG4bK-b4"][i as usize];
+        // Apart in CSeq too, or they would be one merged request (§8.2.2.2).
+        let bye =
+            RequestInfo { cseq: 10 + u32::try_from(i).unwrap(), ..with_method(&invite(branch), Method::new("BYE")) };
+        let RequestMatch::New(key) = run.request(&bye) else {
+            panic!("new");
+        };
+        run.respond(&key, 200, Some("to-1"), "200");
+        keys.push((i * 10, key));
+    }
+    let client = run
+        .input(|layer, now| layer.start_client(now, Method::INVITE, "z9hG4bK-c", Reliability::Unreliable, "INVITE"))
+        .expect("client INVITE");
+    run.run_until(ms(40_000));
+    // Timer A exact: the first retransmission at 40 + 500 ms.
+    assert_eq!(run.sent_by(&client).get(1).map(|s| s.0), Some(540));
+    let mut ends = Vec::new();
+    for (answered, key) in &keys {
+        let [(at, Event::Terminated)] = run.events_of(key)[..] else { panic!("one termination each") };
+        // Not before Timer J's 32 s, and less than a grid cell after it.
+        assert!(at >= answered + 32_000 && at < answered + 32_000 + 100, "{answered} ended at {at}");
+        ends.push(at);
+    }
+    ends.dedup();
+    // Answered within 40 ms, they end on at most two grid ticks (five
+    // exact deadlines otherwise).
+    assert!(ends.len() <= 2, "{ends:?}");
 }
 
 #[test]

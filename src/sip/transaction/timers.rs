@@ -41,11 +41,58 @@ pub struct TimerConfig {
     pub t2: Duration,
     /// How long a message may stay in the network (I, K). Default 5 s.
     pub t4: Duration,
+    /// The grid to which the lingering timers (D, I, J, K, L, M: a
+    /// finished transaction's wait for stray retransmissions, after which
+    /// it is only forgotten) are rounded up; `None`, the default, keeps them
+    /// exact. The daemon sets a 100 ms grid ([`LINGER_GRID`]): a node
+    /// answering thousands of calls a second has thousands of these
+    /// expiring each second, one per millisecond at worst, and each of its
+    /// sleeps that one cuts short is a thread wake-up spent on bookkeeping.
+    /// Rounded up, they share a wake-up ten times a second, and a
+    /// transaction lingers at most that much longer than the RFC's minimum
+    /// (as Kamailio's, whose wait timer runs on a coarse tick).
+    /// Retransmission and timeout timers (A, B, E, F, G, H) stay exact.
+    pub linger_grid: Option<Grid>,
 }
 
 impl Default for TimerConfig {
     fn default() -> TimerConfig {
-        TimerConfig { t1: Duration::from_millis(500), t2: Duration::from_secs(4), t4: Duration::from_secs(5) }
+        TimerConfig {
+            t1: Duration::from_millis(500),
+            t2: Duration::from_secs(4),
+            t4: Duration::from_secs(5),
+            linger_grid: None,
+        }
+    }
+}
+
+/// The step of the daemon's [`TimerConfig::linger_grid`].
+pub const LINGER_GRID: Duration = Duration::from_millis(100);
+
+/// Instants `origin + k * step`: where rounded timers fire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grid {
+    /// Any fixed instant (the daemon's start): only the spacing matters.
+    pub origin: Instant,
+    /// The spacing; zero keeps instants as they are.
+    pub step: Duration,
+}
+
+impl Grid {
+    /// The first grid instant at or after `at` (`at` itself before the
+    /// origin).
+    pub fn round_up(&self, at: Instant) -> Instant {
+        let step = self.step.as_nanos();
+        let Some(since) = at.checked_duration_since(self.origin) else { return at };
+        if step == 0 {
+            return at;
+        }
+        let late = since.as_nanos() % step;
+        if late == 0 {
+            return at;
+        }
+        // Below the step, so it fits.
+        at + Duration::from_nanos(u64::try_from(step - late).unwrap_or(0))
     }
 }
 
@@ -147,6 +194,16 @@ impl TimerConfig {
     /// the TU): 64*T1.
     pub fn timer_m(&self) -> Duration {
         self.t1_x64()
+    }
+
+    /// When a lingering timer (D, I, J, K, L, M) of `wait` armed at `now`
+    /// fires: `now + wait` rounded up to [`linger_grid`](Self::linger_grid).
+    /// A zero wait (reliable transports) stays zero: nothing lingers.
+    pub(super) fn linger(&self, now: Instant, wait: Duration) -> Instant {
+        match self.linger_grid {
+            Some(grid) if !wait.is_zero() => grid.round_up(now + wait),
+            _ => now + wait,
+        }
     }
 
     /// The interval after `previous` for a doubling retransmission timer:
@@ -332,5 +389,29 @@ mod tests {
         assert_eq!(table.pop_expired(now, &mut fired), Some(Timer::B));
         assert_eq!(table.pop_expired(now, &mut fired), None);
         assert_eq!(table.next_deadline(), Some(now));
+    }
+
+    #[test]
+    fn lingering_timers_round_up_to_the_grid_and_zero_waits_stay_zero() {
+        let origin = crate::sip::transaction::tests::base_instant();
+        let exact = TimerConfig::default();
+        assert_eq!(exact.linger(origin, Duration::from_secs(32)), origin + Duration::from_secs(32));
+        let step = Duration::from_millis(100);
+        let coarse = TimerConfig { linger_grid: Some(Grid { origin, step }), ..TimerConfig::default() };
+        for offset_ms in [0, 1, 37, 99, 100, 101, 250] {
+            let now = origin + Duration::from_millis(offset_ms) + Duration::from_micros(3);
+            let wait = Duration::from_secs(32);
+            let at = coarse.linger(now, wait);
+            // Never early, late by less than the step, on the grid.
+            assert!(at >= now + wait, "{offset_ms}");
+            assert!(at < now + wait + step, "{offset_ms}");
+            assert_eq!((at - origin).as_nanos() % step.as_nanos(), 0, "{offset_ms}");
+        }
+        // Already on the grid: unchanged.
+        let on = origin + Duration::from_millis(300);
+        assert_eq!(coarse.linger(on, Duration::from_secs(5)), on + Duration::from_secs(5));
+        // Reliable transports linger zero: still at once.
+        let now = origin + Duration::from_millis(42);
+        assert_eq!(coarse.linger(now, Duration::ZERO), now);
     }
 }
