@@ -154,6 +154,12 @@ fn protocol_errors_get_their_answers() {
     let r = udp_exchange(&d, &bad);
     assert!(status_line(&r).starts_with("SIP/2.0 400 "), "{r}");
     assert!(status_line(&r).len() > "SIP/2.0 400 ".len(), "reason says what was wrong: {r}");
+    // A malformed Via below a usable top one: 400 naming the Via, routed
+    // back by the top one.
+    let bad = request("OPTIONS", "Max-Forwards: 70\r\nVia: SIP/2.0/UDP ;;;\r\n");
+    let r = udp_exchange(&d, &bad);
+    assert!(status_line(&r).starts_with("SIP/2.0 400 "), "{r}");
+    assert!(status_line(&r).contains("Via"), "{r}");
     // Wrong version.
     let r = udp_exchange(&d, &request("OPTIONS", "Max-Forwards: 70\r\n").replace("SIP/2.0\r\nVia", "SIP/7.0\r\nVia"));
     assert!(status_line(&r).starts_with("SIP/2.0 505"), "{r}");

@@ -48,17 +48,23 @@ pub fn stamp(req: &Request, remote: SocketAddr) -> Option<Stamp> {
     let reply_addr = if rport.is_some() { remote } else { SocketAddr::new(remote.ip(), port.unwrap_or(5060)) };
     // The Via rewritten only when its top value changes (most trunks'
     // requests come from the address their Via names, without rport).
-    let new_via_value = (wants_rport || add_received).then(|| {
+    // A malformed value below the top one: left to the request's
+    // validation (a 400 routed by the top Via) when the top Via is kept as
+    // is; dropped when it would be rewritten, as the rest could not be
+    // carried over value by value.
+    let new_via_value = if wants_rport || add_received {
         let mut value = if wants_rport { fill_rport(top.as_str(), remote.port()) } else { top.as_str().to_owned() };
         if add_received {
             // RFC 5118 §4.5: no brackets around an IPv6 received value.
             value.push_str(&format!(";received={}", remote.ip()));
         }
+        let vias = req.headers().vias().ok()?;
         let mut all = vec![value];
-        let vias = req.headers().vias().unwrap_or_default();
         all.extend(vias.iter().skip(1).map(|v| v.as_str().to_owned()));
-        all.join(", ")
-    });
+        Some(all.join(", "))
+    } else {
+        None
+    };
     Some(Stamp { new_via_value, reply_addr, branch: top.branch().map(str::to_owned), sent_by, sent_by_port: port })
 }
 
@@ -132,6 +138,17 @@ mod tests {
                 "SIP/2.0/UDP pbx.example.com;branch=z9hG4bKc;received=203.0.113.9, SIP/2.0/UDP 10.1.1.1;branch=z9hG4bKd"
             )
         );
+    }
+
+    #[test]
+    fn a_malformed_lower_via_is_left_to_validation_unless_the_top_one_is_rewritten() {
+        // From the address its top Via names: stamped (the request is then
+        // answered 400 by its validation, routed by this top Via).
+        let s = stamp(&req("SIP/2.0/UDP 203.0.113.9:5070;branch=z9hG4bKf, SIP/2.0/UDP ;;;"), remote()).expect("stamp");
+        assert_eq!(s.new_via_value, None);
+        assert_eq!(s.reply_addr, "203.0.113.9:5070".parse().expect("addr"));
+        // Needing `received`: the lower values cannot be carried over.
+        assert_eq!(stamp(&req("SIP/2.0/UDP 10.0.0.5;branch=z9hG4bKg, SIP/2.0/UDP ;;;"), remote()), None);
     }
 
     #[test]
