@@ -26,8 +26,8 @@ pub struct Stamp {
 /// the request has no parsable Via (no response can be routed).
 pub fn stamp(req: &Request, remote: SocketAddr) -> Option<Stamp> {
     // The top value only: the rest are needed (as text) only when the
-    // top one is rewritten, and the request's validation has parsed them
-    // all already.
+    // top one is rewritten; the request's validation, which comes after
+    // this, parses them all and answers 400 for a malformed one.
     let top = req.headers().top_via().ok()?;
     let port = top.port();
     let mut sent_by = String::with_capacity(top.host_str().len() + 6);
